@@ -1,0 +1,30 @@
+"""Celery settings of MiniModal (``app.config_from_object("celeryconfig")``).
+
+The broker URL comes from MINIMODAL_REDIS_URL (or the profile). See
+../shared/reference/celery_notes.md for why each pitfall setting is what it is.
+"""
+
+from minimodal import config as _config
+from minimodal import protocol as _protocol
+
+broker_url = _config.get("redis_url") or "redis://127.0.0.1:6379/0"
+broker_connection_retry_on_startup = True
+# Longest function timeout is 24 h; a message is redelivered only after this (issue: heartbeats).
+_visibility = 25 * 3600
+broker_transport_options = {
+    "visibility_timeout": _visibility,
+    "socket_keepalive": True,
+    "health_check_interval": 10,
+    "retry_on_timeout": True,
+}
+task_serializer = "json"
+accept_content = ["json"]
+result_backend = None
+task_ignore_result = True  # outputs go to per-call Redis streams, written by the task itself
+task_acks_late = True  # a task is removed from the broker only once it has finished
+worker_prefetch_multiplier = 1  # the dispatcher decides who runs next, not the worker's prefetch
+task_default_queue = _protocol.QUEUE_CPU
+task_routes = {_protocol.TASK_EXECUTE: {"queue": _protocol.QUEUE_CPU}}
+worker_hijack_root_logger = False
+worker_send_task_events = True  # Flower
+task_send_sent_event = True

@@ -1,0 +1,77 @@
+"""``python -m mm_app PROCESS``: one process of the stack (what the Procfile and ``minimodal up`` run)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from minimodal import config, protocol
+
+
+def _logging() -> None:
+    logging.basicConfig(level=config.get("log_level"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def run_api(args: argparse.Namespace) -> None:
+    from werkzeug.serving import make_server
+
+    from .api import create_app
+
+    app = create_app()
+    server = make_server(args.host or config.get("api_host"), args.port or config.get("api_port"), app,
+                         threaded=True)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    logging.getLogger("minimodal.api").info("API listening on %s:%s", server.host, server.port)
+    server.serve_forever()
+
+
+def _celery(*argv: str) -> None:
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "mm_app.celery_app", *argv])
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    concurrency = args.concurrency or config.get("worker_concurrency")
+    _celery("worker", "-P", "threads", "-c", str(concurrency), "-Q", protocol.QUEUE_CPU, "-l", "INFO",
+            "--without-gossip", "--without-mingle", "-n", f"mm-worker-{os.getpid()}@%h")
+
+
+def run_beat(args: argparse.Namespace) -> None:
+    schedule = config.home() / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    _celery("beat", "-l", "INFO", "-s", str(schedule))
+
+
+def run_flower(args: argparse.Namespace) -> None:
+    _celery("flower", "--address=127.0.0.1", f"--port={args.port or 5555}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m mm_app", description="MiniModal control-plane processes")
+    commands = parser.add_subparsers(dest="command", required=True)
+    api = commands.add_parser("api")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    api.set_defaults(handler=run_api)
+    commands.add_parser("dispatcher").set_defaults(handler=lambda a: __import__("mm_app.dispatcher").dispatcher.main())
+    worker = commands.add_parser("worker")
+    worker.add_argument("--concurrency", "-c", type=int)
+    worker.set_defaults(handler=run_worker)
+    commands.add_parser("beat").set_defaults(handler=run_beat)
+    flower = commands.add_parser("flower")
+    flower.add_argument("--port", type=int)
+    flower.set_defaults(handler=run_flower)
+    up = commands.add_parser("up")
+    up.add_argument("--detach", action="store_true")
+    up.set_defaults(handler=lambda a: sys.exit(__import__("mm_app.stack").stack.Stack().up(detach=a.detach)))
+    commands.add_parser("down").set_defaults(handler=lambda a: sys.exit(__import__("mm_app.stack").stack.Stack().down()))
+    args = parser.parse_args()
+    _logging()
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()

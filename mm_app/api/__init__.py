@@ -1,0 +1,32 @@
+"""The MiniModal REST API: ``create_app()`` builds it; nothing is read at import time.
+
+Blueprints: :mod:`.health` (no auth), :mod:`.apps`, :mod:`.calls`, :mod:`.users`. Errors are mapped
+in :mod:`.errors`. The API stores opaque payloads and enqueues work; it never unpickles user data and
+never imports worker code (the dispatcher sends Celery tasks by name).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from redis import Redis
+
+from ..database import Database
+from . import apps, calls, errors, health, users
+from .services import Services
+
+
+def create_app(config: dict[str, Any] | None = None, *, redis: Redis | None = None,
+               database: Database | None = None) -> Flask:
+    """Build the API. ``config`` overrides settings by name (``redis_url``, ``database_url``, ...)."""
+    services = Services.build(config or {}, redis=redis, database=database)
+    app = Flask("minimodal")
+    app.config["MAX_CONTENT_LENGTH"] = services.settings["max_payload_size"] + 64 * 1024
+    app.extensions["minimodal"] = services
+    errors.register(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(apps.bp)
+    app.register_blueprint(calls.bp)
+    app.register_blueprint(users.bp)
+    return app

@@ -1,0 +1,58 @@
+"""Bearer-token authentication. Tokens are stored as SHA-256 digests only."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from flask import g, request
+from minimodal.exception import AuthError, InvalidError
+from sqlalchemy import select
+
+from ..models import UserRecord
+from .services import services
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def authenticate() -> None:
+    """``before_request`` of every authenticated blueprint: sets ``g.user``."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("missing bearer token: send `Authorization: Bearer <token>` (see `minimodal up`)")
+    with services().db.read() as session:
+        user = session.scalar(select(UserRecord).where(UserRecord.token_hash == hash_token(token.strip())))
+    if user is None or user.revoked_at is not None:
+        raise AuthError("invalid or revoked token")
+    g.user = user
+
+
+def require_admin() -> None:
+    if not g.user.is_admin:
+        raise AuthError("this needs an admin token")
+
+
+def json_body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidError("the request body must be a JSON object")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True,
+          default: Any = None) -> Any:
+    """One typed field of a JSON body, with a clear error when it is missing or of the wrong type."""
+    if name not in body or body[name] is None:
+        if required:
+            raise InvalidError(f"missing field {name!r}")
+        return default
+    value = body[name]
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise InvalidError(f"field {name!r} must be a number, not a boolean")
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise InvalidError(f"field {name!r} must be {names}, got {type(value).__name__}")
+    return value

@@ -1,0 +1,54 @@
+"""What request handlers use: settings, the database, Redis, pending queues and payload store."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+from minimodal import config as mm_config
+from minimodal.exception import InvalidError
+from redis import Redis
+
+from ..database import Database
+from ..payloads import Payloads
+from ..pending import PendingQueues
+
+_API_SETTINGS = (
+    "redis_url", "inline_payload_size", "max_payload_size", "result_ttl", "default_quota", "default_weight",
+)
+
+
+@dataclass
+class Services:
+    settings: dict[str, Any]
+    db: Database
+    redis: Redis
+    pending: PendingQueues
+    payloads: Payloads
+    started_at: float
+
+    @classmethod
+    def build(cls, overrides: dict[str, Any], *, redis: Redis | None, database: Database | None) -> Services:
+        settings = {name: overrides.get(name, mm_config.get(name)) for name in _API_SETTINGS}
+        settings["database_url"] = overrides.get("database_url") or mm_config.database_url()
+        if redis is None:
+            if not settings["redis_url"]:
+                raise InvalidError("no Redis configured: set MINIMODAL_REDIS_URL or run `minimodal up`")
+            redis = Redis.from_url(settings["redis_url"], health_check_interval=30)
+        if database is None:
+            database = Database(settings["database_url"])
+            database.create_all()
+        return cls(
+            settings=settings,
+            db=database,
+            redis=redis,
+            pending=PendingQueues(redis),
+            payloads=Payloads(redis, ttl=settings["result_ttl"]),
+            started_at=time.time(),
+        )
+
+
+def services() -> Services:
+    return current_app.extensions["minimodal"]

@@ -1,0 +1,80 @@
+"""Users: ``POST /v1/users`` (admin) creates one and returns its token once; ``PATCH`` changes quota/weight."""
+
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, g
+from minimodal.exception import InvalidError, NotFoundError
+from minimodal.protocol import new_token
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..models import UserRecord
+from .auth import authenticate, field, hash_token, json_body, require_admin
+from .services import services
+
+bp = Blueprint("users", __name__, url_prefix="/v1")
+bp.before_request(authenticate)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def create_user(session: Session, name: str, *, quota: int, weight: int, is_admin: bool = False) -> str:
+    """Insert a user and return its token (shown once)."""
+    if not _NAME.match(name):
+        raise InvalidError(f"user name {name!r}: use 1-64 letters, digits, '_', '.', '-'")
+    if session.scalar(select(UserRecord).where(UserRecord.name == name)) is not None:
+        raise InvalidError(f"user {name!r} already exists")
+    token = new_token()
+    session.add(UserRecord(name=name, token_hash=hash_token(token), quota=quota, weight=weight, is_admin=is_admin))
+    return token
+
+
+def _positive(body: dict, name: str) -> int | None:  # type: ignore[type-arg]
+    value = field(body, name, int, required=False)
+    if value is not None and value < 1:
+        raise InvalidError(f"{name} must be at least 1")
+    return value
+
+
+@bp.get("/me")
+def me():  # type: ignore[no-untyped-def]
+    return g.user.to_json()
+
+
+@bp.post("/users")
+def create():  # type: ignore[no-untyped-def]
+    require_admin()
+    body = json_body()
+    svc = services()
+    name = field(body, "name", str)
+    quota = _positive(body, "quota") or svc.settings["default_quota"]
+    weight = _positive(body, "weight") or svc.settings["default_weight"]
+    with svc.db.write() as session:
+        token = create_user(session, name, quota=quota, weight=weight)
+        user = session.scalar(select(UserRecord).where(UserRecord.name == name))
+        assert user is not None
+        user_id = user.id
+    svc.pending.set_quota(user_id, quota)
+    return {"name": name, "quota": quota, "weight": weight, "token": token}, 201
+
+
+@bp.patch("/users/<name>")
+def update(name: str):  # type: ignore[no-untyped-def]
+    require_admin()
+    body = json_body()
+    quota, weight = _positive(body, "quota"), _positive(body, "weight")
+    svc = services()
+    with svc.db.write() as session:
+        user = session.scalar(select(UserRecord).where(UserRecord.name == name))
+        if user is None:
+            raise NotFoundError(f"no user named {name!r}")
+        if quota is not None:
+            user.quota = quota
+        if weight is not None:
+            user.weight = weight
+        result = user.to_json()
+        user_id = user.id
+    svc.pending.set_quota(user_id, result["quota"])
+    return result

@@ -1,0 +1,10 @@
+"""The Celery app of MiniModal: ``celery -A mm_app.celery_app worker -P threads -Q mm.cpu``.
+
+Workers use the threads pool: a task only moves bytes between Redis and a runner process, so one
+worker process holds one warm pool shared by all its slots.
+"""
+
+from celery import Celery
+
+app = Celery("minimodal", include=["mm_app.tasks.execute"])
+app.config_from_object("celeryconfig")

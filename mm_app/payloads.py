@@ -1,0 +1,117 @@
+"""Inputs, outputs and blobs in Redis: opaque bytes to the control plane, keyed by call id.
+
+Inputs of a call sit in one hash (index -> pickled args or a blob reference). Outputs go to one
+stream per call in completion order, so any number of waiters can read them and resume from a
+cursor. Payloads over the inline size travel as blobs, written and read in chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import IO, Any
+
+from minimodal import protocol
+from minimodal.exception import InvalidError, NotFoundError, PayloadTooLargeError
+from redis import Redis
+
+CHUNK = 1024 * 1024
+
+
+class Payloads:
+    def __init__(self, redis: Redis, *, ttl: int) -> None:
+        self.redis = redis
+        self.ttl = ttl
+
+    # ---- inputs ----
+
+    def put_inputs(self, call_id: str, first: int, payloads: list[bytes]) -> None:
+        key = protocol.inputs_key(call_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping={str(first + i): p for i, p in enumerate(payloads)})
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def get_inputs(self, call_id: str, indexes: range) -> list[bytes | None]:
+        values = self.redis.hmget(protocol.inputs_key(call_id), [str(i) for i in indexes])
+        resolved: list[bytes | None] = []
+        for value in values:
+            blob_id = protocol.parse_blob_ref(value) if value is not None else None
+            resolved.append(self.get_blob(blob_id) if blob_id else value)
+        return resolved
+
+    # ---- outputs ----
+
+    def put_output(self, call_id: str, envelope: dict[str, Any]) -> None:
+        key = protocol.outputs_key(call_id)
+        fields = {k: (v if isinstance(v, bytes) else str(v)) for k, v in envelope.items() if v is not None}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(key, fields)
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def read_outputs(self, call_id: str, cursor: str, block_ms: int, count: int = 1000) -> tuple[list[dict], str]:
+        """Envelopes after ``cursor`` (waiting up to ``block_ms``), and the new cursor."""
+        key = protocol.outputs_key(call_id)
+        if block_ms > 0:
+            reply = self.redis.xread({key: cursor}, count=count, block=block_ms)
+            entries = reply[0][1] if reply else []
+        else:
+            entries = self.redis.xrange(key, min=f"({cursor}" if cursor != "0-0" else "-", count=count)
+        envelopes = []
+        for entry_id, fields in entries:
+            cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            envelopes.append({k.decode(): v for k, v in fields.items()})
+        return envelopes, cursor
+
+    def outputs_exist(self, call_id: str) -> bool:
+        return bool(self.redis.exists(protocol.outputs_key(call_id)))
+
+    # ---- blobs ----
+
+    def put_blob(self, user_id: int, stream: IO[bytes], limit: int) -> tuple[str, int]:
+        """Copy a request body into a new blob chunk by chunk; refuse it past ``limit`` bytes."""
+        blob_id = protocol.new_id("bl")
+        key, size, head, tail = protocol.blob_key(blob_id), 0, b"", b""
+        try:
+            while chunk := stream.read(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(f"the blob is over the maximum payload size of {limit:,} bytes")
+                head = head or chunk[:3]
+                tail = chunk[-1:]
+                self.redis.append(key, chunk)
+        except BaseException:
+            self.redis.delete(key)
+            raise
+        if not protocol.looks_like_pickle(head + tail if len(head) >= 3 else head):
+            self.redis.delete(key)
+            raise InvalidError("the blob is not a pickle (expected a protocol 2-5 header and a STOP byte)")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.expire(key, self.ttl)
+        pipe.set(protocol.blob_owner_key(blob_id), user_id, ex=self.ttl)
+        pipe.execute()
+        return blob_id, size
+
+    def blob_owner(self, blob_id: str) -> int | None:
+        owner = self.redis.get(protocol.blob_owner_key(blob_id))
+        return int(owner) if owner is not None else None
+
+    def put_blob_bytes(self, owner: int, data: bytes) -> str:
+        blob_id = protocol.new_id("bl")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(protocol.blob_key(blob_id), data, ex=self.ttl)
+        pipe.set(protocol.blob_owner_key(blob_id), owner, ex=self.ttl)
+        pipe.execute()
+        return blob_id
+
+    def get_blob(self, blob_id: str) -> bytes:
+        data = self.redis.get(protocol.blob_key(blob_id))
+        if data is None:
+            raise NotFoundError(f"blob {blob_id} does not exist or has expired")
+        return data
+
+    def iter_blob(self, blob_id: str) -> Iterator[bytes]:
+        key = protocol.blob_key(blob_id)
+        size = self.redis.strlen(key)
+        for start in range(0, size, CHUNK):
+            yield self.redis.getrange(key, start, min(size, start + CHUNK) - 1)

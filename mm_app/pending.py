@@ -1,0 +1,92 @@
+"""Per-user pending queues in Redis, and the atomic step the dispatcher takes from them.
+
+Each user has a list of :class:`~minimodal.protocol.PendingEntry` (runs of inputs). The dispatcher
+takes at most one task's worth of inputs at a time from a user that is under their concurrency
+quota; the take, the split of a long run and the ``running`` count change in one Lua script, so
+several dispatchers never hand out the same input twice.
+"""
+
+from __future__ import annotations
+
+from minimodal import protocol
+from minimodal.protocol import PendingEntry
+from redis import Redis
+
+# KEYS: pending list, running hash, quota hash, pending-users set
+# ARGV: user id, default quota, target task time (us), max inputs per task, function-stats key prefix
+_TAKE = """
+local running = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local quota = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or ARGV[2])
+if running >= quota then return false end
+local raw = redis.call('LPOP', KEYS[1])
+if not raw then
+  redis.call('SREM', KEYS[4], ARGV[1])
+  return false
+end
+local call_id, function_id, first, stop = string.match(raw, '([^|]+)|([^|]+)|(%d+)|(%d+)')
+first = tonumber(first); stop = tonumber(stop)
+local per_task = 1
+local avg = tonumber(redis.call('HGET', ARGV[5] .. function_id, 'avg_us') or '0')
+if avg > 0 then per_task = math.max(1, math.min(tonumber(ARGV[4]), math.floor(tonumber(ARGV[3]) / avg))) end
+local cut = math.min(stop, first + per_task)
+if cut < stop then
+  redis.call('LPUSH', KEYS[1], call_id .. '|' .. function_id .. '|' .. cut .. '|' .. stop)
+elseif redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[4], ARGV[1])
+end
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+return call_id .. '|' .. function_id .. '|' .. first .. '|' .. cut
+"""
+
+# KEYS: running hash, wake list. ARGV: user id
+_FINISH = """
+local left = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if left < 0 then redis.call('HSET', KEYS[1], ARGV[1], 0) end
+redis.call('RPUSH', KEYS[2], '1')
+return left
+"""
+
+
+class PendingQueues:
+    """The Redis side of scheduling: enqueue (API), take (dispatcher), finish (worker)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._take = redis.register_script(_TAKE)
+        self._finish = redis.register_script(_FINISH)
+
+    def enqueue(self, user_id: int, entry: PendingEntry) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.rpush(protocol.pending_key(user_id), entry.encode())
+        pipe.sadd(protocol.pending_users_key(), user_id)
+        pipe.rpush(protocol.wake_key(), "1")
+        pipe.execute()
+
+    def take(self, user_id: int, *, default_quota: int, target_us: int, max_inputs: int) -> PendingEntry | None:
+        """One task's worth of this user's inputs, or None (nothing pending, or at quota)."""
+        raw = self._take(
+            keys=[
+                protocol.pending_key(user_id),
+                protocol.running_key(),
+                protocol.quota_key(),
+                protocol.pending_users_key(),
+            ],
+            args=[user_id, default_quota, target_us, max_inputs, protocol.function_stats_key("")],
+        )
+        return PendingEntry.decode(raw) if raw else None
+
+    def finish(self, user_id: int) -> None:
+        """A task of this user ended: free its slot and wake the dispatcher."""
+        self._finish(keys=[protocol.running_key(), protocol.wake_key()], args=[user_id])
+
+    def users_with_work(self) -> list[int]:
+        return sorted(int(u) for u in self.redis.smembers(protocol.pending_users_key()))
+
+    def set_quota(self, user_id: int, quota: int) -> None:
+        self.redis.hset(protocol.quota_key(), str(user_id), quota)
+        self.redis.rpush(protocol.wake_key(), "1")
+
+    def wait_for_wake(self, timeout: float) -> None:
+        """Block until someone pushes a wake-up (or ``timeout``), then drain the wake list."""
+        if self.redis.blpop([protocol.wake_key()], timeout=timeout):
+            self.redis.delete(protocol.wake_key())

@@ -1,0 +1,1 @@
+"""Celery task bodies. They depend on ``workers`` (runtimes, pools) and ``minimodal`` (protocol)."""

@@ -1,0 +1,26 @@
+"""MiniModal: self-hosted serverless Python with Modal's API (``import minimodal as modal``)."""
+
+from . import config, exception, functions
+from .app import App, LocalEntrypoint
+from .exception import Error
+from .functions import Function, FunctionCall
+from .image import Image
+from .runtime import current_function_call_id, current_input_id, enable_output, is_local
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "Error",
+    "Function",
+    "FunctionCall",
+    "Image",
+    "LocalEntrypoint",
+    "config",
+    "current_function_call_id",
+    "current_input_id",
+    "enable_output",
+    "exception",
+    "functions",
+    "is_local",
+]

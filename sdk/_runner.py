@@ -1,0 +1,144 @@
+"""The process that runs user code: ``python -m minimodal._runner``.
+
+It imports only the standard library and cloudpickle, so it runs unchanged in a bare container. It
+speaks a framed protocol on its stdin and stdout, which it takes for itself before any user code runs;
+what user code prints goes back to the worker as log frames, tagged with the input it belongs to.
+
+A frame is ``kind (1 byte) | header length (4) | body length (4) | JSON header | body``.
+
+Worker to runner: ``F`` the cloudpickled function (once), ``C`` one input (header ``call_id``, ``idx``;
+body the pickled ``(args, kwargs)``). Runner to worker: ``R`` ready, ``E`` the function failed to load,
+``O`` the output of one input (header ``ok``, ``traceback``, ``type``, ``repr``; body the pickled
+return value, or the pickled exception, empty when it could not be pickled), ``L`` a chunk of printed
+text (header ``stream``).
+
+The worker never unpickles what a runner sends: headers are JSON and bodies go to the client as
+opaque bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import sys
+import threading
+import traceback
+from typing import IO, Any
+
+_PREFIX = struct.Struct(">cII")
+
+
+def write_frame(out: IO[bytes], kind: bytes, header: dict[str, Any] | None = None, body: bytes = b"") -> None:
+    head = json.dumps(header or {}, separators=(",", ":")).encode()
+    out.write(_PREFIX.pack(kind, len(head), len(body)) + head)
+    if body:
+        out.write(body)
+    out.flush()
+
+
+def read_frame(inp: IO[bytes]) -> tuple[bytes, dict[str, Any], bytes] | None:
+    """Read one frame; None at end of stream."""
+    prefix = _read_exact(inp, _PREFIX.size)
+    if prefix is None:
+        return None
+    kind, hlen, blen = _PREFIX.unpack(prefix)
+    head = _read_exact(inp, hlen) if hlen else b"{}"
+    body = _read_exact(inp, blen) if blen else b""
+    if head is None or body is None:
+        return None
+    return kind, json.loads(head), body
+
+
+def _read_exact(inp: IO[bytes], n: int) -> bytes | None:
+    chunks, left = [], n
+    while left:
+        chunk = inp.read(left)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+class _LogStream(io.TextIOBase):
+    """Replaces sys.stdout/sys.stderr: each write becomes an ``L`` frame for the worker."""
+
+    def __init__(self, name: str, out: IO[bytes], lock: threading.Lock) -> None:
+        self._name, self._out, self._lock = name, out, lock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if text:
+            with self._lock:
+                write_frame(self._out, b"L", {"stream": self._name}, text.encode("utf-8", "replace"))
+        return len(text)
+
+
+def _describe(exc: BaseException) -> dict[str, Any]:
+    return {
+        "ok": False,
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "repr": repr(exc)[:2000],
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def main() -> None:
+    import cloudpickle
+
+    # Take stdin/stdout for the protocol; user code must not be able to write into it.
+    proto_in = os.fdopen(os.dup(0), "rb", buffering=0)
+    proto_out = os.fdopen(os.dup(1), "wb")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)  # text written straight to fd 1 (C extensions) lands on stderr
+    lock = threading.Lock()
+    sys.stdout = _LogStream("stdout", proto_out, lock)  # type: ignore[assignment]
+    sys.stderr = _LogStream("stderr", proto_out, lock)  # type: ignore[assignment]
+    os.environ["MINIMODAL_IS_REMOTE"] = "1"
+
+    frame = read_frame(proto_in)
+    if frame is None or frame[0] != b"F":
+        return
+    try:
+        fn = cloudpickle.loads(frame[2])
+    except BaseException as exc:  # noqa: BLE001 - report anything, the worker decides
+        with lock:
+            write_frame(proto_out, b"E", _describe(exc))
+        return
+    with lock:
+        write_frame(proto_out, b"R", {"pid": os.getpid(), "python": "%d.%d" % sys.version_info[:2]})
+
+    while True:
+        frame = read_frame(proto_in)
+        if frame is None:
+            return
+        kind, header, body = frame
+        if kind != b"C":
+            continue
+        os.environ["MINIMODAL_FUNCTION_CALL_ID"] = header.get("call_id", "")
+        os.environ["MINIMODAL_INPUT_INDEX"] = str(header.get("idx", ""))
+        try:
+            args, kwargs = cloudpickle.loads(body)
+            result = fn(*args, **kwargs)
+            out_header, out_body = {"ok": True}, cloudpickle.dumps(result)
+        except BaseException as exc:  # noqa: BLE001 - the user's exception travels to the caller
+            out_header = _describe(exc)
+            try:
+                out_body = cloudpickle.dumps(exc)
+            except Exception:  # noqa: BLE001 - an unpicklable exception becomes a RemoteError client-side
+                out_body = b""
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                pass  # reported like any other failure; the runner keeps serving
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with lock:
+            write_frame(proto_out, b"O", out_header, out_body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""``App``: groups functions and local entrypoints, and runs them against a server.
+
+Example::
+
+    import minimodal
+
+    app = minimodal.App("demo")
+
+    @app.function(timeout=60)
+    def square(x):
+        return x * x
+
+    @app.local_entrypoint()
+    def main():
+        print(square.remote(4))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
+
+from ._client import Client
+from ._serialization import serialize_function
+from .exception import InvalidError, UnsupportedOptionError
+from .functions import Function, FunctionOptions
+from .protocol import b64
+
+P = ParamSpec("P")
+R = TypeVar("R")
+logger = logging.getLogger("minimodal")
+
+# Options that Modal accepts and MiniModal will implement; until then a non-default value is refused.
+_NOT_YET = (
+    "image", "schedule", "secrets", "env", "gpu", "volumes", "retries", "min_containers", "max_containers",
+    "buffer_containers", "ephemeral_disk", "proxy", "cloud", "region", "routing_region", "nonpreemptible",
+    "enable_memory_snapshot", "block_network", "restrict_modal_access", "single_use_containers", "max_inputs",
+    "i6pn", "startup_timeout", "experimental_options", "network_file_systems",
+)
+_DEPRECATED = {
+    "keep_warm": "min_containers",
+    "concurrency_limit": "max_containers",
+    "container_idle_timeout": "scaledown_window",
+    "allow_concurrent_inputs": "@minimodal.concurrent",
+}
+
+
+def _refuse_unimplemented(where: str, options: dict[str, Any]) -> None:
+    for name in _NOT_YET:
+        value = options.get(name)
+        if value not in (None, False, {}, [], ()):
+            raise UnsupportedOptionError(
+                f"{where}: the option {name}={value!r} is not implemented in MiniModal yet; remove it to run now"
+            )
+
+
+class LocalEntrypoint:
+    """A function that runs locally under ``minimodal run``; calling it calls the raw function."""
+
+    def __init__(self, app: App, raw_f: Callable[..., Any]) -> None:
+        self.app = app
+        self.raw_f = raw_f
+        self.__name__ = raw_f.__name__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.raw_f(*args, **kwargs)
+
+
+class App:
+    """A named group of functions. ``with app.run():`` (or ``minimodal run``) makes them callable remotely."""
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        tags: dict[str, str] | None = None,
+        image: Any = None,
+        secrets: Any = (),
+        volumes: Any = None,
+        include_source: bool = True,
+    ) -> None:
+        _refuse_unimplemented(f"App({name!r})", {"image": image, "secrets": secrets, "volumes": volumes})
+        self.name = name
+        self.tags = dict(tags or {})
+        self.app_id: str | None = None
+        self._functions: dict[str, Function[Any, Any]] = {}
+        self._entrypoints: dict[str, LocalEntrypoint] = {}
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r})"
+
+    @property
+    def registered_functions(self) -> dict[str, Function[Any, Any]]:
+        return dict(self._functions)
+
+    @property
+    def registered_entrypoints(self) -> dict[str, LocalEntrypoint]:
+        return dict(self._entrypoints)
+
+    def function(
+        self,
+        _warn_parentheses_missing: Any = None,
+        *,
+        image: Any = None,
+        schedule: Any = None,
+        secrets: Any = None,
+        env: dict[str, str | None] | None = None,
+        gpu: Any = None,
+        serialized: bool = False,
+        network_file_systems: Any = None,
+        volumes: Any = None,
+        cpu: float | tuple[float, float] | None = None,
+        memory: int | tuple[int, int] | None = None,
+        ephemeral_disk: int | None = None,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaledown_window: int | None = None,
+        proxy: Any = None,
+        retries: Any = None,
+        timeout: int = 300,
+        startup_timeout: int | None = None,
+        name: str | None = None,
+        is_generator: bool | None = None,
+        cloud: str | None = None,
+        region: Any = None,
+        routing_region: Any = None,
+        nonpreemptible: bool = False,
+        enable_memory_snapshot: bool = False,
+        block_network: bool = False,
+        restrict_modal_access: bool = False,
+        single_use_containers: bool = False,
+        max_inputs: int | None = None,
+        i6pn: bool | None = None,
+        include_source: bool | None = None,
+        experimental_options: dict[str, Any] | None = None,
+        **deprecated: Any,
+    ) -> Callable[[Callable[P, R]], Function[P, R]]:
+        """Register a global function to run remotely. Options are keyword-only, as in Modal."""
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("use @app.function() with parentheses, not @app.function")
+        for old in deprecated:
+            hint = _DEPRECATED.get(old)
+            raise InvalidError(f"@app.function() got an unknown option {old!r}" + (f"; use {hint}" if hint else ""))
+        if timeout is None or not 1 <= timeout <= 24 * 3600:
+            raise InvalidError(f"timeout={timeout!r}: give seconds between 1 and 86400")
+        if scaledown_window is not None and not 2 <= scaledown_window <= 3600:
+            raise InvalidError(f"scaledown_window={scaledown_window!r}: give seconds between 2 and 3600")
+        cpu_request = cpu[0] if isinstance(cpu, tuple) else cpu
+        memory_request = memory[0] if isinstance(memory, tuple) else memory
+        if cpu_request is not None and cpu_request <= 0:
+            raise InvalidError(f"cpu={cpu!r}: give a positive number of cores")
+        if memory_request is not None and memory_request <= 0:
+            raise InvalidError(f"memory={memory!r}: give a positive number of MiB")
+        options = FunctionOptions(
+            cpu=cpu_request, memory=memory_request, timeout=timeout, scaledown_window=scaledown_window
+        )
+        loose = dict(locals())
+
+        def wrapper(raw_f: Callable[P, R]) -> Function[P, R]:
+            if inspect.isclass(raw_f):
+                raise TypeError("@app.function() is for functions; decorate classes with @app.cls()")
+            tag = name or raw_f.__qualname__
+            _refuse_unimplemented(f"@app.function() on {tag}", loose)
+            if "<locals>" in raw_f.__qualname__ and not serialized:
+                raise InvalidError(f"{tag} is not a global function; define it at module level or pass serialized=True")
+            if tag in self._functions:
+                logger.warning("function %r is defined twice in app %r; the later definition wins", tag, self.name)
+            function: Function[P, R] = Function(self, raw_f, tag, options)
+            self._functions[tag] = function
+            return function
+
+        return wrapper
+
+    def local_entrypoint(self, _warn_parentheses_missing: Any = None, *, name: str | None = None) -> Callable[
+        [Callable[..., Any]], LocalEntrypoint
+    ]:
+        """Register a function that runs locally under ``minimodal run`` (its parameters become options)."""
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("use @app.local_entrypoint() with parentheses")
+
+        def wrapper(raw_f: Callable[..., Any]) -> LocalEntrypoint:
+            tag = name or raw_f.__qualname__
+            if tag in self._entrypoints:
+                raise InvalidError(f"duplicate local entrypoint {tag!r} in app {self.name!r}")
+            entrypoint = LocalEntrypoint(self, raw_f)
+            self._entrypoints[tag] = entrypoint
+            return entrypoint
+
+        return wrapper
+
+    @contextlib.contextmanager
+    def run(self, *, detach: bool = False, **_ignored: Any) -> Iterator[App]:
+        """Create an ephemeral app on the server with the current code of every function; stop it on exit."""
+        client = Client.from_config()
+        functions = [
+            {"tag": tag, "code": b64(serialize_function(f._raw_f)), "options": f._options.to_json()}
+            for tag, f in self._functions.items()
+        ]
+        reply = client.request("POST", "/v1/apps", json={"name": self.name, "functions": functions})
+        self.app_id = reply["app_id"]
+        for tag, function_id in reply["functions"].items():
+            self._functions[tag].object_id = function_id
+        try:
+            yield self
+        finally:
+            if not detach:
+                with contextlib.suppress(Exception):
+                    client.request("POST", f"/v1/apps/{self.app_id}/stop")
+            for f in self._functions.values():
+                f.object_id = None
+            self.app_id = None

@@ -1,0 +1,174 @@
+"""The ``minimodal`` command line.
+
+``minimodal run FILE[::NAME]`` runs a local entrypoint (or a function) of an app file; ``up``,
+``down`` and ``status`` manage a local stack; ``user`` manages users (admin token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from . import config
+from ._client import Client
+from .app import App, LocalEntrypoint
+from .exception import Error, InvalidError
+from .functions import Function
+
+
+def _import_file(path_text: str) -> ModuleType:
+    """Import an app file under its stem, as Modal does, with its folder on sys.path."""
+    path = Path(path_text).resolve()
+    if not path.is_file():
+        raise InvalidError(f"no such file: {path_text}")
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise InvalidError(f"cannot import {path_text}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _pick_target(module: ModuleType, name: str | None) -> tuple[App, LocalEntrypoint | Function[Any, Any]]:
+    apps = [v for v in vars(module).values() if isinstance(v, App)]
+    if not apps:
+        raise InvalidError(f"{module.__name__} defines no minimodal.App")
+    candidates: list[tuple[App, str, LocalEntrypoint | Function[Any, Any]]] = []
+    for app in apps:
+        candidates += [(app, n, e) for n, e in app.registered_entrypoints.items()]
+        if name is not None or not candidates:
+            candidates += [(app, n, f) for n, f in app.registered_functions.items()]
+    if name is not None:
+        chosen = [c for c in candidates if c[1] == name]
+        if not chosen:
+            known = ", ".join(sorted({c[1] for c in candidates})) or "none"
+            raise InvalidError(f"no local entrypoint or function named {name!r} (known: {known})")
+    else:
+        entrypoints = [c for c in candidates if isinstance(c[2], LocalEntrypoint)]
+        chosen = entrypoints or candidates
+        if len(chosen) != 1:
+            known = ", ".join(c[1] for c in chosen)
+            raise InvalidError(f"more than one thing to run ({known}): pick one with FILE::NAME")
+    app, _, target = chosen[0]
+    return app, target
+
+
+def _parse_entrypoint_args(fn: Any, argv: list[str]) -> dict[str, Any]:
+    """Turn an entrypoint's parameters into ``--name value`` options, typed by annotation or default."""
+    parser = argparse.ArgumentParser(prog=getattr(fn, "__name__", "entrypoint"))
+    for param in inspect.signature(fn).parameters.values():
+        kind = param.annotation if param.annotation in (int, float, str, bool) else None
+        if kind is None and param.default is not inspect.Parameter.empty and param.default is not None:
+            kind = type(param.default)
+        flag = "--" + param.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, dest=param.name, action=argparse.BooleanOptionalAction, default=param.default)
+        else:
+            required = param.default is inspect.Parameter.empty
+            default = None if required else param.default
+            parser.add_argument(flag, dest=param.name, type=kind or str, required=required, default=default)
+    return vars(parser.parse_args(argv))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    file_part, _, name = args.ref.partition("::")
+    module = _import_file(file_part)
+    app, target = _pick_target(module, name or None)
+    raw = target.raw_f if isinstance(target, LocalEntrypoint) else target._raw_f
+    kwargs = _parse_entrypoint_args(raw, args.args)
+    with app.run():
+        if isinstance(target, LocalEntrypoint):
+            result = target(**kwargs)
+            if inspect.iscoroutine(result):
+                import asyncio
+
+                asyncio.run(result)
+        else:
+            result = target.remote(**kwargs)
+            if result is not None:
+                print(result)
+    return 0
+
+
+def _server(*argv: str) -> int:
+    """Run a control-plane command in a separate interpreter: the SDK never imports the server."""
+    try:
+        return subprocess.call([sys.executable, "-m", "mm_app", *argv])
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    return _server("up", *(["--detach"] if args.detach else []))
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    return _server("down")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    url = config.get("server_url")
+    try:
+        health = Client(url, None).request("GET", "/health", timeout=5)
+    except Error as exc:
+        print(f"down: {exc}")
+        return 1
+    print(f"up: {url} ({health.get('status')})")
+    return 0
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    client = Client.from_config()
+    if args.user_command == "create":
+        body = {"name": args.name, "quota": args.quota, "weight": args.weight}
+        reply = client.request("POST", "/v1/users", json={k: v for k, v in body.items() if v is not None})
+        print(reply["token"])
+    else:
+        body = {"quota": args.quota, "weight": args.weight}
+        reply = client.request("PATCH", f"/v1/users/{args.name}", json={k: v for k, v in body.items() if v is not None})
+        print(f"{reply['name']}: quota={reply['quota']} weight={reply['weight']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minimodal", description="MiniModal: serverless Python on your machines")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a local entrypoint or function of an app file")
+    run.add_argument("ref", help="FILE.py or FILE.py::NAME")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="options for the entrypoint")
+    run.set_defaults(handler=cmd_run)
+
+    up = commands.add_parser("up", help="start a local stack (Redis, API, dispatcher, worker, beat, Flower)")
+    up.add_argument("--detach", "-d", action="store_true", help="return once the stack answers")
+    up.set_defaults(handler=cmd_up)
+    commands.add_parser("down", help="stop what `minimodal up` started").set_defaults(handler=cmd_down)
+    commands.add_parser("status", help="exit 0 when the API answers").set_defaults(handler=cmd_status)
+
+    user = commands.add_parser("user", help="manage users (admin token)")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    for verb in ("create", "set"):
+        sub = user_commands.add_parser(verb)
+        sub.add_argument("name")
+        sub.add_argument("--quota", type=int, help="calls in flight at once")
+        sub.add_argument("--weight", type=int, help="share when several users wait")
+    user.set_defaults(handler=cmd_user)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.handler(args)
+    except Error as exc:
+        print(f"minimodal: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 1
+    sys.exit(code)

@@ -1,0 +1,135 @@
+"""Settings: each declared once with its type, default and ``MINIMODAL_*`` variable.
+
+Resolution order: the environment variable, then the profile file ``$MINIMODAL_HOME/config.toml``
+(written by ``minimodal up``), then the default. A value that does not parse raises
+:class:`~minimodal.exception.InvalidError`. Nothing is read at import time.
+
+Example::
+
+    from minimodal import config
+    config.get("server_url")          # "http://127.0.0.1:8000"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import defaults
+from .exception import InvalidError
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    parse: Callable[[str], Any] = str
+    help: str = ""
+
+    @property
+    def env_var(self) -> str:
+        return "MINIMODAL_" + self.name.upper()
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+_SETTINGS: dict[str, Setting] = {
+    s.name: s
+    for s in [
+        Setting("server_url", defaults.DEFAULT_SERVER_URL, help="URL of the MiniModal API"),
+        Setting("token", None, help="bearer token of the user"),
+        Setting("redis_url", None, help="Redis of the control plane; `minimodal up` starts one when unset"),
+        Setting("database_url", None, help="SQLAlchemy URL; SQLite under MINIMODAL_HOME when unset"),
+        Setting("api_host", defaults.DEFAULT_API_HOST),
+        Setting("api_port", defaults.DEFAULT_API_PORT, int),
+        Setting("inline_payload_size", defaults.DEFAULT_INLINE_PAYLOAD_SIZE, int),
+        Setting("max_payload_size", defaults.DEFAULT_MAX_PAYLOAD_SIZE, int),
+        Setting("result_ttl", defaults.DEFAULT_RESULT_TTL, int),
+        Setting("default_quota", defaults.DEFAULT_QUOTA, int),
+        Setting("default_weight", defaults.DEFAULT_WEIGHT, int),
+        Setting("worker_concurrency", os.cpu_count() or 2, int, "calls one worker runs at once"),
+        Setting("worker_runtime", "process", help="runtime of a worker: process"),
+        Setting("map_request_size", defaults.DEFAULT_MAP_REQUEST_SIZE, int),
+        Setting("task_target_ms", defaults.DEFAULT_TASK_TARGET_MS, int),
+        Setting("max_inputs_per_task", defaults.DEFAULT_MAX_INPUTS_PER_TASK, int),
+        Setting("heartbeat_seconds", defaults.DEFAULT_HEARTBEAT_SECONDS, float),
+        Setting("log_level", "INFO"),
+        Setting("log_json", False, _bool, "JSON lines logs"),
+    ]
+}
+
+
+def home() -> Path:
+    """The state directory, ``$MINIMODAL_HOME`` or ``~/.minimodal``."""
+    return Path(os.environ.get("MINIMODAL_HOME") or defaults.DEFAULT_HOME).expanduser()
+
+
+def profile_path() -> Path:
+    return home() / "config.toml"
+
+
+def read_profile() -> dict[str, Any]:
+    path = profile_path()
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidError(f"the profile {path} is not valid TOML: {exc}; fix or delete it") from exc
+
+
+def write_profile(values: dict[str, Any]) -> Path:
+    """Merge ``values`` into the profile file (mode 0600: it holds a token)."""
+    merged = {**read_profile(), **values}
+    path = profile_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name, value in sorted(merged.items()):
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            lines.append(f"{name} = {'true' if value else 'false'}")
+        elif isinstance(value, int | float):
+            lines.append(f"{name} = {value}")
+        else:
+            escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'{name} = "{escaped}"')
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def get(name: str) -> Any:
+    """The value of one setting (environment, then profile, then default)."""
+    setting = _SETTINGS.get(name)
+    if setting is None:
+        raise InvalidError(f"unknown setting {name!r}; known: {', '.join(sorted(_SETTINGS))}")
+    raw = os.environ.get(setting.env_var)
+    source = setting.env_var
+    if raw is None:
+        profile_value = read_profile().get(name)
+        if profile_value is None:
+            return setting.default
+        raw, source = str(profile_value), f"{profile_path()}:{name}"
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        raise InvalidError(f"{source}={raw!r} is not a valid {name}: {exc}") from exc
+
+
+def settings() -> dict[str, Setting]:
+    return dict(_SETTINGS)
+
+
+def database_url() -> str:
+    return get("database_url") or f"sqlite:///{home() / 'minimodal.db'}"

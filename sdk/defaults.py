@@ -1,0 +1,19 @@
+"""Default values, one line of why each. Settings in :mod:`minimodal.config` start from these."""
+
+DEFAULT_SERVER_URL = "http://127.0.0.1:8000"  # the API listens on loopback unless configured otherwise
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_API_PORT = 8000
+DEFAULT_HOME = "~/.minimodal"  # state: profile, SQLite database, local Redis, logs, pids
+DEFAULT_LOCAL_REDIS_PORT = 6390  # port of the Redis that `minimodal up` starts itself (not 6379: avoid clashes)
+DEFAULT_INLINE_PAYLOAD_SIZE = 2 * 1024 * 1024  # as Modal: larger args and results travel as blobs
+DEFAULT_MAX_PAYLOAD_SIZE = 256 * 1024 * 1024  # refused by the SDK before sending and by the API with 413
+DEFAULT_RESULT_TTL = 24 * 3600  # seconds outputs and inputs stay in Redis after they are written
+DEFAULT_QUOTA = 5  # tasks of one user in flight at once
+DEFAULT_WEIGHT = 1  # share of one user when several wait
+DEFAULT_TIMEOUT = 300  # seconds one input may run (Modal's default)
+DEFAULT_SCALEDOWN_WINDOW = 60  # seconds a warm runner stays idle before it is stopped
+DEFAULT_MAP_REQUEST_SIZE = 100  # inputs the SDK sends in one HTTP request of a .map
+DEFAULT_TASK_TARGET_MS = 50  # the dispatcher packs fast inputs into tasks of about this much work
+DEFAULT_MAX_INPUTS_PER_TASK = 100  # ...but never more inputs than this in one Celery task
+DEFAULT_LONG_POLL_SECONDS = 25  # one output long-poll waits at most this long before answering empty
+DEFAULT_HEARTBEAT_SECONDS = 2  # workers and the dispatcher refresh their heartbeat this often

@@ -1,0 +1,119 @@
+"""Every error MiniModal raises on purpose.
+
+The tree::
+
+    Error
+    ├── InvalidError              bad arguments or options (HTTP 400)
+    │   ├── PayloadTooLargeError  a payload over the configured maximum (HTTP 413)
+    │   └── UnsupportedOptionError an option accepted by the API but not implemented yet
+    ├── AuthError                 missing, wrong or revoked token (HTTP 401)
+    ├── NotFoundError             unknown function, call or user, or another user's (HTTP 404)
+    ├── ServiceError              the control plane or Redis cannot be reached or failed (HTTP 5xx)
+    ├── RemoteError               the remote code failed in a way that cannot be re-raised as its own type
+    ├── FunctionTimeoutError      a call ran longer than its ``timeout`` (also a builtin ``TimeoutError``)
+    ├── OutputExpiredError        the call's output is gone (older than the result TTL)
+    └── SerializationError        a value could not be pickled or unpickled
+
+``FunctionCall.get(timeout=...)`` raises the builtin :class:`TimeoutError` when the result is not
+ready yet, as Modal does.
+"""
+
+from __future__ import annotations
+
+
+class Error(Exception):
+    """Base class of every MiniModal error."""
+
+
+class InvalidError(Error):
+    """Raised when arguments, options or a request body are not valid."""
+
+
+class PayloadTooLargeError(InvalidError):
+    """Raised when arguments or a result exceed the configured maximum payload size."""
+
+
+class UnsupportedOptionError(InvalidError, NotImplementedError):
+    """Raised when a decorator option is accepted for Modal compatibility but not implemented yet."""
+
+
+class AuthError(Error):
+    """Raised when the token is missing, wrong or revoked."""
+
+
+class NotFoundError(Error):
+    """Raised when a function, call, app or user does not exist or belongs to another user."""
+
+
+class ServiceError(Error):
+    """Raised when the MiniModal server, Redis or the database cannot be reached or fails."""
+
+
+class RemoteError(Error):
+    """Raised when remote code failed and its exception cannot be re-raised with its own type.
+
+    The remote traceback text is in :attr:`traceback` and in the message.
+    """
+
+    def __init__(self, message: str, traceback: str | None = None) -> None:
+        super().__init__(message if not traceback else f"{message}\n\nRemote traceback:\n{traceback}")
+        self.traceback = traceback
+
+
+class FunctionTimeoutError(Error, TimeoutError):
+    """Raised when a remote call runs longer than the function's ``timeout``."""
+
+
+class OutputExpiredError(Error, TimeoutError):
+    """Raised when a call's output was kept for less time than it took to ask for it."""
+
+
+class SerializationError(Error):
+    """Raised when a value cannot be pickled locally or unpickled from the remote side."""
+
+
+# One table shared by the API (exception -> status) and the SDK (status/type -> exception).
+HTTP_STATUS: dict[type[Error], int] = {
+    InvalidError: 400,
+    UnsupportedOptionError: 400,
+    SerializationError: 400,
+    AuthError: 401,
+    NotFoundError: 404,
+    OutputExpiredError: 410,
+    PayloadTooLargeError: 413,
+    ServiceError: 503,
+}
+
+BY_NAME: dict[str, type[Error]] = {
+    cls.__name__: cls
+    for cls in (
+        Error,
+        InvalidError,
+        PayloadTooLargeError,
+        UnsupportedOptionError,
+        AuthError,
+        NotFoundError,
+        ServiceError,
+        RemoteError,
+        FunctionTimeoutError,
+        OutputExpiredError,
+        SerializationError,
+    )
+}
+
+
+def status_for(exc: Error) -> int:
+    """The HTTP status the API answers with for ``exc``."""
+    for cls in type(exc).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+def from_response(status: int, error_type: str | None, message: str) -> Error:
+    """Rebuild the typed error the server described in an ``{"error": {...}}`` body."""
+    cls = BY_NAME.get(error_type or "")
+    if cls is None:
+        by_status = {v: k for k, v in HTTP_STATUS.items() if k is not UnsupportedOptionError}
+        cls = by_status.get(status, ServiceError)
+    return cls(message)

@@ -1,0 +1,324 @@
+"""``Function`` (what ``@app.function`` returns) and ``FunctionCall`` (what ``.spawn`` returns)."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from . import config, protocol
+from ._client import Client
+from ._serialization import deserialize, rebuild_exception, serialize_args
+from .defaults import DEFAULT_LONG_POLL_SECONDS
+from .exception import BY_NAME, InvalidError, PayloadTooLargeError, UnsupportedOptionError
+
+if TYPE_CHECKING:
+    from .app import App
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class FunctionOptions:
+    """The decorator options the server and workers act on (sent as JSON)."""
+
+    cpu: float | None = None
+    memory: int | None = None
+    timeout: int = 300
+    scaledown_window: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def _encode_input(client: Client, payload: bytes) -> dict[str, str]:
+    """Inline small payloads; upload large ones as blobs; refuse ones over the maximum before sending."""
+    limit = config.get("max_payload_size")
+    if len(payload) > limit:
+        raise PayloadTooLargeError(
+            f"the arguments pickle to {len(payload):,} bytes, over the maximum of {limit:,} "
+            "(MINIMODAL_MAX_PAYLOAD_SIZE); pass a Volume path or a smaller value"
+        )
+    if len(payload) > config.get("inline_payload_size"):
+        blob = client.request("PUT", "/v1/blobs", data=payload, timeout=600)
+        return {"blob": blob["blob_id"]}
+    return {"args": protocol.b64(payload)}
+
+
+def _decode_output(client: Client, envelope: dict[str, Any]) -> tuple[bool, Any]:
+    """``(True, value)`` for a success, ``(False, exception)`` for a failure."""
+    data = b""
+    if envelope.get(protocol.OUT_BLOB):
+        data = client.request("GET", f"/v1/blobs/{envelope[protocol.OUT_BLOB]}", raw=True, timeout=600).content
+    elif envelope.get(protocol.OUT_DATA):
+        data = protocol.unb64(envelope[protocol.OUT_DATA])
+    if envelope[protocol.OUT_STATUS] == protocol.CallStatus.COMPLETED.value:
+        return True, deserialize(data)
+    error_type = envelope.get(protocol.OUT_ERROR_TYPE)
+    if error_type:
+        return False, BY_NAME.get(error_type, BY_NAME["RemoteError"])(envelope.get(protocol.OUT_MESSAGE) or "")
+    return False, rebuild_exception(data, envelope.get(protocol.OUT_TRACEBACK), envelope.get(protocol.OUT_MESSAGE))
+
+
+class FunctionCall(Generic[R]):
+    """A handle on a call made with ``.spawn()``; ``get()`` waits for its result.
+
+    Example::
+
+        fc = square.spawn(5)
+        fc.get()            # 25
+        FunctionCall.from_id(fc.object_id).get()
+    """
+
+    def __init__(self, call_id: str, client: Client | None = None) -> None:
+        self.object_id = call_id
+        self._client = client or Client.from_config()
+        self._outputs: dict[int, dict[str, Any]] = {}
+        self._cursor = "0-0"
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FunctionCall({self.object_id!r})"
+
+    @classmethod
+    def from_id(cls, function_call_id: str, client: Client | None = None) -> FunctionCall[Any]:
+        return cls(function_call_id, client)
+
+    def _poll(self, wait: float) -> list[dict[str, Any]]:
+        """Long-poll the server for outputs after the cursor (at most ``wait`` seconds)."""
+        reply = self._client.request(
+            "GET",
+            f"/v1/calls/{self.object_id}/outputs",
+            params={"cursor": self._cursor, "timeout": f"{wait:.3f}"},
+            timeout=wait + 30,
+        )
+        self._cursor = reply["cursor"]
+        for envelope in reply["outputs"]:
+            self._outputs[envelope[protocol.OUT_INDEX]] = envelope
+        return reply["outputs"]
+
+    def _envelope(self, index: int, timeout: float | None) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while index not in self._outputs:
+                remaining = DEFAULT_LONG_POLL_SECONDS if deadline is None else deadline - time.monotonic()
+                if remaining <= 0 and deadline is not None and timeout != 0:
+                    break
+                self._poll(max(0.0, min(remaining, DEFAULT_LONG_POLL_SECONDS)))
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+            if index not in self._outputs:
+                raise TimeoutError(f"{self.object_id} has no result yet (waited {timeout} s)")
+            return self._outputs[index]
+
+    def get(self, timeout: float | None = None, *, index: int = 0) -> R:
+        """Wait for the result; raise the builtin ``TimeoutError`` if it is not ready within ``timeout``.
+
+        A remote exception is re-raised with its original type and the remote traceback attached.
+        """
+        ok, value = _decode_output(self._client, self._envelope(index, timeout))
+        if not ok:
+            raise value
+        return value
+
+    @staticmethod
+    def gather(*function_calls: FunctionCall[Any]) -> list[Any]:
+        """Wait for all calls; results in argument order; the first failure is raised."""
+        return [fc.get() for fc in function_calls]
+
+
+class Function(Generic[P, R]):
+    """A function registered on an App. Call it with ``.remote``, ``.spawn``, ``.map`` or ``.local``."""
+
+    def __init__(self, app: App, raw_f: Callable[P, R], tag: str, options: FunctionOptions) -> None:
+        self._app = app
+        self._raw_f = raw_f
+        self._tag = tag
+        self._options = options
+        self._is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f)
+        self.object_id: str | None = None
+        self.__doc__ = raw_f.__doc__
+        self.__name__ = getattr(raw_f, "__name__", tag)
+
+    def __repr__(self) -> str:
+        return f"Function({self._tag!r}, object_id={self.object_id!r})"
+
+    def _hydrated_id(self) -> str:
+        if self.object_id is None:
+            raise InvalidError(
+                f"function {self._tag!r} is not running on a server yet: call it inside `with app.run():`, "
+                "or start the program with `minimodal run FILE`"
+            )
+        return self.object_id
+
+    def _check_callable_remotely(self, how: str) -> None:
+        if self._is_generator:
+            if how == "remote":
+                raise InvalidError(f"{self._tag} is a generator function: use .remote_gen() instead of .remote()")
+            raise InvalidError(f"{self._tag} is a generator function: .{how}() is not allowed on generators")
+
+    def local(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function here, in this process."""
+        return self._raw_f(*args, **kwargs)
+
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run one call on a worker and return its result (or raise its exception)."""
+        self._check_callable_remotely("remote")
+        return self._submit([serialize_args(args, kwargs)], wait=DEFAULT_LONG_POLL_SECONDS).get()
+
+    def remote_gen(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
+        raise UnsupportedOptionError("generator functions (.remote_gen) are not implemented yet in MiniModal")
+
+    def spawn(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
+        """Start one call and return at once with a :class:`FunctionCall` handle."""
+        self._check_callable_remotely("spawn")
+        return self._submit([serialize_args(args, kwargs)])
+
+    def _submit(self, payloads: list[bytes], wait: float = 0) -> FunctionCall[R]:
+        client = Client.from_config()
+        inputs = [_encode_input(client, payload) for payload in payloads]
+        reply = client.request(
+            "POST",
+            f"/v1/functions/{self._hydrated_id()}/calls",
+            json={"inputs": inputs, "more": False, "wait": wait},
+            timeout=wait + 60,
+        )
+        fc: FunctionCall[R] = FunctionCall(reply["call_id"], client)
+        for envelope in reply.get("outputs", []):
+            fc._outputs[envelope[protocol.OUT_INDEX]] = envelope
+        return fc
+
+    def map(
+        self,
+        *input_iterators: Iterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        wrap_returned_exceptions: bool | None = None,
+    ) -> Iterator[R]:
+        """Run the function over the inputs in parallel; results in input order by default.
+
+        With ``return_exceptions=True`` a failed input yields its exception object instead of raising.
+        """
+        self._check_callable_remotely("map")
+        arg_tuples = zip(*input_iterators, strict=False)
+        return _MapRun(self, arg_tuples, kwargs or {}, order_outputs, return_exceptions).results()
+
+    def starmap(
+        self,
+        input_iterator: Iterable[tuple[Any, ...]],
+        *,
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        wrap_returned_exceptions: bool | None = None,
+    ) -> Iterator[R]:
+        """Like :meth:`map`, each element unpacked into positional arguments."""
+        self._check_callable_remotely("starmap")
+        return _MapRun(self, iter(input_iterator), kwargs or {}, order_outputs, return_exceptions).results()
+
+    def for_each(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] | None = None,
+                 ignore_exceptions: bool = False) -> None:
+        """Map and discard the results; block until every input is done."""
+        for _ in self.map(*input_iterators, kwargs=kwargs, return_exceptions=ignore_exceptions):
+            pass
+
+    def spawn_map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] | None = None) -> None:
+        """Start a map and return once its inputs are accepted; results cannot be retrieved."""
+        self._check_callable_remotely("spawn_map")
+        run = _MapRun(self, zip(*input_iterators, strict=False), kwargs or {}, True, True)
+        run.submit_all()
+
+
+@dataclass
+class _MapRun:
+    """One ``.map``: a submitter thread sends inputs in batches while the caller reads outputs."""
+
+    function: Function[Any, Any]
+    arg_tuples: Iterator[tuple[Any, ...]]
+    kwargs: dict[str, Any]
+    order_outputs: bool
+    return_exceptions: bool
+    client: Client = field(default_factory=Client.from_config)
+    call_id: str | None = None
+    submitted: int = 0
+    total: int | None = None
+    error: BaseException | None = None
+    stopped: bool = False
+    started: threading.Event = field(default_factory=threading.Event)
+
+    def submit_all(self) -> None:
+        """Send every input, ``map_request_size`` per request."""
+        batch_size = config.get("map_request_size")
+        try:
+            batch: list[dict[str, str]] = []
+            for args in self.arg_tuples:
+                if self.stopped:
+                    return
+                batch.append(_encode_input(self.client, serialize_args(tuple(args), self.kwargs)))
+                if len(batch) >= batch_size:
+                    self._send(batch, more=True)
+                    batch = []
+            self._send(batch, more=False)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader, which re-raises it
+            self.error = exc
+        finally:
+            if self.total is None:
+                self.total = self.submitted
+            self.started.set()
+
+    def _send(self, batch: list[dict[str, str]], *, more: bool) -> None:
+        body = {"inputs": batch, "more": more}
+        if self.call_id is None and not batch:
+            self.total = 0  # an empty map: nothing to send
+            return
+        if self.call_id is None:
+            reply = self.client.request("POST", f"/v1/functions/{self.function._hydrated_id()}/calls", json=body)
+            self.call_id = reply["call_id"]
+            self.started.set()
+        elif batch or not more:
+            self.client.request("POST", f"/v1/calls/{self.call_id}/inputs", json=body)
+        self.submitted += len(batch)
+        if not more:
+            self.total = self.submitted
+
+    def results(self) -> Iterator[Any]:
+        submitter = threading.Thread(target=self.submit_all, name="minimodal-map-submit", daemon=True)
+        submitter.start()
+        try:
+            yield from self._read()
+        finally:
+            self.stopped = True
+
+    def _read(self) -> Iterator[Any]:
+        self.started.wait()
+        if self.error is not None and self.call_id is None:
+            raise self.error
+        if self.call_id is None:
+            return  # no inputs at all
+        fc: FunctionCall[Any] = FunctionCall(self.call_id, self.client)
+        pending: dict[int, Any] = {}
+        seen: set[int] = set()  # at-least-once execution may deliver an index twice; the first wins
+        received = next_index = 0
+        while self.total is None or received < self.total:
+            if self.error is not None:
+                raise self.error
+            for envelope in fc._poll(DEFAULT_LONG_POLL_SECONDS if self.total is not None else 1.0):
+                if envelope[protocol.OUT_INDEX] in seen:
+                    continue
+                seen.add(envelope[protocol.OUT_INDEX])
+                received += 1
+                ok, value = _decode_output(self.client, envelope)
+                if not ok and not self.return_exceptions:
+                    raise value
+                if not self.order_outputs:
+                    yield value
+                    continue
+                pending[envelope[protocol.OUT_INDEX]] = value
+                while next_index in pending:
+                    yield pending.pop(next_index)
+                    next_index += 1

@@ -1,0 +1,183 @@
+"""The wire contract between the SDK, the API, the dispatcher, the workers and the runner.
+
+Everything two components must agree on lives here and nowhere else: call statuses, Celery task and
+queue names, every Redis key (one helper per key family, all under ``mm:``), the pending-queue entry
+format, the output envelope and the payload checks the API may make without unpickling anything.
+This module imports only the standard library so the in-container runner may use it.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from dataclasses import dataclass
+from enum import Enum
+
+KEY_PREFIX = "mm"
+
+# Celery names: the API never sends tasks; the dispatcher sends them by name.
+TASK_EXECUTE = "mm.execute"
+QUEUE_CPU = "mm.cpu"
+
+PICKLE_PROTOCOLS = (2, 3, 4, 5)
+
+
+class CallStatus(str, Enum):
+    """Where one input of a function call stands. The last four are terminal."""
+
+    QUEUED = "queued"  # accepted, waiting in its user's pending queue
+    DISPATCHED = "dispatched"  # handed to a Celery queue
+    RUNNING = "running"  # a worker is running it
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DEAD_LETTER = "dead_letter"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({CallStatus.COMPLETED, CallStatus.FAILED, CallStatus.DEAD_LETTER, CallStatus.CANCELLED})
+
+
+def new_id(prefix: str) -> str:
+    """A fresh object id such as ``fc-3kT9...`` (Modal's prefixes: ap, fu, fc, bl)."""
+    return f"{prefix}-{secrets.token_urlsafe(12).replace('-', 'x').replace('_', 'y')}"
+
+
+def new_token() -> str:
+    """A fresh bearer token; only its SHA-256 is stored."""
+    return "mm_" + secrets.token_urlsafe(32)
+
+
+# ---- Redis keys -------------------------------------------------------------------------------
+
+
+def key(*parts: object) -> str:
+    return ":".join((KEY_PREFIX, *(str(p) for p in parts)))
+
+
+def pending_key(user_id: int) -> str:
+    """List of pending entries (see :class:`PendingEntry`) of one user."""
+    return key("pending", user_id)
+
+
+def pending_users_key() -> str:
+    """Set of user ids that may have pending entries."""
+    return key("pending_users")
+
+
+def running_key() -> str:
+    """Hash user id -> number of dispatched, unfinished tasks."""
+    return key("running")
+
+
+def quota_key() -> str:
+    """Hash user id -> concurrency quota (tasks in flight), written by the API, read by the dispatcher."""
+    return key("quota")
+
+
+def wake_key() -> str:
+    """List the dispatcher blocks on; anything pushed wakes it."""
+    return key("dispatch", "wake")
+
+
+def inputs_key(call_id: str) -> str:
+    """Hash input index -> input payload (pickled args or a blob reference) of one function call."""
+    return key("in", call_id)
+
+
+def outputs_key(call_id: str) -> str:
+    """Stream of output envelopes of one function call, in completion order."""
+    return key("out", call_id)
+
+
+def blob_key(blob_id: str) -> str:
+    """Bytes of one large payload."""
+    return key("blob", blob_id)
+
+
+def blob_owner_key(blob_id: str) -> str:
+    """User id that uploaded or produced a blob."""
+    return key("blob_owner", blob_id)
+
+
+def function_stats_key(function_id: str) -> str:
+    """Hash with the moving average run time of a function's inputs (``avg_us``)."""
+    return key("fnstat", function_id)
+
+
+def worker_key(worker_id: str) -> str:
+    """Heartbeat hash of one worker (expires when the worker stops beating)."""
+    return key("worker", worker_id)
+
+
+def dispatcher_heartbeat_key() -> str:
+    return key("dispatcher", "heartbeat")
+
+
+# ---- Pending entries --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingEntry:
+    """A run of inputs ``[start, end)`` of one function call, waiting to be dispatched.
+
+    One ``.remote()`` is one entry of one input; a ``.map`` request of many inputs is one entry that
+    the dispatcher splits into tasks sized by the function's measured run time.
+    """
+
+    call_id: str
+    function_id: str
+    start: int
+    end: int
+
+    def encode(self) -> str:
+        return f"{self.call_id}|{self.function_id}|{self.start}|{self.end}"
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> PendingEntry:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        call_id, function_id, start, end = text.split("|")
+        return cls(call_id, function_id, int(start), int(end))
+
+
+# ---- Payloads and outputs ---------------------------------------------------------------------
+
+BLOB_REF_PREFIX = b"mm-blob:"
+
+
+def blob_ref(blob_id: str) -> bytes:
+    """An input or output stored as a blob is replaced by this marker."""
+    return BLOB_REF_PREFIX + blob_id.encode()
+
+
+def parse_blob_ref(value: bytes) -> str | None:
+    return value[len(BLOB_REF_PREFIX) :].decode() if value.startswith(BLOB_REF_PREFIX) else None
+
+
+def looks_like_pickle(data: bytes) -> bool:
+    """True when ``data`` is framed as a pickle (PROTO header, STOP at the end).
+
+    The control plane never unpickles user payloads; this framing check is all it may do.
+    """
+    return len(data) >= 3 and data[0] == 0x80 and data[1] in PICKLE_PROTOCOLS and data[-1:] == b"."
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode(), validate=True)
+
+
+# Output envelope fields (Redis stream entry fields and the JSON the API returns).
+OUT_INDEX = "idx"
+OUT_STATUS = "status"  # a terminal CallStatus value
+OUT_DATA = "data"  # pickled return value, or pickled exception on failure (may be absent)
+OUT_BLOB = "blob"  # blob id when the pickled value was too large to inline
+OUT_ERROR_TYPE = "error_type"  # name in minimodal.exception for platform-side failures
+OUT_MESSAGE = "message"
+OUT_TRACEBACK = "traceback"

@@ -1,0 +1,195 @@
+"""Fixtures that start real services: redis-server on a free port, and the MiniModal processes.
+
+A service missing locally skips the tests that need it; under CI=true it fails them instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+from redis import Redis
+
+CI = os.environ.get("CI", "").lower() == "true"
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def missing(what: str) -> None:
+    """Skip locally, fail in CI."""
+    if CI:
+        pytest.fail(f"{what} (CI=true: a missing service is a failure, not a skip)")
+    pytest.skip(what)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 15) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@dataclass
+class RedisServer:
+    url: str
+    port: int
+    process: subprocess.Popen
+    client: Redis
+
+
+def start_redis(tmp: Path) -> RedisServer:
+    server = shutil.which("redis-server")
+    if server is None:
+        missing("redis-server is not installed (make test installs it)")
+    port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    client = Redis(port=port)
+
+    def pings() -> bool:
+        with contextlib.suppress(Exception):
+            return bool(client.ping())
+        return False
+
+    wait_for(pings, 10, "redis-server to answer")
+    assert client.dbsize() == 0, "a fresh redis-server must start empty"
+    return RedisServer(f"redis://127.0.0.1:{port}/0", port, process, client)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    stop_process(server.process)
+
+
+@dataclass
+class Stack:
+    """A running control plane: API, dispatcher and one worker, all real processes."""
+
+    home: Path
+    env: dict[str, str]
+    url: str
+    redis: RedisServer
+    admin_token: str
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def spawn(self, name: str, *argv: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        with open(self.home / f"{name}.log", "ab") as log:
+            process = subprocess.Popen([PYTHON, "-m", "mm_app", *argv], env={**self.env, **(extra_env or {})},
+                                       stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        self.processes[name] = process
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.home / f"{name}.log").read_text(errors="replace")
+
+    def new_user(self, name: str, **fields: int) -> str:
+        reply = requests.post(f"{self.url}/v1/users", json={"name": name, **fields},
+                              headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=10)
+        assert reply.status_code == 201, reply.text
+        return reply.json()["token"]
+
+    def workers(self) -> list[dict]:
+        return [json.loads(self.redis.client.get(k)) for k in self.redis.client.scan_iter("mm:worker:*")]
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            stop_process(process)
+
+
+def _bootstrap_admin(env: dict[str, str]) -> str:
+    code = (
+        "from minimodal import config; from mm_app.database import Database; from mm_app.api.users import create_user\n"
+        "db = Database(config.database_url()); db.create_all()\n"
+        "with db.write() as s: print(create_user(s, 'admin', quota=5, weight=1, is_admin=True))\n"
+    )
+    return subprocess.run([PYTHON, "-c", code], env=env, check=True, capture_output=True, text=True,
+                          cwd=ROOT).stdout.strip()
+
+
+TEST_MAX_PAYLOAD = 8 * 1024 * 1024  # small, so that the 413 path is cheap to exercise
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("mmhome")
+    port = free_port()
+    env = {
+        **os.environ,
+        "MINIMODAL_HOME": str(home),
+        "MINIMODAL_REDIS_URL": redis_server.url,
+        "MINIMODAL_DATABASE_URL": f"sqlite:///{home / 'mm.db'}",
+        "MINIMODAL_API_PORT": str(port),
+        "MINIMODAL_SERVER_URL": f"http://127.0.0.1:{port}",
+        "MINIMODAL_MAX_PAYLOAD_SIZE": str(TEST_MAX_PAYLOAD),
+        "MINIMODAL_WORKER_CONCURRENCY": "4",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("MINIMODAL_TOKEN", None)
+    stack = Stack(home, env, f"http://127.0.0.1:{port}", redis_server, _bootstrap_admin(env))
+    try:
+        stack.spawn("api", "api")
+        stack.spawn("dispatcher", "dispatcher")
+        stack.spawn("worker", "worker")
+
+        def ready() -> bool:
+            for name, process in stack.processes.items():
+                if process.poll() is not None:
+                    raise AssertionError(f"{name} exited at start:\n{stack.log(name)[-3000:]}")
+            with contextlib.suppress(requests.RequestException):
+                return requests.get(stack.url + "/health", timeout=1).ok and bool(stack.workers())
+            return False
+
+        wait_for(ready, 60, "the API to answer and a worker to beat")
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def user(stack: Stack, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh user per test; the in-process SDK is pointed at the stack with its token."""
+    name = "u" + str(abs(hash(request.node.nodeid)))[:12]
+    token = stack.new_user(name)
+    for key in ("MINIMODAL_HOME", "MINIMODAL_SERVER_URL", "MINIMODAL_MAX_PAYLOAD_SIZE"):
+        monkeypatch.setenv(key, stack.env[key])
+    monkeypatch.setenv("MINIMODAL_TOKEN", token)
+    return token

@@ -1,0 +1,88 @@
+"""The core path end to end: SDK -> API -> Redis -> dispatcher -> Celery worker -> runner -> back."""
+
+from __future__ import annotations
+
+import os
+
+import minimodal
+import pytest
+from minimodal.exception import InvalidError, RemoteError
+
+from tests.functions import basic
+
+
+def test_local_runs_in_this_process(user: str) -> None:
+    assert basic.square.local(3) == 9
+    assert basic.pid.local() == os.getpid()
+
+
+def test_remote_returns_the_value_computed_on_a_worker(user: str) -> None:
+    with basic.app.run():
+        assert basic.square.remote(4) == 16
+        assert basic.add.remote(2, b=5) == 7
+        assert basic.pid.remote() != os.getpid()
+        assert basic.is_remote.remote()[0] is False
+
+
+def test_spawn_then_get_and_gather(user: str) -> None:
+    with basic.app.run():
+        fc = basic.square.spawn(5)
+        assert fc.get() == 25
+        assert fc.object_id.startswith("fc-")
+        assert minimodal.FunctionCall.from_id(fc.object_id).get() == 25
+        assert minimodal.FunctionCall.gather(basic.square.spawn(6), basic.square.spawn(7)) == [36, 49]
+
+
+def test_map_returns_results_in_input_order(user: str) -> None:
+    with basic.app.run():
+        assert list(basic.square.map(range(10))) == [x * x for x in range(10)]
+        assert list(basic.add.starmap([(1, 2), (3, 4)])) == [3, 7]
+        assert list(basic.add.map([1, 2], [10, 20])) == [11, 22]
+        assert list(basic.add.map([1, 2], kwargs={"b": 100})) == [101, 102]
+        assert list(basic.square.map([])) == []
+
+
+def test_map_with_unordered_outputs_returns_every_result(user: str) -> None:
+    with basic.app.run():
+        assert sorted(basic.sleep.map([0.3, 0.0, 0.1], order_outputs=False)) == [0.0, 0.1, 0.3]
+
+
+def test_remote_reraises_the_original_exception_type_with_the_remote_traceback(user: str) -> None:
+    with basic.app.run():
+        with pytest.raises(ValueError, match="bad input") as info:
+            basic.raise_value_error.remote("bad input")
+        assert any("Remote traceback" in note and "raise_value_error" in note for note in info.value.__notes__)
+        with pytest.raises(basic.CustomError, match="mine"):
+            basic.raise_custom.remote("mine")
+
+
+def test_an_unpicklable_remote_exception_becomes_remote_error_with_the_traceback(user: str) -> None:
+    with basic.app.run():
+        with pytest.raises(RemoteError) as info:
+            basic.raise_unpicklable.remote("no pickle")
+        assert "UnpicklableError" in str(info.value)
+        assert info.value.traceback and "raise_unpicklable" in info.value.traceback
+
+
+def test_map_return_exceptions_yields_exception_objects(user: str) -> None:
+    with basic.app.run():
+        results = list(basic.raise_value_error.map(["a", "b"], return_exceptions=True))
+        assert [type(r) for r in results] == [ValueError, ValueError]
+        assert [str(r) for r in results] == ["a", "b"]
+        with pytest.raises(ValueError):
+            list(basic.raise_value_error.map(["a"]))
+
+
+def test_get_with_a_timeout_raises_the_builtin_timeout_error_when_not_ready(user: str) -> None:
+    with basic.app.run():
+        fc = basic.sleep.spawn(2)
+        with pytest.raises(TimeoutError):
+            fc.get(timeout=0)
+        with pytest.raises(TimeoutError):
+            fc.get(timeout=0.2)
+        assert fc.get(timeout=30) == 2
+
+
+def test_calling_remote_outside_a_running_app_is_a_clear_error(user: str) -> None:
+    with pytest.raises(InvalidError, match="app.run"):
+        basic.square.remote(2)
