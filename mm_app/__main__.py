@@ -46,7 +46,7 @@ def run_beat(args: argparse.Namespace) -> None:
 
 
 def run_flower(args: argparse.Namespace) -> None:
-    _celery("flower", "--address=127.0.0.1", f"--port={args.port or 5555}")
+    _celery("flower", "--address=127.0.0.1", f"--port={args.port or config.get('flower_port')}")
 
 
 def main() -> None:

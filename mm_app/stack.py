@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from minimodal import config, defaults, protocol
+from minimodal import config, protocol
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select
@@ -62,7 +62,8 @@ class Stack:
         configured = config.get("redis_url")
         if configured and _redis_answers(configured):
             return configured
-        local = f"redis://127.0.0.1:{defaults.DEFAULT_LOCAL_REDIS_PORT}/0"
+        port = config.get("local_redis_port")
+        local = f"redis://127.0.0.1:{port}/0"
         if _redis_answers(local):
             return local
         server = shutil.which("redis-server")
@@ -71,7 +72,7 @@ class Stack:
                              "redis-server), or set MINIMODAL_REDIS_URL")
         data = self.home / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        self._spawn("redis", [server, "--port", str(defaults.DEFAULT_LOCAL_REDIS_PORT), "--bind", "127.0.0.1",
+        self._spawn("redis", [server, "--port", str(port), "--bind", "127.0.0.1",
                               "--dir", str(data), "--appendonly", "yes", "--save", "",
                               "--maxmemory-policy", "noeviction"], dict(os.environ))
         for _ in range(100):
@@ -136,7 +137,7 @@ class Stack:
         for name in PROCESSES:
             self._spawn(name, [sys.executable, "-m", "mm_app", name], env)
         self._wait_ready(server_url, redis_url)
-        print(f"MiniModal is up: API {server_url}, Redis {redis_url}, Flower http://127.0.0.1:5555")
+        print(f"MiniModal is up: API {server_url}, Redis {redis_url}, Flower http://127.0.0.1:{config.get('flower_port')}")
         print(f"profile {profile} (token of user 'default'); logs in {self.log_dir}")
         if detach:
             return 0

@@ -64,7 +64,11 @@ def _pick_target(module: ModuleType, name: str | None) -> tuple[App, LocalEntryp
 def _parse_entrypoint_args(fn: Any, argv: list[str]) -> dict[str, Any]:
     """Turn an entrypoint's parameters into ``--name value`` options, typed by annotation or default."""
     parser = argparse.ArgumentParser(prog=getattr(fn, "__name__", "entrypoint"))
-    for param in inspect.signature(fn).parameters.values():
+    try:
+        signature = inspect.signature(fn, eval_str=True)
+    except (NameError, SyntaxError):
+        signature = inspect.signature(fn)
+    for param in signature.parameters.values():
         kind = param.annotation if param.annotation in (int, float, str, bool) else None
         if kind is None and param.default is not inspect.Parameter.empty and param.default is not None:
             kind = type(param.default)

@@ -52,6 +52,8 @@ _SETTINGS: dict[str, Setting] = {
         Setting("database_url", None, help="SQLAlchemy URL; SQLite under MINIMODAL_HOME when unset"),
         Setting("api_host", defaults.DEFAULT_API_HOST),
         Setting("api_port", defaults.DEFAULT_API_PORT, int),
+        Setting("flower_port", 5555, int, "port of Flower under `minimodal up`"),
+        Setting("local_redis_port", defaults.DEFAULT_LOCAL_REDIS_PORT, int, "port of the Redis `minimodal up` starts"),
         Setting("inline_payload_size", defaults.DEFAULT_INLINE_PAYLOAD_SIZE, int),
         Setting("max_payload_size", defaults.DEFAULT_MAX_PAYLOAD_SIZE, int),
         Setting("result_ttl", defaults.DEFAULT_RESULT_TTL, int),
