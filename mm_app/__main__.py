@@ -22,8 +22,7 @@ def run_api(args: argparse.Namespace) -> None:
     from .api import create_app
 
     app = create_app()
-    server = make_server(args.host or config.get("api_host"), args.port or config.get("api_port"), app,
-                         threaded=True)
+    server = make_server(args.host or config.get("api_host"), args.port or config.get("api_port"), app, threaded=True)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     logging.getLogger("minimodal.api").info("API listening on %s:%s", server.host, server.port)
     server.serve_forever()
@@ -35,8 +34,21 @@ def _celery(*argv: str) -> None:
 
 def run_worker(args: argparse.Namespace) -> None:
     concurrency = args.concurrency or config.get("worker_concurrency")
-    _celery("worker", "-P", "threads", "-c", str(concurrency), "-Q", protocol.QUEUE_CPU, "-l", "INFO",
-            "--without-gossip", "--without-mingle", "-n", f"mm-worker-{os.getpid()}@%h")
+    _celery(
+        "worker",
+        "-P",
+        "threads",
+        "-c",
+        str(concurrency),
+        "-Q",
+        protocol.QUEUE_CPU,
+        "-l",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "-n",
+        f"mm-worker-{os.getpid()}@%h",
+    )
 
 
 def run_beat(args: argparse.Namespace) -> None:
@@ -67,7 +79,9 @@ def main() -> None:
     up = commands.add_parser("up")
     up.add_argument("--detach", action="store_true")
     up.set_defaults(handler=lambda a: sys.exit(__import__("mm_app.stack").stack.Stack().up(detach=a.detach)))
-    commands.add_parser("down").set_defaults(handler=lambda a: sys.exit(__import__("mm_app.stack").stack.Stack().down()))
+    commands.add_parser("down").set_defaults(
+        handler=lambda a: sys.exit(__import__("mm_app.stack").stack.Stack().down())
+    )
     args = parser.parse_args()
     _logging()
     args.handler(args)

@@ -23,8 +23,9 @@ logger = logging.getLogger("minimodal.dispatcher")
 
 
 class Dispatcher:
-    def __init__(self, redis: Redis, celery_app: Any, *, default_quota: int, task_target_ms: int,
-                 max_inputs_per_task: int) -> None:
+    def __init__(
+        self, redis: Redis, celery_app: Any, *, default_quota: int, task_target_ms: int, max_inputs_per_task: int
+    ) -> None:
         self.redis = redis
         self.celery_app = celery_app
         self.pending = PendingQueues(redis)

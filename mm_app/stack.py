@@ -53,8 +53,9 @@ class Stack:
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with open(self.log_dir / f"{name}.log", "ab") as log:
-            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                       cwd=self.home)
+            process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=self.home
+            )
         self._pid_file(name).write_text(str(process.pid))
         return process
 
@@ -68,13 +69,31 @@ class Stack:
             return local
         server = shutil.which("redis-server")
         if server is None:
-            raise SystemExit("minimodal up: no Redis answers and redis-server is not installed (apt-get install "
-                             "redis-server), or set MINIMODAL_REDIS_URL")
+            raise SystemExit(
+                "minimodal up: no Redis answers and redis-server is not installed (apt-get install "
+                "redis-server), or set MINIMODAL_REDIS_URL"
+            )
         data = self.home / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        self._spawn("redis", [server, "--port", str(port), "--bind", "127.0.0.1",
-                              "--dir", str(data), "--appendonly", "yes", "--save", "",
-                              "--maxmemory-policy", "noeviction"], dict(os.environ))
+        self._spawn(
+            "redis",
+            [
+                server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(data),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            dict(os.environ),
+        )
         for _ in range(100):
             if _redis_answers(local):
                 return local
@@ -95,8 +114,13 @@ class Stack:
                 token = protocol.new_token()
                 existing.token_hash = hash_token(token)
             else:
-                token = create_user(session, "default", quota=config.get("default_quota"),
-                                    weight=config.get("default_weight"), is_admin=True)
+                token = create_user(
+                    session,
+                    "default",
+                    quota=config.get("default_quota"),
+                    weight=config.get("default_weight"),
+                    is_admin=True,
+                )
         db.dispose()
         return token
 
@@ -137,7 +161,9 @@ class Stack:
         for name in PROCESSES:
             self._spawn(name, [sys.executable, "-m", "mm_app", name], env)
         self._wait_ready(server_url, redis_url)
-        print(f"MiniModal is up: API {server_url}, Redis {redis_url}, Flower http://127.0.0.1:{config.get('flower_port')}")
+        print(
+            f"MiniModal is up: API {server_url}, Redis {redis_url}, Flower http://127.0.0.1:{config.get('flower_port')}"
+        )
         print(f"profile {profile} (token of user 'default'); logs in {self.log_dir}")
         if detach:
             return 0

@@ -44,9 +44,7 @@ class Client:
     ) -> Any:
         """Send one request; a JSON error body becomes the matching ``minimodal.exception`` error."""
         if not self.token and path != "/health":
-            raise AuthError(
-                "no MiniModal token: run `minimodal up` (writes a profile) or set MINIMODAL_TOKEN"
-            )
+            raise AuthError("no MiniModal token: run `minimodal up` (writes a profile) or set MINIMODAL_TOKEN")
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         if data is not None:
             headers["Content-Type"] = "application/octet-stream"

@@ -111,7 +111,7 @@ def main() -> None:
             write_frame(proto_out, b"E", _describe(exc))
         return
     with lock:
-        write_frame(proto_out, b"R", {"pid": os.getpid(), "python": "%d.%d" % sys.version_info[:2]})
+        write_frame(proto_out, b"R", {"pid": os.getpid(), "python": f"{sys.version_info[0]}.{sys.version_info[1]}"})
 
     while True:
         frame = read_frame(proto_in)

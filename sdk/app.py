@@ -35,10 +35,31 @@ logger = logging.getLogger("minimodal")
 
 # Options that Modal accepts and MiniModal will implement; until then a non-default value is refused.
 _NOT_YET = (
-    "image", "schedule", "secrets", "env", "gpu", "volumes", "retries", "min_containers", "max_containers",
-    "buffer_containers", "ephemeral_disk", "proxy", "cloud", "region", "routing_region", "nonpreemptible",
-    "enable_memory_snapshot", "block_network", "restrict_modal_access", "single_use_containers", "max_inputs",
-    "i6pn", "startup_timeout", "experimental_options", "network_file_systems",
+    "image",
+    "schedule",
+    "secrets",
+    "env",
+    "gpu",
+    "volumes",
+    "retries",
+    "min_containers",
+    "max_containers",
+    "buffer_containers",
+    "ephemeral_disk",
+    "proxy",
+    "cloud",
+    "region",
+    "routing_region",
+    "nonpreemptible",
+    "enable_memory_snapshot",
+    "block_network",
+    "restrict_modal_access",
+    "single_use_containers",
+    "max_inputs",
+    "i6pn",
+    "startup_timeout",
+    "experimental_options",
+    "network_file_systems",
 )
 _DEPRECATED = {
     "keep_warm": "min_containers",
@@ -175,9 +196,9 @@ class App:
 
         return wrapper
 
-    def local_entrypoint(self, _warn_parentheses_missing: Any = None, *, name: str | None = None) -> Callable[
-        [Callable[..., Any]], LocalEntrypoint
-    ]:
+    def local_entrypoint(
+        self, _warn_parentheses_missing: Any = None, *, name: str | None = None
+    ) -> Callable[[Callable[..., Any]], LocalEntrypoint]:
         """Register a function that runs locally under ``minimodal run`` (its parameters become options)."""
         if _warn_parentheses_missing is not None:
             raise InvalidError("use @app.local_entrypoint() with parentheses")

@@ -221,8 +221,9 @@ class Function(Generic[P, R]):
         self._check_callable_remotely("starmap")
         return _MapRun(self, iter(input_iterator), kwargs or {}, order_outputs, return_exceptions).results()
 
-    def for_each(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] | None = None,
-                 ignore_exceptions: bool = False) -> None:
+    def for_each(
+        self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] | None = None, ignore_exceptions: bool = False
+    ) -> None:
         """Map and discard the results; block until every input is done."""
         for _ in self.map(*input_iterators, kwargs=kwargs, return_exceptions=ignore_exceptions):
             pass

@@ -14,7 +14,7 @@ class Image:
     """An immutable description of a container image (Modal's builder API)."""
 
     def __init__(self, python_version: str | None = None) -> None:
-        self.python_version = python_version or "%d.%d" % sys.version_info[:2]
+        self.python_version = python_version or f"{sys.version_info[0]}.{sys.version_info[1]}"
 
     @classmethod
     def debian_slim(cls, python_version: str | None = None) -> Image:

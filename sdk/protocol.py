@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import secrets
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 KEY_PREFIX = "mm"
 
@@ -22,7 +22,7 @@ QUEUE_CPU = "mm.cpu"
 PICKLE_PROTOCOLS = (2, 3, 4, 5)
 
 
-class CallStatus(str, Enum):
+class CallStatus(StrEnum):
     """Where one input of a function call stands. The last four are terminal."""
 
     QUEUED = "queued"  # accepted, waiting in its user's pending queue

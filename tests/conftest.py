@@ -79,7 +79,9 @@ def start_redis(tmp: Path) -> RedisServer:
     tmp.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     client = Redis(port=port)
 
@@ -113,8 +115,14 @@ class Stack:
 
     def spawn(self, name: str, *argv: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         with open(self.home / f"{name}.log", "ab") as log:
-            process = subprocess.Popen([PYTHON, "-m", "mm_app", *argv], env={**self.env, **(extra_env or {})},
-                                       stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+            process = subprocess.Popen(
+                [PYTHON, "-m", "mm_app", *argv],
+                env={**self.env, **(extra_env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+            )
         self.processes[name] = process
         return process
 
@@ -122,8 +130,12 @@ class Stack:
         return (self.home / f"{name}.log").read_text(errors="replace")
 
     def new_user(self, name: str, **fields: int) -> str:
-        reply = requests.post(f"{self.url}/v1/users", json={"name": name, **fields},
-                              headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=10)
+        reply = requests.post(
+            f"{self.url}/v1/users",
+            json={"name": name, **fields},
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+            timeout=10,
+        )
         assert reply.status_code == 201, reply.text
         return reply.json()["token"]
 
@@ -141,8 +153,9 @@ def _bootstrap_admin(env: dict[str, str]) -> str:
         "db = Database(config.database_url()); db.create_all()\n"
         "with db.write() as s: print(create_user(s, 'admin', quota=5, weight=1, is_admin=True))\n"
     )
-    return subprocess.run([PYTHON, "-c", code], env=env, check=True, capture_output=True, text=True,
-                          cwd=ROOT).stdout.strip()
+    return subprocess.run(
+        [PYTHON, "-c", code], env=env, check=True, capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
 
 
 TEST_MAX_PAYLOAD = 8 * 1024 * 1024  # small, so that the 413 path is cheap to exercise

@@ -35,8 +35,9 @@ def _error(reply: requests.Response) -> dict[str, str]:
 
 def _function_id(stack: Stack, token: str) -> str:
     code = protocol.b64(cloudpickle.dumps(len))
-    reply = requests.post(f"{stack.url}/v1/apps", json={"functions": [{"tag": "f", "code": code}]},
-                          headers=_auth(token), timeout=10)
+    reply = requests.post(
+        f"{stack.url}/v1/apps", json={"functions": [{"tag": "f", "code": code}]}, headers=_auth(token), timeout=10
+    )
     assert reply.status_code == 201, reply.text
     return reply.json()["functions"]["f"]
 
@@ -57,7 +58,9 @@ def test_the_sdk_raises_auth_error_for_a_wrong_token(stack: Stack) -> None:
 def test_unknown_function_and_call_ids_answer_404_in_the_sdk_too(stack: Stack, user: str) -> None:
     client = Client(stack.url, user)
     with pytest.raises(NotFoundError, match="fu-nope"):
-        client.request("POST", "/v1/functions/fu-nope/calls", json={"inputs": [{"args": protocol.b64(pickle.dumps(((), {})))}]})
+        client.request(
+            "POST", "/v1/functions/fu-nope/calls", json={"inputs": [{"args": protocol.b64(pickle.dumps(((), {})))}]}
+        )
     with pytest.raises(NotFoundError, match="fc-nope"):
         minimodal.FunctionCall.from_id("fc-nope", client).get(timeout=1)
     assert requests.get(f"{stack.url}/v1/calls/fc-nope", headers=_auth(user), timeout=5).status_code == 404
@@ -69,14 +72,21 @@ def test_another_users_function_and_call_answer_404(stack: Stack, user: str) -> 
         assert fc.get() == 9
         function_id = basic.square.object_id
     other = stack.new_user("intruder-404")
-    for path in (f"/v1/calls/{fc.object_id}", f"/v1/calls/{fc.object_id}/outputs?timeout=0",
-                 f"/v1/functions/{function_id}"):
+    for path in (
+        f"/v1/calls/{fc.object_id}",
+        f"/v1/calls/{fc.object_id}/outputs?timeout=0",
+        f"/v1/functions/{function_id}",
+    ):
         reply = requests.get(stack.url + path, headers=_auth(other), timeout=5)
         assert reply.status_code == 404, path
         assert _error(reply)["type"] == "NotFoundError"
     args = protocol.b64(cloudpickle.dumps(((1,), {})))
-    reply = requests.post(f"{stack.url}/v1/functions/{function_id}/calls", json={"inputs": [{"args": args}]},
-                          headers=_auth(other), timeout=5)
+    reply = requests.post(
+        f"{stack.url}/v1/functions/{function_id}/calls",
+        json={"inputs": [{"args": args}]},
+        headers=_auth(other),
+        timeout=5,
+    )
     assert reply.status_code == 404
 
 
@@ -95,15 +105,23 @@ def test_another_users_function_and_call_answer_404(stack: Stack, user: str) -> 
 )
 def test_malformed_call_bodies_answer_4xx_with_a_message(stack: Stack, user: str, body: bytes, fragment: str) -> None:
     function_id = _function_id(stack, user)
-    reply = requests.post(f"{stack.url}/v1/functions/{function_id}/calls", data=body,
-                          headers={**_auth(user), "Content-Type": "application/json"}, timeout=5)
+    reply = requests.post(
+        f"{stack.url}/v1/functions/{function_id}/calls",
+        data=body,
+        headers={**_auth(user), "Content-Type": "application/json"},
+        timeout=5,
+    )
     assert reply.status_code in (400, 404)
     assert fragment in _error(reply)["message"]
 
 
 def test_a_function_whose_code_is_not_a_pickle_is_refused(stack: Stack, user: str) -> None:
-    reply = requests.post(f"{stack.url}/v1/apps", json={"functions": [{"tag": "f", "code": protocol.b64(b"print(1)")}]},
-                          headers=_auth(user), timeout=5)
+    reply = requests.post(
+        f"{stack.url}/v1/apps",
+        json={"functions": [{"tag": "f", "code": protocol.b64(b"print(1)")}]},
+        headers=_auth(user),
+        timeout=5,
+    )
     assert reply.status_code == 400
     assert "not a pickle" in _error(reply)["message"]
 
@@ -150,23 +168,39 @@ def test_a_call_past_its_timeout_raises_function_timeout_error(user: str) -> Non
 
 def test_every_accepted_call_ends_in_a_terminal_status(stack: Stack, user: str) -> None:
     with basic.app.run():
-        calls = [basic.square.spawn(1), basic.raise_value_error.spawn("x"), basic.exit_hard.spawn(1),
-                 basic.sleep_past_timeout.spawn(5)]
+        calls = [
+            basic.square.spawn(1),
+            basic.raise_value_error.spawn("x"),
+            basic.exit_hard.spawn(1),
+            basic.sleep_past_timeout.spawn(5),
+        ]
 
         def all_done() -> bool:
-            return all(requests.get(f"{stack.url}/v1/calls/{fc.object_id}", headers=_auth(user), timeout=5)
-                       .json()["done"] for fc in calls)
+            return all(
+                requests.get(f"{stack.url}/v1/calls/{fc.object_id}", headers=_auth(user), timeout=5).json()["done"]
+                for fc in calls
+            )
 
         wait_for(all_done, 60, "every call to end")
-    statuses = [requests.get(f"{stack.url}/v1/calls/{fc.object_id}", headers=_auth(user), timeout=5).json()["statuses"]
-                for fc in calls]
+    statuses = [
+        requests.get(f"{stack.url}/v1/calls/{fc.object_id}", headers=_auth(user), timeout=5).json()["statuses"]
+        for fc in calls
+    ]
     assert statuses == [{"completed": 1}, {"failed": 1}, {"failed": 1}, {"failed": 1}]
 
 
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("gpu", "T4"), ("retries", 3), ("schedule", object()), ("secrets", [object()]), ("volumes", {"/d": object()}),
-     ("min_containers", 1), ("max_containers", 2), ("image", object())],
+    [
+        ("gpu", "T4"),
+        ("retries", 3),
+        ("schedule", object()),
+        ("secrets", [object()]),
+        ("volumes", {"/d": object()}),
+        ("min_containers", 1),
+        ("max_containers", 2),
+        ("image", object()),
+    ],
 )
 def test_options_not_implemented_yet_raise_naming_the_option(option: str, value: object) -> None:
     app = minimodal.App("options")

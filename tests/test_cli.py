@@ -72,8 +72,9 @@ def test_editing_a_line_and_rerunning_takes_effect_without_a_rebuild(stack: Stac
 
 
 def test_user_create_prints_a_token_that_works_with_its_quota(stack: Stack) -> None:
-    result = _run([*MINIMODAL, "user", "create", "cli-made", "--quota", "3", "--weight", "2"],
-                  _env(stack, stack.admin_token))
+    result = _run(
+        [*MINIMODAL, "user", "create", "cli-made", "--quota", "3", "--weight", "2"], _env(stack, stack.admin_token)
+    )
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     me = requests.get(f"{stack.url}/v1/me", headers={"Authorization": f"Bearer {token}"}, timeout=5).json()
@@ -100,13 +101,15 @@ def test_up_detach_starts_a_stack_from_nothing_and_down_stops_it(tmp_path: Path)
     if not any(os.access(Path(p) / "redis-server", os.X_OK) for p in os.environ.get("PATH", "").split(":")):
         missing("redis-server is not installed")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINIMODAL_")}
-    env.update({
-        "MINIMODAL_HOME": str(tmp_path / "home"),
-        "MINIMODAL_API_PORT": str(free_port()),
-        "MINIMODAL_LOCAL_REDIS_PORT": str(free_port()),
-        "MINIMODAL_FLOWER_PORT": str(free_port()),
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "MINIMODAL_HOME": str(tmp_path / "home"),
+            "MINIMODAL_API_PORT": str(free_port()),
+            "MINIMODAL_LOCAL_REDIS_PORT": str(free_port()),
+            "MINIMODAL_FLOWER_PORT": str(free_port()),
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     up = _run([*MINIMODAL, "up", "--detach"], env, timeout=180)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -149,7 +152,10 @@ def test_the_api_imports_no_worker_code() -> None:
 def test_the_public_namespace_exports_what_all_lists() -> None:
     import minimodal
 
-    assert sorted(minimodal.__all__) == sorted(n for n in vars(minimodal) if not n.startswith("_") and n not in {
-        "app", "cli", "defaults", "image", "protocol", "runtime"})
+    assert sorted(minimodal.__all__) == sorted(
+        n
+        for n in vars(minimodal)
+        if not n.startswith("_") and n not in {"app", "cli", "defaults", "image", "protocol", "runtime"}
+    )
     for name in minimodal.__all__:
         assert hasattr(minimodal, name)

@@ -150,7 +150,13 @@ build_raw() {
     rm -rf "${ROOTFS}"/var/cache/apt/archives/*.deb "${ROOTFS}"/var/lib/apt/lists/*
 
     step "docker import -> ${RAW_IMAGE}"
-    tar --numeric-owners -C "${ROOTFS}" -c . | docker import - "${RAW_IMAGE}" >/dev/null
+    # Import untagged and tag only on success, so that a failed tar never leaves an empty raw image.
+    local id=""
+    if ! id="$(tar --numeric-owner -C "${ROOTFS}" -c . | docker import -)"; then
+        if [ -n "${id}" ]; then docker rmi "${id}" >/dev/null 2>&1 || true; fi
+        die "docker import of the bookworm tree failed"
+    fi
+    docker tag "${id}" "${RAW_IMAGE}"
     done_step
     cleanup
     ROOTFS=""

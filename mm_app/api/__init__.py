@@ -17,8 +17,9 @@ from . import apps, calls, errors, health, users
 from .services import Services
 
 
-def create_app(config: dict[str, Any] | None = None, *, redis: Redis | None = None,
-               database: Database | None = None) -> Flask:
+def create_app(
+    config: dict[str, Any] | None = None, *, redis: Redis | None = None, database: Database | None = None
+) -> Flask:
     """Build the API. ``config`` overrides settings by name (``redis_url``, ``database_url``, ...)."""
     services = Services.build(config or {}, redis=redis, database=database)
     app = Flask("minimodal")

@@ -42,8 +42,9 @@ def json_body() -> dict[str, Any]:
     return body
 
 
-def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True,
-          default: Any = None) -> Any:
+def field(
+    body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True, default: Any = None
+) -> Any:
     """One typed field of a JSON body, with a clear error when it is missing or of the wrong type."""
     if name not in body or body[name] is None:
         if required:

@@ -119,8 +119,9 @@ def create_call(function_id: str):  # type: ignore[no-untyped-def]
         app = session.get(AppRecord, function.app_id)
         if app is None or app.state == "stopped":
             raise NotFoundError(f"the app of function {function_id!r} is stopped; run it again")
-        session.add(CallRecord(id=call_id, function_id=function_id, user_id=g.user.id,
-                               num_inputs=len(payloads), accepting=more))
+        session.add(
+            CallRecord(id=call_id, function_id=function_id, user_id=g.user.id, num_inputs=len(payloads), accepting=more)
+        )
         session.flush()
         _add_inputs(session, call_id, 0, len(payloads))
     try:
@@ -172,7 +173,9 @@ def get_call(call_id: str):  # type: ignore[no-untyped-def]
         call = _own_call(session, call_id)
         counts = dict(
             session.execute(
-                select(InputRecord.status, func.count()).where(InputRecord.call_id == call_id).group_by(InputRecord.status)
+                select(InputRecord.status, func.count())
+                .where(InputRecord.call_id == call_id)
+                .group_by(InputRecord.status)
             ).all()
         )
         done = sum(n for status, n in counts.items() if CallStatus(status) in TERMINAL)

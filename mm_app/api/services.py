@@ -16,7 +16,12 @@ from ..payloads import Payloads
 from ..pending import PendingQueues
 
 _API_SETTINGS = (
-    "redis_url", "inline_payload_size", "max_payload_size", "result_ttl", "default_quota", "default_weight",
+    "redis_url",
+    "inline_payload_size",
+    "max_payload_size",
+    "result_ttl",
+    "default_quota",
+    "default_weight",
 )
 
 

@@ -87,8 +87,9 @@ class WorkerContext:
                 record = session.get(FunctionRecord, function_id)
                 if record is None:
                     return None
-                spec = FunctionSpec(record.id, record.user_id, record.tag, record.code, record.code_hash,
-                                    dict(record.options))
+                spec = FunctionSpec(
+                    record.id, record.user_id, record.tag, record.code, record.code_hash, dict(record.options)
+                )
             self._functions[function_id] = spec
         return spec
 
@@ -99,8 +100,13 @@ class WorkerContext:
         interval = config.get("heartbeat_seconds")
         while not self._stop.is_set():
             try:
-                info = {"worker_id": self.worker_id, "runtime": self.pool.runtime.name, "slots": self.concurrency,
-                        **self.pool.counts(), "at": time.time()}
+                info = {
+                    "worker_id": self.worker_id,
+                    "runtime": self.pool.runtime.name,
+                    "slots": self.concurrency,
+                    **self.pool.counts(),
+                    "at": time.time(),
+                }
                 self.redis.set(protocol.worker_key(self.worker_id), json.dumps(info), ex=int(interval * 5) + 1)
             except Exception:  # noqa: BLE001 - a missed beat is logged, the next one retries
                 logger.warning("heartbeat to Redis failed", exc_info=True)

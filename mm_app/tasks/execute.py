@@ -112,15 +112,28 @@ def execute(self: Any, call_id: str, function_id: str, user_id: int, start: int,
         ctx.pending.finish(user_id)
 
 
-def _run(ctx: WorkerContext, call_id: str, function_id: str, user_id: int, indexes: list[int],
-         results: list[tuple[int, Outcome]]) -> None:
+def _run(
+    ctx: WorkerContext,
+    call_id: str,
+    function_id: str,
+    user_id: int,
+    indexes: list[int],
+    results: list[tuple[int, Outcome]],
+) -> None:
     spec = ctx.function(function_id)
     if spec is None or spec.user_id != user_id:
         failure = Outcome(ok=False, error_type="NotFoundError", message=f"function {function_id} does not exist")
         _publish_all(ctx, call_id, user_id, indexes, failure, results)
         return
-    _mark(ctx, call_id, indexes, status=CallStatus.RUNNING.value, started_at=utcnow(), worker=ctx.worker_id,
-          attempts=InputRecord.attempts + 1)
+    _mark(
+        ctx,
+        call_id,
+        indexes,
+        status=CallStatus.RUNNING.value,
+        started_at=utcnow(),
+        worker=ctx.worker_id,
+        attempts=InputRecord.attempts + 1,
+    )
     payloads = ctx.payloads.get_inputs(call_id, range(indexes[0], indexes[-1] + 1))
     runner_spec = RunnerSpec(
         key=f"{user_id}:{spec.code_hash}",
@@ -135,16 +148,18 @@ def _run(ctx: WorkerContext, call_id: str, function_id: str, user_id: int, index
     try:
         for idx, payload in zip(indexes, payloads, strict=True):
             if payload is None:
-                outcome = Outcome(ok=False, error_type="ServiceError",
-                                  message=f"the input {idx} of {call_id} is missing from Redis (expired or flushed)")
+                outcome = Outcome(
+                    ok=False,
+                    error_type="ServiceError",
+                    message=f"the input {idx} of {call_id} is missing from Redis (expired or flushed)",
+                )
             else:
                 if runner is None:
                     try:
                         runner = ctx.pool.acquire(runner_spec)
                     except RunnerStartError as exc:
-                        failure = Outcome(ok=False, error_type="RemoteError", message=str(exc),
-                                          traceback=exc.traceback)
-                        rest = indexes[len(results):]
+                        failure = Outcome(ok=False, error_type="RemoteError", message=str(exc), traceback=exc.traceback)
+                        rest = indexes[len(results) :]
                         _finish_inputs(ctx, call_id, results)
                         _publish_all(ctx, call_id, user_id, rest, failure, results)
                         return
@@ -161,8 +176,14 @@ def _run(ctx: WorkerContext, call_id: str, function_id: str, user_id: int, index
             ctx.pool.release(runner)
 
 
-def _publish_all(ctx: WorkerContext, call_id: str, user_id: int, indexes: list[int], outcome: Outcome,
-                 results: list[tuple[int, Outcome]]) -> None:
+def _publish_all(
+    ctx: WorkerContext,
+    call_id: str,
+    user_id: int,
+    indexes: list[int],
+    outcome: Outcome,
+    results: list[tuple[int, Outcome]],
+) -> None:
     ended = [(idx, outcome) for idx in indexes]
     for idx, _ in ended:
         ctx.payloads.put_output(call_id, _envelope(idx, outcome, ctx, call_id, user_id))
@@ -177,4 +198,3 @@ def _log_sink(call_id: str, idx: int):  # type: ignore[no-untyped-def]
         target.flush()
 
     return sink
-

@@ -67,5 +67,5 @@ class Runtime(abc.ABC):
     def start(self, spec: RunnerSpec) -> Runner:
         """Start a warm runner with the function loaded; raise RunnerStartError on failure."""
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> None:  # noqa: B027 - optional hook; most runtimes hold nothing runtime-wide
         """Release runtime-wide resources (runners are stopped by the pool)."""

@@ -90,8 +90,9 @@ class ProcessRunner(Runner):
         if frame is None or frame[0] != b"R":
             self.stop()
             header = frame[1] if frame else {}
+            why = header.get("repr") or f"the runner {_describe_exit(self.process.poll())}"
             raise RunnerStartError(
-                f"the function could not be loaded in the runner: {header.get('repr', _describe_exit(self.process.poll()))}",
+                f"the function could not be loaded in the runner: {why}",
                 header.get("traceback"),
             )
 
@@ -118,7 +119,10 @@ class ProcessRunner(Runner):
                     if header.get("ok"):
                         return Outcome(ok=True, data=body, duration=duration)
                     return Outcome(
-                        ok=False, data=body, message=header.get("repr"), traceback=header.get("traceback"),
+                        ok=False,
+                        data=body,
+                        message=header.get("repr"),
+                        traceback=header.get("traceback"),
                         duration=duration,
                     )
         except BrokenPipeError:
@@ -128,7 +132,7 @@ class ProcessRunner(Runner):
             return Outcome(
                 ok=False,
                 error_type="FunctionTimeoutError",
-                message=f"input {idx} of {call_id} ran longer than its timeout of {self.spec.timeout:g} s and was stopped",
+                message=f"input {idx} of {call_id} ran past its timeout of {self.spec.timeout:g} s and was stopped",
                 duration=time.monotonic() - started,
                 runner_lost=True,
             )

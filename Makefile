@@ -1,0 +1,42 @@
+# MiniModal: `make demo` runs the example end to end on a local stack; `make test` runs the suite.
+# Both work on a fresh Debian/Ubuntu machine as root: they install what they need.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+APT    := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+
+.PHONY: install system-deps test lint format demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Services the stack and the tests start themselves: redis-server (the tests run their own on a free port).
+system-deps:
+	@command -v redis-server >/dev/null || { apt-get update -qq && $(APT) redis-server; }
+
+lint: install
+	$(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+test: install system-deps lint
+	$(BIN)/pytest -q -rs
+
+demo: install system-deps
+	@export PATH="$(CURDIR)/$(BIN):$$PATH"; \
+	if minimodal status >/dev/null 2>&1; then started=0; else minimodal up --detach || exit 1; started=1; fi; \
+	minimodal run examples/hello.py; code=$$?; \
+	if [ $$started = 1 ]; then minimodal down >/dev/null; fi; \
+	exit $$code
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
