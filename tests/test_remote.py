@@ -86,3 +86,26 @@ def test_get_with_a_timeout_raises_the_builtin_timeout_error_when_not_ready(user
 def test_calling_remote_outside_a_running_app_is_a_clear_error(user: str) -> None:
     with pytest.raises(InvalidError, match="app.run"):
         basic.square.remote(2)
+
+
+def test_a_runner_stays_warm_between_calls(user: str) -> None:
+    with basic.app.run():
+        first = basic.pid.remote()
+        assert [basic.pid.remote() for _ in range(5)] == [first] * 5
+
+
+class _Plant:
+    """Unpickling this appends the unpickling process's pid to a file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (exec, (f"import os; open({self.path!r}, 'a').write(str(os.getpid()) + chr(10))",))
+
+
+def test_only_the_runner_unpickles_arguments_never_the_control_plane(user: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    marker = tmp_path / "unpickled-by"
+    with basic.app.run():
+        runner_pid = basic.pid_with.remote(_Plant(str(marker)))
+    assert marker.read_text().split() == [str(runner_pid)]

@@ -90,3 +90,8 @@ def big(n: int) -> bytes:
 @app.function()
 def is_remote() -> tuple[bool, str | None]:
     return minimodal.is_local(), minimodal.current_function_call_id()
+
+
+@app.function()
+def pid_with(_argument: object) -> int:
+    return os.getpid()
