@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 APT    := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: install system-deps test lint format demo bench clean
+.PHONY: install system-deps docker-base test lint format demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ install: $(VENV)/.installed
 # Services the stack and the tests start themselves: redis-server (the tests run their own on a free port).
 system-deps:
 	@command -v redis-server >/dev/null || { apt-get update -qq && $(APT) redis-server; }
+	@command -v debootstrap >/dev/null || { apt-get update -qq && $(APT) debootstrap; }
+
+# A Docker engine (Debian's docker.io, started when none answers) and the base image, built locally
+# with debootstrap because no registry can be reached; also tagged python:X.Y-slim for Image.debian_slim().
+docker-base: install system-deps
+	docker/base/build.sh
 
 lint: install
 	$(BIN)/ruff check .
@@ -28,10 +34,10 @@ lint: install
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
-test: install system-deps lint
+test: install system-deps docker-base lint
 	$(BIN)/pytest -q -rs
 
-demo: install system-deps
+demo: install system-deps docker-base
 	@export PATH="$(CURDIR)/$(BIN):$$PATH"; \
 	if minimodal status >/dev/null 2>&1; then started=0; else minimodal up --detach || exit 1; started=1; fi; \
 	minimodal run examples/hello.py; code=$$?; \

@@ -33,7 +33,12 @@ def _celery(*argv: str) -> None:
 
 
 def run_worker(args: argparse.Namespace) -> None:
+    from workers.runtimes import docker_client
+
     concurrency = args.concurrency or config.get("worker_concurrency")
+    has_docker = config.get("worker_runtime") != "process" and docker_client() is not None
+    queues = [protocol.QUEUE_CPU] + ([protocol.QUEUE_CONTAINER, protocol.QUEUE_BUILD] if has_docker else [])
+    name = f"mm-worker-{os.getpid()}@%h"
     _celery(
         "worker",
         "-P",
@@ -41,13 +46,13 @@ def run_worker(args: argparse.Namespace) -> None:
         "-c",
         str(concurrency),
         "-Q",
-        protocol.QUEUE_CPU,
+        ",".join(queues),
         "-l",
         "INFO",
         "--without-gossip",
         "--without-mingle",
         "-n",
-        f"mm-worker-{os.getpid()}@%h",
+        name,
     )
 
 

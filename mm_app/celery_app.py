@@ -6,5 +6,5 @@ worker process holds one warm pool shared by all its slots.
 
 from celery import Celery
 
-app = Celery("minimodal", include=["mm_app.tasks.execute"])
+app = Celery("minimodal", include=["mm_app.tasks.execute", "mm_app.tasks.build"])
 app.config_from_object("celeryconfig")

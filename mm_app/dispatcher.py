@@ -14,8 +14,9 @@ import threading
 import time
 from typing import Any
 
-from minimodal import config, protocol
 from redis import Redis
+
+from minimodal import config, protocol
 
 from .pending import PendingQueues
 
@@ -34,6 +35,7 @@ class Dispatcher:
         self.max_inputs = max_inputs_per_task
         self.dispatched = 0
         self._offset = 0  # rotates the starting user between passes
+        self._queues: dict[str, str] = {}  # function id -> Celery queue; a function's queue never changes
 
     @classmethod
     def from_config(cls, redis: Redis, celery_app: Any) -> Dispatcher:
@@ -61,16 +63,28 @@ class Dispatcher:
                 )
                 if entry is None:
                     continue
-                self.celery_app.send_task(
-                    protocol.TASK_EXECUTE,
-                    args=[entry.call_id, entry.function_id, user_id, entry.start, entry.end],
-                    queue=protocol.QUEUE_CPU,
-                )
+                try:
+                    self.celery_app.send_task(
+                        protocol.TASK_EXECUTE,
+                        args=[entry.call_id, entry.function_id, user_id, entry.start, entry.end],
+                        queue=self._queue(entry.function_id),
+                    )
+                except Exception:
+                    self.pending.put_back(user_id, entry)  # the broker refused it: nothing is lost
+                    raise
                 sent += 1
                 still.append(user_id)
             order = still
         self.dispatched += sent
         return sent
+
+    def _queue(self, function_id: str) -> str:
+        queue = self._queues.get(function_id)
+        if queue is None:
+            raw = self.redis.hget(protocol.function_queue_key(), function_id)
+            queue = raw.decode() if raw else protocol.QUEUE_CPU
+            self._queues[function_id] = queue
+        return queue
 
     def run(self, stop: threading.Event, idle_wait: float = 1.0) -> None:
         logger.info("dispatcher running")

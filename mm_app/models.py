@@ -9,9 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from minimodal.protocol import CallStatus
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from minimodal.protocol import CallStatus
 
 
 def utcnow() -> datetime:
@@ -59,7 +60,25 @@ class FunctionRecord(Base):
     code: Mapped[bytes] = mapped_column(LargeBinary)  # cloudpickled function: opaque to the control plane
     code_hash: Mapped[str] = mapped_column(String(64))
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    image_id: Mapped[str | None] = mapped_column(ForeignKey("images.id"), nullable=True)
+    image_tag: Mapped[str | None] = mapped_column(String(128), nullable=True)  # None: runs in a runner process
+    queue: Mapped[str] = mapped_column(String(32), default="mm.cpu")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ImageRecord(Base):
+    """A content-addressed image spec and where its build stands (shared by users: same spec, same bytes)."""
+
+    __tablename__ = "images"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    tag: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    events: Mapped[list[Any]] = mapped_column(JSON, default=list)  # per layer: identity, op, cached|built
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    built_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class CallRecord(Base):

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import IO, Any
 
+from redis import Redis
+
 from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError, PayloadTooLargeError
-from redis import Redis
 
 CHUNK = 1024 * 1024
 

@@ -8,11 +8,12 @@ several dispatchers never hand out the same input twice.
 
 from __future__ import annotations
 
-from minimodal import protocol
-from minimodal.protocol import PendingEntry
 from redis import Redis
 
-# KEYS: pending list, running hash, quota hash, pending-users set
+from minimodal import protocol
+from minimodal.protocol import PendingEntry
+
+# KEYS: pending list, running hash, quota hash, pending-users set, function limits, function running
 # ARGV: user id, default quota, target task time (us), max inputs per task, function-stats key prefix
 _TAKE = """
 local running = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
@@ -24,6 +25,11 @@ if not raw then
   return false
 end
 local call_id, function_id, first, stop = string.match(raw, '([^|]+)|([^|]+)|(%d+)|(%d+)')
+local limit = tonumber(redis.call('HGET', KEYS[5], function_id) or '0')
+if limit > 0 and tonumber(redis.call('HGET', KEYS[6], function_id) or '0') >= limit then
+  redis.call('LPUSH', KEYS[1], raw)  -- at its max_containers: wait for one of its tasks to end
+  return false
+end
 first = tonumber(first); stop = tonumber(stop)
 local per_task = 1
 local avg = tonumber(redis.call('HGET', ARGV[5] .. function_id, 'avg_us') or '0')
@@ -35,15 +41,16 @@ elseif redis.call('LLEN', KEYS[1]) == 0 then
   redis.call('SREM', KEYS[4], ARGV[1])
 end
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('HINCRBY', KEYS[6], function_id, 1)
 return call_id .. '|' .. function_id .. '|' .. first .. '|' .. cut
 """
 
-# KEYS: running hash, wake list. ARGV: user id
+# KEYS: running hash, wake list, function running. ARGV: user id, function id
 _FINISH = """
-local left = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
-if left < 0 then redis.call('HSET', KEYS[1], ARGV[1], 0) end
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) < 0 then redis.call('HSET', KEYS[1], ARGV[1], 0) end
+if redis.call('HINCRBY', KEYS[3], ARGV[2], -1) <= 0 then redis.call('HDEL', KEYS[3], ARGV[2]) end
 redis.call('RPUSH', KEYS[2], '1')
-return left
+return 1
 """
 
 
@@ -70,14 +77,46 @@ class PendingQueues:
                 protocol.running_key(),
                 protocol.quota_key(),
                 protocol.pending_users_key(),
+                protocol.function_limit_key(),
+                protocol.function_running_key(),
             ],
             args=[user_id, default_quota, target_us, max_inputs, protocol.function_stats_key("")],
         )
         return PendingEntry.decode(raw) if raw else None
 
-    def finish(self, user_id: int) -> None:
-        """A task of this user ended: free its slot and wake the dispatcher."""
-        self._finish(keys=[protocol.running_key(), protocol.wake_key()], args=[user_id])
+    def finish(self, user_id: int, function_id: str) -> None:
+        """A task of this user ended: free its slots and wake the dispatcher."""
+        self._finish(
+            keys=[protocol.running_key(), protocol.wake_key(), protocol.function_running_key()],
+            args=[user_id, function_id],
+        )
+
+    def put_back(self, user_id: int, entry: PendingEntry) -> None:
+        """Undo a take whose task could not be sent: the entry goes back to the head, the slot is freed."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(protocol.pending_key(user_id), entry.encode())
+        pipe.sadd(protocol.pending_users_key(), user_id)
+        pipe.hincrby(protocol.running_key(), str(user_id), -1)
+        pipe.hincrby(protocol.function_running_key(), entry.function_id, -1)
+        pipe.execute()
+
+    def register_functions(self, queues: dict[str, str], *, limits: dict[str, int], warm: dict[str, int]) -> None:
+        """At deploy: each function's Celery queue, its max_containers and its min_containers."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(protocol.function_queue_key(), mapping=queues)
+        if limits:
+            pipe.hset(protocol.function_limit_key(), mapping=limits)
+        if warm:
+            pipe.hset(protocol.warm_key(), mapping=warm)
+        pipe.execute()
+
+    def forget_warm(self, function_ids: list[str]) -> None:
+        """An app stopped: its functions no longer keep runners warm."""
+        if function_ids:
+            self.redis.hdel(protocol.warm_key(), *function_ids)
+
+    def warm_functions(self) -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in self.redis.hgetall(protocol.warm_key()).items()}
 
     def users_with_work(self) -> list[int]:
         return sorted(int(u) for u in self.redis.smembers(protocol.pending_users_key()))

@@ -19,10 +19,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from minimodal import config, protocol
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select
+
+from minimodal import config, protocol
 
 from .api.auth import hash_token
 from .api.users import create_user
@@ -197,5 +198,21 @@ class Stack:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             self._pid_file(name).unlink(missing_ok=True)
-        print(json.dumps({"stopped": sorted(pids)}))
+        removed = remove_leftover_containers()
+        print(json.dumps({"stopped": sorted(pids), "containers_removed": removed}))
         return 0
+
+
+def remove_leftover_containers() -> int:
+    """Remove every container MiniModal started (label ``minimodal=1``), e.g. those of a killed worker."""
+    from workers.runtimes import docker_client
+
+    client = docker_client()
+    if client is None:
+        return 0
+    from workers.runtimes.docker import remove_all_containers
+
+    try:
+        return remove_all_containers(client)
+    finally:
+        client.close()

@@ -20,47 +20,23 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from ._client import Client
 from ._serialization import serialize_function
-from .exception import InvalidError, UnsupportedOptionError
+from .exception import ImageBuildError, InvalidError, NotFoundError, UnsupportedOptionError
 from .functions import Function, FunctionOptions
-from .protocol import b64
+from .image import Image
+from .protocol import ImageStatus, b64
+from .runtime import output_enabled
 
 P = ParamSpec("P")
 R = TypeVar("R")
 logger = logging.getLogger("minimodal")
 
 # Options that Modal accepts and MiniModal will implement; until then a non-default value is refused.
-_NOT_YET = (
-    "image",
-    "schedule",
-    "secrets",
-    "env",
-    "gpu",
-    "volumes",
-    "retries",
-    "min_containers",
-    "max_containers",
-    "buffer_containers",
-    "ephemeral_disk",
-    "proxy",
-    "cloud",
-    "region",
-    "routing_region",
-    "nonpreemptible",
-    "enable_memory_snapshot",
-    "block_network",
-    "restrict_modal_access",
-    "single_use_containers",
-    "max_inputs",
-    "i6pn",
-    "startup_timeout",
-    "experimental_options",
-    "network_file_systems",
-)
 _DEPRECATED = {
     "keep_warm": "min_containers",
     "concurrency_limit": "max_containers",
@@ -70,12 +46,38 @@ _DEPRECATED = {
 
 
 def _refuse_unimplemented(where: str, options: dict[str, Any]) -> None:
-    for name in _NOT_YET:
-        value = options.get(name)
+    for name, value in options.items():
         if value not in (None, False, {}, [], ()):
             raise UnsupportedOptionError(
                 f"{where}: the option {name}={value!r} is not implemented in MiniModal yet; remove it to run now"
             )
+
+
+def _check_image(image: Any) -> None:
+    if image is not None and not isinstance(image, Image):
+        raise InvalidError(f"image={image!r}: give a minimodal.Image, e.g. Image.debian_slim().pip_install(...)")
+
+
+def _ensure_image(client: Client, image: Image) -> str:
+    """Upload the image's files, register it, and wait for its build; return its id."""
+    for sha, data in image.files.items():
+        try:
+            client.request("HEAD", f"/v1/files/{sha}", raw=True)
+        except NotFoundError:
+            client.request("PUT", f"/v1/files/{sha}", data=data, timeout=600)
+    reply = client.request("POST", "/v1/images", json=image.spec())
+    cursor = "0-0"
+    while True:
+        for line in reply.get("logs", []):
+            if output_enabled():
+                print(f"[build {reply['image_id'][:12]}] {line}", file=sys.stderr, flush=True)
+        if reply["status"] != ImageStatus.BUILDING:
+            break
+        reply = client.request("GET", f"/v1/images/{reply['image_id']}", params={"cursor": cursor, "timeout": 10})
+        cursor = reply["cursor"]
+    if reply["status"] == ImageStatus.FAILED:
+        raise ImageBuildError(f"image {reply['image_id']} failed to build: {reply.get('error')}")
+    return reply["image_id"]
 
 
 class LocalEntrypoint:
@@ -103,7 +105,9 @@ class App:
         volumes: Any = None,
         include_source: bool = True,
     ) -> None:
-        _refuse_unimplemented(f"App({name!r})", {"image": image, "secrets": secrets, "volumes": volumes})
+        _refuse_unimplemented(f"App({name!r})", {"secrets": secrets, "volumes": volumes})
+        _check_image(image)
+        self.image: Image | None = image
         self.name = name
         self.tags = dict(tags or {})
         self.app_id: str | None = None
@@ -176,21 +180,58 @@ class App:
             raise InvalidError(f"cpu={cpu!r}: give a positive number of cores")
         if memory_request is not None and memory_request <= 0:
             raise InvalidError(f"memory={memory!r}: give a positive number of MiB")
+        for option, value, least in (
+            ("min_containers", min_containers, 0),
+            ("max_containers", max_containers, 1),
+            ("buffer_containers", buffer_containers, 0),
+        ):
+            if value is not None and (not isinstance(value, int) or value < least):
+                raise InvalidError(f"{option}={value!r}: give a whole number of at least {least}")
         options = FunctionOptions(
-            cpu=cpu_request, memory=memory_request, timeout=timeout, scaledown_window=scaledown_window
+            cpu=cpu_request,
+            memory=memory_request,
+            timeout=timeout,
+            scaledown_window=scaledown_window,
+            min_containers=min_containers or None,
+            max_containers=max_containers,
+            buffer_containers=buffer_containers or None,
         )
-        loose = dict(locals())
+        # Accepted for Modal compatibility, refused until implemented: never silently ignored.
+        not_yet = {
+            "schedule": schedule,
+            "secrets": secrets,
+            "env": env,
+            "gpu": gpu,
+            "volumes": volumes,
+            "retries": retries,
+            "ephemeral_disk": ephemeral_disk,
+            "proxy": proxy,
+            "cloud": cloud,
+            "region": region,
+            "routing_region": routing_region,
+            "nonpreemptible": nonpreemptible,
+            "enable_memory_snapshot": enable_memory_snapshot,
+            "block_network": block_network,
+            "restrict_modal_access": restrict_modal_access,
+            "single_use_containers": single_use_containers,
+            "max_inputs": max_inputs,
+            "i6pn": i6pn,
+            "startup_timeout": startup_timeout,
+            "experimental_options": experimental_options,
+            "network_file_systems": network_file_systems,
+        }
 
         def wrapper(raw_f: Callable[P, R]) -> Function[P, R]:
             if inspect.isclass(raw_f):
                 raise TypeError("@app.function() is for functions; decorate classes with @app.cls()")
             tag = name or raw_f.__qualname__
-            _refuse_unimplemented(f"@app.function() on {tag}", loose)
+            _refuse_unimplemented(f"@app.function() on {tag}", not_yet)
             if "<locals>" in raw_f.__qualname__ and not serialized:
                 raise InvalidError(f"{tag} is not a global function; define it at module level or pass serialized=True")
             if tag in self._functions:
                 logger.warning("function %r is defined twice in app %r; the later definition wins", tag, self.name)
-            function: Function[P, R] = Function(self, raw_f, tag, options)
+            _check_image(image)
+            function: Function[P, R] = Function(self, raw_f, tag, options, image)
             self._functions[tag] = function
             return function
 
@@ -217,10 +258,20 @@ class App:
     def run(self, *, detach: bool = False, **_ignored: Any) -> Iterator[App]:
         """Create an ephemeral app on the server with the current code of every function; stop it on exit."""
         client = Client.from_config()
-        functions = [
-            {"tag": tag, "code": b64(serialize_function(f._raw_f)), "options": f._options.to_json()}
-            for tag, f in self._functions.items()
-        ]
+        image_ids: dict[str, str] = {}
+        functions = []
+        for tag, f in self._functions.items():
+            image = f._image or self.image or Image.debian_slim()
+            if image.digest() not in image_ids:
+                image_ids[image.digest()] = _ensure_image(client, image)
+            functions.append(
+                {
+                    "tag": tag,
+                    "code": b64(serialize_function(f._raw_f)),
+                    "options": f._options.to_json(),
+                    "image": image_ids[image.digest()],
+                }
+            )
         reply = client.request("POST", "/v1/apps", json={"name": self.name, "functions": functions})
         self.app_id = reply["app_id"]
         for tag, function_id in reply["functions"].items():

@@ -20,6 +20,7 @@ from ._client import Client
 from .app import App, LocalEntrypoint
 from .exception import Error, InvalidError
 from .functions import Function
+from .runtime import enable_output
 
 
 def _import_file(path_text: str) -> ModuleType:
@@ -88,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     app, target = _pick_target(module, name or None)
     raw = target.raw_f if isinstance(target, LocalEntrypoint) else target._raw_f
     kwargs = _parse_entrypoint_args(raw, args.args)
-    with app.run():
+    with enable_output(), app.run():
         if isinstance(target, LocalEntrypoint):
             result = target(**kwargs)
             if inspect.iscoroutine(result):

@@ -12,6 +12,7 @@ The tree::
     ├── RemoteError               the remote code failed in a way that cannot be re-raised as its own type
     ├── FunctionTimeoutError      a call ran longer than its ``timeout`` (also a builtin ``TimeoutError``)
     ├── OutputExpiredError        the call's output is gone (older than the result TTL)
+    ├── ImageBuildError           an image failed to build (the message ends with the build log tail)
     └── SerializationError        a value could not be pickled or unpickled
 
 ``FunctionCall.get(timeout=...)`` raises the builtin :class:`TimeoutError` when the result is not
@@ -68,6 +69,10 @@ class OutputExpiredError(Error, TimeoutError):
     """Raised when a call's output was kept for less time than it took to ask for it."""
 
 
+class ImageBuildError(Error):
+    """Raised when an image fails to build; no call is queued against it."""
+
+
 class SerializationError(Error):
     """Raised when a value cannot be pickled locally or unpickled from the remote side."""
 
@@ -97,6 +102,7 @@ BY_NAME: dict[str, type[Error]] = {
         RemoteError,
         FunctionTimeoutError,
         OutputExpiredError,
+        ImageBuildError,
         SerializationError,
     )
 }

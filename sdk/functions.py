@@ -17,6 +17,7 @@ from .exception import BY_NAME, InvalidError, PayloadTooLargeError, UnsupportedO
 
 if TYPE_CHECKING:
     from .app import App
+    from .image import Image
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -30,6 +31,9 @@ class FunctionOptions:
     memory: int | None = None
     timeout: int = 300
     scaledown_window: int | None = None
+    min_containers: int | None = None
+    max_containers: int | None = None
+    buffer_containers: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -134,8 +138,11 @@ class FunctionCall(Generic[R]):
 class Function(Generic[P, R]):
     """A function registered on an App. Call it with ``.remote``, ``.spawn``, ``.map`` or ``.local``."""
 
-    def __init__(self, app: App, raw_f: Callable[P, R], tag: str, options: FunctionOptions) -> None:
+    def __init__(
+        self, app: App, raw_f: Callable[P, R], tag: str, options: FunctionOptions, image: Image | None = None
+    ) -> None:
         self._app = app
+        self._image = image
         self._raw_f = raw_f
         self._tag = tag
         self._options = options

@@ -17,7 +17,10 @@ KEY_PREFIX = "mm"
 
 # Celery names: the API never sends tasks; the dispatcher sends them by name.
 TASK_EXECUTE = "mm.execute"
-QUEUE_CPU = "mm.cpu"
+TASK_BUILD_IMAGE = "mm.build_image"
+QUEUE_CPU = "mm.cpu"  # functions that run in a runner process (no image built: no Docker worker at deploy)
+QUEUE_CONTAINER = "mm.container"  # functions whose image was built: only Docker workers consume it
+QUEUE_BUILD = "mm.build"  # image builds: only Docker workers consume it
 
 PICKLE_PROTOCOLS = (2, 3, 4, 5)
 
@@ -39,6 +42,15 @@ class CallStatus(StrEnum):
 
 
 TERMINAL = frozenset({CallStatus.COMPLETED, CallStatus.FAILED, CallStatus.DEAD_LETTER, CallStatus.CANCELLED})
+
+
+class ImageStatus(StrEnum):
+    """Where an image build stands. ``process`` means no Docker worker: run in a runner process."""
+
+    BUILDING = "building"
+    READY = "ready"
+    FAILED = "failed"
+    PROCESS = "process"
 
 
 def new_id(prefix: str) -> str:
@@ -106,6 +118,36 @@ def blob_owner_key(blob_id: str) -> str:
 def function_stats_key(function_id: str) -> str:
     """Hash with the moving average run time of a function's inputs (``avg_us``)."""
     return key("fnstat", function_id)
+
+
+def function_queue_key() -> str:
+    """Hash function id -> the Celery queue its calls go to (written at deploy)."""
+    return key("fnqueue")
+
+
+def function_limit_key() -> str:
+    """Hash function id -> max_containers: tasks of that function in flight across all workers."""
+    return key("fnlimit")
+
+
+def function_running_key() -> str:
+    """Hash function id -> its tasks in flight (dispatched, not finished)."""
+    return key("fnrunning")
+
+
+def warm_key() -> str:
+    """Hash function id -> min_containers, for functions of running apps that keep runners warm."""
+    return key("warm")
+
+
+def file_key(sha256: str) -> str:
+    """Bytes of one content-addressed upload (build context files)."""
+    return key("file", sha256)
+
+
+def build_log_key(image_id: str) -> str:
+    """Stream of build log lines of one image, ending with a ``done`` entry."""
+    return key("buildlog", image_id)
 
 
 def worker_key(worker_id: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 from collections.abc import Iterator
 
@@ -23,7 +24,18 @@ def current_input_id() -> str | None:
     return None if call_id is None else f"{call_id}:{os.environ.get('MINIMODAL_INPUT_INDEX', '0')}"
 
 
+_output_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("minimodal_output", default=False)
+
+
+def output_enabled() -> bool:
+    return _output_enabled.get()
+
+
 @contextlib.contextmanager
 def enable_output(show_progress: bool = True) -> Iterator[None]:
-    """Modal's switch for showing build and run output; output is not streamed yet, so this only scopes."""
-    yield
+    """Show image build logs (on stderr) while an app starts; ``minimodal run`` turns it on."""
+    token = _output_enabled.set(True)
+    try:
+        yield
+    finally:
+        _output_enabled.reset(token)

@@ -6,6 +6,8 @@ A service missing locally skips the tests that need it; under CI=true it fails t
 from __future__ import annotations
 
 import contextlib
+import gc
+import hashlib
 import json
 import os
 import shutil
@@ -14,13 +16,17 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from redis import Redis
+
+from workers.runtimes import docker_client
 
 CI = os.environ.get("CI", "").lower() == "true"
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +118,7 @@ class Stack:
     redis: RedisServer
     admin_token: str
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    redis_client: Redis | None = None
 
     def spawn(self, name: str, *argv: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         with open(self.home / f"{name}.log", "ab") as log:
@@ -140,11 +147,14 @@ class Stack:
         return reply.json()["token"]
 
     def workers(self) -> list[dict]:
-        return [json.loads(self.redis.client.get(k)) for k in self.redis.client.scan_iter("mm:worker:*")]
+        client = self.redis_client or self.redis.client
+        return [json.loads(raw) for k in client.scan_iter("mm:worker:*") if (raw := client.get(k))]
 
     def stop(self) -> None:
         for process in self.processes.values():
             stop_process(process)
+        if self.redis_client is not None:
+            self.redis_client.close()
 
 
 def _bootstrap_admin(env: dict[str, str]) -> str:
@@ -161,23 +171,25 @@ def _bootstrap_admin(env: dict[str, str]) -> str:
 TEST_MAX_PAYLOAD = 8 * 1024 * 1024  # small, so that the 413 path is cheap to exercise
 
 
-@pytest.fixture(scope="session")
-def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("mmhome")
+def start_stack(redis_server: RedisServer, home: Path, *, runtime: str, db: int) -> Stack:
+    """API, dispatcher and one worker of the given runtime, on Redis database ``db``."""
     port = free_port()
+    redis_url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
     env = {
         **os.environ,
         "MINIMODAL_HOME": str(home),
-        "MINIMODAL_REDIS_URL": redis_server.url,
+        "MINIMODAL_REDIS_URL": redis_url,
         "MINIMODAL_DATABASE_URL": f"sqlite:///{home / 'mm.db'}",
         "MINIMODAL_API_PORT": str(port),
         "MINIMODAL_SERVER_URL": f"http://127.0.0.1:{port}",
         "MINIMODAL_MAX_PAYLOAD_SIZE": str(TEST_MAX_PAYLOAD),
         "MINIMODAL_WORKER_CONCURRENCY": "4",
+        "MINIMODAL_WORKER_RUNTIME": runtime,
         "PYTHONPATH": str(ROOT),
     }
     env.pop("MINIMODAL_TOKEN", None)
     stack = Stack(home, env, f"http://127.0.0.1:{port}", redis_server, _bootstrap_admin(env))
+    stack.redis_client = Redis.from_url(redis_url)
     try:
         stack.spawn("api", "api")
         stack.spawn("dispatcher", "dispatcher")
@@ -192,17 +204,68 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -
             return False
 
         wait_for(ready, 60, "the API to answer and a worker to beat")
-        yield stack
-    finally:
+    except BaseException:
         stack.stop()
+        raise
+    return stack
 
 
-@pytest.fixture
-def user(stack: Stack, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh user per test; the in-process SDK is pointed at the stack with its token."""
-    name = "u" + str(abs(hash(request.node.nodeid)))[:12]
+@pytest.fixture(scope="session")
+def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack whose worker runs functions in runner processes (fast; most tests)."""
+    stack = start_stack(redis_server, tmp_path_factory.mktemp("mmhome"), runtime="process", db=0)
+    yield stack
+    stack.stop()
+
+
+def use_stack(stack: Stack, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Create a fresh user on ``stack`` and point the in-process SDK at it; return the token."""
+    name = "u" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
     token = stack.new_user(name)
     for key in ("MINIMODAL_HOME", "MINIMODAL_SERVER_URL", "MINIMODAL_MAX_PAYLOAD_SIZE"):
         monkeypatch.setenv(key, stack.env[key])
     monkeypatch.setenv("MINIMODAL_TOKEN", token)
     return token
+
+
+@pytest.fixture
+def user(stack: Stack, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh user per test on the process stack."""
+    return use_stack(stack, request, monkeypatch)
+
+
+def docker_engine() -> Any:
+    """A docker SDK client of the local engine with the base image present, or a skip (a failure in CI)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # a failed negotiation leaks the SDK's socket
+        client = docker_client()
+        gc.collect()
+    if client is None:
+        missing("no Docker engine answers (make test starts dockerd)")
+    slim = f"python:{sys.version_info[0]}.{sys.version_info[1]}-slim"
+    try:
+        client.images.get(slim)
+    except Exception:  # noqa: BLE001 - docker.errors.ImageNotFound, without importing docker here
+        client.close()
+        missing(f"the image {slim} is missing (make docker-base builds it)")
+    return client
+
+
+@pytest.fixture(scope="session")
+def docker_stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack whose worker runs every function in a container of its image."""
+    client = docker_engine()
+    stack = start_stack(redis_server, tmp_path_factory.mktemp("mmdocker"), runtime="docker", db=1)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        leftover = client.containers.list(all=True, filters={"label": "minimodal=1"})
+        client.close()
+        assert leftover == [], f"containers left behind: {[c.name for c in leftover]}"
+
+
+@pytest.fixture
+def docker_user(docker_stack: Stack, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh user per test on the Docker stack."""
+    return use_stack(docker_stack, request, monkeypatch)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pickle
 
 import cloudpickle
-import minimodal
 import pytest
 import requests
+
+import minimodal
 from minimodal import protocol
 from minimodal._client import Client
 from minimodal.exception import (
@@ -19,7 +20,6 @@ from minimodal.exception import (
     RemoteError,
     UnsupportedOptionError,
 )
-
 from tests.conftest import TEST_MAX_PAYLOAD, Stack, wait_for
 from tests.functions import basic
 
@@ -197,9 +197,6 @@ def test_every_accepted_call_ends_in_a_terminal_status(stack: Stack, user: str) 
         ("schedule", object()),
         ("secrets", [object()]),
         ("volumes", {"/d": object()}),
-        ("min_containers", 1),
-        ("max_containers", 2),
-        ("image", object()),
     ],
 )
 def test_options_not_implemented_yet_raise_naming_the_option(option: str, value: object) -> None:
@@ -215,5 +212,11 @@ def test_deprecated_and_invalid_options_are_refused() -> None:
         app.function(keep_warm=1)(basic.square.local)
     with pytest.raises(InvalidError, match="timeout"):
         app.function(timeout=0)(basic.square.local)
+    with pytest.raises(InvalidError, match="max_containers"):
+        app.function(max_containers=0)(basic.square.local)
+    with pytest.raises(InvalidError, match="give a minimodal.Image"):
+        app.function(image="python:3.11")(basic.square.local)
+    with pytest.raises(InvalidError, match="same major.minor"):
+        minimodal.Image.debian_slim(python_version="3.9")
     with pytest.raises(TypeError, match="app.cls"):
         app.function()(basic.CustomError)

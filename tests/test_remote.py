@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-import minimodal
 import pytest
-from minimodal.exception import InvalidError, RemoteError
 
+import minimodal
+from minimodal.exception import InvalidError, RemoteError
 from tests.functions import basic
 
 

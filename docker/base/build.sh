@@ -173,12 +173,17 @@ build_final() {
     done_step
 
     cp "${HERE}/Dockerfile" "${CONTEXT}/Dockerfile"
+    # The host's extra CA certificates (an egress proxy's, a company's): builds inside containers
+    # reach the package indexes through the same path as the host, so they must trust the same CAs.
+    mkdir -p "${CONTEXT}/certs"
+    cp /usr/local/share/ca-certificates/*.crt "${CONTEXT}/certs/" 2>/dev/null || true
     step "docker build -> ${IMAGE}"
     # The legacy builder: the engine is Debian's (API 1.41) and there is no buildx plugin. --pull=false
     # keeps it from ever asking a registry for the FROM image.
-    DOCKER_BUILDKIT=0 docker build --quiet --pull=false --tag "${IMAGE}" \
+    DOCKER_BUILDKIT=0 docker build --quiet --pull=false --force-rm --tag "${IMAGE}" \
         --build-arg "CLOUDPICKLE_VERSION=${CLOUDPICKLE_VERSION}" \
         --build-arg "PYTHON_VERSION=${PYTHON_VERSION}" \
+        --build-arg "CA_DIGEST=${CA_DIGEST}" \
         "${CONTEXT}" >/dev/null 2>"${CONTEXT}.log" \
         || { cat "${CONTEXT}.log" >&2; rm -f "${CONTEXT}.log"; die "docker build failed"; }
     rm -f "${CONTEXT}.log"
@@ -201,10 +206,12 @@ check_image() {
 }
 
 ensure_engine
+CA_DIGEST="$(cat /usr/local/share/ca-certificates/*.crt 2>/dev/null | sha256sum | cut -c1-16)"
 
 if image_exists "${IMAGE}" \
     && [ "$(image_label "${IMAGE}" minimodal.cloudpickle)" = "${CLOUDPICKLE_VERSION}" ] \
-    && [ "$(image_label "${IMAGE}" minimodal.python)" = "${PYTHON_VERSION}" ]; then
+    && [ "$(image_label "${IMAGE}" minimodal.python)" = "${PYTHON_VERSION}" ] \
+    && [ "$(image_label "${IMAGE}" minimodal.cacerts)" = "${CA_DIGEST}" ]; then
     log "${IMAGE} exists already with these versions: nothing to build"
 else
     if image_exists "${IMAGE}"; then
@@ -219,4 +226,12 @@ else
     build_final
 fi
 check_image
+
+# Image.debian_slim() builds on python:X.Y-slim (MINIMODAL_DEBIAN_SLIM_IMAGE). No registry can be
+# reached here, so this base stands in for it, unless a real python:X.Y-slim is already present.
+SLIM="python:${PYTHON_VERSION}-slim"
+if ! image_exists "${SLIM}" || [ -n "$(image_label "${SLIM}" minimodal.python)" ]; then
+    docker tag "${IMAGE}" "${SLIM}"
+    log "tagged ${IMAGE} as ${SLIM} (what Image.debian_slim() builds on)"
+fi
 log "total $(since "${START_ALL}") s"

@@ -8,10 +8,13 @@ import json
 from typing import Any
 
 from flask import Blueprint, g
+from sqlalchemy import select
+
 from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
+from minimodal.protocol import ImageStatus
 
-from ..models import AppRecord, FunctionRecord, utcnow
+from ..models import AppRecord, FunctionRecord, ImageRecord, utcnow
 from .auth import authenticate, field, json_body
 from .services import services
 
@@ -24,7 +27,11 @@ _OPTIONS: dict[str, type | tuple[type, ...]] = {
     "memory": int,
     "timeout": int,
     "scaledown_window": int,
+    "min_containers": int,
+    "max_containers": int,
+    "buffer_containers": int,
 }
+_MAY_BE_ZERO = {"min_containers", "buffer_containers"}
 
 
 def _parse_options(tag: str, raw: Any) -> dict[str, Any]:
@@ -37,8 +44,10 @@ def _parse_options(tag: str, raw: Any) -> dict[str, Any]:
         raise InvalidError(f"function {tag!r}: unknown options {unknown}; known: {sorted(_OPTIONS)}")
     options = {name: field(raw, name, kind, required=False) for name, kind in _OPTIONS.items()}
     for name, value in options.items():
-        if value is not None and value <= 0:
-            raise InvalidError(f"function {tag!r}: option {name} must be positive")
+        if value is not None and (value < 0 or (value == 0 and name not in _MAY_BE_ZERO)):
+            raise InvalidError(
+                f"function {tag!r}: option {name} must be " + ("0 or more" if name in _MAY_BE_ZERO else "positive")
+            )
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -61,6 +70,7 @@ def create_app_record():  # type: ignore[no-untyped-def]
     specs = field(body, "functions", list, required=False, default=[])
     app_id = protocol.new_id("ap")
     records, ids = [], {}
+    svc = services()
     for spec in specs:
         if not isinstance(spec, dict):
             raise InvalidError("each function must be an object with tag, code and options")
@@ -70,17 +80,52 @@ def create_app_record():  # type: ignore[no-untyped-def]
         code = _parse_code(tag, spec.get("code"))
         options = _parse_options(tag, spec.get("options"))
         code_hash = hashlib.sha256(code + json.dumps(options, sort_keys=True).encode()).hexdigest()
+        image_id = field(spec, "image", str, required=False)
         ids[tag] = protocol.new_id("fu")
         records.append(
             FunctionRecord(
-                id=ids[tag], app_id=app_id, user_id=g.user.id, tag=tag, code=code, code_hash=code_hash, options=options
+                id=ids[tag],
+                app_id=app_id,
+                user_id=g.user.id,
+                tag=tag,
+                code=code,
+                code_hash=code_hash,
+                options=options,
+                image_id=image_id,
             )
         )
-    with services().db.write() as session:
+    with svc.db.write() as session:
+        for record in records:
+            _attach_image(session, record)
         session.add(AppRecord(id=app_id, user_id=g.user.id, name=name))
         session.flush()
         session.add_all(records)
+    if records:
+        svc.pending.register_functions(
+            {r.id: r.queue for r in records},
+            limits={r.id: r.options["max_containers"] for r in records if r.options.get("max_containers")},
+            warm={r.id: r.options["min_containers"] for r in records if r.options.get("min_containers")},
+        )
     return {"app_id": app_id, "functions": ids}, 201
+
+
+def _attach_image(session: Any, record: FunctionRecord) -> None:
+    """Point the function at its built image (container queue), or at a runner process (cpu queue)."""
+    if record.image_id is None:
+        record.queue = protocol.QUEUE_CPU
+        return
+    image = session.get(ImageRecord, record.image_id)
+    if image is None:
+        raise NotFoundError(f"function {record.tag!r}: no image {record.image_id!r}; register it with POST /v1/images")
+    if image.status == ImageStatus.READY:
+        record.image_tag, record.queue = image.tag, protocol.QUEUE_CONTAINER
+    elif image.status == ImageStatus.PROCESS:
+        record.queue = protocol.QUEUE_CPU
+    else:
+        raise InvalidError(
+            f"function {record.tag!r}: image {record.image_id} is {image.status}, not built; "
+            + (image.error or "wait for its build to finish")
+        )
 
 
 def _own_app(session: Any, app_id: str) -> AppRecord:
@@ -96,6 +141,8 @@ def stop_app(app_id: str):  # type: ignore[no-untyped-def]
         record = _own_app(session, app_id)
         if record.state != "stopped":
             record.state, record.stopped_at = "stopped", utcnow()
+        function_ids = [f for (f,) in session.execute(select(FunctionRecord.id).where(FunctionRecord.app_id == app_id))]
+    services().pending.forget_warm(function_ids)
     return {"app_id": app_id, "state": "stopped"}
 
 

@@ -6,8 +6,9 @@ import hashlib
 from typing import Any
 
 from flask import g, request
-from minimodal.exception import AuthError, InvalidError
 from sqlalchemy import select
+
+from minimodal.exception import AuthError, InvalidError
 
 from ..models import UserRecord
 from .services import services

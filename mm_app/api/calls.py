@@ -7,11 +7,12 @@ import re
 from typing import Any
 
 from flask import Blueprint, Response, g, request
+from sqlalchemy import func, insert, select, update
+
 from minimodal import protocol
 from minimodal.defaults import DEFAULT_LONG_POLL_SECONDS
 from minimodal.exception import InvalidError, NotFoundError, OutputExpiredError, PayloadTooLargeError
 from minimodal.protocol import TERMINAL, CallStatus, PendingEntry
-from sqlalchemy import func, insert, select, update
 
 from ..models import AppRecord, CallRecord, FunctionRecord, InputRecord, utcnow
 from .auth import authenticate, field, json_body

@@ -5,6 +5,10 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
 from minimodal.exception import (
     AuthError,
     Error,
@@ -14,9 +18,6 @@ from minimodal.exception import (
     ServiceError,
     status_for,
 )
-from redis.exceptions import RedisError
-from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger("minimodal.api")
 

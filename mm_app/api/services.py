@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
+from redis import Redis
+
 from minimodal import config as mm_config
 from minimodal.exception import InvalidError
-from redis import Redis
 
 from ..database import Database
 from ..payloads import Payloads
@@ -33,6 +34,7 @@ class Services:
     pending: PendingQueues
     payloads: Payloads
     started_at: float
+    celery: Any  # used only to send tasks by name (image builds)
 
     @classmethod
     def build(cls, overrides: dict[str, Any], *, redis: Redis | None, database: Database | None) -> Services:
@@ -52,7 +54,18 @@ class Services:
             pending=PendingQueues(redis),
             payloads=Payloads(redis, ttl=settings["result_ttl"]),
             started_at=time.time(),
+            celery=_sender(settings["redis_url"]),
         )
+
+
+def _sender(redis_url: str | None) -> Any:
+    from celery import Celery
+
+    sender = Celery("minimodal-api")
+    sender.config_from_object("celeryconfig")
+    if redis_url:
+        sender.conf.broker_url = redis_url
+    return sender
 
 
 def services() -> Services:

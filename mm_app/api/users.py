@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 
 from flask import Blueprint, g
-from minimodal.exception import InvalidError, NotFoundError
-from minimodal.protocol import new_token
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from minimodal.exception import InvalidError, NotFoundError
+from minimodal.protocol import new_token
 
 from ..models import UserRecord
 from .auth import authenticate, field, hash_token, json_body, require_admin

@@ -5,6 +5,7 @@ Built once per worker process on first use, and torn down on worker shutdown (no
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -15,12 +16,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from minimodal import config, protocol
-from minimodal.exception import InvalidError
 from redis import Redis
 
+from minimodal import config, protocol
+from minimodal.defaults import DEFAULT_SCALEDOWN_WINDOW
+from minimodal.exception import InvalidError, ServiceError
 from workers.pool import WarmPool
-from workers.runtimes.base import Runtime
+from workers.runtimes import docker_client
+from workers.runtimes.base import RunnerSpec, Runtime
 from workers.runtimes.process import ProcessRuntime
 
 from ..database import Database
@@ -39,12 +42,29 @@ class FunctionSpec:
     code: bytes
     code_hash: str
     options: dict[str, Any]
+    image_tag: str | None
 
 
-def make_runtime(name: str) -> Runtime:
-    if name == "process":
-        return ProcessRuntime()
-    raise InvalidError(f"MINIMODAL_WORKER_RUNTIME={name!r}: this worker knows only 'process'")
+def make_runtimes(setting: str) -> dict[str, Runtime]:
+    """This worker's runtimes: always ``process``; ``docker`` too when an engine answers (unless told not to)."""
+    if setting not in ("auto", "docker", "process"):
+        raise InvalidError(f"MINIMODAL_WORKER_RUNTIME={setting!r}: give auto, docker or process")
+    runtimes: dict[str, Runtime] = {"process": ProcessRuntime()}
+    if setting == "process":
+        return runtimes
+    client = docker_client()
+    if client is None:
+        if setting == "docker":
+            raise ServiceError("MINIMODAL_WORKER_RUNTIME=docker, but no Docker engine answers; is dockerd running?")
+        logger.warning(
+            "no Docker engine answers: this worker runs functions in runner processes only, "
+            "and images cannot be built here"
+        )
+        return runtimes
+    from workers.runtimes.docker import DockerRuntime
+
+    runtimes["docker"] = DockerRuntime(client)
+    return runtimes
 
 
 @dataclass
@@ -54,11 +74,12 @@ class WorkerContext:
     redis: Redis
     payloads: Payloads
     pending: PendingQueues
-    pool: WarmPool
+    pools: dict[str, WarmPool]  # runtime name -> warm pool
     concurrency: int
     inline_limit: int
     _functions: dict[str, FunctionSpec] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _warm: set[str] = field(default_factory=set)  # functions this worker keeps a floor of runners for
 
     @classmethod
     def from_config(cls) -> WorkerContext:
@@ -74,7 +95,7 @@ class WorkerContext:
             redis=redis,
             payloads=Payloads(redis, ttl=config.get("result_ttl")),
             pending=PendingQueues(redis),
-            pool=WarmPool(make_runtime(config.get("worker_runtime"))),
+            pools={name: WarmPool(rt) for name, rt in make_runtimes(config.get("worker_runtime")).items()},
             concurrency=config.get("worker_concurrency"),
             inline_limit=config.get("inline_payload_size"),
         )
@@ -88,10 +109,51 @@ class WorkerContext:
                 if record is None:
                     return None
                 spec = FunctionSpec(
-                    record.id, record.user_id, record.tag, record.code, record.code_hash, dict(record.options)
+                    record.id,
+                    record.user_id,
+                    record.tag,
+                    record.code,
+                    record.code_hash,
+                    dict(record.options),
+                    record.image_tag,
                 )
             self._functions[function_id] = spec
         return spec
+
+    def runner_spec(self, spec: FunctionSpec) -> RunnerSpec:
+        """What a runtime needs to start runners of this function: per user, code version and image."""
+        options = spec.options
+        return RunnerSpec(
+            key=f"{spec.user_id}:{spec.code_hash}:{spec.image_tag or 'process'}",
+            code=spec.code,
+            timeout=float(options.get("timeout", 300)),
+            scaledown_window=float(options.get("scaledown_window", DEFAULT_SCALEDOWN_WINDOW)),
+            cpu=options.get("cpu"),
+            memory=options.get("memory"),
+            image=spec.image_tag,
+            min_containers=int(options.get("min_containers", 0)),
+            buffer_containers=int(options.get("buffer_containers", 0)),
+            labels={"function": spec.tag, "function_id": spec.id, "user": str(spec.user_id)},
+        )
+
+    def pool_for(self, spec: FunctionSpec) -> WarmPool | None:
+        return self.pools.get("docker" if spec.image_tag else "process")
+
+    def keep_warm(self) -> None:
+        """Give each running app's ``min_containers`` functions their floor; drop floors of stopped apps."""
+        wanted = self.pending.warm_functions()
+        for function_id in set(wanted) | set(self._warm):
+            spec = self.function(function_id)
+            pool = self.pool_for(spec) if spec else None
+            if spec is None or pool is None:
+                continue
+            runner_spec = self.runner_spec(spec)
+            if function_id not in wanted:
+                runner_spec = dataclasses.replace(runner_spec, min_containers=0)
+                self._warm.discard(function_id)
+            else:
+                self._warm.add(function_id)
+            pool.ensure(runner_spec)
 
     def start_heartbeat(self) -> None:
         threading.Thread(target=self._beat, name="mm-heartbeat", daemon=True).start()
@@ -100,21 +162,28 @@ class WorkerContext:
         interval = config.get("heartbeat_seconds")
         while not self._stop.is_set():
             try:
+                counts = [pool.counts() for pool in self.pools.values()]
                 info = {
                     "worker_id": self.worker_id,
-                    "runtime": self.pool.runtime.name,
+                    "runtimes": sorted(self.pools),
                     "slots": self.concurrency,
-                    **self.pool.counts(),
+                    "busy": sum(c["busy"] for c in counts),
+                    "idle": sum(c["idle"] for c in counts),
                     "at": time.time(),
                 }
                 self.redis.set(protocol.worker_key(self.worker_id), json.dumps(info), ex=int(interval * 5) + 1)
+                self.keep_warm()
             except Exception:  # noqa: BLE001 - a missed beat is logged, the next one retries
                 logger.warning("heartbeat to Redis failed", exc_info=True)
             self._stop.wait(interval)
 
     def close(self) -> None:
         self._stop.set()
-        self.pool.shutdown()
+        for pool in self.pools.values():
+            pool.shutdown()
+            client = getattr(pool.runtime, "client", None)
+            if client is not None:
+                client.close()
         try:
             self.redis.delete(protocol.worker_key(self.worker_id))
         except Exception:  # noqa: BLE001 - Redis may already be gone at shutdown

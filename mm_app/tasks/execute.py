@@ -12,11 +12,11 @@ import sys
 from typing import Any
 
 from celery import signals
-from minimodal import protocol
-from minimodal.protocol import CallStatus
 from sqlalchemy import update
 
-from workers.runtimes.base import Outcome, RunnerSpec, RunnerStartError
+from minimodal import protocol
+from minimodal.protocol import CallStatus
+from workers.runtimes.base import Outcome, RunnerStartError
 
 from ..celery_app import app
 from ..models import InputRecord, utcnow
@@ -109,7 +109,7 @@ def execute(self: Any, call_id: str, function_id: str, user_id: int, start: int,
                 logger.exception("cannot publish the failure of %s[%d]", call_id, idx)
         _finish_inputs(ctx, call_id, results + failed)  # re-marking finished ones is harmless
     finally:
-        ctx.pending.finish(user_id)
+        ctx.pending.finish(user_id, function_id)
 
 
 def _run(
@@ -135,15 +135,14 @@ def _run(
         attempts=InputRecord.attempts + 1,
     )
     payloads = ctx.payloads.get_inputs(call_id, range(indexes[0], indexes[-1] + 1))
-    runner_spec = RunnerSpec(
-        key=f"{user_id}:{spec.code_hash}",
-        code=spec.code,
-        timeout=float(spec.options.get("timeout", 300)),
-        scaledown_window=float(spec.options.get("scaledown_window", 60)),
-        cpu=spec.options.get("cpu"),
-        memory=spec.options.get("memory"),
-        labels={"function": spec.tag, "user": str(user_id)},
-    )
+    runner_spec = ctx.runner_spec(spec)
+    pool = ctx.pool_for(spec)
+    if pool is None:
+        message = f"{spec.tag} needs a container, and this worker has no Docker engine"
+        _publish_all(
+            ctx, call_id, user_id, indexes, Outcome(ok=False, error_type="ServiceError", message=message), results
+        )
+        return
     runner = None
     try:
         for idx, payload in zip(indexes, payloads, strict=True):
@@ -156,7 +155,7 @@ def _run(
             else:
                 if runner is None:
                     try:
-                        runner = ctx.pool.acquire(runner_spec)
+                        runner = pool.acquire(runner_spec)
                     except RunnerStartError as exc:
                         failure = Outcome(ok=False, error_type="RemoteError", message=str(exc), traceback=exc.traceback)
                         rest = indexes[len(results) :]
@@ -164,8 +163,10 @@ def _run(
                         _publish_all(ctx, call_id, user_id, rest, failure, results)
                         return
                 outcome = runner.call(payload, call_id=call_id, idx=idx, on_log=_log_sink(call_id, idx))
-                if outcome.runner_lost:
-                    ctx.pool.release(runner)
+                if outcome.runner_lost or idx == indexes[-1]:
+                    # Back to the pool before the output is published: the caller's next call may come at
+                    # once, to another slot of this worker, and should find this runner warm.
+                    pool.release(runner)
                     runner = None
             ctx.payloads.put_output(call_id, _envelope(idx, outcome, ctx, call_id, user_id))
             results.append((idx, outcome))
@@ -173,7 +174,7 @@ def _run(
         _record_speed(ctx, function_id, results)
     finally:
         if runner is not None:
-            ctx.pool.release(runner)
+            pool.release(runner)
 
 
 def _publish_all(

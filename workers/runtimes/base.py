@@ -17,6 +17,9 @@ class RunnerSpec:
     scaledown_window: float  # idle seconds before the pool stops the runner
     cpu: float | None = None
     memory: int | None = None
+    image: str | None = None  # the built image's tag (Docker runtime); None for runner processes
+    min_containers: int = 0  # kept up even when idle (per worker)
+    buffer_containers: int = 0  # extra idle runners kept while any is busy (per worker)
     labels: dict[str, str] = field(default_factory=dict)
 
 

@@ -1,0 +1,178 @@
+"""Images: content-addressed build files, and image specs built on a Docker worker.
+
+``PUT /v1/files/{sha256}`` uploads a file the spec refers to; ``POST /v1/images`` registers a spec and
+starts its build on the ``mm.build`` queue (or answers ``process`` for the default image when no
+worker has Docker); ``GET /v1/images/{id}`` long-polls its status and build log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from flask import Blueprint, request
+
+from minimodal import protocol
+from minimodal.exception import InvalidError, NotFoundError, PayloadTooLargeError
+from minimodal.protocol import ImageStatus
+
+from ..models import ImageRecord
+from ..registry import docker_workers
+from .auth import authenticate, json_body
+from .services import services
+
+bp = Blueprint("images", __name__, url_prefix="/v1")
+bp.before_request(authenticate)
+
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+_STR, _LIST, _DICT, _BOOL = str, list, dict, bool
+# op -> {field: type}; every field listed is required except those in _OPTIONAL.
+_OPS: dict[str, dict[str, type]] = {
+    "debian_slim": {"python": _STR},
+    "from_registry": {"tag": _STR},
+    "from_dockerfile": {"dockerfile": _STR, "context": _STR},
+    "apt_install": {"packages": _LIST},
+    "pip_install": {
+        "packages": _LIST,
+        "index_url": _STR,
+        "extra_index_url": _STR,
+        "pre": _BOOL,
+        "find_links": _STR,
+        "extra_options": _STR,
+    },
+    "run_commands": {"commands": _LIST},
+    "env": {"vars": _DICT},
+    "workdir": {"path": _STR},
+    "add_local_file": {"sha": _STR, "remote": _STR, "mode": _STR},
+    "add_local_dir": {"sha": _STR, "remote": _STR},
+    "add_local_python_source": {"sha": _STR, "modules": _LIST},
+    "run_function": {"sha": _STR, "name": _STR},
+}
+_OPTIONAL = {"index_url", "extra_index_url", "pre", "find_links", "extra_options", "mode", "name"}
+_BASES = {"debian_slim", "from_registry", "from_dockerfile"}
+
+
+def _validate(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], str, list[str]]:
+    """The layers, the Python version and the file hashes the spec needs; InvalidError if malformed."""
+    layers, python = spec.get("layers"), spec.get("python")
+    if not isinstance(layers, list) or not layers or not isinstance(python, str):
+        raise InvalidError("an image needs 'layers' (a non-empty list) and 'python' (e.g. '3.11')")
+    files = []
+    for i, layer in enumerate(layers):
+        op = layer.get("op") if isinstance(layer, dict) else None
+        if op not in _OPS:
+            raise InvalidError(f"layer {i}: unknown op {op!r}")
+        if (i == 0) != (op in _BASES):
+            raise InvalidError(f"layer {i}: {op} " + ("cannot start an image" if i == 0 else "must come first"))
+        for name, value in layer.items():
+            if name != "op" and (name not in _OPS[op] or not isinstance(value, _OPS[op][name])):
+                raise InvalidError(f"layer {i} ({op}): bad field {name!r}")
+        missing = [n for n in _OPS[op] if n not in layer and n not in _OPTIONAL]
+        if missing:
+            raise InvalidError(f"layer {i} ({op}): missing {missing}")
+        for name in ("sha", "context"):
+            if name in layer:
+                if not _SHA.match(layer[name]):
+                    raise InvalidError(f"layer {i} ({op}): {name} must be a sha256 hex digest")
+                files.append(layer[name])
+    return layers, python, files
+
+
+def image_id_for(spec: dict[str, Any]) -> str:
+    return "im-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _describe(record: ImageRecord) -> dict[str, Any]:
+    return {
+        "image_id": record.id,
+        "status": record.status,
+        "tag": record.tag,
+        "error": record.error,
+        "events": record.events or [],
+        "built_at": record.built_at.isoformat() if record.built_at else None,
+    }
+
+
+@bp.route("/files/<sha>", methods=["HEAD"])
+def has_file(sha: str):  # type: ignore[no-untyped-def]
+    return ("", 200) if services().redis.exists(protocol.file_key(sha)) else ("", 404)
+
+
+@bp.put("/files/<sha>")
+def put_file(sha: str):  # type: ignore[no-untyped-def]
+    if not _SHA.match(sha):
+        raise InvalidError("the file name must be its sha256 hex digest")
+    svc = services()
+    data = request.get_data(cache=False)
+    if len(data) > svc.settings["max_payload_size"]:
+        raise PayloadTooLargeError("the file is over the maximum payload size")
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise InvalidError("the body does not hash to the sha256 in the URL")
+    svc.redis.set(protocol.file_key(sha), data, ex=7 * 24 * 3600)
+    return {"sha": sha, "size": len(data)}, 201
+
+
+@bp.post("/images")
+def create_image():  # type: ignore[no-untyped-def]
+    spec = json_body()
+    layers, python, files = _validate(spec)
+    spec = {"layers": layers, "python": python}
+    image_id = image_id_for(spec)
+    svc = services()
+    build = False
+    with svc.db.write() as session:
+        record = session.get(ImageRecord, image_id)
+        if record is not None and record.status in (ImageStatus.READY, ImageStatus.BUILDING):
+            return _describe(record)
+        if record is None:
+            record = ImageRecord(id=image_id, spec=spec, status=ImageStatus.BUILDING.value)
+            session.add(record)
+        record.error, record.events = None, []
+        if docker_workers(svc.redis):
+            missing = [sha for sha in files if not svc.redis.exists(protocol.file_key(sha))]
+            if missing:
+                raise InvalidError(f"upload these files first with PUT /v1/files/{{sha}}: {missing}")
+            record.status, build = ImageStatus.BUILDING.value, True
+        elif layers == [{"op": "debian_slim", "python": python}]:
+            record.status = ImageStatus.PROCESS.value  # nothing to build: functions run in runner processes
+        else:
+            record.status = ImageStatus.FAILED.value
+            record.error = "no worker with a Docker engine is running, and this image needs one to be built"
+        result = _describe(record)
+    if build:
+        svc.redis.delete(protocol.build_log_key(image_id))
+        svc.celery.send_task(protocol.TASK_BUILD_IMAGE, args=[image_id], queue=protocol.QUEUE_BUILD)
+    return result, 201
+
+
+@bp.get("/images/<image_id>")
+def get_image(image_id: str):  # type: ignore[no-untyped-def]
+    """Status and build log lines after ``cursor``, waiting up to ``timeout`` s while it builds."""
+    svc = services()
+    cursor = request.args.get("cursor", "0-0")
+    try:
+        wait = min(max(float(request.args.get("timeout", 0)), 0.0), 30.0)
+    except ValueError as exc:
+        raise InvalidError("timeout must be a number of seconds") from exc
+    with svc.db.read() as session:
+        record = session.get(ImageRecord, image_id)
+        if record is None:
+            raise NotFoundError(f"no image {image_id!r}")
+        status = record.status
+    lines: list[str] = []
+    key = protocol.build_log_key(image_id)
+    if status == ImageStatus.BUILDING:
+        reply = svc.redis.xread({key: cursor}, count=1000, block=int(wait * 1000) or None)
+        entries = reply[0][1] if reply else []
+    else:
+        entries = svc.redis.xrange(key, min=f"({cursor}" if cursor != "0-0" else "-", count=1000)
+    for entry_id, fields in entries:
+        cursor = entry_id.decode()
+        if b"line" in fields:
+            lines.append(fields[b"line"].decode("utf-8", "replace"))
+    with svc.db.read() as session:
+        record = session.get(ImageRecord, image_id)
+        assert record is not None
+        return {**_describe(record), "logs": lines, "cursor": cursor}

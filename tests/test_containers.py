@@ -1,0 +1,206 @@
+"""Functions in containers built from their Image: builds, cache, limits, warm pools, cleanup."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+import minimodal
+from minimodal.exception import FunctionTimeoutError, ImageBuildError, RemoteError
+from tests.conftest import Stack, docker_engine, wait_for
+from tests.functions import images as fns
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Any]:
+    client = docker_engine()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def built(engine: Any) -> Iterator[list[str]]:
+    """Identities of layers a test built; their tags are removed afterwards so runs do not pile up images."""
+    identities: list[str] = []
+    yield identities
+    for identity in reversed(identities):
+        try:
+            engine.images.remove(f"minimodal/image:{identity}", noprune=False)
+        except Exception:  # noqa: BLE001 - in use by a later layer or already gone
+            pass
+
+
+def fresh() -> minimodal.Image:
+    """A default image with a layer no other run has: its first deploy really builds."""
+    return minimodal.Image.debian_slim().env({"MM_TEST_NONCE": uuid.uuid4().hex})
+
+
+def deploy(fn: Callable[..., Any], image: minimodal.Image, **options: Any) -> tuple[minimodal.App, Any]:
+    app = minimodal.App("containers")
+    return app, app.function(image=image, serialized=True, name=fn.__name__, **options)(fn)
+
+
+def image_record(stack: Stack, token: str, image: minimodal.Image) -> dict[str, Any]:
+    """What POST /v1/images answers for this spec (registers it; builds only if it is new)."""
+    reply = requests.post(
+        f"{stack.url}/v1/images", json=image.spec(), headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    assert reply.status_code in (200, 201), reply.text
+    return reply.json()
+
+
+def states(record: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(event["op"], event["state"]) for event in record["events"]]
+
+
+def containers_of(engine: Any, function: Any) -> list[Any]:
+    return engine.containers.list(filters={"label": f"minimodal.function_id={function.object_id}"})
+
+
+def test_a_pip_installed_package_imports_in_a_container(docker_stack: Stack, docker_user: str) -> None:
+    app, f = deploy(fns.six_version, minimodal.Image.debian_slim().pip_install("six==1.16.0"))
+    _, who = deploy(fns.whoami, minimodal.Image.debian_slim())
+    who_app = who._app
+    with app.run():
+        assert f.remote() == "1.16.0"
+    with who_app.run():
+        assert who.remote() == (True, 1000, "1")
+
+
+def test_a_second_deploy_of_an_unchanged_image_builds_nothing(
+    docker_stack: Stack, docker_user: str, built: list[str]
+) -> None:
+    image = fresh()
+    app, f = deploy(fns.version, image)
+    with app.run():
+        assert f.remote() == "one"
+    first = image_record(docker_stack, docker_user, image)
+    built += [e["identity"] for e in first["events"] if e["state"] == "built"]
+    assert states(first) == [("minimodal_runtime", "cached"), ("env", "built")]
+    with app.run():
+        assert f.remote() == "one"
+    again = image_record(docker_stack, docker_user, image)
+    assert again["status"] == "ready"
+    assert again["built_at"] == first["built_at"]  # no second build happened
+
+
+def test_changing_only_the_function_body_rebuilds_nothing(
+    docker_stack: Stack, docker_user: str, built: list[str]
+) -> None:
+    image = fresh()
+    app, f = deploy(fns.version, image)
+    with app.run():
+        assert f.remote() == "one"
+    record = image_record(docker_stack, docker_user, image)
+    built += [e["identity"] for e in record["events"] if e["state"] == "built"]
+    app2, g = deploy(fns.version_two, image)
+    with app2.run():
+        assert g.remote() == "two"
+    assert image_record(docker_stack, docker_user, image)["built_at"] == record["built_at"]
+
+
+def test_changing_a_pip_package_rebuilds_from_that_layer(
+    docker_stack: Stack, docker_user: str, built: list[str]
+) -> None:
+    base = fresh().run_commands("echo base > /tmp/base")
+    app, f = deploy(fns.six_version, base.pip_install("six==1.16.0"))
+    with app.run():
+        assert f.remote() == "1.16.0"
+    first = image_record(docker_stack, docker_user, base.pip_install("six==1.16.0"))
+    app2, g = deploy(fns.six_version, base.pip_install("six==1.17.0"))
+    with app2.run():
+        assert g.remote() == "1.17.0"
+    second = image_record(docker_stack, docker_user, base.pip_install("six==1.17.0"))
+    built += [e["identity"] for r in (first, second) for e in r["events"] if e["state"] == "built"]
+    assert states(second) == [
+        ("minimodal_runtime", "cached"),
+        ("env", "cached"),
+        ("run_commands", "cached"),
+        ("pip_install", "built"),
+    ]
+
+
+def test_changing_an_added_files_content_changes_the_image(
+    docker_stack: Stack, docker_user: str, tmp_path: Path, built: list[str]
+) -> None:
+    local = tmp_path / "data.txt"
+    base = fresh()
+    local.write_text("first")
+    one = base.add_local_file(local, "/opt/data.txt")
+    local.write_text("second")
+    two = base.add_local_file(local, "/opt/data.txt")
+    assert one.digest() != two.digest()
+    for image, expected in ((one, "first"), (two, "second")):
+        app, f = deploy(fns.read, image)
+        with app.run():
+            assert f.remote("/opt/data.txt") == expected
+        record = image_record(docker_stack, docker_user, image)
+        built += [e["identity"] for e in record["events"] if e["state"] == "built"]
+    assert states(record) == [("minimodal_runtime", "cached"), ("env", "cached"), ("add_local_file", "built")]
+
+
+def test_a_failing_build_fails_the_deploy_with_the_log_tail(docker_stack: Stack, docker_user: str) -> None:
+    app, f = deploy(fns.version, minimodal.Image.debian_slim().run_commands("echo about-to-fail && exit 3"))
+    with pytest.raises(ImageBuildError, match="about-to-fail"):
+        with app.run():
+            pytest.fail("the app must not start")
+    assert f.object_id is None  # no function was created, so no call can be queued against it
+
+
+def test_the_memory_limit_ends_a_call_with_an_out_of_memory_error(docker_stack: Stack, docker_user: str) -> None:
+    app, f = deploy(fns.allocate, minimodal.Image.debian_slim(), memory=64)
+    with app.run():
+        with pytest.raises(RemoteError, match="memory.*64 MiB"):
+            f.remote(512)
+        assert f.remote(8) == 8  # the next call gets a fresh container
+
+
+def test_the_timeout_ends_a_call_in_a_container(docker_stack: Stack, docker_user: str) -> None:
+    app, f = deploy(fns.sleep, minimodal.Image.debian_slim(), timeout=2)
+    with app.run():
+        with pytest.raises(FunctionTimeoutError, match="timeout of 2 s"):
+            f.remote(30)
+        started, ended = f.remote(0)
+        assert ended >= started
+
+
+def test_an_idle_pool_scales_to_zero_and_back_up(docker_stack: Stack, docker_user: str, engine: Any) -> None:
+    app, f = deploy(fns.whoami, minimodal.Image.debian_slim(), scaledown_window=2)
+    with app.run():
+        assert f.remote()[0] is True
+        assert len(containers_of(engine, f)) == 1
+        wait_for(lambda: containers_of(engine, f) == [], 30, "the idle container to stop", interval=0.5)
+        assert f.remote()[0] is True
+        assert len(containers_of(engine, f)) == 1
+
+
+def test_min_containers_start_before_any_call_and_stop_with_the_app(
+    docker_stack: Stack, docker_user: str, engine: Any
+) -> None:
+    app, f = deploy(fns.whoami, minimodal.Image.debian_slim(), min_containers=2, scaledown_window=2)
+    with app.run():
+        wait_for(lambda: len(containers_of(engine, f)) == 2, 60, "two warm containers", interval=0.5)
+        assert f.remote()[0] is True
+    wait_for(lambda: containers_of(engine, f) == [], 60, "the stopped app's containers to go", interval=0.5)
+
+
+def test_max_containers_caps_how_many_calls_run_at_once(docker_stack: Stack, docker_user: str) -> None:
+    app, f = deploy(fns.sleep, minimodal.Image.debian_slim(), max_containers=1)
+    with app.run():
+        spans = sorted(f.map([0.5] * 4))
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end - 0.01, "two calls overlapped despite max_containers=1"
+
+
+def test_a_custom_image_on_a_stack_without_docker_fails_the_deploy_clearly(user: str) -> None:
+    app, f = deploy(fns.six_version, minimodal.Image.debian_slim().pip_install("six"))
+    with pytest.raises(ImageBuildError, match="no worker with a Docker engine"):
+        with app.run():
+            pytest.fail("the app must not start")

@@ -1,0 +1,86 @@
+"""Warm pools with real runner processes: reuse, scale to zero, floors and buffers, replacement."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import cloudpickle
+import pytest
+
+from tests.conftest import wait_for
+from workers.pool import WarmPool
+from workers.runtimes.base import RunnerSpec
+from workers.runtimes.process import ProcessRuntime
+
+
+def _spec(**options: float) -> RunnerSpec:
+    return RunnerSpec(
+        key="u:f",
+        code=cloudpickle.dumps(os.getpid),
+        timeout=10,
+        scaledown_window=60,
+        labels={"function": "getpid"},
+        **options,
+    )  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def pool() -> Iterator[WarmPool]:
+    pool = WarmPool(ProcessRuntime(), reap_interval=3600)  # the tests call reap() themselves
+    yield pool
+    pool.shutdown()
+
+
+def _pid(pool: WarmPool, spec: RunnerSpec) -> int:
+    runner = pool.acquire(spec)
+    try:
+        outcome = runner.call(cloudpickle.dumps(((), {})), call_id="fc-t", idx=0)
+        return cloudpickle.loads(outcome.data)
+    finally:
+        pool.release(runner)
+
+
+def test_a_released_runner_is_reused_by_the_next_call(pool: WarmPool) -> None:
+    spec = _spec()
+    assert _pid(pool, spec) == _pid(pool, spec)
+    assert pool.started == 1
+
+
+def test_idle_runners_stop_after_the_scaledown_window_and_the_next_call_starts_one(pool: WarmPool) -> None:
+    spec = _spec()
+    _pid(pool, spec)
+    assert pool.reap(now=time.monotonic() + 30) == 0  # not idle long enough yet
+    assert pool.reap(now=time.monotonic() + 61) == 1
+    assert pool.runners(spec.key) == 0
+    _pid(pool, spec)
+    assert pool.started == 2
+    assert [event for _, _, event in pool.events] == ["start", "stop", "start"]
+
+
+def test_min_containers_are_kept_up_and_never_reaped(pool: WarmPool) -> None:
+    spec = _spec(min_containers=2)
+    pool.ensure(spec)
+    wait_for(lambda: pool.runners(spec.key) == 2, 30, "two warm runners")
+    assert pool.reap(now=time.monotonic() + 3600) == 0
+    pool.ensure(_spec(min_containers=0))
+    assert pool.reap(now=time.monotonic() + 3600) == 2
+
+
+def test_buffer_containers_keep_spare_runners_while_busy(pool: WarmPool) -> None:
+    spec = _spec(buffer_containers=1)
+    runner = pool.acquire(spec)
+    wait_for(lambda: pool.runners(spec.key) == 2, 30, "a spare runner while one is busy")
+    assert pool.counts() == {"busy": 1, "idle": 1}
+    pool.release(runner)
+    assert pool.reap(now=time.monotonic() + 3600) == 2  # idle function: down to zero
+
+
+def test_a_dead_idle_runner_is_replaced_on_the_next_call(pool: WarmPool) -> None:
+    spec = _spec()
+    first = _pid(pool, spec)
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: not any(r.alive for _, r in pool._idle[spec.key]), 10, "the runner to die")
+    assert _pid(pool, spec) != first

@@ -1,0 +1,203 @@
+"""The image builder: turns an Image spec (sdk/image.py) into tagged Docker images, one per layer.
+
+Layer identity is ``sha256(parent identity + the layer's spec)``, where the spec carries the SHA-256
+of every local file it adds and the first identity is the base image's Docker ID; each layer is
+tagged ``minimodal/image:<identity>``, so a layer that exists is never rebuilt and a change rebuilds
+from the changed layer up. Right above the base, a runtime layer checks the Python version and
+installs the host's cloudpickle, which the runner needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shlex
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+TAG_REPOSITORY = "minimodal/image"
+DEFAULT_DEBIAN_SLIM = "python:{python}-slim"
+
+Log = Callable[[str], None]
+FetchFile = Callable[[str], bytes]
+
+
+class BuildError(Exception):
+    """Raised when a layer fails to build; the message ends with the tail of the build log."""
+
+
+@dataclass
+class BuildResult:
+    tag: str
+    events: list[dict[str, Any]] = field(default_factory=list)  # one per layer: identity, op, cached|built
+
+
+def _context(dockerfile: str, files: dict[str, bytes]) -> io.BytesIO:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in {"Dockerfile": dockerfile.encode(), **files}.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            tar.addfile(info, io.BytesIO(data))
+    buffer.seek(0)
+    return buffer
+
+
+def _instructions(layer: dict[str, Any], fetch: FetchFile) -> tuple[str, dict[str, bytes]]:
+    """Dockerfile lines and context files for one user layer."""
+    op = layer["op"]
+    if op == "apt_install":
+        packages = " ".join(shlex.quote(p) for p in layer["packages"])
+        return (
+            f"USER root\nRUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+            f"--no-install-recommends {packages} && rm -rf /var/lib/apt/lists/*"
+        ), {}
+    if op == "pip_install":
+        flags = []
+        for name in ("index_url", "extra_index_url", "find_links"):
+            if layer.get(name):
+                flags.append(f"--{name.replace('_', '-')} {shlex.quote(layer[name])}")
+        if layer.get("pre"):
+            flags.append("--pre")
+        if layer.get("extra_options"):
+            flags.append(layer["extra_options"])
+        packages = " ".join(shlex.quote(p) for p in layer["packages"])
+        pip = "python -m pip install --no-cache-dir --disable-pip-version-check"
+        return f"USER root\nRUN {pip} {' '.join(flags)} {packages}", {}
+    if op == "run_commands":
+        return "USER root\n" + "\n".join(f"RUN {command}" for command in layer["commands"]), {}
+    if op == "env":
+        return "ENV " + " ".join(f"{k}={json.dumps(v)}" for k, v in layer["vars"].items()), {}
+    if op == "workdir":
+        return f"WORKDIR {json.dumps(layer['path'])}", {}
+    if op == "add_local_file":
+        remote = json.dumps(layer["remote"])
+        # COPY --chmod needs BuildKit; Debian's engine builds with the classic builder.
+        return (
+            f"USER root\nCOPY f {remote}\nRUN chmod {layer.get('mode', '644')} {shlex.quote(layer['remote'])}",
+            {"f": fetch(layer["sha"])},
+        )
+    if op == "add_local_dir":
+        return f"ADD d.tar {json.dumps(layer['remote'].rstrip('/') + '/')}", {"d.tar": fetch(layer["sha"])}
+    if op == "add_local_python_source":
+        # Not /root (mode 700): runners run as uid 1000.
+        return "ADD s.tar /opt/mm/src/\nENV PYTHONPATH=/opt/mm/src", {"s.tar": fetch(layer["sha"])}
+    if op == "run_function":
+        return (
+            'COPY fn.pkl /tmp/mm-build-fn.pkl\nUSER root\nRUN python -c "import cloudpickle; '
+            "cloudpickle.load(open('/tmp/mm-build-fn.pkl', 'rb'))()\" && rm /tmp/mm-build-fn.pkl"
+        ), {"fn.pkl": fetch(layer["sha"])}
+    raise BuildError(f"unknown image layer {op!r}")
+
+
+class ImageBuilder:
+    """Builds image specs with a docker SDK client (``docker.from_env()``)."""
+
+    def __init__(self, client: Any, *, cloudpickle_version: str, debian_slim: str = DEFAULT_DEBIAN_SLIM) -> None:
+        self.client = client
+        self.cloudpickle_version = cloudpickle_version
+        self.debian_slim = debian_slim
+
+    def _exists(self, tag: str) -> str | None:
+        import docker.errors
+
+        try:
+            return self.client.images.get(tag).id
+        except docker.errors.ImageNotFound:
+            return None
+
+    def _build(self, tag: str, dockerfile: str, files: dict[str, bytes], log: Log) -> None:
+        tail: list[str] = []
+        for chunk in self.client.api.build(
+            fileobj=_context(dockerfile, files),
+            custom_context=True,
+            tag=tag,
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+        ):
+            text = chunk.get("stream") or chunk.get("status") or ""
+            for line in text.splitlines():
+                if line.strip():
+                    log(line)
+                    tail = (tail + [line])[-20:]
+            if "error" in chunk or "errorDetail" in chunk:
+                message = chunk.get("error") or chunk["errorDetail"].get("message", "")
+                log(message)
+                raise BuildError(f"{message}\n--- build log tail ---\n" + "\n".join(tail[-15:]))
+        if self._exists(tag) is None:
+            raise BuildError("the build finished without an image\n" + "\n".join(tail[-15:]))
+
+    def _base(self, layer: dict[str, Any], fetch: FetchFile, log: Log, events: list[dict[str, Any]]) -> str:
+        """The base image's tag, building it first for from_dockerfile."""
+        op = layer["op"]
+        if op == "from_dockerfile":
+            identity = hashlib.sha256(json.dumps(layer, sort_keys=True).encode()).hexdigest()[:32]
+            tag = f"{TAG_REPOSITORY}:{identity}"
+            if self._exists(tag) is None:
+                files = dict(self._untar(fetch(layer["context"])))
+                self._build(tag, layer["dockerfile"], files, log)
+                events.append({"identity": identity, "op": op, "state": "built"})
+            else:
+                events.append({"identity": identity, "op": op, "state": "cached"})
+            return tag
+        tag = self.debian_slim.format(python=layer["python"]) if op == "debian_slim" else layer["tag"]
+        if self._exists(tag) is None:
+            raise BuildError(
+                f"the base image {tag!r} is not on this Docker engine and no registry can be reached; build it "
+                "with `make docker-base` (or set MINIMODAL_DEBIAN_SLIM_IMAGE)"
+            )
+        return tag
+
+    @staticmethod
+    def _untar(data: bytes) -> list[tuple[str, bytes]]:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]  # type: ignore[union-attr]
+
+    def build(self, spec: dict[str, Any], fetch: FetchFile, log: Log) -> BuildResult:
+        """Build (or find) every layer of ``spec``; return the final tag and what each layer did."""
+        started = time.monotonic()
+        layers, python = spec["layers"], spec["python"]
+        events: list[dict[str, Any]] = []
+        parent = self._base(layers[0], fetch, log, events)
+        identity = self._exists(parent) or ""
+        runtime = {"op": "minimodal_runtime", "python": python, "cloudpickle": self.cloudpickle_version}
+        for layer in [runtime, *layers[1:]]:
+            identity = hashlib.sha256((identity + json.dumps(layer, sort_keys=True)).encode()).hexdigest()[:32]
+            tag = f"{TAG_REPOSITORY}:{identity}"
+            if self._exists(tag) is not None:
+                events.append({"identity": identity, "op": layer["op"], "state": "cached"})
+                log(f"=> {layer['op']}: cached {tag}")
+            else:
+                log(f"=> {layer['op']}: building {tag}")
+                if layer["op"] == "minimodal_runtime":
+                    lines, files = self._runtime_layer(python), {}
+                else:
+                    lines, files = _instructions(layer, fetch)
+                self._build(tag, f"FROM {parent}\n{lines}\n", files, log)
+                events.append({"identity": identity, "op": layer["op"], "state": "built"})
+            parent = tag
+        log(f"=> image {parent} ready in {time.monotonic() - started:.1f} s")
+        return BuildResult(parent, events)
+
+    def _runtime_layer(self, python: str) -> str:
+        version = self.cloudpickle_version
+        check = (
+            f"import sys; v='%d.%d' % sys.version_info[:2]; "
+            f"sys.exit(0 if v == '{python}' else 'the image has Python ' + v + ' but the client runs {python}; "
+            f"cloudpickle needs the same major.minor')"
+        )
+        return (
+            "USER root\n"
+            f"RUN python -c {shlex.quote(check)}\n"
+            f"RUN python -c 'import cloudpickle, sys; sys.exit(cloudpickle.__version__ != \"{version}\")' "
+            f"2>/dev/null || python -m pip install --no-cache-dir --disable-pip-version-check cloudpickle=={version}\n"
+            # Runners run as uid 1000; give it a home in bases that lack the user (python:*-slim).
+            "RUN id -u 1000 >/dev/null 2>&1 || useradd --uid 1000 --create-home --shell /bin/sh mm\n"
+            "ENV PYTHONUNBUFFERED=1 MINIMODAL_IS_REMOTE=1"
+        )

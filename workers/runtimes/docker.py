@@ -1,0 +1,465 @@
+"""The Docker runtime: each runner is one long-lived container running the MiniModal runner.
+
+A container starts from an image that has Python and cloudpickle (``minimodal/base:bookworm``, built by
+``docker/base/build.sh``). The runner module (``sdk/_runner.py``) is bind-mounted read-only into it and
+run as a script, so images need no copy of MiniModal. The worker talks to the runner over the
+container's attached stdin and stdout, with the same frames as the process runtime; nothing runs
+through ``docker exec``, and a warm container serves input after input.
+
+Limits come from the function's options: ``memory`` (MiB, a hard limit without swap), ``cpu`` (a CFS
+quota) and a pids limit. The container runs as uid 1000 with no capabilities and no-new-privileges,
+and is removed by :meth:`DockerRunner.stop` (not auto-removed, so that an OOM kill can be inspected).
+
+Example::
+
+    client = docker.from_env()
+    runtime = DockerRuntime(client)
+    runner = runtime.start(spec)
+    outcome = runner.call(cloudpickle.dumps(((2,), {})), call_id="fc-1", idx=0)
+    runner.stop()
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import io
+import json
+import logging
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import requests
+
+import minimodal._runner
+from minimodal._runner import write_frame
+
+from .base import LogSink, Outcome, Runner, RunnerSpec, RunnerStartError, Runtime
+
+logger = logging.getLogger("minimodal.workers.docker")
+
+DEFAULT_IMAGE = "minimodal/base:bookworm"  # built by docker/base/build.sh
+DEFAULT_PIDS_LIMIT = 256  # processes and threads per container; stops fork bombs
+RUNNER_PATH = "/opt/mm/runner/minimodal_runner.py"  # its own directory: sys.path[0] holds nothing else
+RUNNER_UID = "1000:1000"  # the mm user of the base image
+LABEL = "minimodal"  # every container we start carries minimodal=1
+
+_PREFIX = struct.Struct(">cII")  # a runner frame: kind, header length, body length
+_MUX = struct.Struct(">BxxxL")  # a Docker attach chunk without a TTY: stream (1 stdout, 2 stderr), length
+_STDOUT, _STDERR = 1, 2
+_STDERR_TAIL = 2000  # characters of the container's stderr kept for error messages
+
+_DOCKER_ERRORS = (docker.errors.DockerException, requests.RequestException)
+
+
+class _AttachStream:
+    """The container's stdout and stderr, demultiplexed from one attach socket, read with a deadline."""
+
+    def __init__(self, sock: socket.socket, on_stderr: Any) -> None:
+        self.sock = sock
+        self.eof = False
+        self.stdout = bytearray()
+        self._raw = bytearray()
+        self._on_stderr = on_stderr
+        self._poll = select.poll()  # not select.select: a busy worker may hold fds above 1024
+        self._poll.register(sock, select.POLLIN | select.POLLPRI)
+
+    def _receive(self, wait: float) -> None:
+        """Take in what arrives within ``wait`` seconds (0: only what is there already)."""
+        if not self._poll.poll(max(wait, 0) * 1000):
+            return
+        chunk = self.sock.recv(262144)
+        if not chunk:
+            self.eof = True
+            return
+        self._raw += chunk
+        done = 0
+        with memoryview(self._raw) as raw:  # slices of a view copy once, into their destination
+            while len(raw) - done >= _MUX.size:
+                stream, size = _MUX.unpack_from(raw, done)
+                start, end = done + _MUX.size, done + _MUX.size + size
+                if len(raw) < end:
+                    break
+                if stream == _STDOUT:
+                    self.stdout += raw[start:end]
+                elif stream == _STDERR:
+                    self._on_stderr(bytes(raw[start:end]))
+                done = end
+        del self._raw[:done]
+
+    def drain(self) -> None:
+        """Take in whatever is waiting, without blocking; sets ``eof`` if the container's streams ended."""
+        while not self.eof and self._poll.poll(0):
+            self._receive(0)
+
+    def _fill(self, n: int, deadline: float) -> bool:
+        while len(self.stdout) < n:
+            if self.eof:
+                return False
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                raise TimeoutError
+            self._receive(wait)
+        return True
+
+    def read_frame(self, deadline: float) -> tuple[bytes, dict[str, Any], bytes] | None:
+        """The next runner frame; None when the container's stdout ended first."""
+        if not self._fill(_PREFIX.size, deadline):
+            return None
+        kind, hlen, blen = _PREFIX.unpack_from(self.stdout)
+        end = _PREFIX.size + hlen + blen
+        if not self._fill(end, deadline):
+            return None
+        with memoryview(self.stdout) as view:
+            head = bytes(view[_PREFIX.size : _PREFIX.size + hlen]) or b"{}"
+            body = bytes(view[_PREFIX.size + hlen : end])
+        del self.stdout[:end]
+        return kind, json.loads(head), body
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "stopped answering"
+    if code > 128:  # docker-init (tini) reports a child killed by signal N as 128 + N
+        return f"was killed by signal {code - 128}"
+    return f"exited with code {code}"
+
+
+def _labels(spec: RunnerSpec, runtime_id: str) -> dict[str, str]:
+    labels = {f"{LABEL}.{name}": value for name, value in spec.labels.items()}
+    labels.update({LABEL: "1", f"{LABEL}.runtime": runtime_id, f"{LABEL}.key": spec.key})
+    return labels
+
+
+class DockerRunner(Runner):
+    """One container running ``minimodal_runner.py`` with the function loaded."""
+
+    def __init__(self, runtime: DockerRuntime, spec: RunnerSpec, image: str) -> None:
+        self.spec = spec
+        self.image = image
+        self._client = runtime.client
+        self._stop_lock = threading.Lock()
+        self._stopped = False
+        self._on_log: LogSink | None = None
+        self._stderr_decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._stderr_tail = ""
+        self._sock: socket.socket | None = None
+        self._attach: Any = None  # the docker SDK's socket wrapper; holds the HTTP response open
+        self._stream: _AttachStream | None = None
+        self.container: docker.models.containers.Container | None = None
+        try:
+            self._start(runtime, spec, image)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, runtime: DockerRuntime, spec: RunnerSpec, image: str) -> None:
+        memory = f"{spec.memory}m" if spec.memory else None
+        try:
+            self.container = self._client.containers.create(
+                image,
+                ["python", "-u", RUNNER_PATH],
+                name=f"mm-{uuid.uuid4().hex[:12]}",
+                stdin_open=True,
+                tty=False,
+                init=True,  # docker-init reaps what user code forks; the runner is not pid 1
+                user=RUNNER_UID,
+                mem_limit=memory,
+                memswap_limit=memory,  # equal to mem_limit: no swap on top of the limit
+                nano_cpus=runtime.nano_cpus(spec.cpu),
+                pids_limit=runtime.pids_limit,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                labels=_labels(spec, runtime.id),
+                volumes={str(runtime.runner_file): {"bind": RUNNER_PATH, "mode": "ro"}},
+                environment={"PYTHONUNBUFFERED": "1"},
+            )
+            # Attach before start: nothing the runner writes can be missed.
+            self._attach = self._client.api.attach_socket(
+                self.container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+            )
+            self._sock = getattr(self._attach, "_sock", self._attach)
+            stream = self._stream = _AttachStream(self._sock, self._take_stderr)
+            self.container.start()
+        except docker.errors.ImageNotFound as exc:
+            raise RunnerStartError(
+                f"the image {image} does not exist on this worker; build it with docker/base/build.sh"
+            ) from exc
+        except docker.errors.APIError as exc:
+            raise RunnerStartError(f"Docker refused to start a runner container: {exc.explanation or exc}") from exc
+        except _DOCKER_ERRORS as exc:
+            raise RunnerStartError(f"cannot reach the Docker engine ({exc}); is dockerd running?") from exc
+
+        deadline = time.monotonic() + runtime.startup_timeout
+        try:
+            self._send(b"F", {}, spec.code, deadline)
+            frame = stream.read_frame(deadline)
+        except TimeoutError as exc:
+            raise RunnerStartError(
+                f"the runner container did not start within {runtime.startup_timeout:g} s{self._stderr_note()}"
+            ) from exc
+        except OSError as exc:
+            frame = None
+            logger.debug("the attach socket failed while starting: %s", exc)
+        if frame is None:
+            code, _ = self._exit_state()
+            raise RunnerStartError(
+                f"the runner container {_describe_exit(code)} before loading the function{self._stderr_note()}"
+            )
+        kind, header, _ = frame
+        if kind != b"R":
+            raise RunnerStartError(
+                f"the function could not be loaded in the runner: {header.get('repr', 'unknown error')}",
+                header.get("traceback"),
+            )
+        python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        if header.get("python", python) != python:
+            raise RunnerStartError(
+                f"the image {image} has Python {header['python']} but this worker runs Python {python}; "
+                "cloudpickled functions only load in the same major.minor version"
+            )
+
+    # --- streams ------------------------------------------------------------------------------------
+
+    def _take_stderr(self, data: bytes) -> None:
+        text = self._stderr_decoder.decode(data)
+        if not text:
+            return
+        self._stderr_tail = (self._stderr_tail + text)[-_STDERR_TAIL:]
+        if self._on_log is not None:
+            self._on_log("stderr", text)
+        else:
+            logger.debug("runner %s stderr: %s", self.spec.key[:16], text.rstrip())
+
+    def _stderr_note(self) -> str:
+        tail = self._stderr_tail.strip()
+        return f"; its stderr ends with:\n{tail}" if tail else ""
+
+    def _send(self, kind: bytes, header: dict[str, Any], body: bytes, deadline: float) -> None:
+        buffer = io.BytesIO()
+        write_frame(buffer, kind, header, body)
+        sock = self._sock
+        if sock is None:  # stopped meanwhile
+            raise BrokenPipeError
+        wait = deadline - time.monotonic()
+        if wait <= 0:
+            raise TimeoutError
+        sock.settimeout(wait)  # a runner that stops reading its stdin must not block us forever
+        try:
+            sock.sendall(buffer.getbuffer())
+        finally:
+            sock.settimeout(None)
+
+    # --- the Runner interface -----------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        stream = self._stream
+        if self._stopped or stream is None:
+            return False
+        try:
+            stream.drain()  # a container that died while idle has closed its streams
+        except (OSError, ValueError):
+            return False
+        return not stream.eof
+
+    def call(self, payload: bytes, *, call_id: str, idx: int, on_log: LogSink | None = None) -> Outcome:
+        started = time.monotonic()
+        deadline = started + self.spec.timeout
+        stream = self._stream
+        if self._stopped or stream is None:
+            return self._lost(started, idx)
+        try:
+            stream.drain()  # stderr that came after the previous input belongs to no input: it is logged here
+            if stream.eof:
+                return self._lost(started, idx)
+            self._on_log = on_log
+            self._send(b"C", {"call_id": call_id, "idx": idx}, payload, deadline)
+            while True:
+                frame = stream.read_frame(deadline)
+                if frame is None:
+                    return self._lost(started, idx)
+                kind, header, body = frame
+                if kind == b"L":
+                    if on_log is not None:
+                        on_log(header.get("stream", "stdout"), body.decode("utf-8", "replace"))
+                    continue
+                if kind == b"O":
+                    # Docker does not order stderr against stdout: take the stderr that is here already.
+                    with contextlib.suppress(OSError, ValueError):
+                        stream.drain()
+                    duration = time.monotonic() - started
+                    if header.get("ok"):
+                        return Outcome(ok=True, data=body, duration=duration)
+                    return Outcome(
+                        ok=False,
+                        data=body,
+                        message=header.get("repr"),
+                        traceback=header.get("traceback"),
+                        duration=duration,
+                    )
+        except TimeoutError:
+            self.stop()
+            return Outcome(
+                ok=False,
+                error_type="FunctionTimeoutError",
+                message=f"input {idx} of {call_id} ran longer than its timeout of {self.spec.timeout:g} s "
+                "and its container was stopped",
+                duration=time.monotonic() - started,
+                runner_lost=True,
+            )
+        except (OSError, ValueError):  # the socket broke, or stop() closed it from another thread
+            return self._lost(started, idx)
+        finally:
+            self._on_log = None
+
+    def _exit_state(self, wait: float = 5.0) -> tuple[int | None, bool]:
+        """The container's exit code (None if it is still running) and whether the kernel OOM-killed it."""
+        if self.container is None:
+            return None, False
+        try:
+            code = self.container.wait(timeout=wait).get("StatusCode")
+        except _DOCKER_ERRORS:
+            return None, False
+        oom = False
+        # Docker records the OOM event apart from the exit; give it a moment when the exit looks like one.
+        for _ in range(10):
+            try:
+                self.container.reload()
+            except _DOCKER_ERRORS:
+                break
+            oom = bool(self.container.attrs.get("State", {}).get("OOMKilled"))
+            if oom or code != 137:
+                break
+            time.sleep(0.05)
+        return code, oom
+
+    def _lost(self, started: float, idx: int) -> Outcome:
+        self._on_log = None
+        code, oom = self._exit_state()
+        fresh = "; the next call starts a fresh container"
+        if oom and self.spec.memory:
+            message = (
+                f"the function's container ran out of memory while running input {idx}: it was killed at its "
+                f"memory limit of {self.spec.memory} MiB; give the function more memory (memory=...){fresh}"
+            )
+        elif oom:
+            message = (
+                f"the function's container ran out of memory while running input {idx} (no memory limit set){fresh}"
+            )
+        else:
+            message = f"the function's container {_describe_exit(code)} while running input {idx}{fresh}"
+        self.stop()
+        return Outcome(
+            ok=False,
+            error_type="RemoteError",
+            message=message + self._stderr_note(),
+            duration=time.monotonic() - started,
+            runner_lost=True,
+        )
+
+    def stop(self) -> None:
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        if self.container is not None:
+            try:
+                self.container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except _DOCKER_ERRORS:
+                logger.warning("could not remove runner container %s", self.container.name, exc_info=True)
+        self._close_socket()
+
+    def _close_socket(self) -> None:
+        sock, attach = self._sock, self._attach
+        self._sock = self._attach = None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        # The SDK keeps the HTTP response on the wrapper; close it before the socket it reads from.
+        response = getattr(attach, "_response", None)
+        for closeable in (response, attach, sock):
+            if closeable is not None:
+                try:
+                    closeable.close()
+                except (OSError, ValueError):
+                    pass
+
+
+class DockerRuntime(Runtime):
+    """Runners are containers on the worker's Docker engine.
+
+    Args:
+        client: a Docker client (``docker.from_env()``); the caller owns and closes it.
+        image: the image runners start from; it needs Python of the worker's major.minor and cloudpickle.
+        startup_timeout: seconds a container may take to start and load the function.
+        pids_limit: processes and threads per container.
+        runner_file: the runner script to bind-mount; by default this installation's ``minimodal/_runner.py``.
+            It must be a path on the Docker host, so the worker and the engine share a filesystem.
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        *,
+        image: str = DEFAULT_IMAGE,
+        startup_timeout: float = 60.0,
+        pids_limit: int = DEFAULT_PIDS_LIMIT,
+        runner_file: str | Path | None = None,
+    ) -> None:
+        self.client = client
+        self.image = image
+        self.startup_timeout = startup_timeout
+        self.pids_limit = pids_limit
+        self.runner_file = Path(runner_file or minimodal._runner.__file__).resolve()
+        self.id = uuid.uuid4().hex[:12]  # labels this runtime's containers, for shutdown()
+        self._engine_cpus: int | None = None
+
+    def nano_cpus(self, cpu: float | None) -> int | None:
+        """The CFS quota for ``cpu`` cores, capped at the engine's core count (Docker refuses more)."""
+        if not cpu:
+            return None
+        if self._engine_cpus is None:
+            try:
+                self._engine_cpus = int(self.client.info().get("NCPU") or 1)
+            except _DOCKER_ERRORS as exc:
+                raise RunnerStartError(f"cannot reach the Docker engine ({exc}); is dockerd running?") from exc
+        return int(min(cpu, self._engine_cpus) * 1e9)
+
+    def start(self, spec: RunnerSpec) -> Runner:
+        return DockerRunner(self, spec, spec.image or self.image)
+
+    def shutdown(self) -> None:
+        """Remove what is left of this runtime's containers (the pool stops runners first)."""
+        remove_all_containers(self.client, {f"{LABEL}.runtime": self.id})
+
+
+def remove_all_containers(client: docker.DockerClient, labels: dict[str, str] | None = None) -> int:
+    """Force-remove every MiniModal container (label ``minimodal=1``), or those with all ``labels`` too.
+
+    Used at worker shutdown and by ``minimodal down``. Returns how many were removed.
+    """
+    wanted = [f"{LABEL}=1"] + [f"{name}={value}" for name, value in (labels or {}).items()]
+    removed = 0
+    for container in client.containers.list(all=True, filters={"label": wanted}):
+        try:
+            container.remove(force=True)
+            removed += 1
+        except docker.errors.APIError as exc:
+            if exc.status_code not in (404, 409):  # gone, or being removed, by its runner meanwhile
+                raise
+    return removed
