@@ -26,5 +26,7 @@ worker_prefetch_multiplier = 1  # the dispatcher decides who runs next, not the 
 task_default_queue = _protocol.QUEUE_CPU
 task_routes = {_protocol.TASK_EXECUTE: {"queue": _protocol.QUEUE_CPU}}
 worker_hijack_root_logger = False
-worker_send_task_events = True  # Flower
-task_send_sent_event = True
+# Task events cost four Redis publishes a call; Flower turns worker events on when it runs
+# (its enable_events broadcast), so they are paid only while someone watches.
+worker_send_task_events = False
+task_send_sent_event = False

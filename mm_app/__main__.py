@@ -17,12 +17,23 @@ def _logging() -> None:
 
 
 def run_api(args: argparse.Namespace) -> None:
-    from werkzeug.serving import make_server
+    from werkzeug.serving import WSGIRequestHandler, make_server
 
     from .api import create_app
 
+    class KeepAliveHandler(WSGIRequestHandler):
+        # HTTP/1.1: a client's connection (and its server thread) lives across requests instead of
+        # one TCP connection and one new thread per call.
+        protocol_version = "HTTP/1.1"
+
     app = create_app()
-    server = make_server(args.host or config.get("api_host"), args.port or config.get("api_port"), app, threaded=True)
+    server = make_server(
+        args.host or config.get("api_host"),
+        args.port or config.get("api_port"),
+        app,
+        threaded=True,
+        request_handler=KeepAliveHandler,
+    )
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     logging.getLogger("minimodal.api").info("API listening on %s:%s", server.host, server.port)
     server.serve_forever()

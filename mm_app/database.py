@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .models import Base
@@ -46,7 +46,8 @@ class Database:
         self.url = url
         self.engine = _make_engine(url)
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
-        self._reader = sessionmaker(self.engine.execution_options(mm_read_only=True), expire_on_commit=False)
+        self._read_engine = self.engine.execution_options(mm_read_only=True)
+        self._reader = sessionmaker(self._read_engine, expire_on_commit=False)
 
     def create_all(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -60,6 +61,17 @@ class Database:
     def read(self) -> Iterator[Session]:
         with self._reader.begin() as session:
             yield session
+
+    @contextlib.contextmanager
+    def write_core(self) -> Iterator[Connection]:
+        """A Core connection in one write transaction: for hot paths, without the ORM's overhead."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def read_core(self) -> Iterator[Connection]:
+        with self._read_engine.begin() as connection:
+            yield connection
 
     def dispose(self) -> None:
         self.engine.dispose()

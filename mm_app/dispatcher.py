@@ -55,26 +55,31 @@ class Dispatcher:
             return 0
         self._offset = (self._offset + 1) % len(users)
         order = users[self._offset :] + users[: self._offset]
-        while order:
-            still = []
-            for user_id in order:
-                entry = self.pending.take(
-                    user_id, default_quota=self.default_quota, target_us=self.target_us, max_inputs=self.max_inputs
-                )
-                if entry is None:
-                    continue
-                try:
-                    self.celery_app.send_task(
-                        protocol.TASK_EXECUTE,
-                        args=[entry.call_id, entry.function_id, user_id, entry.start, entry.end],
-                        queue=self._queue(entry.function_id),
+        with self.celery_app.producer_or_acquire() as producer:  # one broker connection for the pass
+            while order:
+                still = []
+                for user_id in order:
+                    entry = self.pending.take(
+                        user_id,
+                        default_quota=self.default_quota,
+                        target_us=self.target_us,
+                        max_inputs=self.max_inputs,
                     )
-                except Exception:
-                    self.pending.put_back(user_id, entry)  # the broker refused it: nothing is lost
-                    raise
-                sent += 1
-                still.append(user_id)
-            order = still
+                    if entry is None:
+                        continue
+                    try:
+                        self.celery_app.send_task(
+                            protocol.TASK_EXECUTE,
+                            args=[entry.call_id, entry.function_id, user_id, entry.start, entry.end],
+                            queue=self._queue(entry.function_id),
+                            producer=producer,
+                        )
+                    except Exception:
+                        self.pending.put_back(user_id, entry)  # the broker refused it: nothing is lost
+                        raise
+                    sent += 1
+                    still.append(user_id)
+                order = still
         self.dispatched += sent
         return sent
 
@@ -88,9 +93,12 @@ class Dispatcher:
 
     def run(self, stop: threading.Event, idle_wait: float = 1.0) -> None:
         logger.info("dispatcher running")
+        beat = 0.0
         while not stop.is_set():
             try:
-                self.redis.set(protocol.dispatcher_heartbeat_key(), str(time.time()), ex=10)
+                if time.monotonic() - beat >= 1.0:
+                    self.redis.set(protocol.dispatcher_heartbeat_key(), str(time.time()), ex=10)
+                    beat = time.monotonic()
                 self.dispatch_pass()
                 self.pending.wait_for_wake(idle_wait)
             except Exception:  # noqa: BLE001 - Redis may restart; keep trying

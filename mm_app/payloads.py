@@ -1,6 +1,7 @@
 """Inputs, outputs and blobs in Redis: opaque bytes to the control plane, keyed by call id.
 
-Inputs of a call sit in one hash (index -> pickled args or a blob reference). Outputs go to one
+Inputs of a call sit in one hash (index -> pickled args or a blob reference), written by
+:meth:`~mm_app.pending.PendingQueues.enqueue` in the same round trip that queues them. Outputs go to one
 stream per call in completion order, so any number of waiters can read them and resume from a
 cursor. Payloads over the inline size travel as blobs, written and read in chunks.
 """
@@ -24,13 +25,6 @@ class Payloads:
         self.ttl = ttl
 
     # ---- inputs ----
-
-    def put_inputs(self, call_id: str, first: int, payloads: list[bytes]) -> None:
-        key = protocol.inputs_key(call_id)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(key, mapping={str(first + i): p for i, p in enumerate(payloads)})
-        pipe.expire(key, self.ttl)
-        pipe.execute()
 
     def get_inputs(self, call_id: str, indexes: range) -> list[bytes | None]:
         values = self.redis.hmget(protocol.inputs_key(call_id), [str(i) for i in indexes])

@@ -45,13 +45,23 @@ redis.call('HINCRBY', KEYS[6], function_id, 1)
 return call_id .. '|' .. function_id .. '|' .. first .. '|' .. cut
 """
 
-# KEYS: running hash, wake list, function running. ARGV: user id, function id
+# KEYS: running hash, wake list, function running, function stats.
+# ARGV: user id, function id, mean run time of the task's inputs in us (0: none succeeded), EWMA weight
 _FINISH = """
 if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) < 0 then redis.call('HSET', KEYS[1], ARGV[1], 0) end
 if redis.call('HINCRBY', KEYS[3], ARGV[2], -1) <= 0 then redis.call('HDEL', KEYS[3], ARGV[2]) end
+local newest = tonumber(ARGV[3])
+if newest > 0 then
+  local old = tonumber(redis.call('HGET', KEYS[4], 'avg_us') or '0')
+  local avg = newest
+  if old > 0 then avg = (1 - tonumber(ARGV[4])) * old + tonumber(ARGV[4]) * newest end
+  redis.call('HSET', KEYS[4], 'avg_us', math.max(1, math.floor(avg)))
+  redis.call('EXPIRE', KEYS[4], 604800)
+end
 redis.call('RPUSH', KEYS[2], '1')
 return 1
 """
+EWMA_WEIGHT = 0.2  # weight of a task's newest run time in its function's average
 
 
 class PendingQueues:
@@ -62,8 +72,14 @@ class PendingQueues:
         self._take = redis.register_script(_TAKE)
         self._finish = redis.register_script(_FINISH)
 
-    def enqueue(self, user_id: int, entry: PendingEntry) -> None:
+    def enqueue(
+        self, user_id: int, entry: PendingEntry, *, inputs: dict[str, bytes] | None = None, ttl: int = 0
+    ) -> None:
+        """Queue a run of inputs (storing their payloads first, in the same round trip) and wake the dispatcher."""
         pipe = self.redis.pipeline(transaction=False)
+        if inputs:
+            pipe.hset(protocol.inputs_key(entry.call_id), mapping=inputs)
+            pipe.expire(protocol.inputs_key(entry.call_id), ttl)
         pipe.rpush(protocol.pending_key(user_id), entry.encode())
         pipe.sadd(protocol.pending_users_key(), user_id)
         pipe.rpush(protocol.wake_key(), "1")
@@ -84,11 +100,16 @@ class PendingQueues:
         )
         return PendingEntry.decode(raw) if raw else None
 
-    def finish(self, user_id: int, function_id: str) -> None:
-        """A task of this user ended: free its slots and wake the dispatcher."""
+    def finish(self, user_id: int, function_id: str, mean_run_us: int = 0) -> None:
+        """A task ended: free its user's and function's slots, record its speed, wake the dispatcher."""
         self._finish(
-            keys=[protocol.running_key(), protocol.wake_key(), protocol.function_running_key()],
-            args=[user_id, function_id],
+            keys=[
+                protocol.running_key(),
+                protocol.wake_key(),
+                protocol.function_running_key(),
+                protocol.function_stats_key(function_id),
+            ],
+            args=[user_id, function_id, mean_run_us, EWMA_WEIGHT],
         )
 
     def put_back(self, user_id: int, entry: PendingEntry) -> None:

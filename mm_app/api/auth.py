@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from flask import g, request
 from sqlalchemy import select
@@ -12,6 +13,20 @@ from minimodal.exception import AuthError, InvalidError
 
 from ..models import UserRecord
 from .services import services
+
+
+class User(NamedTuple):
+    """The authenticated user of a request (``g.user``): plain values, no session attached."""
+
+    id: int
+    name: str
+    quota: int
+    weight: int
+    is_admin: bool
+    revoked_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "quota": self.quota, "weight": self.weight, "is_admin": self.is_admin}
 
 
 def hash_token(token: str) -> str:
@@ -24,11 +39,15 @@ def authenticate() -> None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("missing bearer token: send `Authorization: Bearer <token>` (see `minimodal up`)")
-    with services().db.read() as session:
-        user = session.scalar(select(UserRecord).where(UserRecord.token_hash == hash_token(token.strip())))
+    with services().db.read_core() as connection:
+        user = connection.execute(
+            select(*(getattr(UserRecord, c) for c in User._fields)).where(
+                UserRecord.token_hash == hash_token(token.strip())
+            )
+        ).first()
     if user is None or user.revoked_at is not None:
         raise AuthError("invalid or revoked token")
-    g.user = user
+    g.user = User(*user)
 
 
 def require_admin() -> None:

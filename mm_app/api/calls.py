@@ -61,13 +61,30 @@ def _enqueue(call_id: str, function_id: str, first: int, payloads: list[bytes]) 
     if not payloads:
         return
     svc = services()
-    svc.payloads.put_inputs(call_id, first, payloads)
-    svc.pending.enqueue(g.user.id, PendingEntry(call_id, function_id, first, first + len(payloads)))
+    svc.pending.enqueue(
+        g.user.id,
+        PendingEntry(call_id, function_id, first, first + len(payloads)),
+        inputs={str(first + i): p for i, p in enumerate(payloads)},
+        ttl=svc.settings["result_ttl"],
+    )
 
 
 def _add_inputs(session: Any, call_id: str, first: int, count: int) -> None:
     if count:
-        session.execute(insert(InputRecord), [{"call_id": call_id, "idx": first + i} for i in range(count)])
+        now = utcnow()
+        session.execute(
+            insert(InputRecord.__table__),
+            [
+                {
+                    "call_id": call_id,
+                    "idx": first + i,
+                    "status": CallStatus.QUEUED.value,
+                    "attempts": 0,
+                    "created_at": now,
+                }
+                for i in range(count)
+            ],
+        )
 
 
 def _fail_unqueued(call_id: str, first: int, count: int, why: str) -> None:
@@ -113,17 +130,27 @@ def create_call(function_id: str):  # type: ignore[no-untyped-def]
         raise InvalidError("a call needs at least one input")
     svc = services()
     call_id = protocol.new_id("fc")
-    with svc.db.write() as session:
-        function = session.get(FunctionRecord, function_id)
-        if function is None or function.user_id != g.user.id:
+    with svc.db.write_core() as session:
+        # Core statements: this is every call's path, and the ORM would load the function's code too.
+        found = session.execute(
+            select(FunctionRecord.user_id, AppRecord.state)
+            .join(AppRecord, AppRecord.id == FunctionRecord.app_id)
+            .where(FunctionRecord.id == function_id)
+        ).first()
+        if found is None or found.user_id != g.user.id:
             raise NotFoundError(f"no function {function_id!r}")
-        app = session.get(AppRecord, function.app_id)
-        if app is None or app.state == "stopped":
+        if found.state == "stopped":
             raise NotFoundError(f"the app of function {function_id!r} is stopped; run it again")
-        session.add(
-            CallRecord(id=call_id, function_id=function_id, user_id=g.user.id, num_inputs=len(payloads), accepting=more)
+        session.execute(
+            insert(CallRecord).values(
+                id=call_id,
+                function_id=function_id,
+                user_id=g.user.id,
+                num_inputs=len(payloads),
+                accepting=more,
+                created_at=utcnow(),
+            )
         )
-        session.flush()
         _add_inputs(session, call_id, 0, len(payloads))
     try:
         _enqueue(call_id, function_id, 0, payloads)

@@ -30,6 +30,7 @@ from ..database import Database
 from ..models import FunctionRecord
 from ..payloads import Payloads
 from ..pending import PendingQueues
+from .recorder import Recorder
 
 logger = logging.getLogger("minimodal.worker")
 
@@ -77,6 +78,7 @@ class WorkerContext:
     pools: dict[str, WarmPool]  # runtime name -> warm pool
     concurrency: int
     inline_limit: int
+    recorder: Recorder
     _functions: dict[str, FunctionSpec] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _warm: set[str] = field(default_factory=set)  # functions this worker keeps a floor of runners for
@@ -89,8 +91,9 @@ class WorkerContext:
         redis = Redis.from_url(redis_url, health_check_interval=30)
         db = Database(config.database_url())
         db.create_all()
+        worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         return cls(
-            worker_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            worker_id=worker_id,
             db=db,
             redis=redis,
             payloads=Payloads(redis, ttl=config.get("result_ttl")),
@@ -98,6 +101,7 @@ class WorkerContext:
             pools={name: WarmPool(rt) for name, rt in make_runtimes(config.get("worker_runtime")).items()},
             concurrency=config.get("worker_concurrency"),
             inline_limit=config.get("inline_payload_size"),
+            recorder=Recorder(db, worker_id),
         )
 
     def function(self, function_id: str) -> FunctionSpec | None:
@@ -179,6 +183,7 @@ class WorkerContext:
 
     def close(self) -> None:
         self._stop.set()
+        self.recorder.close()
         for pool in self.pools.values():
             pool.shutdown()
             client = getattr(pool.runtime, "client", None)

@@ -1,0 +1,1 @@
+"""Benchmarks: each starts what it needs and stops it. Figures, never test assertions."""

@@ -1,0 +1,140 @@
+"""The worker's database writer: input status changes, batched, off the calls' threads.
+
+A task reports ``running`` when it takes inputs and ``finished`` with their outcomes; outputs are
+already in Redis by then, so nothing waits for the database. One thread applies the reports in
+order, several per transaction. A ``running`` report is held back ``running_delay`` seconds: when the
+inputs finish first (most calls), only the terminal write happens, carrying the start time and the
+attempt. At-least-once: a worker killed with reports still queued leaves those inputs for the crash
+recovery to settle, as it would a worker killed mid-call.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, update
+
+from minimodal.protocol import CallStatus
+
+from ..database import Database
+from ..models import InputRecord, utcnow
+
+logger = logging.getLogger("minimodal.worker.recorder")
+
+_UNSTARTED = [CallStatus.QUEUED.value, CallStatus.DISPATCHED.value]
+_inputs = InputRecord.__table__
+
+
+@dataclass
+class _Running:
+    call_id: str
+    indexes: list[int]
+    started_at: datetime
+    due: float
+    finished: bool = False
+
+
+@dataclass
+class _Finished:
+    call_id: str
+    rows: list[dict[str, Any]]  # idx, status, error, duration
+    start: _Running | None = field(default=None)
+
+
+class Recorder:
+    def __init__(self, db: Database, worker_id: str, *, running_delay: float = 0.05) -> None:
+        self.db = db
+        self.worker_id = worker_id
+        self.running_delay = running_delay
+        self._queue: queue.Queue[_Running | _Finished | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="mm-recorder", daemon=True)
+        self._thread.start()
+
+    def running(self, call_id: str, indexes: list[int]) -> _Running:
+        report = _Running(call_id, indexes, utcnow(), time.monotonic() + self.running_delay)
+        self._queue.put(report)
+        return report
+
+    def finished(self, start: _Running, outcomes: list[tuple[int, str, str | None, float | None]]) -> None:
+        """``outcomes``: (index, terminal status, error message or None, run seconds or None)."""
+        start.finished = True
+        rows = [{"i": idx, "s": status, "e": error, "d": duration} for idx, status, error, duration in outcomes]
+        self._queue.put(_Finished(start.call_id, rows, start))
+
+    def close(self, timeout: float = 30) -> None:
+        """Apply everything reported so far, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # ---- the writer thread ----
+
+    def _loop(self) -> None:
+        held: list[_Running] = []
+        stopping = False
+        while not stopping:
+            wait = max(0.0, min((r.due for r in held), default=time.monotonic() + 1) - time.monotonic())
+            batch: list[_Running | _Finished] = []
+            try:
+                item = self._queue.get(timeout=wait if held else 1.0)
+                while True:
+                    if item is None:
+                        stopping = True
+                    else:
+                        batch.append(item)
+                    item = self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            held += [r for r in batch if isinstance(r, _Running)]
+            now = time.monotonic()
+            due = [r for r in held if not r.finished and (r.due <= now or stopping)]
+            held = [r for r in held if not r.finished and r not in due]
+            finished = [f for f in batch if isinstance(f, _Finished)]
+            if due or finished:
+                try:
+                    self._write(due, finished)
+                except Exception:  # noqa: BLE001 - keep recording; the outputs are already published
+                    logger.exception("writing %d status changes failed", len(due) + len(finished))
+
+    def _write(self, running: list[_Running], finished: list[_Finished]) -> None:
+        now = utcnow()
+        with self.db.write() as session:
+            for report in running:
+                session.execute(
+                    update(InputRecord)
+                    .where(
+                        InputRecord.call_id == report.call_id,
+                        InputRecord.idx.in_(report.indexes),
+                        InputRecord.status.in_(_UNSTARTED),
+                    )
+                    .values(
+                        status=CallStatus.RUNNING.value,
+                        started_at=report.started_at,
+                        worker=self.worker_id,
+                        attempts=InputRecord.attempts + 1,
+                    )
+                )
+            for report in finished:
+                started = report.start.started_at if report.start else now
+                # Inputs whose running mark was never written get their start and attempt here.
+                session.execute(
+                    _inputs.update()
+                    .where(
+                        _inputs.c.call_id == report.call_id,
+                        _inputs.c.idx == bindparam("i"),
+                        _inputs.c.status.in_(_UNSTARTED),
+                    )
+                    .values(started_at=started, worker=self.worker_id, attempts=_inputs.c.attempts + 1),
+                    report.rows,
+                )
+                session.execute(
+                    _inputs.update()
+                    .where(_inputs.c.call_id == report.call_id, _inputs.c.idx == bindparam("i"))
+                    .values(status=bindparam("s"), error=bindparam("e"), duration=bindparam("d"), finished_at=now),
+                    report.rows,
+                )
