@@ -175,7 +175,10 @@ def test_an_idle_pool_scales_to_zero_and_back_up(docker_stack: Stack, docker_use
     app, f = deploy(fns.whoami, minimodal.Image.debian_slim(), scaledown_window=2)
     with app.run():
         assert f.remote()[0] is True
-        assert len(containers_of(engine, f)) == 1
+        [container] = containers_of(engine, f)
+        assert container.labels["minimodal.app"] == app.app_id
+        assert container.labels["minimodal.function"] == "whoami"
+        assert container.labels["minimodal.user"].isdigit()
         wait_for(lambda: containers_of(engine, f) == [], 30, "the idle container to stop", interval=0.5)
         assert f.remote()[0] is True
         assert len(containers_of(engine, f)) == 1
@@ -204,3 +207,98 @@ def test_a_custom_image_on_a_stack_without_docker_fails_the_deploy_clearly(user:
     with pytest.raises(ImageBuildError, match="no worker with a Docker engine"):
         with app.run():
             pytest.fail("the app must not start")
+
+
+def test_every_builder_adds_what_it_says(
+    docker_stack: Stack, docker_user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, built: list[str]
+) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_text("a")
+    (tree / "sub" / "b.txt").write_text("b")
+    (tree / "skip.log").write_text("ignored")
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "fixtures" / "localpkg"))
+    image = (
+        fresh()
+        .apt_install("jq")
+        .env({"MM_COLOR": "blue"})
+        .workdir("/opt/work")
+        .add_local_dir(tree, "/opt/tree", ignore=["*.log"])
+        .add_local_python_source("mmlocalpkg")
+        .run_function(fns.write_marker)
+    )
+    app, f = deploy(fns.inspect_image, image)
+    with app.run():
+        assert f.remote() == {
+            "cwd": "/opt/work",
+            "jq": True,
+            "dir": ["a.txt", "sub"],
+            "package": "hello from a local package",
+            "built_by_function": "ran at build time",
+            "env": "blue",
+        }
+    built += [e["identity"] for e in image_record(docker_stack, docker_user, image)["events"] if e["state"] == "built"]
+
+
+def test_from_dockerfile_and_from_registry_build_on_local_images(docker_stack: Stack, docker_user: str) -> None:
+    image = minimodal.Image.from_dockerfile(Path(__file__).parent / "fixtures" / "dockerfile" / "Dockerfile")
+    app, f = deploy(fns.read, image)
+    with app.run():
+        assert f.remote("/opt/marker.txt") == "from a Dockerfile\n"
+    app, g = deploy(fns.whoami, minimodal.Image.from_registry("minimodal/base:bookworm"))
+    with app.run():
+        assert g.remote()[0] is True
+
+
+def test_an_image_with_another_python_fails_its_build_clearly(
+    docker_stack: Stack, docker_user: str, tmp_path: Path
+) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text("FROM minimodal/base:bookworm\n")
+    image = minimodal.Image.from_dockerfile(dockerfile)
+    image = minimodal.Image(image.layers, image.files, "3.10")  # as a client on Python 3.10 would send it
+    app, _ = deploy(fns.version, image)
+    with pytest.raises(ImageBuildError, match="cloudpickle needs the same major.minor"):
+        with app.run():
+            pytest.fail("the app must not start")
+
+
+def test_builders_return_new_images_and_leave_the_original_alone() -> None:
+    base = minimodal.Image.debian_slim()
+    derived = base.pip_install("six").env({"A": "1"})
+    assert base.layers == ({"op": "debian_slim", "python": base.python_version},)
+    assert len(derived.layers) == 3
+    assert base.digest() != derived.digest()
+
+
+def test_image_imports_tolerates_missing_packages_locally_only() -> None:
+    with minimodal.Image.debian_slim().imports():
+        import package_that_is_not_installed_here  # noqa: F401
+
+
+def test_minimodal_run_streams_the_build_log(
+    docker_stack: Stack, docker_user: str, tmp_path: Path, built: list[str]
+) -> None:
+    import subprocess
+    import sys
+
+    nonce = uuid.uuid4().hex
+    app_file = tmp_path / "built.py"
+    app_file.write_text(
+        "import minimodal\n"
+        "app = minimodal.App('built')\n"
+        f"image = minimodal.Image.debian_slim().run_commands('echo building-{nonce}')\n"
+        "@app.function(image=image)\n"
+        "def f():\n"
+        "    return 'ok'\n"
+    )
+    env = {**docker_stack.env, "MINIMODAL_TOKEN": docker_user}
+    result = subprocess.run(
+        [sys.executable, "-m", "minimodal", "run", str(app_file)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+    assert f"building-{nonce}" in result.stderr
+    assert "[build im-" in result.stderr
+    image = minimodal.Image.debian_slim().run_commands(f"echo building-{nonce}")
+    built += [e["identity"] for e in image_record(docker_stack, docker_user, image)["events"] if e["state"] == "built"]

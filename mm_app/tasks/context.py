@@ -44,6 +44,7 @@ class FunctionSpec:
     code_hash: str
     options: dict[str, Any]
     image_tag: str | None
+    app_id: str
 
 
 def make_runtimes(setting: str) -> dict[str, Runtime]:
@@ -120,6 +121,7 @@ class WorkerContext:
                     record.code_hash,
                     dict(record.options),
                     record.image_tag,
+                    record.app_id,
                 )
             self._functions[function_id] = spec
         return spec
@@ -137,7 +139,7 @@ class WorkerContext:
             image=spec.image_tag,
             min_containers=int(options.get("min_containers", 0)),
             buffer_containers=int(options.get("buffer_containers", 0)),
-            labels={"function": spec.tag, "function_id": spec.id, "user": str(spec.user_id)},
+            labels={"app": spec.app_id, "function": spec.tag, "function_id": spec.id, "user": str(spec.user_id)},
         )
 
     def pool_for(self, spec: FunctionSpec) -> WarmPool | None:

@@ -42,3 +42,23 @@ def version() -> str:
 
 def version_two() -> str:
     return "two"
+
+
+def inspect_image() -> dict[str, object]:
+    import shutil
+
+    import mmlocalpkg
+
+    return {
+        "cwd": os.getcwd(),
+        "jq": shutil.which("jq") is not None,
+        "dir": sorted(os.listdir("/opt/tree")),
+        "package": mmlocalpkg.GREETING,
+        "built_by_function": read("/opt/built-by-function.txt"),
+        "env": os.environ.get("MM_COLOR"),
+    }
+
+
+def write_marker() -> None:
+    with open("/opt/built-by-function.txt", "w") as f:
+        f.write("ran at build time")
