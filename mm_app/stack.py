@@ -198,13 +198,13 @@ class Stack:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             self._pid_file(name).unlink(missing_ok=True)
-        removed = remove_leftover_containers()
+        removed = remove_leftover_containers(self.home)
         print(json.dumps({"stopped": sorted(pids), "containers_removed": removed}))
         return 0
 
 
-def remove_leftover_containers() -> int:
-    """Remove every container MiniModal started (label ``minimodal=1``), e.g. those of a killed worker."""
+def remove_leftover_containers(home: Path) -> int:
+    """Remove the containers this stack's workers started (e.g. those of a killed worker)."""
     from workers.runtimes import docker_client
 
     client = docker_client()
@@ -213,6 +213,6 @@ def remove_leftover_containers() -> int:
     from workers.runtimes.docker import remove_all_containers
 
     try:
-        return remove_all_containers(client)
+        return remove_all_containers(client, {"minimodal.home": str(home)})
     finally:
         client.close()

@@ -260,7 +260,7 @@ def docker_stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFac
         yield stack
     finally:
         stack.stop()
-        leftover = client.containers.list(all=True, filters={"label": "minimodal=1"})
+        leftover = client.containers.list(all=True, filters={"label": f"minimodal.home={stack.home}"})
         client.close()
         assert leftover == [], f"containers left behind: {[c.name for c in leftover]}"
 

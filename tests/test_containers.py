@@ -179,6 +179,7 @@ def test_an_idle_pool_scales_to_zero_and_back_up(docker_stack: Stack, docker_use
         assert container.labels["minimodal.app"] == app.app_id
         assert container.labels["minimodal.function"] == "whoami"
         assert container.labels["minimodal.user"].isdigit()
+        assert container.labels["minimodal.home"] == str(docker_stack.home)
         wait_for(lambda: containers_of(engine, f) == [], 30, "the idle container to stop", interval=0.5)
         assert f.remote()[0] is True
         assert len(containers_of(engine, f)) == 1

@@ -139,7 +139,13 @@ class WorkerContext:
             image=spec.image_tag,
             min_containers=int(options.get("min_containers", 0)),
             buffer_containers=int(options.get("buffer_containers", 0)),
-            labels={"app": spec.app_id, "function": spec.tag, "function_id": spec.id, "user": str(spec.user_id)},
+            labels={
+                "app": spec.app_id,
+                "function": spec.tag,
+                "function_id": spec.id,
+                "user": str(spec.user_id),
+                "home": str(config.home()),  # which stack: `minimodal down` removes its own containers only
+            },
         )
 
     def pool_for(self, spec: FunctionSpec) -> WarmPool | None:
