@@ -14,15 +14,17 @@ from typing import IO, Any
 from redis import Redis
 
 from minimodal import protocol
+from minimodal.defaults import DEFAULT_LOG_STREAM_LENGTH, DEFAULT_STREAM_TTL
 from minimodal.exception import InvalidError, NotFoundError, PayloadTooLargeError
 
 CHUNK = 1024 * 1024
 
 
 class Payloads:
-    def __init__(self, redis: Redis, *, ttl: int) -> None:
+    def __init__(self, redis: Redis, *, ttl: int, stream_ttl: int = DEFAULT_STREAM_TTL) -> None:
         self.redis = redis
         self.ttl = ttl
+        self.stream_ttl = stream_ttl
 
     # ---- inputs ----
 
@@ -57,6 +59,30 @@ class Payloads:
             cursor = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
             envelopes.append({k.decode(): v for k, v in fields.items()})
         return envelopes, cursor
+
+    def put_item(self, call_id: str, fields: dict[str, Any]) -> None:
+        key = protocol.items_key(call_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(key, {k: (v if isinstance(v, bytes) else str(v)) for k, v in fields.items() if v is not None})
+        pipe.expire(key, self.stream_ttl)
+        pipe.execute()
+
+    def put_log(self, call_id: str, app_id: str, fields: dict[str, str]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in (protocol.logs_key(call_id), protocol.app_logs_key(app_id)):
+            pipe.xadd(key, fields, maxlen=DEFAULT_LOG_STREAM_LENGTH, approximate=True)
+            pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def read_streams(
+        self, cursors: dict[str, str], block_ms: int, count: int = 1000
+    ) -> list[tuple[str, str, dict[str, bytes]]]:
+        """Entries after each key's cursor, waiting up to ``block_ms`` for the first: (key, id, fields)."""
+        if block_ms > 0:
+            reply = self.redis.xread(cursors, count=count, block=block_ms) or []
+        else:
+            reply = self.redis.xread(cursors, count=count) or []
+        return [(key.decode(), entry_id.decode(), fields) for key, entries in reply for entry_id, fields in entries]
 
     def outputs_exist(self, call_id: str) -> bool:
         return bool(self.redis.exists(protocol.outputs_key(call_id)))

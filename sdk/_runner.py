@@ -8,9 +8,12 @@ A frame is ``kind (1 byte) | header length (4) | body length (4) | JSON header |
 
 Worker to runner: ``F`` the cloudpickled function (once), ``C`` one input (header ``call_id``, ``idx``;
 body the pickled ``(args, kwargs)``). Runner to worker: ``R`` ready, ``E`` the function failed to load,
-``O`` the output of one input (header ``ok``, ``traceback``, ``type``, ``repr``; body the pickled
-return value, or the pickled exception, empty when it could not be pickled), ``L`` a chunk of printed
-text (header ``stream``).
+``Y`` one item of a generator (header ``n``, its index; body the pickled item), ``O`` the output of
+one input (header ``ok``, ``items`` for generators, ``traceback``, ``type``, ``repr``; body the
+pickled return value, or the pickled exception, empty when it could not be pickled), ``L`` a chunk of
+printed text (header ``stream``) from ``print``. What is written straight to file descriptors 1 and 2
+goes to the process's stderr, which the runtime reads: it survives a crash that a frame would not.
+Coroutine functions and async generators run on one event loop that lives as long as the runner.
 
 The worker never unpickles what a runner sends: headers are JSON and bodies go to the client as
 opaque bytes.
@@ -18,6 +21,8 @@ opaque bytes.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import io
 import json
 import os
@@ -87,6 +92,36 @@ def _describe(exc: BaseException) -> dict[str, Any]:
     }
 
 
+class _Call:
+    """Runs one input: plain, coroutine, generator or async generator, on the runner's event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, emit: Any) -> None:
+        self.loop = loop
+        self.emit = emit  # emit(n, item) sends one generator item
+
+    def run(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, int | None]:
+        """The return value and, for generators, how many items were yielded."""
+        result = fn(*args, **kwargs)
+        if inspect.iscoroutine(result):
+            return self.loop.run_until_complete(result), None
+        if inspect.isgenerator(result):
+            count = 0
+            for item in result:
+                self.emit(count, item)
+                count += 1
+            return None, count
+        if inspect.isasyncgen(result):
+            count = 0
+            while True:
+                try:
+                    item = self.loop.run_until_complete(result.__anext__())
+                except StopAsyncIteration:
+                    return None, count
+                self.emit(count, item)
+                count += 1
+        return result, None
+
+
 def main() -> None:
     import cloudpickle
 
@@ -95,7 +130,7 @@ def main() -> None:
     proto_out = os.fdopen(os.dup(1), "wb")
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    os.dup2(2, 1)  # text written straight to fd 1 (C extensions) lands on stderr
+    os.dup2(2, 1)  # text written straight to fd 1 (C extensions) joins stderr, which the runtime reads
     lock = threading.Lock()
     sys.stdout = _LogStream("stdout", proto_out, lock)  # type: ignore[assignment]
     sys.stderr = _LogStream("stderr", proto_out, lock)  # type: ignore[assignment]
@@ -113,6 +148,12 @@ def main() -> None:
     with lock:
         write_frame(proto_out, b"R", {"pid": os.getpid(), "python": f"{sys.version_info[0]}.{sys.version_info[1]}"})
 
+    def emit(n: int, item: Any) -> None:
+        data = cloudpickle.dumps(item)
+        with lock:
+            write_frame(proto_out, b"Y", {"n": n}, data)
+
+    call = _Call(asyncio.new_event_loop(), emit)
     while True:
         frame = read_frame(proto_in)
         if frame is None:
@@ -124,16 +165,17 @@ def main() -> None:
         os.environ["MINIMODAL_INPUT_INDEX"] = str(header.get("idx", ""))
         try:
             args, kwargs = cloudpickle.loads(body)
-            result = fn(*args, **kwargs)
-            out_header, out_body = {"ok": True}, cloudpickle.dumps(result)
+            result, items = call.run(fn, args, kwargs)
+            out_header: dict[str, Any] = {"ok": True}
+            if items is not None:
+                out_header["items"] = items
+            out_body = cloudpickle.dumps(result)
         except BaseException as exc:  # noqa: BLE001 - the user's exception travels to the caller
             out_header = _describe(exc)
             try:
                 out_body = cloudpickle.dumps(exc)
             except Exception:  # noqa: BLE001 - an unpicklable exception becomes a RemoteError client-side
                 out_body = b""
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                pass  # reported like any other failure; the runner keeps serving
         sys.stdout.flush()
         sys.stderr.flush()
         with lock:

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import config
 from ._client import Client
+from ._stream import print_log
 from .app import App, LocalEntrypoint
 from .exception import Error, InvalidError
 from .functions import Function
@@ -143,6 +144,29 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_logs(path: str, follow: bool) -> int:
+    client = Client.from_config()
+    cursor = "0-0"
+    while True:
+        reply = client.request("GET", path, params={"cursor": cursor, "follow": int(follow)}, timeout=60)
+        for event in reply["logs"]:
+            print_log(event)
+        cursor = reply["cursor"]
+        if not follow:
+            return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    return _print_logs(f"/v1/calls/{args.call_id}/logs", False)
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    try:
+        return _print_logs(f"/v1/apps/{args.app}/logs", args.follow)
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minimodal", description="MiniModal: serverless Python on your machines")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(handler=cmd_up)
     commands.add_parser("down", help="stop what `minimodal up` started").set_defaults(handler=cmd_down)
     commands.add_parser("status", help="exit 0 when the API answers").set_defaults(handler=cmd_status)
+
+    logs = commands.add_parser("logs", help="what a call printed")
+    logs.add_argument("call_id")
+    logs.set_defaults(handler=cmd_logs)
+
+    app = commands.add_parser("app", help="apps")
+    app_commands = app.add_subparsers(dest="app_command", required=True)
+    app_logs = app_commands.add_parser("logs", help="what an app's calls printed")
+    app_logs.add_argument("app", help="app id (ap-...) or name (its newest run)")
+    app_logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    app.set_defaults(handler=cmd_app)
 
     user = commands.add_parser("user", help="manage users (admin token)")
     user_commands = user.add_subparsers(dest="user_command", required=True)

@@ -57,6 +57,7 @@ _SETTINGS: dict[str, Setting] = {
         Setting("inline_payload_size", defaults.DEFAULT_INLINE_PAYLOAD_SIZE, int),
         Setting("max_payload_size", defaults.DEFAULT_MAX_PAYLOAD_SIZE, int),
         Setting("result_ttl", defaults.DEFAULT_RESULT_TTL, int),
+        Setting("stream_ttl", defaults.DEFAULT_STREAM_TTL, int, "seconds generator items stay after a call"),
         Setting("default_quota", defaults.DEFAULT_QUOTA, int),
         Setting("default_weight", defaults.DEFAULT_WEIGHT, int),
         Setting("worker_concurrency", os.cpu_count() or 2, int, "calls one worker runs at once"),

@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import config, protocol
+from ._aio import aio_iterator, aio_method
 from ._client import Client
 from ._serialization import deserialize, rebuild_exception, serialize_args
+from ._stream import CallEvents, print_log
 from .defaults import DEFAULT_LONG_POLL_SECONDS
-from .exception import BY_NAME, InvalidError, PayloadTooLargeError, UnsupportedOptionError
+from .exception import BY_NAME, InvalidError, PayloadTooLargeError
+from .runtime import output_enabled
 
 if TYPE_CHECKING:
     from .app import App
@@ -21,6 +24,9 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+QUICK_WAIT_SECONDS = 0.1  # with output shown, .remote() waits this long inline, then streams logs live
+MAX_REQUEST_BYTES = 16 * 1024 * 1024  # a .map request is cut at this many bytes of inline arguments
 
 
 @dataclass(frozen=True)
@@ -53,19 +59,50 @@ def _encode_input(client: Client, payload: bytes) -> dict[str, str]:
     return {"args": protocol.b64(payload)}
 
 
+def _data(client: Client, envelope: dict[str, Any]) -> bytes:
+    if envelope.get(protocol.OUT_BLOB):
+        return client.request("GET", f"/v1/blobs/{envelope[protocol.OUT_BLOB]}", raw=True, timeout=600).content
+    if envelope.get(protocol.OUT_DATA):
+        return protocol.unb64(envelope[protocol.OUT_DATA])
+    return b""
+
+
 def _decode_output(client: Client, envelope: dict[str, Any]) -> tuple[bool, Any]:
     """``(True, value)`` for a success, ``(False, exception)`` for a failure."""
-    data = b""
-    if envelope.get(protocol.OUT_BLOB):
-        data = client.request("GET", f"/v1/blobs/{envelope[protocol.OUT_BLOB]}", raw=True, timeout=600).content
-    elif envelope.get(protocol.OUT_DATA):
-        data = protocol.unb64(envelope[protocol.OUT_DATA])
+    data = _data(client, envelope)
     if envelope[protocol.OUT_STATUS] == protocol.CallStatus.COMPLETED.value:
         return True, deserialize(data)
     error_type = envelope.get(protocol.OUT_ERROR_TYPE)
     if error_type:
         return False, BY_NAME.get(error_type, BY_NAME["RemoteError"])(envelope.get(protocol.OUT_MESSAGE) or "")
     return False, rebuild_exception(data, envelope.get(protocol.OUT_TRACEBACK), envelope.get(protocol.OUT_MESSAGE))
+
+
+def _stream_items(client: Client, call_id: str, index: int = 0) -> Iterator[Any]:
+    """Yield a generator call's items as they are produced; then raise its error, if it failed."""
+    kinds = ("items", "outputs", "logs") if output_enabled() else ("items", "outputs")
+    events = CallEvents(client, call_id, kinds)
+    received, output = 0, None
+    try:
+        while True:
+            for event in events.next():
+                if event["kind"] == "log":
+                    print_log(event)
+                elif event.get(protocol.ITEM_INDEX) != index:
+                    continue
+                elif event["kind"] == "output":
+                    output = event
+                elif event["kind"] == "item" and not event.get(protocol.ITEM_DONE):
+                    received += 1
+                    yield deserialize(_data(client, event))
+            # The output comes after the input's last item; its count says when all items are in.
+            if output is not None and received >= int(output.get(protocol.OUT_ITEMS) or 0):
+                ok, value = _decode_output(client, output)
+                if not ok:
+                    raise value
+                return
+    finally:
+        events.close()
 
 
 class FunctionCall(Generic[R]):
@@ -76,6 +113,7 @@ class FunctionCall(Generic[R]):
         fc = square.spawn(5)
         fc.get()            # 25
         FunctionCall.from_id(fc.object_id).get()
+        await fc.get.aio()
     """
 
     def __init__(self, call_id: str, client: Client | None = None) -> None:
@@ -119,6 +157,7 @@ class FunctionCall(Generic[R]):
                 raise TimeoutError(f"{self.object_id} has no result yet (waited {timeout} s)")
             return self._outputs[index]
 
+    @aio_method
     def get(self, timeout: float | None = None, *, index: int = 0) -> R:
         """Wait for the result; raise the builtin ``TimeoutError`` if it is not ready within ``timeout``.
 
@@ -129,6 +168,11 @@ class FunctionCall(Generic[R]):
             raise value
         return value
 
+    @aio_iterator
+    def stream(self, *, index: int = 0) -> Iterator[Any]:
+        """The items of a spawned generator call, as they are produced (resumes after a dropped connection)."""
+        return _stream_items(self._client, self.object_id, index)
+
     @staticmethod
     def gather(*function_calls: FunctionCall[Any]) -> list[Any]:
         """Wait for all calls; results in argument order; the first failure is raised."""
@@ -136,7 +180,10 @@ class FunctionCall(Generic[R]):
 
 
 class Function(Generic[P, R]):
-    """A function registered on an App. Call it with ``.remote``, ``.spawn``, ``.map`` or ``.local``."""
+    """A function registered on an App. Call it with ``.remote``, ``.spawn``, ``.map`` or ``.local``.
+
+    Every method that waits has an async form: ``await f.remote.aio(x)``, ``async for r in f.map.aio(xs)``.
+    """
 
     def __init__(
         self, app: App, raw_f: Callable[P, R], tag: str, options: FunctionOptions, image: Image | None = None
@@ -163,42 +210,72 @@ class Function(Generic[P, R]):
         return self.object_id
 
     def _check_callable_remotely(self, how: str) -> None:
-        if self._is_generator:
+        if self._is_generator and how not in ("remote_gen", "spawn"):
             if how == "remote":
                 raise InvalidError(f"{self._tag} is a generator function: use .remote_gen() instead of .remote()")
             raise InvalidError(f"{self._tag} is a generator function: .{how}() is not allowed on generators")
+        if not self._is_generator and how == "remote_gen":
+            raise InvalidError(f"{self._tag} is not a generator function: use .remote()")
 
     def local(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call the function here, in this process."""
         return self._raw_f(*args, **kwargs)
 
+    @aio_method
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run one call on a worker and return its result (or raise its exception)."""
+        """Run one call on a worker and return its result (or raise its exception).
+
+        With output enabled (``minimodal run``, ``enable_output()``) what the call prints is shown here
+        as it runs.
+        """
         self._check_callable_remotely("remote")
-        return self._submit([serialize_args(args, kwargs)], wait=DEFAULT_LONG_POLL_SECONDS).get()
+        payloads = [serialize_args(args, kwargs)]
+        if not output_enabled():
+            return self._submit(payloads, wait=DEFAULT_LONG_POLL_SECONDS).get()
+        fc = self._submit(payloads, wait=QUICK_WAIT_SECONDS, logs=True)
+        if 0 not in fc._outputs:
+            events = CallEvents(fc._client, fc.object_id, ("outputs", "logs"))
+            try:
+                while 0 not in fc._outputs:
+                    for event in events.next():
+                        if event["kind"] == "log":
+                            print_log(event)
+                        else:
+                            fc._outputs[event[protocol.OUT_INDEX]] = event
+            finally:
+                events.close()
+        return fc.get()
 
+    @aio_iterator
     def remote_gen(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
-        raise UnsupportedOptionError("generator functions (.remote_gen) are not implemented yet in MiniModal")
+        """Run a generator function on a worker and yield its items as they are produced."""
+        self._check_callable_remotely("remote_gen")
+        fc = self._submit([serialize_args(args, kwargs)])
+        return _stream_items(fc._client, fc.object_id)
 
+    @aio_method
     def spawn(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
         """Start one call and return at once with a :class:`FunctionCall` handle."""
         self._check_callable_remotely("spawn")
         return self._submit([serialize_args(args, kwargs)])
 
-    def _submit(self, payloads: list[bytes], wait: float = 0) -> FunctionCall[R]:
+    def _submit(self, payloads: list[bytes], wait: float = 0, logs: bool = False) -> FunctionCall[R]:
         client = Client.from_config()
         inputs = [_encode_input(client, payload) for payload in payloads]
         reply = client.request(
             "POST",
             f"/v1/functions/{self._hydrated_id()}/calls",
-            json={"inputs": inputs, "more": False, "wait": wait},
+            json={"inputs": inputs, "more": False, "wait": wait, "logs": logs},
             timeout=wait + 60,
         )
         fc: FunctionCall[R] = FunctionCall(reply["call_id"], client)
+        for event in reply.get("logs", []):
+            print_log(event)
         for envelope in reply.get("outputs", []):
             fc._outputs[envelope[protocol.OUT_INDEX]] = envelope
         return fc
 
+    @aio_iterator
     def map(
         self,
         *input_iterators: Iterable[Any],
@@ -209,12 +286,14 @@ class Function(Generic[P, R]):
     ) -> Iterator[R]:
         """Run the function over the inputs in parallel; results in input order by default.
 
-        With ``return_exceptions=True`` a failed input yields its exception object instead of raising.
+        Outputs stream back as inputs complete; with ``order_outputs=False`` they come in completion
+        order. With ``return_exceptions=True`` a failed input yields its exception object instead of raising.
         """
         self._check_callable_remotely("map")
         arg_tuples = zip(*input_iterators, strict=False)
         return _MapRun(self, arg_tuples, kwargs or {}, order_outputs, return_exceptions).results()
 
+    @aio_iterator
     def starmap(
         self,
         input_iterator: Iterable[tuple[Any, ...]],
@@ -228,6 +307,7 @@ class Function(Generic[P, R]):
         self._check_callable_remotely("starmap")
         return _MapRun(self, iter(input_iterator), kwargs or {}, order_outputs, return_exceptions).results()
 
+    @aio_method
     def for_each(
         self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] | None = None, ignore_exceptions: bool = False
     ) -> None:
@@ -235,16 +315,19 @@ class Function(Generic[P, R]):
         for _ in self.map(*input_iterators, kwargs=kwargs, return_exceptions=ignore_exceptions):
             pass
 
+    @aio_method
     def spawn_map(self, *input_iterators: Iterable[Any], kwargs: dict[str, Any] | None = None) -> None:
         """Start a map and return once its inputs are accepted; results cannot be retrieved."""
         self._check_callable_remotely("spawn_map")
         run = _MapRun(self, zip(*input_iterators, strict=False), kwargs or {}, True, True)
         run.submit_all()
+        if run.error is not None:
+            raise run.error
 
 
 @dataclass
 class _MapRun:
-    """One ``.map``: a submitter thread sends inputs in batches while the caller reads outputs."""
+    """One ``.map``: a submitter thread sends inputs in batches while the caller reads pushed outputs."""
 
     function: Function[Any, Any]
     arg_tuples: Iterator[tuple[Any, ...]]
@@ -260,17 +343,20 @@ class _MapRun:
     started: threading.Event = field(default_factory=threading.Event)
 
     def submit_all(self) -> None:
-        """Send every input, ``map_request_size`` per request."""
+        """Send every input, ``map_request_size`` per request (fewer when they are large)."""
         batch_size = config.get("map_request_size")
         try:
             batch: list[dict[str, str]] = []
+            batch_bytes = 0
             for args in self.arg_tuples:
                 if self.stopped:
                     return
-                batch.append(_encode_input(self.client, serialize_args(tuple(args), self.kwargs)))
-                if len(batch) >= batch_size:
+                encoded = _encode_input(self.client, serialize_args(tuple(args), self.kwargs))
+                batch.append(encoded)
+                batch_bytes += len(encoded.get("args", ""))
+                if len(batch) >= batch_size or batch_bytes >= MAX_REQUEST_BYTES:
                     self._send(batch, more=True)
-                    batch = []
+                    batch, batch_bytes = [], 0
             self._send(batch, more=False)
         except BaseException as exc:  # noqa: BLE001 - handed to the reader, which re-raises it
             self.error = exc
@@ -308,25 +394,32 @@ class _MapRun:
             raise self.error
         if self.call_id is None:
             return  # no inputs at all
-        fc: FunctionCall[Any] = FunctionCall(self.call_id, self.client)
+        kinds = ("outputs", "logs") if output_enabled() else ("outputs",)
+        events = CallEvents(self.client, self.call_id, kinds)
         pending: dict[int, Any] = {}
         seen: set[int] = set()  # at-least-once execution may deliver an index twice; the first wins
-        received = next_index = 0
-        while self.total is None or received < self.total:
-            if self.error is not None:
-                raise self.error
-            for envelope in fc._poll(DEFAULT_LONG_POLL_SECONDS if self.total is not None else 1.0):
-                if envelope[protocol.OUT_INDEX] in seen:
-                    continue
-                seen.add(envelope[protocol.OUT_INDEX])
-                received += 1
-                ok, value = _decode_output(self.client, envelope)
-                if not ok and not self.return_exceptions:
-                    raise value
-                if not self.order_outputs:
-                    yield value
-                    continue
-                pending[envelope[protocol.OUT_INDEX]] = value
-                while next_index in pending:
-                    yield pending.pop(next_index)
-                    next_index += 1
+        next_index = 0
+        try:
+            while self.total is None or len(seen) < self.total:
+                if self.error is not None:
+                    raise self.error
+                for event in events.next(1.0 if self.total is None else DEFAULT_LONG_POLL_SECONDS):
+                    if event["kind"] == "log":
+                        print_log(event)
+                        continue
+                    index = event[protocol.OUT_INDEX]
+                    if index in seen:
+                        continue
+                    seen.add(index)
+                    ok, value = _decode_output(self.client, event)
+                    if not ok and not self.return_exceptions:
+                        raise value
+                    if not self.order_outputs:
+                        yield value
+                        continue
+                    pending[index] = value
+                    while next_index in pending:
+                        yield pending.pop(next_index)
+                        next_index += 1
+        finally:
+            events.close()

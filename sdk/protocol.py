@@ -105,6 +105,21 @@ def outputs_key(call_id: str) -> str:
     return key("out", call_id)
 
 
+def items_key(call_id: str) -> str:
+    """Stream of generator items of one function call, each with its input and item index, then ``done``."""
+    return key("items", call_id)
+
+
+def logs_key(call_id: str) -> str:
+    """Stream of what one call's inputs printed."""
+    return key("logs", call_id)
+
+
+def app_logs_key(app_id: str) -> str:
+    """Stream of what all calls of one app printed."""
+    return key("applogs", app_id)
+
+
 def blob_key(blob_id: str) -> str:
     """Bytes of one large payload."""
     return key("blob", blob_id)
@@ -223,3 +238,18 @@ OUT_BLOB = "blob"  # blob id when the pickled value was too large to inline
 OUT_ERROR_TYPE = "error_type"  # name in minimodal.exception for platform-side failures
 OUT_MESSAGE = "message"
 OUT_TRACEBACK = "traceback"
+OUT_ITEMS = "items"  # for a generator: how many items it yielded before it ended
+OUT_ENDED_AT = "ended_at"  # the worker's clock when the input ended (seconds since the epoch)
+
+# Item stream entries: an item has ITEM_INDEX and ITEM_N and data or blob; the end of an input's
+# generator has ITEM_INDEX, ITEM_DONE=1, ITEM_COUNT and OUT_STATUS.
+ITEM_INDEX = "idx"
+ITEM_N = "n"
+ITEM_DONE = "done"
+ITEM_COUNT = "count"
+
+# Log stream entries.
+LOG_INDEX = "idx"
+LOG_STREAM = "stream"  # stdout | stderr
+LOG_TEXT = "text"
+LOG_FUNCTION = "fn"

@@ -13,7 +13,7 @@ from flask import Flask
 from redis import Redis
 
 from ..database import Database
-from . import apps, calls, errors, health, images, users
+from . import apps, calls, errors, health, images, streams, users
 from .services import Services
 
 
@@ -31,4 +31,5 @@ def create_app(
     app.register_blueprint(calls.bp)
     app.register_blueprint(users.bp)
     app.register_blueprint(images.bp)
+    app.register_blueprint(streams.bp)
     return app

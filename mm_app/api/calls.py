@@ -17,6 +17,7 @@ from minimodal.protocol import TERMINAL, CallStatus, PendingEntry
 from ..models import AppRecord, CallRecord, FunctionRecord, InputRecord, utcnow
 from .auth import authenticate, field, json_body
 from .services import services
+from .streams import encode_entry
 
 bp = Blueprint("calls", __name__, url_prefix="/v1")
 bp.before_request(authenticate)
@@ -162,6 +163,10 @@ def create_call(function_id: str):  # type: ignore[no-untyped-def]
         envelopes, cursor = svc.payloads.read_outputs(call_id, "0-0", int(wait * 1000))
         reply["outputs"] = [_encode_envelope(e) for e in envelopes]
         reply["cursor"] = cursor
+        if envelopes and field(body, "logs", bool, required=False, default=False):
+            # The call is over: what it printed comes back with its result, in the same round trip.
+            entries = svc.payloads.read_streams({protocol.logs_key(call_id): "0-0"}, 0, count=5000)
+            reply["logs"] = [encode_entry("logs", entry_id, fields) for _, entry_id, fields in entries]
     return reply, 201
 
 

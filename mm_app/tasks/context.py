@@ -97,7 +97,7 @@ class WorkerContext:
             worker_id=worker_id,
             db=db,
             redis=redis,
-            payloads=Payloads(redis, ttl=config.get("result_ttl")),
+            payloads=Payloads(redis, ttl=config.get("result_ttl"), stream_ttl=config.get("stream_ttl")),
             pending=PendingQueues(redis),
             pools={name: WarmPool(rt) for name, rt in make_runtimes(config.get("worker_runtime")).items()},
             concurrency=config.get("worker_concurrency"),

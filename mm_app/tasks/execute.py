@@ -9,7 +9,7 @@ its user's and function's slots are freed.
 from __future__ import annotations
 
 import logging
-import sys
+import time
 from typing import Any
 
 from celery import signals
@@ -45,6 +45,8 @@ def _envelope(ctx: WorkerContext, user_id: int, idx: int, outcome: Outcome) -> d
     envelope[protocol.OUT_ERROR_TYPE] = outcome.error_type
     envelope[protocol.OUT_MESSAGE] = outcome.message
     envelope[protocol.OUT_TRACEBACK] = outcome.traceback
+    envelope[protocol.OUT_ITEMS] = outcome.items
+    envelope[protocol.OUT_ENDED_AT] = f"{time.time():.6f}"
     return envelope
 
 
@@ -116,7 +118,10 @@ def _run(
                     return fail_rest(
                         Outcome(ok=False, error_type="RemoteError", message=str(exc), traceback=exc.traceback)
                     )
-            outcome = runner.call(payload, call_id=call_id, idx=idx, on_log=_log_sink(call_id, idx))
+            sinks = _Sinks(ctx, call_id, spec.app_id, spec.tag, user_id, idx)
+            outcome = runner.call(payload, call_id=call_id, idx=idx, on_log=sinks.log, on_item=sinks.item)
+            if sinks.items or outcome.items is not None:
+                sinks.done(outcome)
             if outcome.runner_lost or idx == indexes[-1]:
                 # Back to the pool before the output is published: the caller's next call may come at
                 # once, to another slot of this worker, and should find this runner warm.
@@ -128,10 +133,43 @@ def _run(
             pool.release(runner)
 
 
-def _log_sink(call_id: str, idx: int):  # type: ignore[no-untyped-def]
-    def sink(stream: str, text: str) -> None:
-        target = sys.stderr if stream == "stderr" else sys.stdout
-        target.write(text)
-        target.flush()
+class _Sinks:
+    """Where one input's printed text and generator items go: Redis streams the client reads live."""
 
-    return sink
+    def __init__(self, ctx: WorkerContext, call_id: str, app_id: str, tag: str, user_id: int, idx: int) -> None:
+        self.ctx, self.call_id, self.app_id, self.tag, self.user_id, self.idx = ctx, call_id, app_id, tag, user_id, idx
+        self.items = 0
+
+    def log(self, stream: str, text: str) -> None:
+        fields = {
+            protocol.LOG_INDEX: str(self.idx),
+            protocol.LOG_STREAM: stream,
+            protocol.LOG_TEXT: text,
+            protocol.LOG_FUNCTION: self.tag,
+        }
+        try:
+            self.ctx.payloads.put_log(self.call_id, self.app_id, fields)
+        except Exception:  # noqa: BLE001 - a lost log line must not fail the call
+            logger.warning("cannot store a log line of %s", self.call_id, exc_info=True)
+
+    def item(self, n: int, data: bytes) -> None:
+        fields: dict[str, Any] = {protocol.ITEM_INDEX: self.idx, protocol.ITEM_N: n}
+        if len(data) > self.ctx.inline_limit:
+            fields[protocol.OUT_BLOB] = self.ctx.payloads.put_blob_bytes(self.user_id, data)
+        else:
+            fields[protocol.OUT_DATA] = data
+        self.ctx.payloads.put_item(self.call_id, fields)
+        self.items += 1
+
+    def done(self, outcome: Outcome) -> None:
+        """The generator ended: a marker with the item count (and the status: a failure follows its items)."""
+        status = CallStatus.COMPLETED if outcome.ok else CallStatus.FAILED
+        self.ctx.payloads.put_item(
+            self.call_id,
+            {
+                protocol.ITEM_INDEX: self.idx,
+                protocol.ITEM_DONE: 1,
+                protocol.ITEM_COUNT: self.items,
+                protocol.OUT_STATUS: status.value,
+            },
+        )

@@ -95,3 +95,57 @@ def is_remote() -> tuple[bool, str | None]:
 @app.function()
 def pid_with(_argument: object) -> int:
     return os.getpid()
+
+
+@app.function()
+def countdown(n: int, pause: float = 0.0):  # type: ignore[no-untyped-def]
+    for i in range(n):
+        if pause:
+            time.sleep(pause)
+        yield i
+
+
+@app.function()
+def fail_after(n: int):  # type: ignore[no-untyped-def]
+    yield from range(n)
+    raise basic_error(f"failed after {n}")
+
+
+def basic_error(message: str) -> Exception:
+    return CustomError(message)
+
+
+@app.function()
+def stamped(n: int, pause: float):  # type: ignore[no-untyped-def]
+    for i in range(n):
+        time.sleep(pause)
+        yield i, time.time()
+
+
+@app.function()
+def chatty(lines: int, pause: float) -> str:
+    for i in range(lines):
+        print(f"line {i}", flush=True)
+        time.sleep(pause)
+    os.write(2, b"straight to fd 2\n")
+    return "done"
+
+
+@app.function()
+async def async_square(x: int) -> int:
+    import asyncio
+
+    await asyncio.sleep(0)
+    return x * x
+
+
+@app.function()
+async def async_countdown(n: int):  # type: ignore[no-untyped-def]
+    for i in range(n):
+        yield i
+
+
+@app.function()
+def sleep_and_tag(seconds: float) -> tuple[float, float]:
+    time.sleep(seconds)
+    return seconds, time.time()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,16 +36,48 @@ class Outcome:
     traceback: str | None = None
     duration: float = 0.0
     runner_lost: bool = False  # the runner died or was killed: the pool must not reuse it
+    items: int | None = None  # for a generator: how many items it yielded (sent through on_item)
 
 
 LogSink = Callable[[str, str], None]  # (stream name, text)
+ItemSink = Callable[[int, bytes], None]  # (item index, pickled item) of a generator
+Frame = tuple[bytes, dict[str, Any], bytes]
+
+
+def serve_frames(
+    read: Callable[[], Frame | None], started: float, *, on_log: LogSink | None, on_item: ItemSink | None
+) -> Outcome | None:
+    """Read a runner's frames for one input until its output; None if the runner went away first.
+
+    Log and item frames go to the sinks as they come; neither the frames nor the output are unpickled.
+    """
+    while True:
+        frame = read()
+        if frame is None:
+            return None
+        kind, header, body = frame
+        if kind == b"L":
+            if on_log is not None:
+                on_log(header.get("stream", "stdout"), body.decode("utf-8", "replace"))
+        elif kind == b"Y":
+            if on_item is not None:
+                on_item(int(header["n"]), body)
+        elif kind == b"O":
+            duration = time.monotonic() - started
+            if header.get("ok"):
+                return Outcome(ok=True, data=body, duration=duration, items=header.get("items"))
+            return Outcome(
+                ok=False, data=body, message=header.get("repr"), traceback=header.get("traceback"), duration=duration
+            )
 
 
 class Runner(abc.ABC):
     spec: RunnerSpec
 
     @abc.abstractmethod
-    def call(self, payload: bytes, *, call_id: str, idx: int, on_log: LogSink | None = None) -> Outcome:
+    def call(
+        self, payload: bytes, *, call_id: str, idx: int, on_log: LogSink | None = None, on_item: ItemSink | None = None
+    ) -> Outcome:
         """Run one input; never raises for failures of the user's code."""
 
     @property

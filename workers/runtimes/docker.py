@@ -42,7 +42,7 @@ import requests
 import minimodal._runner
 from minimodal._runner import write_frame
 
-from .base import LogSink, Outcome, Runner, RunnerSpec, RunnerStartError, Runtime
+from .base import ItemSink, LogSink, Outcome, Runner, RunnerSpec, RunnerStartError, Runtime, serve_frames
 
 logger = logging.getLogger("minimodal.workers.docker")
 
@@ -271,7 +271,9 @@ class DockerRunner(Runner):
             return False
         return not stream.eof
 
-    def call(self, payload: bytes, *, call_id: str, idx: int, on_log: LogSink | None = None) -> Outcome:
+    def call(
+        self, payload: bytes, *, call_id: str, idx: int, on_log: LogSink | None = None, on_item: ItemSink | None = None
+    ) -> Outcome:
         started = time.monotonic()
         deadline = started + self.spec.timeout
         stream = self._stream
@@ -283,29 +285,13 @@ class DockerRunner(Runner):
                 return self._lost(started, idx)
             self._on_log = on_log
             self._send(b"C", {"call_id": call_id, "idx": idx}, payload, deadline)
-            while True:
-                frame = stream.read_frame(deadline)
-                if frame is None:
-                    return self._lost(started, idx)
-                kind, header, body = frame
-                if kind == b"L":
-                    if on_log is not None:
-                        on_log(header.get("stream", "stdout"), body.decode("utf-8", "replace"))
-                    continue
-                if kind == b"O":
-                    # Docker does not order stderr against stdout: take the stderr that is here already.
-                    with contextlib.suppress(OSError, ValueError):
-                        stream.drain()
-                    duration = time.monotonic() - started
-                    if header.get("ok"):
-                        return Outcome(ok=True, data=body, duration=duration)
-                    return Outcome(
-                        ok=False,
-                        data=body,
-                        message=header.get("repr"),
-                        traceback=header.get("traceback"),
-                        duration=duration,
-                    )
+            outcome = serve_frames(lambda: stream.read_frame(deadline), started, on_log=on_log, on_item=on_item)
+            if outcome is None:
+                return self._lost(started, idx)
+            # Docker does not order stderr against stdout: take the stderr that is here already.
+            with contextlib.suppress(OSError, ValueError):
+                stream.drain()
+            return outcome
         except TimeoutError:
             self.stop()
             return Outcome(

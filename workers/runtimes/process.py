@@ -14,32 +14,64 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from minimodal._runner import write_frame
 
-from .base import LogSink, Outcome, Runner, RunnerSpec, RunnerStartError, Runtime
+from .base import ItemSink, LogSink, Outcome, Runner, RunnerSpec, RunnerStartError, Runtime, serve_frames
 
 _PREFIX_SIZE = 9
 
 
 class _FrameReader:
-    """Reads runner frames from a pipe with a deadline (select + os.read, no threads)."""
+    """Reads runner frames from its stdout with a deadline, and its stderr on the way (select, no threads).
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    What arrives on stderr goes to ``on_stderr``: text written straight to file descriptors 1 and 2, and
+    a dying interpreter's last words.
+    """
+
+    def __init__(self, fd: int, stderr_fd: int, on_stderr: Callable[[str], None]) -> None:
+        self.fd, self.stderr_fd = fd, stderr_fd
+        self.on_stderr = on_stderr
         self.buffer = bytearray()
+        self.stderr_open = True
+
+    def _read_stderr(self) -> None:
+        try:
+            chunk = os.read(self.stderr_fd, 65536)
+        except OSError:
+            chunk = b""
+        if chunk:
+            self.on_stderr(chunk.decode("utf-8", "replace"))
+        else:
+            self.stderr_open = False
+
+    def drain_stderr(self, wait: float = 0.0) -> None:
+        """Pass on what stderr holds now (waiting up to ``wait`` for the first chunk)."""
+        while self.stderr_open:
+            ready, _, _ = select.select([self.stderr_fd], [], [], wait)
+            if not ready:
+                return
+            self._read_stderr()
+            wait = 0.0
 
     def _fill(self, n: int, deadline: float) -> bool:
         while len(self.buffer) < n:
             wait = deadline - time.monotonic()
             if wait <= 0:
                 raise TimeoutError
-            ready, _, _ = select.select([self.fd], [], [], wait)
+            fds = [self.fd, self.stderr_fd] if self.stderr_open else [self.fd]
+            ready, _, _ = select.select(fds, [], [], wait)
             if not ready:
                 raise TimeoutError
+            if self.stderr_fd in ready:
+                self._read_stderr()
+            if self.fd not in ready:
+                continue
             chunk = os.read(self.fd, max(65536, n - len(self.buffer)))
             if not chunk:
+                self.drain_stderr(0.5)
                 return False
             self.buffer += chunk
         return True
@@ -75,12 +107,14 @@ class ProcessRunner(Runner):
             [python, "-m", "minimodal._runner"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env=env,
             start_new_session=True,  # a signal to the worker's group does not reach user code
         )
-        assert self.process.stdin is not None and self.process.stdout is not None
+        assert self.process.stdin and self.process.stdout and self.process.stderr
         self._stdin = self.process.stdin
-        self._reader = _FrameReader(self.process.stdout.fileno())
+        self._on_log: LogSink | None = None  # the current input's log sink, for what arrives on stderr
+        self._reader = _FrameReader(self.process.stdout.fileno(), self.process.stderr.fileno(), self._stderr_text)
         try:
             write_frame(self._stdin, b"F", {}, spec.code)
             frame = self._reader.read(time.monotonic() + startup_timeout)
@@ -91,40 +125,33 @@ class ProcessRunner(Runner):
             self.stop()
             header = frame[1] if frame else {}
             why = header.get("repr") or f"the runner {_describe_exit(self.process.poll())}"
-            raise RunnerStartError(
-                f"the function could not be loaded in the runner: {why}",
-                header.get("traceback"),
-            )
+            raise RunnerStartError(f"the function could not be loaded in the runner: {why}", header.get("traceback"))
+
+    def _stderr_text(self, text: str) -> None:
+        """Stderr of the current input goes to its logs; between inputs, to the worker's own stderr."""
+        if self._on_log is not None:
+            self._on_log("stderr", text)
+        else:
+            sys.stderr.write(text)
 
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def call(self, payload: bytes, *, call_id: str, idx: int, on_log: LogSink | None = None) -> Outcome:
+    def call(
+        self, payload: bytes, *, call_id: str, idx: int, on_log: LogSink | None = None, on_item: ItemSink | None = None
+    ) -> Outcome:
         started = time.monotonic()
         deadline = started + self.spec.timeout
         try:
+            self._reader.drain_stderr()  # what came between inputs belongs to none of them
+            self._on_log = on_log
             write_frame(self._stdin, b"C", {"call_id": call_id, "idx": idx}, payload)
-            while True:
-                frame = self._reader.read(deadline)
-                if frame is None:
-                    return self._lost(started, idx)
-                kind, header, body = frame
-                if kind == b"L":
-                    if on_log is not None:
-                        on_log(header.get("stream", "stdout"), body.decode("utf-8", "replace"))
-                    continue
-                if kind == b"O":
-                    duration = time.monotonic() - started
-                    if header.get("ok"):
-                        return Outcome(ok=True, data=body, duration=duration)
-                    return Outcome(
-                        ok=False,
-                        data=body,
-                        message=header.get("repr"),
-                        traceback=header.get("traceback"),
-                        duration=duration,
-                    )
+            outcome = serve_frames(lambda: self._reader.read(deadline), started, on_log=on_log, on_item=on_item)
+            if outcome is None:
+                return self._lost(started, idx)
+            self._reader.drain_stderr()  # written before the output frame, so it is in the pipe already
+            return outcome
         except BrokenPipeError:
             return self._lost(started, idx)
         except TimeoutError:
@@ -136,12 +163,15 @@ class ProcessRunner(Runner):
                 duration=time.monotonic() - started,
                 runner_lost=True,
             )
+        finally:
+            self._on_log = None
 
     def _lost(self, started: float, idx: int) -> Outcome:
         try:
             code = self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             code = None
+        self._reader.drain_stderr(0.5)  # its last words belong to this input
         self.stop()
         return Outcome(
             ok=False,
@@ -159,7 +189,7 @@ class ProcessRunner(Runner):
             except ProcessLookupError:
                 pass
             self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
             if stream is not None and not stream.closed:
                 try:
                     stream.close()

@@ -1,0 +1,139 @@
+"""Live streams of a call: generator items, outputs and printed logs, by long-poll or WebSocket.
+
+Each kind is a Redis stream (see sdk/protocol.py), so a client names a cursor per kind and gets every
+entry after it, in order, exactly once; reconnecting with the last cursors loses nothing. Items stay
+``MINIMODAL_STREAM_TTL`` seconds (1 h) after the call; outputs and logs ``MINIMODAL_RESULT_TTL``.
+
+``GET /v1/calls/{id}/stream?items=&outputs=&logs=&timeout=`` answers what is there (or waits up to
+``timeout`` for something); ``/v1/calls/{id}/ws`` (WebSocket, same bearer token) pushes the same
+events as JSON text messages until the client closes. ``GET /v1/calls/{id}/logs`` and
+``GET /v1/apps/{id or name}/logs`` read stored logs (``follow`` waits for more).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from flask import Blueprint, g, request
+from flask_sock import Sock
+from sqlalchemy import select
+
+from minimodal import protocol
+from minimodal.exception import InvalidError, NotFoundError
+
+from ..models import AppRecord, CallRecord
+from .auth import authenticate
+from .services import services
+
+bp = Blueprint("streams", __name__, url_prefix="/v1")
+bp.before_request(authenticate)
+sock = Sock()
+
+
+@bp.before_request
+def _check_before_upgrade() -> None:
+    """A WebSocket is refused with the REST status (401/404) before it is upgraded, not closed after."""
+    if request.endpoint == "streams.stream_ws" and request.view_args:
+        _own_call(request.view_args["call_id"])
+
+_CURSOR = re.compile(r"^\d+-\d+$")
+KINDS = ("items", "outputs", "logs")
+_KEYS = {"items": protocol.items_key, "outputs": protocol.outputs_key, "logs": protocol.logs_key}
+PING_SECONDS = 5  # a WebSocket with nothing to say sends a ping this often, which also detects a gone client
+
+
+def _cursor(name: str, default: str | None) -> str | None:
+    value = request.args.get(name, default)
+    if value is not None and not _CURSOR.match(value):
+        raise InvalidError(f"{name} must be a stream cursor like '0-0'")
+    return value
+
+
+def _own_call(call_id: str) -> None:
+    with services().db.read_core() as connection:
+        owner = connection.execute(select(CallRecord.user_id).where(CallRecord.id == call_id)).scalar()
+    if owner is None or owner != g.user.id:
+        raise NotFoundError(f"no function call {call_id!r}")
+
+
+def encode_entry(kind: str, entry_id: str, fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """One stream entry as JSON: pickled data in base64, numbers as numbers, the rest as text."""
+    event: dict[str, Any] = {"kind": kind[:-1] if kind != "outputs" else "output", "cursor": entry_id}
+    for raw_name, value in fields.items():
+        name = raw_name.decode()
+        if name == protocol.OUT_DATA:
+            event[name] = protocol.b64(value)
+        elif name in (protocol.OUT_INDEX, protocol.ITEM_N, protocol.ITEM_COUNT, protocol.ITEM_DONE,
+                      protocol.OUT_ITEMS):
+            event[name] = int(value)
+        else:
+            event[name] = value.decode("utf-8", "replace")
+    return event
+
+
+def _read(call_id: str, cursors: dict[str, str], block_ms: int) -> list[dict[str, Any]]:
+    by_key = {_KEYS[kind](call_id): kind for kind in cursors}
+    entries = services().payloads.read_streams(
+        {_KEYS[kind](call_id): cursor for kind, cursor in cursors.items()}, block_ms
+    )
+    events = [encode_entry(by_key[key], entry_id, fields) for key, entry_id, fields in entries]
+    # Within one read, items before outputs: an input's output comes after its last item.
+    order = {"item": 0, "log": 1, "output": 2}
+    return sorted(events, key=lambda e: order[e["kind"]])
+
+
+@bp.get("/calls/<call_id>/stream")
+def stream(call_id: str):  # type: ignore[no-untyped-def]
+    _own_call(call_id)
+    cursors = {kind: c for kind in KINDS if (c := _cursor(kind, None)) is not None} or {k: "0-0" for k in KINDS}
+    try:
+        wait = min(max(float(request.args.get("timeout", 0)), 0.0), 60.0)
+    except ValueError as exc:
+        raise InvalidError("timeout must be a number of seconds") from exc
+    return {"events": _read(call_id, cursors, int(wait * 1000))}
+
+
+@sock.route("/calls/<call_id>/ws", bp=bp)
+def stream_ws(ws: Any, call_id: str) -> None:
+    """Push items, outputs and logs after the given cursors until the client closes."""
+    cursors = {kind: c for kind in KINDS if (c := _cursor(kind, None)) is not None} or {k: "0-0" for k in KINDS}
+    while True:
+        events = _read(call_id, cursors, PING_SECONDS * 1000)
+        if not events:
+            ws.send(json.dumps({"kind": "ping"}))
+            continue
+        for event in events:
+            kind = "outputs" if event["kind"] == "output" else event["kind"] + "s"
+            cursors[kind] = event["cursor"]
+        ws.send(json.dumps({"kind": "batch", "events": events}))
+
+
+@bp.get("/calls/<call_id>/logs")
+def call_logs(call_id: str):  # type: ignore[no-untyped-def]
+    _own_call(call_id)
+    return _logs(protocol.logs_key(call_id))
+
+
+@bp.get("/apps/<app>/logs")
+def app_logs(app: str):  # type: ignore[no-untyped-def]
+    """Logs of an app, by id or by name (the newest app of that name)."""
+    with services().db.read_core() as connection:
+        app_id = connection.execute(
+            select(AppRecord.id)
+            .where(AppRecord.user_id == g.user.id, (AppRecord.id == app) | (AppRecord.name == app))
+            .order_by(AppRecord.created_at.desc())
+            .limit(1)
+        ).scalar()
+    if app_id is None:
+        raise NotFoundError(f"no app {app!r}")
+    return {"app_id": app_id, **_logs(protocol.app_logs_key(app_id))}
+
+
+def _logs(key: str) -> dict[str, Any]:
+    cursor = _cursor("cursor", "0-0") or "0-0"
+    follow = request.args.get("follow", "0") in ("1", "true")
+    entries = services().payloads.read_streams({key: cursor}, 15000 if follow else 0, count=5000)
+    events = [encode_entry("logs", entry_id, fields) for _, entry_id, fields in entries]
+    return {"logs": events, "cursor": events[-1]["cursor"] if events else cursor}
