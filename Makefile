@@ -18,10 +18,12 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 install: $(VENV)/.installed
 
-# Services the stack and the tests start themselves: redis-server (the tests run their own on a free port).
+# Services the stack and the tests start themselves: redis-server (the tests run their own on a free port);
+# chromium for the dashboard's browser test (driven by Playwright, which downloads no browser here).
 system-deps:
 	@command -v redis-server >/dev/null || { apt-get update -qq && $(APT) redis-server; }
 	@command -v debootstrap >/dev/null || { apt-get update -qq && $(APT) debootstrap; }
+	@command -v chromium >/dev/null || { apt-get update -qq && $(APT) chromium; }
 
 # A Docker engine (Debian's docker.io, started when none answers) and the base image, built locally
 # with debootstrap because no registry can be reached; also tagged python:X.Y-slim for Image.debian_slim().

@@ -6,14 +6,18 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+import uuid
 
 from minimodal import config, protocol
 
 
-def _logging() -> None:
-    logging.basicConfig(level=config.get("log_level"), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def _logging(component: str) -> None:
+    from .observability import configure_logging
+
+    configure_logging(component, level=config.get("log_level"), json_lines=config.get("log_json"))
 
 
 def run_api(args: argparse.Namespace) -> None:
@@ -40,7 +44,8 @@ def run_api(args: argparse.Namespace) -> None:
 
 
 def _celery(*argv: str) -> None:
-    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "mm_app.celery_app", *argv])
+    quiet = ["--quiet"] if config.get("log_json") else []  # Celery's banner is not a log line: no JSON for it
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "mm_app.celery_app", *quiet, *argv])
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -48,7 +53,12 @@ def run_worker(args: argparse.Namespace) -> None:
 
     concurrency = args.concurrency or config.get("worker_concurrency")
     has_docker = config.get("worker_runtime") != "process" and docker_client() is not None
-    queues = [protocol.QUEUE_CPU] + ([protocol.QUEUE_CONTAINER, protocol.QUEUE_BUILD] if has_docker else [])
+    # The dispatcher places each task on a worker and sends it to that worker's own queue (one queue
+    # per worker, never per user); image builds stay on the shared build queue of Docker workers.
+    worker_id = config.get("worker_id") or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    os.environ["MINIMODAL_WORKER_ID"] = worker_id  # the worker context registers under the same id
+    os.environ["MINIMODAL_WORKER_CONCURRENCY"] = str(concurrency)  # its slots are Celery's threads
+    queues = [protocol.worker_queue(worker_id)] + ([protocol.QUEUE_BUILD] if has_docker else [])
     name = f"mm-worker-{os.getpid()}@%h"
     _celery(
         "worker",
@@ -58,6 +68,11 @@ def run_worker(args: argparse.Namespace) -> None:
         str(concurrency),
         "-Q",
         ",".join(queues),
+        # The dispatcher never sends a worker more tasks than its free slots, so the prefetch window
+        # never has to bind; at 1 x concurrency kombu stops polling when it fills and only re-arms on
+        # its next loop tick (up to ~1 s idle when all slots finish together). 2 x keeps it polling.
+        "--prefetch-multiplier",
+        "2",
         "-l",
         "INFO",
         "--without-gossip",
@@ -99,7 +114,7 @@ def main() -> None:
         handler=lambda a: sys.exit(__import__("mm_app.stack").stack.Stack().down())
     )
     args = parser.parse_args()
-    _logging()
+    _logging(args.command)
     args.handler(args)
 
 

@@ -6,5 +6,8 @@ worker process holds one warm pool shared by all its slots.
 
 from celery import Celery
 
+from .observability import connect_celery_logging
+
 app = Celery("minimodal", include=["mm_app.tasks.execute", "mm_app.tasks.build"])
 app.config_from_object("celeryconfig")
+connect_celery_logging()  # JSON lines with each task's call id when MINIMODAL_LOG_JSON is set

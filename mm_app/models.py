@@ -105,3 +105,38 @@ class InputRecord(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     duration: Mapped[float | None] = mapped_column(Float, nullable=True)  # seconds the user code ran
+
+
+class AttemptRecord(Base):
+    """One run of one input: its number (across retry sequences), when, where, and how it ended."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    call_id: Mapped[str] = mapped_column(String(32), index=True)
+    idx: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # completed | failed (the attempt, not the input)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DeadLetterRecord(Base):
+    """An input whose retries are exhausted. Redis has no dead-letter queue: it lives here."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    call_id: Mapped[str] = mapped_column(String(32), index=True)
+    idx: Mapped[int] = mapped_column(Integer)
+    function_id: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    output_entry: Mapped[str | None] = mapped_column(String(32), nullable=True)  # its failure in mm:out:{fc}
+    state: Mapped[str] = mapped_column(String(16), default="open")  # open | retried
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    retried_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

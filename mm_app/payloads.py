@@ -19,12 +19,24 @@ from minimodal.exception import InvalidError, NotFoundError, PayloadTooLargeErro
 
 CHUNK = 1024 * 1024
 
+# KEYS: outputs stream, done set. ARGV: input index, ttl, then field, value, field, value, ...
+_PUBLISH = """
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return false end
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return id
+"""
+
 
 class Payloads:
     def __init__(self, redis: Redis, *, ttl: int, stream_ttl: int = DEFAULT_STREAM_TTL) -> None:
         self.redis = redis
         self.ttl = ttl
         self.stream_ttl = stream_ttl
+        self._publish = redis.register_script(_PUBLISH)
 
     # ---- inputs ----
 
@@ -38,12 +50,23 @@ class Payloads:
 
     # ---- outputs ----
 
-    def put_output(self, call_id: str, envelope: dict[str, Any]) -> None:
-        key = protocol.outputs_key(call_id)
-        fields = {k: (v if isinstance(v, bytes) else str(v)) for k, v in envelope.items() if v is not None}
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(key, fields)
-        pipe.expire(key, self.ttl)
+    def put_output(self, call_id: str, envelope: dict[str, Any]) -> str | None:
+        """Publish an input's output once: a duplicate run's output is dropped. Returns the entry id."""
+        fields = [
+            part for k, v in envelope.items() if v is not None for part in (k, v if isinstance(v, bytes) else str(v))
+        ]
+        entry = self._publish(
+            keys=[protocol.outputs_key(call_id), protocol.done_key(call_id)],
+            args=[envelope[protocol.OUT_INDEX], self.ttl, *fields],
+        )
+        return entry.decode() if entry else None
+
+    def unpublish_output(self, call_id: str, idx: int, entry_id: str | None) -> None:
+        """Take a published output back (a dead-lettered input is retried): its next output counts."""
+        pipe = self.redis.pipeline(transaction=True)
+        if entry_id:
+            pipe.xdel(protocol.outputs_key(call_id), entry_id)
+        pipe.srem(protocol.done_key(call_id), idx)
         pipe.execute()
 
     def read_outputs(self, call_id: str, cursor: str, block_ms: int, count: int = 1000) -> tuple[list[dict], str]:

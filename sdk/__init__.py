@@ -5,6 +5,7 @@ from .app import App, LocalEntrypoint
 from .exception import Error
 from .functions import Function, FunctionCall
 from .image import Image
+from .retries import Retries
 from .runtime import current_function_call_id, current_input_id, enable_output, is_local
 
 __version__ = "0.1.0"
@@ -16,6 +17,7 @@ __all__ = [
     "FunctionCall",
     "Image",
     "LocalEntrypoint",
+    "Retries",
     "config",
     "current_function_call_id",
     "current_input_id",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import requests
@@ -11,6 +12,7 @@ from . import config
 from .exception import AuthError, ServiceError, from_response
 
 _local = threading.local()
+RECONNECT_SECONDS = 60  # how long a repeatable request keeps trying to reach the API
 
 
 class Client:
@@ -41,8 +43,37 @@ class Client:
         timeout: float = 60,
         stream: bool = False,
         raw: bool = False,
+        reconnect: bool = False,
     ) -> Any:
-        """Send one request; a JSON error body becomes the matching ``minimodal.exception`` error."""
+        """Send one request; a JSON error body becomes the matching ``minimodal.exception`` error.
+
+        With ``reconnect`` (for requests that are safe to repeat), a server that cannot be reached is
+        tried again for up to ``RECONNECT_SECONDS``: an API restart does not fail the caller.
+        """
+        delay, deadline = 0.1, time.monotonic() + RECONNECT_SECONDS
+        while True:
+            try:
+                return self._request_once(
+                    method, path, json=json, data=data, params=params, timeout=timeout, stream=stream, raw=raw
+                )
+            except ServiceError as exc:
+                if not (reconnect and exc.__cause__ is not None and time.monotonic() < deadline):
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _request_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any,
+        data: Any,
+        params: dict[str, Any] | None,
+        timeout: float,
+        stream: bool,
+        raw: bool,
+    ) -> Any:
         if not self.token and path != "/health":
             raise AuthError("no MiniModal token: run `minimodal up` (writes a profile) or set MINIMODAL_TOKEN")
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}

@@ -25,11 +25,13 @@ from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from ._client import Client
+from ._progress import Bar
 from ._serialization import serialize_function
 from .exception import ImageBuildError, InvalidError, NotFoundError, UnsupportedOptionError
 from .functions import Function, FunctionOptions
 from .image import Image
-from .protocol import ImageStatus, b64
+from .protocol import ImageStatus, b64, parse_gpu
+from .retries import Retries
 from .runtime import output_enabled
 
 P = ParamSpec("P")
@@ -53,6 +55,17 @@ def _refuse_unimplemented(where: str, options: dict[str, Any]) -> None:
             )
 
 
+def _gpu_option(gpu: Any) -> str | None:
+    """Check ``gpu=`` ("T4", "A100:2", "any"); the scheduler places the function on a worker with that GPU."""
+    if gpu is None:
+        return None
+    try:
+        parse_gpu(gpu)
+    except ValueError as exc:
+        raise InvalidError(str(exc)) from None
+    return str(gpu).strip()
+
+
 def _check_image(image: Any) -> None:
     if image is not None and not isinstance(image, Image):
         raise InvalidError(f"image={image!r}: give a minimodal.Image, e.g. Image.debian_slim().pip_install(...)")
@@ -67,14 +80,21 @@ def _ensure_image(client: Client, image: Image) -> str:
             client.request("PUT", f"/v1/files/{sha}", data=data, timeout=600)
     reply = client.request("POST", "/v1/images", json=image.spec())
     cursor = "0-0"
-    while True:
-        for line in reply.get("logs", []):
-            if output_enabled():
-                print(f"[build {reply['image_id'][:12]}] {line}", file=sys.stderr, flush=True)
-        if reply["status"] != ImageStatus.BUILDING:
-            break
-        reply = client.request("GET", f"/v1/images/{reply['image_id']}", params={"cursor": cursor, "timeout": 10})
-        cursor = reply["cursor"]
+    bar = Bar(f"building {reply['image_id'][:12]}") if reply["status"] == ImageStatus.BUILDING else None
+    try:
+        while True:
+            for line in reply.get("logs", []):
+                if output_enabled():
+                    print(f"[build {reply['image_id'][:12]}] {line}", file=sys.stderr, flush=True)
+                if bar is not None and line.startswith("=> "):
+                    bar.advance()  # one step per layer
+            if reply["status"] != ImageStatus.BUILDING:
+                break
+            reply = client.request("GET", f"/v1/images/{reply['image_id']}", params={"cursor": cursor, "timeout": 10})
+            cursor = reply["cursor"]
+    finally:
+        if bar is not None:
+            bar.close()
     if reply["status"] == ImageStatus.FAILED:
         raise ImageBuildError(f"image {reply['image_id']} failed to build: {reply.get('error')}")
     return reply["image_id"]
@@ -187,6 +207,7 @@ class App:
         ):
             if value is not None and (not isinstance(value, int) or value < least):
                 raise InvalidError(f"{option}={value!r}: give a whole number of at least {least}")
+        retry_policy = Retries.of(retries)
         options = FunctionOptions(
             cpu=cpu_request,
             memory=memory_request,
@@ -195,15 +216,15 @@ class App:
             min_containers=min_containers or None,
             max_containers=max_containers,
             buffer_containers=buffer_containers or None,
+            retries=retry_policy.to_json() if retry_policy and retry_policy.max_retries else None,
+            gpu=_gpu_option(gpu),
         )
         # Accepted for Modal compatibility, refused until implemented: never silently ignored.
         not_yet = {
             "schedule": schedule,
             "secrets": secrets,
             "env": env,
-            "gpu": gpu,
             "volumes": volumes,
-            "retries": retries,
             "ephemeral_disk": ephemeral_disk,
             "proxy": proxy,
             "cloud": cloud,

@@ -161,10 +161,57 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
+    if args.app_command == "list":
+        apps = Client.from_config().request("GET", "/v1/apps")["apps"]
+        print(f"{'app id':24} {'name':20} {'state':10} {'created':20} functions")
+        for app in apps:
+            print(
+                f"{app['app_id']:24} {app['name'] or '-':20} {app['state']:10} {app['created_at'][:19]:20} "
+                f"{', '.join(app['functions'])}"
+            )
+        return 0
     try:
         return _print_logs(f"/v1/apps/{args.app}/logs", args.follow)
     except KeyboardInterrupt:
         return 0
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    client = Client.from_config()
+    call = client.request("GET", f"/v1/calls/{args.call_id}")
+    attempts = client.request("GET", f"/v1/calls/{args.call_id}/attempts")["attempts"]
+    statuses = ", ".join(f"{status} {n}" for status, n in sorted(call["statuses"].items()))
+    print(f"{call['call_id']}  {call['function']}  {call['num_inputs']} input(s): {statuses}")
+    print(f"created {call['created_at']}")
+    for item in call["inputs"]:
+        took = f"{item['duration'] * 1000:.1f} ms" if item["duration"] is not None else "-"
+        print(
+            f"  [{item['index']}] {item['status']:12} attempts={item['attempts']} run={took} "
+            f"worker={item['worker'] or '-'} started={item['started_at'] or '-'} ended={item['finished_at'] or '-'}"
+        )
+        if item["error"]:
+            print(f"      error: {item['error'].splitlines()[0][:200]}")
+    for attempt in attempts:
+        line = f"  attempt {attempt['attempt']} of [{attempt['index']}]: {attempt['status']} on {attempt['worker']}"
+        print(line + (f": {attempt['error'][:120]}" if attempt["error"] else ""))
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    client = Client.from_config()
+    if args.dlq_command == "retry":
+        reply = client.request("POST", f"/dead-letter-queue/{args.id}/retry")
+        print(f"dead letter {reply['id']} queued again: {reply['call_id']}[{reply['index']}]")
+        return 0
+    reply = client.request("GET", "/dead-letter-queue", params={"page": args.page, "state": args.state})
+    for item in reply["items"]:
+        error = (item["error"] or "").splitlines()[0][:80] if item["error"] else ""
+        print(
+            f"{item['id']:>6}  {item['state']:8} {item['call_id']}[{item['index']}]  {item['function']}  "
+            f"attempts={item['attempts']}  {error}"
+        )
+    print(f"{reply['total']} dead letter(s); page {reply['page']}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,10 +235,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     app = commands.add_parser("app", help="apps")
     app_commands = app.add_subparsers(dest="app_command", required=True)
+    app_commands.add_parser("list", help="your apps, newest first")
     app_logs = app_commands.add_parser("logs", help="what an app's calls printed")
     app_logs.add_argument("app", help="app id (ap-...) or name (its newest run)")
     app_logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     app.set_defaults(handler=cmd_app)
+
+    call = commands.add_parser("call", help="function calls")
+    call_commands = call.add_subparsers(dest="call_command", required=True)
+    show = call_commands.add_parser("show", help="status, attempts, timings, worker and error of a call")
+    show.add_argument("call_id")
+    call.set_defaults(handler=cmd_call)
+
+    dlq = commands.add_parser("dlq", help="the dead-letter queue: inputs whose retries ran out")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_commands.add_parser("list")
+    dlq_list.add_argument("--page", type=int, default=1)
+    dlq_list.add_argument("--state", choices=["open", "retried", "all"], default="open")
+    dlq_retry = dlq_commands.add_parser("retry")
+    dlq_retry.add_argument("id", type=int)
+    dlq.set_defaults(handler=cmd_dlq)
 
     user = commands.add_parser("user", help="manage users (admin token)")
     user_commands = user.add_subparsers(dest="user_command", required=True)

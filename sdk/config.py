@@ -43,6 +43,13 @@ def _bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+def _machine_memory_mb() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    except (ValueError, OSError, AttributeError):  # not POSIX: say 4 GiB and let the operator set it
+        return 4096
+
+
 _SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in [
@@ -57,6 +64,10 @@ _SETTINGS: dict[str, Setting] = {
         Setting("inline_payload_size", defaults.DEFAULT_INLINE_PAYLOAD_SIZE, int),
         Setting("max_payload_size", defaults.DEFAULT_MAX_PAYLOAD_SIZE, int),
         Setting("result_ttl", defaults.DEFAULT_RESULT_TTL, int),
+        Setting("breaker_failures", 5, int, "platform failures within breaker_window that open a worker's breaker"),
+        Setting("breaker_window", 300.0, float, "seconds over which breaker_failures are counted"),
+        Setting("breaker_cooldown", 60.0, float, "seconds an open breaker waits before one probe task"),
+        Setting("runner_python", None, help="the Python that runs runner processes (default: the worker's)"),
         Setting("stream_ttl", defaults.DEFAULT_STREAM_TTL, int, "seconds generator items stay after a call"),
         Setting("default_quota", defaults.DEFAULT_QUOTA, int),
         Setting("default_weight", defaults.DEFAULT_WEIGHT, int),
@@ -69,6 +80,21 @@ _SETTINGS: dict[str, Setting] = {
         Setting("heartbeat_seconds", defaults.DEFAULT_HEARTBEAT_SECONDS, float),
         Setting("log_level", "INFO"),
         Setting("log_json", False, _bool, "JSON lines logs"),
+        # Scheduling and placement (issue 4): what a worker advertises, and the dispatcher's timings.
+        Setting("worker_id", None, help="this worker's id and queue suffix; unique per process; generated when unset"),
+        Setting("worker_cpu", float(os.cpu_count() or 1), float, "cores this worker offers (default: the machine's)"),
+        Setting("worker_memory", _machine_memory_mb(), int, "MiB this worker offers (default: the machine's)"),
+        Setting("worker_gpu", None, help="GPUs this worker offers, e.g. 'T4:2,A100'; unset: ask nvidia-smi"),
+        Setting("worker_min_slots", defaults.DEFAULT_WORKER_MIN_SLOTS, int, "floor of a worker's scaled concurrency"),
+        Setting(
+            "worker_scaledown_window",
+            float(defaults.DEFAULT_SCALEDOWN_WINDOW),
+            float,
+            "idle seconds before the autoscaler lowers a worker's concurrency",
+        ),
+        Setting("dispatcher_lease_seconds", defaults.DEFAULT_DISPATCHER_LEASE_SECONDS, float),
+        Setting("lost_task_seconds", defaults.DEFAULT_LOST_TASK_SECONDS, float),
+        Setting("rebuild_grace_seconds", defaults.DEFAULT_REBUILD_GRACE_SECONDS, float),
     ]
 }
 

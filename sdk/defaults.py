@@ -19,3 +19,14 @@ DEFAULT_TASK_TARGET_MS = 50  # the dispatcher packs fast inputs into tasks of ab
 DEFAULT_MAX_INPUTS_PER_TASK = 100  # ...but never more inputs than this in one Celery task
 DEFAULT_LONG_POLL_SECONDS = 25  # one output long-poll waits at most this long before answering empty
 DEFAULT_HEARTBEAT_SECONDS = 2  # workers and the dispatcher refresh their heartbeat this often
+# ---- Scheduling and placement (issue 4) ----
+DEFAULT_FUNCTION_CPU = 0.125  # cores a function holds when it does not say (Modal's default)
+DEFAULT_FUNCTION_MEMORY = 128  # MiB a function holds when it does not say (Modal's default)
+DEFAULT_TASK_OVERHEAD_US = 2000  # fair-share cost of one task beyond its inputs' run time (dispatch, runner hop)
+DEFAULT_DRR_QUANTUM_US = 2000  # budget a weight-1 user is granted per round: small, so a round is ~1 task each
+DEFAULT_WORKER_MIN_SLOTS = 0  # the autoscaler may scale a worker's concurrency down to this when idle
+DEFAULT_DISPATCHER_LEASE_SECONDS = 5.0  # a standby dispatcher takes over this long after the leader stops renewing
+DEFAULT_LOST_TASK_SECONDS = 30.0  # a dispatched task its live worker does not hold is re-queued after this
+DEFAULT_REBUILD_GRACE_SECONDS = 10.0  # inputs younger than this may still be on their way into Redis: not rebuilt
+DEFAULT_DISPATCH_LOG_LENGTH = 10000  # dispatch decisions kept in the capped dispatch log stream
+DEFAULT_SCALE_EVENTS_LENGTH = 1000  # autoscaler decisions kept in the capped scale events list

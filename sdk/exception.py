@@ -5,7 +5,8 @@ The tree::
     Error
     ├── InvalidError              bad arguments or options (HTTP 400)
     │   ├── PayloadTooLargeError  a payload over the configured maximum (HTTP 413)
-    │   └── UnsupportedOptionError an option accepted by the API but not implemented yet
+    │   ├── UnsupportedOptionError an option accepted by the API but not implemented yet
+    │   └── InsufficientResourcesError no worker can ever hold the call's cpu/memory/gpu (HTTP 400)
     ├── AuthError                 missing, wrong or revoked token (HTTP 401)
     ├── NotFoundError             unknown function, call or user, or another user's (HTTP 404)
     ├── ServiceError              the control plane or Redis cannot be reached or failed (HTTP 5xx)
@@ -36,6 +37,10 @@ class PayloadTooLargeError(InvalidError):
 
 class UnsupportedOptionError(InvalidError, NotImplementedError):
     """Raised when a decorator option is accepted for Modal compatibility but not implemented yet."""
+
+
+class InsufficientResourcesError(InvalidError):
+    """Raised at submit when no live worker could ever hold the function's cpu, memory, gpu or runtime."""
 
 
 class AuthError(Error):
@@ -96,6 +101,7 @@ BY_NAME: dict[str, type[Error]] = {
         InvalidError,
         PayloadTooLargeError,
         UnsupportedOptionError,
+        InsufficientResourcesError,
         AuthError,
         NotFoundError,
         ServiceError,

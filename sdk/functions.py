@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from . import config, protocol
 from ._aio import aio_iterator, aio_method
 from ._client import Client
+from ._progress import Bar
 from ._serialization import deserialize, rebuild_exception, serialize_args
 from ._stream import CallEvents, print_log
 from .defaults import DEFAULT_LONG_POLL_SECONDS
@@ -40,6 +41,8 @@ class FunctionOptions:
     min_containers: int | None = None
     max_containers: int | None = None
     buffer_containers: int | None = None
+    retries: dict[str, float] | None = None  # Retries.to_json()
+    gpu: str | None = None  # "T4", "A100:2" or "any": placed only on a worker with that GPU
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -137,6 +140,7 @@ class FunctionCall(Generic[R]):
             f"/v1/calls/{self.object_id}/outputs",
             params={"cursor": self._cursor, "timeout": f"{wait:.3f}"},
             timeout=wait + 30,
+            reconnect=True,
         )
         self._cursor = reply["cursor"]
         for envelope in reply["outputs"]:
@@ -262,11 +266,13 @@ class Function(Generic[P, R]):
     def _submit(self, payloads: list[bytes], wait: float = 0, logs: bool = False) -> FunctionCall[R]:
         client = Client.from_config()
         inputs = [_encode_input(client, payload) for payload in payloads]
+        # The call id is chosen here, so a submit retried after a lost answer is accepted once.
         reply = client.request(
             "POST",
             f"/v1/functions/{self._hydrated_id()}/calls",
-            json={"inputs": inputs, "more": False, "wait": wait, "logs": logs},
+            json={"inputs": inputs, "more": False, "wait": wait, "logs": logs, "call_id": protocol.new_id("fc")},
             timeout=wait + 60,
+            reconnect=True,
         )
         fc: FunctionCall[R] = FunctionCall(reply["call_id"], client)
         for event in reply.get("logs", []):
@@ -366,16 +372,19 @@ class _MapRun:
             self.started.set()
 
     def _send(self, batch: list[dict[str, str]], *, more: bool) -> None:
-        body = {"inputs": batch, "more": more}
+        body: dict[str, Any] = {"inputs": batch, "more": more}
         if self.call_id is None and not batch:
             self.total = 0  # an empty map: nothing to send
             return
         if self.call_id is None:
-            reply = self.client.request("POST", f"/v1/functions/{self.function._hydrated_id()}/calls", json=body)
+            body["call_id"] = protocol.new_id("fc")  # repeatable: see Function._submit
+            path = f"/v1/functions/{self.function._hydrated_id()}/calls"
+            reply = self.client.request("POST", path, json=body, reconnect=True)
             self.call_id = reply["call_id"]
             self.started.set()
         elif batch or not more:
-            self.client.request("POST", f"/v1/calls/{self.call_id}/inputs", json=body)
+            body["first"] = self.submitted  # repeatable: inputs already in are not added twice
+            self.client.request("POST", f"/v1/calls/{self.call_id}/inputs", json=body, reconnect=True)
         self.submitted += len(batch)
         if not more:
             self.total = self.submitted
@@ -396,6 +405,7 @@ class _MapRun:
             return  # no inputs at all
         kinds = ("outputs", "logs") if output_enabled() else ("outputs",)
         events = CallEvents(self.client, self.call_id, kinds)
+        bar = Bar(f"{self.function._tag}.map", self.total)
         pending: dict[int, Any] = {}
         seen: set[int] = set()  # at-least-once execution may deliver an index twice; the first wins
         next_index = 0
@@ -411,6 +421,7 @@ class _MapRun:
                     if index in seen:
                         continue
                     seen.add(index)
+                    bar.advance(total=self.total)
                     ok, value = _decode_output(self.client, event)
                     if not ok and not self.return_exceptions:
                         raise value
@@ -422,4 +433,5 @@ class _MapRun:
                         yield pending.pop(next_index)
                         next_index += 1
         finally:
+            bar.close()
             events.close()

@@ -9,6 +9,7 @@ This module imports only the standard library so the in-container runner may use
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
@@ -105,6 +106,16 @@ def outputs_key(call_id: str) -> str:
     return key("out", call_id)
 
 
+def requeue_key(call_id: str) -> str:
+    """Hash input index -> times the platform (not the user's code) failed it and it was queued again."""
+    return key("requeue", call_id)
+
+
+def done_key(call_id: str) -> str:
+    """Set of input indexes of a call whose output is published: a duplicate run never publishes twice."""
+    return key("done", call_id)
+
+
 def items_key(call_id: str) -> str:
     """Stream of generator items of one function call, each with its input and item index, then ``done``."""
     return key("items", call_id)
@@ -174,6 +185,92 @@ def dispatcher_heartbeat_key() -> str:
     return key("dispatcher", "heartbeat")
 
 
+# ---- Scheduling: weights, capacity, placement, the in-flight ledger, autoscaling ------------------
+
+
+def weight_key() -> str:
+    """Hash user id -> fair-share weight, written by the API next to the quota, read by the dispatcher."""
+    return key("weight")
+
+
+def pending_inputs_key() -> str:
+    """Hash user id -> inputs waiting in that user's pending queue (not yet dispatched)."""
+    return key("pending_inputs")
+
+
+def function_needs_key() -> str:
+    """Hash function id -> :class:`FunctionNeeds` JSON: what one task of it holds on a worker (at deploy)."""
+    return key("fnneed")
+
+
+def workers_key() -> str:
+    """Hash worker id -> :class:`WorkerCapacity` JSON: totals of every registered worker."""
+    return key("workers")
+
+
+def workers_seen_key() -> str:
+    """Sorted set worker id -> Redis time (s) of its last heartbeat: liveness without trusting clocks."""
+    return key("workers_seen")
+
+
+def worker_used_key() -> str:
+    """Hash ``{worker id}|{resource}`` -> amount reserved by dispatched, unfinished tasks.
+
+    Resources: ``slots``, ``cpu`` (millicores), ``memory`` (MiB), ``gpu:{LABEL}`` (devices).
+    """
+    return key("wused")
+
+
+def worker_target_key() -> str:
+    """Hash worker id -> the concurrency the autoscaler has scaled that worker to (slots it keeps warm)."""
+    return key("wtarget")
+
+
+def inflight_key() -> str:
+    """Hash task id -> :class:`InflightTask`: every dispatched, unfinished task and what it reserved."""
+    return key("inflight")
+
+
+def reclaimed_key(task_id: str) -> str:
+    """Marks a task the dispatcher reclaimed (re-queued), so that if it does end its finish frees nothing twice."""
+    return key("reclaimed", task_id)
+
+
+def dispatch_leader_key() -> str:
+    """String: the id of the dispatcher holding the lease (expires unless renewed)."""
+    return key("dispatch", "leader")
+
+
+def dispatch_state_key() -> str:
+    """Hash of the leader's fair-share state (deficits, ring position, reservations), for failover and stats."""
+    return key("dispatch", "state")
+
+
+def dispatch_stats_key() -> str:
+    """Hash of dispatcher counters: ``dispatched``, ``reclaimed``, ``rebuilt``, ``grown``, ``shrunk``."""
+    return key("dispatch", "stats")
+
+
+def dispatch_log_key() -> str:
+    """Capped stream of dispatch decisions: user, call, run, worker, running and quota after the take."""
+    return key("dispatch", "log")
+
+
+def rebuild_lock_key() -> str:
+    """String lock: one dispatcher at a time rebuilds pending queues from the database."""
+    return key("dispatch", "rebuild")
+
+
+def scale_events_key() -> str:
+    """Capped list (newest first) of autoscaler decisions as JSON (see :mod:`mm_app.scaler`)."""
+    return key("scale", "events")
+
+
+def worker_queue(worker_id: str) -> str:
+    """The Celery queue of one worker: the dispatcher routes each task to the worker it placed it on."""
+    return f"mm.w.{worker_id}"
+
+
 # ---- Pending entries --------------------------------------------------------------------------
 
 
@@ -198,6 +295,162 @@ class PendingEntry:
         text = raw.decode() if isinstance(raw, bytes) else raw
         call_id, function_id, start, end = text.split("|")
         return cls(call_id, function_id, int(start), int(end))
+
+
+# ---- Placement records --------------------------------------------------------------------------
+
+GPU_ANY = "ANY"  # a function's gpu="any": any model will do
+
+
+def parse_gpu(spec: str | None) -> tuple[str, int]:
+    """``"T4"`` -> ``("T4", 1)``, ``"a100-80gb:2"`` -> ``("A100-80GB", 2)``, ``"any"`` -> ``("ANY", 1)``.
+
+    Raises ValueError for anything else. ``None`` or ``""`` is ``("", 0)``: no GPU.
+    """
+    if not spec:
+        return "", 0
+    if not isinstance(spec, str):
+        raise ValueError(f"gpu={spec!r}: give a GPU type such as 'T4', 'A100:2' or 'any'")
+    label, _, count = spec.strip().partition(":")
+    label = label.strip().upper()
+    if not label or not all(c.isalnum() or c in "-_." for c in label):
+        raise ValueError(f"gpu={spec!r}: give a GPU type such as 'T4', 'A100:2' or 'any'")
+    try:
+        n = int(count) if count else 1
+    except ValueError:
+        raise ValueError(f"gpu={spec!r}: the count after ':' must be a whole number") from None
+    if n < 1:
+        raise ValueError(f"gpu={spec!r}: the count after ':' must be at least 1")
+    return label, n
+
+
+def parse_gpu_inventory(spec: str | None) -> dict[str, int]:
+    """A worker's GPUs, ``"T4:2,A100"`` -> ``{"T4": 2, "A100": 1}`` (``""`` or None: none)."""
+    inventory: dict[str, int] = {}
+    for part in (spec or "").split(","):
+        if part.strip():
+            label, n = parse_gpu(part)
+            if label == GPU_ANY:
+                raise ValueError(f"{spec!r}: a worker names its GPU models; 'any' is for functions")
+            inventory[label] = inventory.get(label, 0) + n
+    return inventory
+
+
+@dataclass(frozen=True)
+class FunctionNeeds:
+    """What one task of a function holds on the worker that runs it (one runner at a time)."""
+
+    cpu: int  # millicores
+    memory: int  # MiB
+    gpu: str = ""  # "" none, GPU_ANY, or a model label such as "T4"
+    gpu_count: int = 0
+    runtime: str = "process"  # "process", or "docker" for a function with a built image
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "cpu": self.cpu,
+                "memory": self.memory,
+                "gpu": self.gpu,
+                "gpu_count": self.gpu_count,
+                "runtime": self.runtime,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> FunctionNeeds:
+        d = json.loads(raw)
+        return cls(int(d["cpu"]), int(d["memory"]), d.get("gpu", ""), int(d.get("gpu_count", 0)), d["runtime"])
+
+    def describe(self) -> str:
+        gpu = f", gpu={self.gpu}:{self.gpu_count}" if self.gpu else ""
+        return f"cpu={self.cpu / 1000:g}, memory={self.memory} MiB{gpu}, runtime={self.runtime}"
+
+
+@dataclass(frozen=True)
+class WorkerCapacity:
+    """What a worker can hold, registered with every heartbeat (the free part is derived from reservations)."""
+
+    id: str
+    queue: str  # its own Celery queue, :func:`worker_queue`
+    slots: int  # tasks it runs at once (its Celery concurrency): the per-worker cap
+    cpu: int  # millicores
+    memory: int  # MiB
+    gpus: dict[str, int]  # model label -> devices
+    docker: bool  # has the Docker runtime (can run functions with a built image)
+    offered: int | None = None  # slots it takes work into now (its circuit breaker); None: all of them
+
+    @property
+    def open_slots(self) -> int:
+        return self.slots if self.offered is None else min(self.offered, self.slots)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "id": self.id,
+                "queue": self.queue,
+                "slots": self.slots,
+                "offered": self.open_slots,
+                "cpu": self.cpu,
+                "memory": self.memory,
+                "gpus": self.gpus,
+                "docker": self.docker,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> WorkerCapacity:
+        d = json.loads(raw)
+        return cls(
+            d["id"],
+            d["queue"],
+            int(d["slots"]),
+            int(d["cpu"]),
+            int(d["memory"]),
+            dict(d["gpus"]),
+            d["docker"],
+            d.get("offered"),
+        )
+
+
+@dataclass(frozen=True)
+class InflightTask:
+    """One dispatched, unfinished task in :func:`inflight_key`: what to release or re-queue."""
+
+    user_id: int
+    function_id: str
+    call_id: str
+    start: int
+    end: int
+    worker_id: str
+    cpu: int
+    memory: int
+    gpu: str  # the label reserved ("" none)
+    gpu_count: int
+    cost: int  # the fair-share cost charged, in estimated microseconds of run time
+    at: float  # Redis time of the dispatch
+    dispatcher: str
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> InflightTask:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        u, fn, call, start, end, worker, cpu, mem, gpu, gpus, cost, at, dispatcher = text.split("|")
+        return cls(
+            int(u),
+            fn,
+            call,
+            int(start),
+            int(end),
+            worker,
+            int(cpu),
+            int(mem),
+            gpu,
+            int(gpus),
+            int(cost),
+            float(at),
+            dispatcher,
+        )
 
 
 # ---- Payloads and outputs ---------------------------------------------------------------------

@@ -77,14 +77,30 @@ class RedisServer:
     client: Redis
 
 
-def start_redis(tmp: Path) -> RedisServer:
+def start_redis(
+    tmp: Path, *, port: int | None = None, fresh: bool = True, extra: list[str] | None = None
+) -> RedisServer:
+    """A redis-server on a free port (or ``port``); ``extra`` arguments override the defaults."""
     server = shutil.which("redis-server")
     if server is None:
         missing("redis-server is not installed (make test installs it)")
-    port = free_port()
+    port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+            *(extra or []),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -97,7 +113,8 @@ def start_redis(tmp: Path) -> RedisServer:
         return False
 
     wait_for(pings, 10, "redis-server to answer")
-    assert client.dbsize() == 0, "a fresh redis-server must start empty"
+    if fresh:
+        assert client.dbsize() == 0, "a fresh redis-server must start empty"
     return RedisServer(f"redis://127.0.0.1:{port}/0", port, process, client)
 
 

@@ -192,8 +192,6 @@ def test_every_accepted_call_ends_in_a_terminal_status(stack: Stack, user: str) 
 @pytest.mark.parametrize(
     ("option", "value"),
     [
-        ("gpu", "T4"),
-        ("retries", 3),
         ("schedule", object()),
         ("secrets", [object()]),
         ("volumes", {"/d": object()}),

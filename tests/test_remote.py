@@ -109,3 +109,29 @@ def test_only_the_runner_unpickles_arguments_never_the_control_plane(user: str, 
     with basic.app.run():
         runner_pid = basic.pid_with.remote(_Plant(str(marker)))
     assert marker.read_text().split() == [str(runner_pid)]
+
+
+def test_every_input_of_a_batched_map_is_recorded_completed(stack, user: str) -> None:  # type: ignore[no-untyped-def]
+    import requests
+
+    from tests.conftest import wait_for
+
+    with basic.app.run():
+        list(basic.square.map(range(5)))  # the function's speed is now known: the next map is batched
+        fc_results = list(basic.square.map(range(300)))
+        assert fc_results == [x * x for x in range(300)]
+        reply = requests.get(f"{stack.url}/v1/apps", headers={"Authorization": f"Bearer {user}"}, timeout=10)
+        assert reply.ok
+
+    def statuses() -> dict:  # type: ignore[type-arg]
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(stack.env["MINIMODAL_DATABASE_URL"])
+        with engine.connect() as connection:
+            rows = connection.execute(text(
+                "select i.status, count(*) from inputs i join calls c on c.id = i.call_id "
+                "where c.num_inputs = 300 group by i.status")).all()
+        engine.dispose()
+        return dict(rows)
+
+    assert wait_for(lambda: statuses() == {"completed": 300}, 15, "all 300 inputs recorded completed")

@@ -13,7 +13,7 @@ from flask import Flask
 from redis import Redis
 
 from ..database import Database
-from . import apps, calls, errors, health, images, streams, users
+from . import apps, calls, deadletters, errors, health, images, observe, streams, users
 from .services import Services
 
 
@@ -31,5 +31,7 @@ def create_app(
     app.register_blueprint(calls.bp)
     app.register_blueprint(users.bp)
     app.register_blueprint(images.bp)
+    app.register_blueprint(observe.bp)  # /ready, /stats, /metrics, /openapi.json, /dashboard
     app.register_blueprint(streams.bp)
+    app.register_blueprint(deadletters.bp)
     return app

@@ -15,6 +15,7 @@ from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import ImageStatus
 
 from ..models import AppRecord, FunctionRecord, ImageRecord, utcnow
+from ..registry import check_gpu_option, needs_of
 from .auth import authenticate, field, json_body
 from .services import services
 
@@ -28,10 +29,31 @@ _OPTIONS: dict[str, type | tuple[type, ...]] = {
     "timeout": int,
     "scaledown_window": int,
     "min_containers": int,
+    "retries": dict,
     "max_containers": int,
     "buffer_containers": int,
+    "gpu": str,  # "T4", "A100:2", "any": placement only (see mm_app/registry.py)
 }
 _MAY_BE_ZERO = {"min_containers", "buffer_containers"}
+
+
+_RETRY_LIMITS = {
+    "max_retries": (0, 10),
+    "backoff_coefficient": (1.0, 10.0),
+    "initial_delay": (0.0, 60.0),
+    "max_delay": (1.0, 60.0),
+}
+
+
+def _parse_retries(tag: str, raw: dict[str, Any]) -> dict[str, float]:
+    """The retry policy (Retries.to_json()); every delay stays far below the broker's visibility timeout."""
+    if set(raw) != set(_RETRY_LIMITS):
+        raise InvalidError(f"function {tag!r}: retries needs exactly {sorted(_RETRY_LIMITS)}")
+    for name, (low, high) in _RETRY_LIMITS.items():
+        value = raw[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise InvalidError(f"function {tag!r}: retries.{name} must be a number from {low} to {high}")
+    return {name: raw[name] for name in _RETRY_LIMITS}
 
 
 def _parse_options(tag: str, raw: Any) -> dict[str, Any]:
@@ -43,7 +65,13 @@ def _parse_options(tag: str, raw: Any) -> dict[str, Any]:
     if unknown:
         raise InvalidError(f"function {tag!r}: unknown options {unknown}; known: {sorted(_OPTIONS)}")
     options = {name: field(raw, name, kind, required=False) for name, kind in _OPTIONS.items()}
+    if options.get("retries") is not None:
+        options["retries"] = _parse_retries(tag, options["retries"])
+    if options.get("gpu") is not None:
+        options["gpu"] = check_gpu_option(tag, options["gpu"])
     for name, value in options.items():
+        if name in ("retries", "gpu"):
+            continue
         if value is not None and (value < 0 or (value == 0 and name not in _MAY_BE_ZERO)):
             raise InvalidError(
                 f"function {tag!r}: option {name} must be " + ("0 or more" if name in _MAY_BE_ZERO else "positive")
@@ -105,6 +133,7 @@ def create_app_record():  # type: ignore[no-untyped-def]
             {r.id: r.queue for r in records},
             limits={r.id: r.options["max_containers"] for r in records if r.options.get("max_containers")},
             warm={r.id: r.options["min_containers"] for r in records if r.options.get("min_containers")},
+            needs={r.id: needs_of(r.options, r.queue) for r in records},  # what the scheduler places
         )
     return {"app_id": app_id, "functions": ids}, 201
 
@@ -133,6 +162,33 @@ def _own_app(session: Any, app_id: str) -> AppRecord:
     if record is None or record.user_id != g.user.id:
         raise NotFoundError(f"no app {app_id!r}")
     return record
+
+
+@bp.get("/apps")
+def list_apps():  # type: ignore[no-untyped-def]
+    """The user's apps, newest first, with their functions."""
+    with services().db.read() as session:
+        apps = session.scalars(
+            select(AppRecord).where(AppRecord.user_id == g.user.id).order_by(AppRecord.created_at.desc()).limit(200)
+        ).all()
+        tags: dict[str, list[str]] = {}
+        for app_id, tag in session.execute(
+            select(FunctionRecord.app_id, FunctionRecord.tag).where(FunctionRecord.app_id.in_([a.id for a in apps]))
+        ):
+            tags.setdefault(app_id, []).append(tag)
+        return {
+            "apps": [
+                {
+                    "app_id": a.id,
+                    "name": a.name,
+                    "state": a.state,
+                    "created_at": a.created_at.isoformat(),
+                    "stopped_at": a.stopped_at.isoformat() if a.stopped_at else None,
+                    "functions": sorted(tags.get(a.id, [])),
+                }
+                for a in apps
+            ]
+        }
 
 
 @bp.post("/apps/<app_id>/stop")

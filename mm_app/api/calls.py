@@ -14,7 +14,7 @@ from minimodal.defaults import DEFAULT_LONG_POLL_SECONDS
 from minimodal.exception import InvalidError, NotFoundError, OutputExpiredError, PayloadTooLargeError
 from minimodal.protocol import TERMINAL, CallStatus, PendingEntry
 
-from ..models import AppRecord, CallRecord, FunctionRecord, InputRecord, utcnow
+from ..models import AppRecord, AttemptRecord, CallRecord, FunctionRecord, InputRecord, utcnow
 from .auth import authenticate, field, json_body
 from .services import services
 from .streams import encode_entry
@@ -23,7 +23,9 @@ bp = Blueprint("calls", __name__, url_prefix="/v1")
 bp.before_request(authenticate)
 
 MAX_INPUTS_PER_REQUEST = 1000
+INPUTS_SHOWN = 100  # GET /v1/calls/{id} details this many inputs (statuses count them all)
 _CURSOR = re.compile(r"^\d+-\d+$")
+_CALL_ID = re.compile(r"^fc-[A-Za-z0-9]{16}$")
 
 
 def _parse_inputs(body: dict[str, Any]) -> list[bytes]:
@@ -130,7 +132,9 @@ def create_call(function_id: str):  # type: ignore[no-untyped-def]
     if not payloads and not more:
         raise InvalidError("a call needs at least one input")
     svc = services()
-    call_id = protocol.new_id("fc")
+    call_id = field(body, "call_id", str, required=False) or protocol.new_id("fc")
+    if not _CALL_ID.match(call_id):
+        raise InvalidError("call_id must look like 'fc-' and 16 letters or digits (or be left out)")
     with svc.db.write_core() as session:
         # Core statements: this is every call's path, and the ORM would load the function's code too.
         found = session.execute(
@@ -142,22 +146,29 @@ def create_call(function_id: str):  # type: ignore[no-untyped-def]
             raise NotFoundError(f"no function {function_id!r}")
         if found.state == "stopped":
             raise NotFoundError(f"the app of function {function_id!r} is stopped; run it again")
-        session.execute(
-            insert(CallRecord).values(
-                id=call_id,
-                function_id=function_id,
-                user_id=g.user.id,
-                num_inputs=len(payloads),
-                accepting=more,
-                created_at=utcnow(),
+        owner = session.execute(select(CallRecord.user_id).where(CallRecord.id == call_id)).scalar()
+        if owner is not None and owner != g.user.id:
+            raise InvalidError(f"the call id {call_id} is taken; leave call_id out to get a fresh one")
+        accepted_before = owner is not None  # the client retried a request whose answer it never got
+        if not accepted_before:
+            session.execute(
+                insert(CallRecord).values(
+                    id=call_id,
+                    function_id=function_id,
+                    user_id=g.user.id,
+                    num_inputs=len(payloads),
+                    accepting=more,
+                    created_at=utcnow(),
+                )
             )
-        )
-        _add_inputs(session, call_id, 0, len(payloads))
-    try:
-        _enqueue(call_id, function_id, 0, payloads)
-    except Exception:
-        _fail_unqueued(call_id, 0, len(payloads), "Redis refused the inputs at submission")
-        raise
+            _add_inputs(session, call_id, 0, len(payloads))
+    # A retry enqueues only if the first try stopped between the database and Redis (no payload stored).
+    if not accepted_before or not svc.redis.hexists(protocol.inputs_key(call_id), "0"):
+        try:
+            _enqueue(call_id, function_id, 0, payloads)
+        except Exception:
+            _fail_unqueued(call_id, 0, len(payloads), "Redis refused the inputs at submission")
+            raise
     reply: dict[str, Any] = {"call_id": call_id, "first": 0, "count": len(payloads)}
     if wait > 0:
         envelopes, cursor = svc.payloads.read_outputs(call_id, "0-0", int(wait * 1000))
@@ -183,8 +194,14 @@ def add_inputs(call_id: str):  # type: ignore[no-untyped-def]
     body = json_body()
     more = field(body, "more", bool, required=False, default=False)
     payloads = _parse_inputs(body)
+    expected = field(body, "first", int, required=False)
     with services().db.write() as session:
         call = _own_call(session, call_id)
+        if expected is not None and expected < call.num_inputs:
+            # A retried request whose answer was lost: these inputs are in already.
+            return {"call_id": call_id, "first": expected, "count": len(payloads)}
+        if expected is not None and expected > call.num_inputs:
+            raise InvalidError(f"first={expected}, but the call has {call.num_inputs} inputs: send them in order")
         if not call.accepting:
             raise InvalidError(f"function call {call_id} takes no more inputs")
         first = call.num_inputs
@@ -212,13 +229,56 @@ def get_call(call_id: str):  # type: ignore[no-untyped-def]
             ).all()
         )
         done = sum(n for status, n in counts.items() if CallStatus(status) in TERMINAL)
+        tag = session.scalar(select(FunctionRecord.tag).where(FunctionRecord.id == call.function_id))
+        inputs = session.scalars(
+            select(InputRecord).where(InputRecord.call_id == call_id).order_by(InputRecord.idx).limit(INPUTS_SHOWN)
+        ).all()
         return {
             "call_id": call.id,
             "function_id": call.function_id,
+            "function": tag,
+            "created_at": call.created_at.isoformat(),
             "num_inputs": call.num_inputs,
             "accepting": call.accepting,
             "statuses": counts,
             "done": not call.accepting and done == call.num_inputs,
+            "inputs": [
+                {
+                    "index": i.idx,
+                    "status": i.status,
+                    "attempts": i.attempts,
+                    "worker": i.worker,
+                    "started_at": i.started_at.isoformat() if i.started_at else None,
+                    "finished_at": i.finished_at.isoformat() if i.finished_at else None,
+                    "duration": i.duration,
+                    "error": i.error,
+                }
+                for i in inputs
+            ],
+        }
+
+
+@bp.get("/calls/<call_id>/attempts")
+def get_attempts(call_id: str):  # type: ignore[no-untyped-def]
+    """Every attempt at every input of the call: number, status, error, worker, start and end."""
+    with services().db.read() as session:
+        _own_call(session, call_id)
+        rows = session.scalars(
+            select(AttemptRecord).where(AttemptRecord.call_id == call_id).order_by(AttemptRecord.idx, AttemptRecord.id)
+        ).all()
+        return {
+            "attempts": [
+                {
+                    "index": r.idx,
+                    "attempt": r.attempt,
+                    "status": r.status,
+                    "error": r.error,
+                    "worker": r.worker,
+                    "started_at": r.started_at.isoformat(),
+                    "finished_at": r.finished_at.isoformat(),
+                }
+                for r in rows
+            ]
         }
 
 

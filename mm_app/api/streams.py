@@ -38,6 +38,7 @@ def _check_before_upgrade() -> None:
     if request.endpoint == "streams.stream_ws" and request.view_args:
         _own_call(request.view_args["call_id"])
 
+
 _CURSOR = re.compile(r"^\d+-\d+$")
 KINDS = ("items", "outputs", "logs")
 _KEYS = {"items": protocol.items_key, "outputs": protocol.outputs_key, "logs": protocol.logs_key}
@@ -65,8 +66,7 @@ def encode_entry(kind: str, entry_id: str, fields: dict[bytes, bytes]) -> dict[s
         name = raw_name.decode()
         if name == protocol.OUT_DATA:
             event[name] = protocol.b64(value)
-        elif name in (protocol.OUT_INDEX, protocol.ITEM_N, protocol.ITEM_COUNT, protocol.ITEM_DONE,
-                      protocol.OUT_ITEMS):
+        elif name in (protocol.OUT_INDEX, protocol.ITEM_N, protocol.ITEM_COUNT, protocol.ITEM_DONE, protocol.OUT_ITEMS):
             event[name] = int(value)
         else:
             event[name] = value.decode("utf-8", "replace")

@@ -57,7 +57,7 @@ def create():  # type: ignore[no-untyped-def]
         user = session.scalar(select(UserRecord).where(UserRecord.name == name))
         assert user is not None
         user_id = user.id
-    svc.pending.set_quota(user_id, quota)
+    svc.pending.set_quota(user_id, quota, weight=weight)
     return {"name": name, "quota": quota, "weight": weight, "token": token}, 201
 
 
@@ -77,5 +77,5 @@ def update(name: str):  # type: ignore[no-untyped-def]
             user.weight = weight
         result = user.to_json()
         user_id = user.id
-    svc.pending.set_quota(user_id, result["quota"])
+    svc.pending.set_quota(user_id, result["quota"], weight=result["weight"])  # the dispatcher's next pass uses them
     return result

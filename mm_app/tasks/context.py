@@ -16,20 +16,24 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from celery import signals
 from redis import Redis
 
 from minimodal import config, protocol
 from minimodal.defaults import DEFAULT_SCALEDOWN_WINDOW
 from minimodal.exception import InvalidError, ServiceError
+from minimodal.protocol import WorkerCapacity
 from workers.pool import WarmPool
 from workers.runtimes import docker_client
 from workers.runtimes.base import RunnerSpec, Runtime
 from workers.runtimes.process import ProcessRuntime
 
+from .. import recovery, registry, scaler
 from ..database import Database
 from ..models import FunctionRecord
 from ..payloads import Payloads
 from ..pending import PendingQueues
+from .breaker import CircuitBreaker
 from .recorder import Recorder
 
 logger = logging.getLogger("minimodal.worker")
@@ -51,7 +55,7 @@ def make_runtimes(setting: str) -> dict[str, Runtime]:
     """This worker's runtimes: always ``process``; ``docker`` too when an engine answers (unless told not to)."""
     if setting not in ("auto", "docker", "process"):
         raise InvalidError(f"MINIMODAL_WORKER_RUNTIME={setting!r}: give auto, docker or process")
-    runtimes: dict[str, Runtime] = {"process": ProcessRuntime()}
+    runtimes: dict[str, Runtime] = {"process": ProcessRuntime(python=config.get("runner_python"))}
     if setting == "process":
         return runtimes
     client = docker_client()
@@ -83,6 +87,12 @@ class WorkerContext:
     _functions: dict[str, FunctionSpec] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _warm: set[str] = field(default_factory=set)  # functions this worker keeps a floor of runners for
+    capacity: WorkerCapacity | None = None  # what it offers the scheduler (set by from_config)
+    draining: bool = False  # shutting down: takes no new placements
+    _runner_keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # runner key -> (function id, tag)
+    _events_seen: dict[str, int] = field(default_factory=dict)  # runtime -> pool events forwarded so far
+    _beat_now: threading.Event = field(default_factory=threading.Event)  # beat at once (offered slots changed)
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker.from_config)  # platform failures stop intake
 
     @classmethod
     def from_config(cls) -> WorkerContext:
@@ -92,17 +102,40 @@ class WorkerContext:
         redis = Redis.from_url(redis_url, health_check_interval=30)
         db = Database(config.database_url())
         db.create_all()
-        worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # `python -m mm_app worker` picks the id, so that its Celery queue is the one it consumes.
+        worker_id = config.get("worker_id") or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        pools = {name: WarmPool(rt) for name, rt in make_runtimes(config.get("worker_runtime")).items()}
+        beat_now = threading.Event()
+        concurrency = config.get("worker_concurrency")
+        gpu = config.get("worker_gpu")
+        try:
+            gpus = protocol.parse_gpu_inventory(registry.detect_gpus() if gpu is None else gpu)
+        except ValueError as exc:
+            raise InvalidError(f"MINIMODAL_WORKER_GPU={gpu!r}: {exc}") from None
+        capacity = WorkerCapacity(
+            id=worker_id,
+            queue=protocol.worker_queue(worker_id),
+            slots=concurrency,
+            cpu=max(1, round(config.get("worker_cpu") * 1000)),
+            memory=config.get("worker_memory"),
+            gpus=gpus,
+            docker="docker" in pools,
+        )
         return cls(
             worker_id=worker_id,
             db=db,
             redis=redis,
             payloads=Payloads(redis, ttl=config.get("result_ttl"), stream_ttl=config.get("stream_ttl")),
             pending=PendingQueues(redis),
-            pools={name: WarmPool(rt) for name, rt in make_runtimes(config.get("worker_runtime")).items()},
-            concurrency=config.get("worker_concurrency"),
+            pools=pools,
+            concurrency=concurrency,
             inline_limit=config.get("inline_payload_size"),
             recorder=Recorder(db, worker_id),
+            capacity=capacity,
+            # A breaker that opens or closes changes the slots this worker offers: tell the dispatcher
+            # at once, not at the next beat, or it keeps placing work on a worker that fails it.
+            breaker=CircuitBreaker.from_config(on_change=lambda _state: beat_now.set()),
+            _beat_now=beat_now,
         )
 
     def function(self, function_id: str) -> FunctionSpec | None:
@@ -129,8 +162,10 @@ class WorkerContext:
     def runner_spec(self, spec: FunctionSpec) -> RunnerSpec:
         """What a runtime needs to start runners of this function: per user, code version and image."""
         options = spec.options
+        key = f"{spec.user_id}:{spec.code_hash}:{spec.image_tag or 'process'}"
+        self._runner_keys[key] = (spec.id, spec.tag)  # to name the function in scale events
         return RunnerSpec(
-            key=f"{spec.user_id}:{spec.code_hash}:{spec.image_tag or 'process'}",
+            key=key,
             code=spec.code,
             timeout=float(options.get("timeout", 300)),
             scaledown_window=float(options.get("scaledown_window", DEFAULT_SCALEDOWN_WINDOW)),
@@ -174,23 +209,82 @@ class WorkerContext:
         interval = config.get("heartbeat_seconds")
         while not self._stop.is_set():
             try:
-                counts = [pool.counts() for pool in self.pools.values()]
-                info = {
-                    "worker_id": self.worker_id,
-                    "runtimes": sorted(self.pools),
-                    "slots": self.concurrency,
-                    "busy": sum(c["busy"] for c in counts),
-                    "idle": sum(c["idle"] for c in counts),
-                    "at": time.time(),
-                }
-                self.redis.set(protocol.worker_key(self.worker_id), json.dumps(info), ex=int(interval * 5) + 1)
+                self.beat_once(interval)
                 self.keep_warm()
             except Exception:  # noqa: BLE001 - a missed beat is logged, the next one retries
                 logger.warning("heartbeat to Redis failed", exc_info=True)
-            self._stop.wait(interval)
+            if self._beat_now.wait(interval):
+                self._beat_now.clear()
+
+    def beat_once(self, interval: float) -> None:
+        """Register this worker's capacity (unless draining), refresh its info, forward pool scale events."""
+        counts = [pool.counts() for pool in self.pools.values()]
+        runners: dict[str, int] = {}
+        for pool in self.pools.values():
+            for key, (function_id, _) in list(self._runner_keys.items()):
+                n = pool.runners(key)
+                if n:
+                    runners[function_id] = runners.get(function_id, 0) + n
+        assert self.capacity is not None
+        # The circuit breaker decides how many slots to offer: none while open, one probe half-open.
+        capacity = dataclasses.replace(self.capacity, offered=self.breaker.slots(self.concurrency))
+        info = {
+            "worker_id": self.worker_id,
+            "queue": capacity.queue,
+            "queues": [capacity.queue] + ([protocol.QUEUE_BUILD] if capacity.docker else []),
+            "runtimes": sorted(self.pools),
+            "slots": capacity.open_slots,
+            "breaker": self.breaker.state,
+            "cpu": capacity.cpu / 1000,
+            "memory": capacity.memory,
+            "gpus": capacity.gpus,
+            "busy": sum(c["busy"] for c in counts),
+            "idle": sum(c["idle"] for c in counts),
+            "active": active_tasks(),
+            "runners": runners,
+            "draining": self.draining,
+            "at": time.time(),
+        }
+        ttl = int(interval * 5) + 1
+        if self.draining:
+            self.redis.set(protocol.worker_key(self.worker_id), json.dumps(info), ex=ttl)
+        else:
+            registry.beat(self.redis, capacity, info, ttl)
+        self._forward_pool_events()
+
+    def _forward_pool_events(self) -> None:
+        """Each runner start or stop of the warm pools, as a ``runners`` scale event."""
+        for name, pool in self.pools.items():
+            seen = self._events_seen.get(name, 0)
+            fresh = pool.events[seen:]
+            self._events_seen[name] = seen + len(fresh)
+            for at, key, change in fresh:
+                function_id, tag = self._runner_keys.get(key, ("", ""))
+                event = {
+                    "at": at,
+                    "kind": "runners",
+                    "worker": self.worker_id,
+                    "runtime": name,
+                    "function": function_id,
+                    "tag": tag,
+                    "change": change,
+                    "runners": pool.runners(key),
+                }
+                scaler.record(self.redis, event)
+                logger.info("scale: %s a %s runner of %s on %s", change, name, tag or key[:16], self.worker_id)
+
+    def drain(self) -> None:
+        """Shutting down: take no new placements (running tasks finish; unstarted ones are re-queued at close)."""
+        self.draining = True
+        try:
+            registry.unregister(self.redis, self.worker_id)
+        except Exception:  # noqa: BLE001 - Redis may be gone; the dispatcher will find the worker dead
+            logger.warning("cannot unregister worker %s", self.worker_id, exc_info=True)
 
     def close(self) -> None:
         self._stop.set()
+        self._beat_now.set()
+        self.draining = True
         self.recorder.close()
         for pool in self.pools.values():
             pool.shutdown()
@@ -198,10 +292,53 @@ class WorkerContext:
             if client is not None:
                 client.close()
         try:
+            registry.unregister(self.redis, self.worker_id)
+            # Tasks placed here that never ran (sent while it shut down): back to the head of their queues.
+            for task_id, task in recovery.ledger(self.redis).items():
+                if task.worker_id == self.worker_id:
+                    todo = recovery.unfinished_runs(self.redis, task)
+                    self.pending.reclaim(task_id, task.user_id, todo, counter="reclaimed")
+            registry.forget(self.redis, self.worker_id)
             self.redis.delete(protocol.worker_key(self.worker_id))
         except Exception:  # noqa: BLE001 - Redis may already be gone at shutdown
-            pass
+            logger.warning("cannot hand back worker %s's tasks; the dispatcher will", self.worker_id, exc_info=True)
         self.db.dispose()
+
+
+# Celery task ids of mm.execute tasks running in this process, for the heartbeat: the dispatcher
+# re-queues a task its live worker never started (see mm_app.recovery).
+_active: set[str] = set()
+_active_lock = threading.Lock()
+
+
+def active_tasks() -> list[str]:
+    """Tasks this worker holds: running, or received and waiting for a thread (Celery's reserved requests)."""
+    from celery.worker import state as worker_state
+
+    with _active_lock:
+        held = set(_active)
+    held.update(request.id for request in list(worker_state.reserved_requests))
+    return sorted(held)
+
+
+@signals.task_prerun.connect
+def _task_started(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    if task_id and getattr(task, "name", None) == protocol.TASK_EXECUTE:
+        with _active_lock:
+            _active.add(task_id)
+
+
+@signals.task_postrun.connect
+def _task_ended(task_id: str | None = None, **_: Any) -> None:
+    if task_id:
+        with _active_lock:
+            _active.discard(task_id)
+
+
+@signals.worker_shutting_down.connect
+def _on_shutting_down(**_: Any) -> None:
+    if _context is not None:
+        _context.drain()
 
 
 _context: WorkerContext | None = None

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery import signals
 
 from minimodal import protocol
-from minimodal.protocol import CallStatus
+from minimodal.protocol import CallStatus, PendingEntry
+from minimodal.retries import Retries
 from workers.runtimes.base import Outcome, RunnerStartError
 
 from ..celery_app import app
 from .context import WorkerContext, close_context, get_context
+from .recorder import Ended
 
 logger = logging.getLogger("minimodal.worker")
 
@@ -50,87 +53,166 @@ def _envelope(ctx: WorkerContext, user_id: int, idx: int, outcome: Outcome) -> d
     return envelope
 
 
-def _terminal(idx: int, outcome: Outcome) -> tuple[int, str, str | None, float | None]:
-    status = CallStatus.COMPLETED if outcome.ok else CallStatus.FAILED
-    error = None if outcome.ok else (outcome.message or "failed")[:2000]
-    return idx, status.value, error, outcome.duration or None
+NOT_RETRYABLE = {"NotFoundError", "ServiceError"}  # the function or its input is gone: a retry cannot help
+MAX_REQUEUES = 5  # times an input the platform failed (not its code) is queued again before it fails
+
+
+@dataclass
+class _Task:
+    """One delivery of ``mm.execute``: which inputs, which attempt, and where the results go."""
+
+    ctx: WorkerContext
+    call_id: str
+    function_id: str
+    user_id: int
+    indexes: list[int]
+    attempt: int  # this attempt's number over the inputs' life
+    first: int  # the attempt this retry sequence began with (a dead letter retried starts a new one)
+    queue: str
+    ended: dict[int, Ended] = field(default_factory=dict)
+    run_times: list[float] = field(default_factory=list)
+
+    def settle(self, idx: int, outcome: Outcome, policy: dict[str, float] | None) -> None:
+        """Publish the input's output, or schedule its retry; record how the attempt ended."""
+        error = None if outcome.ok else (outcome.message or "failed")[:2000]
+        if outcome.ok:
+            self.run_times.append(outcome.duration)
+        retries_used = self.attempt - self.first
+        if (
+            not outcome.ok
+            and policy
+            and outcome.error_type not in NOT_RETRYABLE
+            and retries_used < policy["max_retries"]
+            and self._retry(idx, Retries.delay(policy, retries_used + 1))
+        ):
+            self.ended[idx] = Ended(idx, CallStatus.QUEUED.value, self.attempt, False, error, outcome.duration or None)
+            return
+        entry = self.ctx.payloads.put_output(self.call_id, _envelope(self.ctx, self.user_id, idx, outcome))
+        if outcome.ok:
+            status = CallStatus.COMPLETED
+        elif policy and policy["max_retries"] > 0:
+            status = CallStatus.DEAD_LETTER
+        else:
+            status = CallStatus.FAILED
+        self.ended[idx] = Ended(
+            idx, status.value, self.attempt, outcome.ok, error, outcome.duration or None, outcome.traceback, entry
+        )
+
+    def requeue(self, idx: int, outcome: Outcome) -> None:
+        """The platform failed this input (no runner, a worker fault): queue it again for another worker.
+
+        It counts as an attempt; after MAX_REQUEUES the input fails with the platform's error.
+        """
+        key = protocol.requeue_key(self.call_id)
+        times = self.ctx.redis.hincrby(key, str(idx), 1)
+        self.ctx.redis.expire(key, self.ctx.payloads.ttl)
+        if times > MAX_REQUEUES:
+            self.settle(idx, outcome, None)
+            return
+        self.ctx.pending.enqueue(self.user_id, PendingEntry(self.call_id, self.function_id, idx, idx + 1))
+        self.ended[idx] = Ended(idx, CallStatus.QUEUED.value, self.attempt, False, (outcome.message or "")[:2000])
+
+    def _retry(self, idx: int, delay: float) -> bool:
+        """Send the input again after ``delay`` s (Celery countdown), holding its user's and function's slot."""
+        self.ctx.pending.reserve(self.user_id, self.function_id)
+        try:
+            app.send_task(
+                protocol.TASK_EXECUTE,
+                args=[self.call_id, self.function_id, self.user_id, idx, idx + 1, self.attempt + 1, self.first],
+                queue=self.queue,
+                countdown=delay,
+            )
+        except Exception:  # noqa: BLE001 - the broker refused: the input ends with this attempt's error
+            logger.exception("cannot schedule the retry of %s[%d]", self.call_id, idx)
+            self.ctx.pending.finish(self.user_id, self.function_id)
+            return False
+        logger.info("retrying %s[%d] in %.2f s (attempt %d)", self.call_id, idx, delay, self.attempt + 1)
+        return True
 
 
 @app.task(name=protocol.TASK_EXECUTE, bind=True, acks_late=True, ignore_result=True)
-def execute(self: Any, call_id: str, function_id: str, user_id: int, start: int, end: int) -> None:
-    ctx = get_context()
-    indexes = list(range(start, end))
-    report = ctx.recorder.running(call_id, indexes)
-    results: dict[int, Outcome] = {}  # filled by _run as inputs end
-    try:
-        _run(ctx, call_id, function_id, user_id, indexes, results)
-    except Exception as exc:  # noqa: BLE001 - the platform failed: end the inputs visibly, never lose them
-        logger.exception("task for %s[%d:%d] failed", call_id, start, end)
-        failure = Outcome(ok=False, error_type="ServiceError", message=f"the worker failed: {exc!r}")
-        for idx in indexes:
-            if idx not in results:
-                results[idx] = failure
-                try:
-                    ctx.payloads.put_output(call_id, _envelope(ctx, user_id, idx, failure))
-                except Exception:  # noqa: BLE001 - Redis may be the failure; the database still records it
-                    logger.exception("cannot publish the failure of %s[%d]", call_id, idx)
-    finally:
-        ctx.recorder.finished(report, [_terminal(idx, outcome) for idx, outcome in results.items()])
-        run_times = [outcome.duration for outcome in results.values() if outcome.ok]
-        mean_us = int(sum(run_times) / len(run_times) * 1e6) if run_times else 0
-        ctx.pending.finish(user_id, function_id, mean_us)
-
-
-def _run(
-    ctx: WorkerContext, call_id: str, function_id: str, user_id: int, indexes: list[int], results: dict[int, Outcome]
+def execute(
+    self: Any, call_id: str, function_id: str, user_id: int, start: int, end: int, attempt: int = 1, first: int = 1
 ) -> None:
-    def publish(idx: int, outcome: Outcome) -> None:
-        ctx.payloads.put_output(call_id, _envelope(ctx, user_id, idx, outcome))
-        results[idx] = outcome
+    ctx = get_context()
+    queue = (self.request.delivery_info or {}).get("routing_key") or protocol.QUEUE_CPU
+    task = _Task(ctx, call_id, function_id, user_id, list(range(start, end)), attempt, first, queue)
+    report = ctx.recorder.running(call_id, function_id, user_id, task.indexes)
+    try:
+        _run(task)
+    except Exception as exc:  # noqa: BLE001 - the platform failed: try the inputs elsewhere, never lose them
+        logger.exception("task for %s[%d:%d] failed", call_id, start, end)
+        ctx.breaker.failure()
+        failure = Outcome(ok=False, error_type="ServiceError", message=f"the worker failed: {exc!r}")
+        for idx in task.indexes:
+            if idx not in task.ended:
+                try:
+                    task.requeue(idx, failure)
+                except Exception:  # noqa: BLE001 - Redis may be the failure; the database still records it
+                    logger.exception("cannot requeue %s[%d]", call_id, idx)
+                    task.ended[idx] = Ended(idx, CallStatus.FAILED.value, attempt, False, failure.message)
+    finally:
+        ctx.recorder.finished(report, list(task.ended.values()))
+        mean_us = int(sum(task.run_times) / len(task.run_times) * 1e6) if task.run_times else 0
+        ctx.pending.finish(user_id, function_id, mean_us, task_id=self.request.id)  # its ledger entry
+
+
+def _run(task: _Task) -> None:
+    ctx = task.ctx
 
     def fail_rest(outcome: Outcome) -> None:
-        for idx in indexes:
-            if idx not in results:
-                publish(idx, outcome)
+        for idx in task.indexes:
+            if idx not in task.ended:
+                task.settle(idx, outcome, None)
 
-    spec = ctx.function(function_id)
-    if spec is None or spec.user_id != user_id:
-        return fail_rest(
-            Outcome(ok=False, error_type="NotFoundError", message=f"function {function_id} does not exist")
-        )
+    spec = ctx.function(task.function_id)
+    if spec is None or spec.user_id != task.user_id:
+        message = f"function {task.function_id} does not exist"
+        return fail_rest(Outcome(ok=False, error_type="NotFoundError", message=message))
     pool = ctx.pool_for(spec)
     if pool is None:
         message = f"{spec.tag} needs a container, and this worker has no Docker engine"
         return fail_rest(Outcome(ok=False, error_type="ServiceError", message=message))
-    payloads = ctx.payloads.get_inputs(call_id, range(indexes[0], indexes[-1] + 1))
+    policy = spec.options.get("retries")
+    payloads = ctx.payloads.get_inputs(task.call_id, range(task.indexes[0], task.indexes[-1] + 1))
     runner_spec = ctx.runner_spec(spec)
     runner = None
     try:
-        for idx, payload in zip(indexes, payloads, strict=True):
+        for idx, payload in zip(task.indexes, payloads, strict=True):
             if payload is None:
-                message = f"the input {idx} of {call_id} is missing from Redis (expired or flushed)"
-                publish(idx, Outcome(ok=False, error_type="ServiceError", message=message))
+                message = f"the input {idx} of {task.call_id} is missing from Redis (expired or flushed)"
+                task.settle(idx, Outcome(ok=False, error_type="ServiceError", message=message), policy)
                 continue
             if runner is None:
                 try:
                     runner = pool.acquire(runner_spec)
                 except RunnerStartError as exc:
-                    return fail_rest(
-                        Outcome(ok=False, error_type="RemoteError", message=str(exc), traceback=exc.traceback)
-                    )
-            sinks = _Sinks(ctx, call_id, spec.app_id, spec.tag, user_id, idx)
-            outcome = runner.call(payload, call_id=call_id, idx=idx, on_log=sinks.log, on_item=sinks.item)
+                    outcome = Outcome(ok=False, error_type="RemoteError", message=str(exc), traceback=exc.traceback)
+                    if exc.infrastructure:
+                        ctx.breaker.failure()
+                    for rest in task.indexes:
+                        if rest in task.ended:
+                            continue
+                        if exc.infrastructure:
+                            task.requeue(rest, outcome)
+                        else:
+                            task.settle(rest, outcome, policy)
+                    return None
+            sinks = _Sinks(ctx, task.call_id, spec.app_id, spec.tag, task.user_id, idx)
+            outcome = runner.call(payload, call_id=task.call_id, idx=idx, on_log=sinks.log, on_item=sinks.item)
+            ctx.breaker.success()  # a runner ran the input: whatever the code did, the platform worked
             if sinks.items or outcome.items is not None:
                 sinks.done(outcome)
-            if outcome.runner_lost or idx == indexes[-1]:
+            if outcome.runner_lost or idx == task.indexes[-1]:
                 # Back to the pool before the output is published: the caller's next call may come at
                 # once, to another slot of this worker, and should find this runner warm.
                 pool.release(runner)
                 runner = None
-            publish(idx, outcome)
+            task.settle(idx, outcome, policy)
     finally:
         if runner is not None:
             pool.release(runner)
+    return None
 
 
 class _Sinks:

@@ -1,7 +1,8 @@
 """The worker's database writer: input status changes, batched, off the calls' threads.
 
-A task reports ``running`` when it takes inputs and ``finished`` with their outcomes; outputs are
-already in Redis by then, so nothing waits for the database. One thread applies the reports in
+A task reports ``running`` when it takes inputs and ``finished`` with how each attempt ended (one
+attempts row each, a dead-letter row for inputs out of retries); outputs are already in Redis by
+then, so nothing waits for the database. One thread applies the reports in
 order, several per transaction. A ``running`` report is held back ``running_delay`` seconds: when the
 inputs finish first (most calls), only the terminal write happens, carrying the start time and the
 attempt. At-least-once: a worker killed with reports still queued leaves those inputs for the crash
@@ -18,12 +19,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, insert, or_, select, update
 
 from minimodal.protocol import CallStatus
 
 from ..database import Database
-from ..models import InputRecord, utcnow
+from ..models import AttemptRecord, DeadLetterRecord, InputRecord, utcnow
 
 logger = logging.getLogger("minimodal.worker.recorder")
 
@@ -34,17 +35,32 @@ _inputs = InputRecord.__table__
 @dataclass
 class _Running:
     call_id: str
+    function_id: str
+    user_id: int
     indexes: list[int]
     started_at: datetime
     due: float
     finished: bool = False
 
 
+@dataclass(frozen=True)
+class Ended:
+    """How one attempt at one input ended, and where that leaves the input."""
+
+    idx: int
+    status: str  # the input's status now: completed | failed | dead_letter, or queued when it will be retried
+    attempt: int  # this attempt's number, counted over the input's life
+    attempt_ok: bool
+    error: str | None = None
+    duration: float | None = None
+    traceback: str | None = None
+    output_entry: str | None = None  # the published output's stream id (dead letters: to take it back)
+
+
 @dataclass
 class _Finished:
-    call_id: str
-    rows: list[dict[str, Any]]  # idx, status, error, duration
-    start: _Running | None = field(default=None)
+    start: _Running
+    ended: list[Ended] = field(default_factory=list)
 
 
 class Recorder:
@@ -56,16 +72,14 @@ class Recorder:
         self._thread = threading.Thread(target=self._loop, name="mm-recorder", daemon=True)
         self._thread.start()
 
-    def running(self, call_id: str, indexes: list[int]) -> _Running:
-        report = _Running(call_id, indexes, utcnow(), time.monotonic() + self.running_delay)
+    def running(self, call_id: str, function_id: str, user_id: int, indexes: list[int]) -> _Running:
+        report = _Running(call_id, function_id, user_id, indexes, utcnow(), time.monotonic() + self.running_delay)
         self._queue.put(report)
         return report
 
-    def finished(self, start: _Running, outcomes: list[tuple[int, str, str | None, float | None]]) -> None:
-        """``outcomes``: (index, terminal status, error message or None, run seconds or None)."""
+    def finished(self, start: _Running, ended: list[Ended]) -> None:
         start.finished = True
-        rows = [{"i": idx, "s": status, "e": error, "d": duration} for idx, status, error, duration in outcomes]
-        self._queue.put(_Finished(start.call_id, rows, start))
+        self._queue.put(_Finished(start, ended))
 
     def close(self, timeout: float = 30) -> None:
         """Apply everything reported so far, then stop."""
@@ -120,21 +134,80 @@ class Recorder:
                     )
                 )
             for report in finished:
-                started = report.start.started_at if report.start else now
-                # Inputs whose running mark was never written get their start and attempt here.
-                session.execute(
-                    _inputs.update()
-                    .where(
-                        _inputs.c.call_id == report.call_id,
-                        _inputs.c.idx == bindparam("i"),
-                        _inputs.c.status.in_(_UNSTARTED),
-                    )
-                    .values(started_at=started, worker=self.worker_id, attempts=_inputs.c.attempts + 1),
-                    report.rows,
-                )
-                session.execute(
-                    _inputs.update()
-                    .where(_inputs.c.call_id == report.call_id, _inputs.c.idx == bindparam("i"))
-                    .values(status=bindparam("s"), error=bindparam("e"), duration=bindparam("d"), finished_at=now),
-                    report.rows,
-                )
+                self._write_finished(session, report, now)
+
+    def _write_finished(self, session: Any, report: _Finished, now: datetime) -> None:
+        start, ended = report.start, report.ended
+        if not ended:
+            return
+        rows = [
+            {
+                "i": e.idx,
+                "s": e.status,
+                "e": e.error,
+                "d": e.duration,
+                "f": None if e.status == CallStatus.QUEUED.value else now,
+            }
+            for e in ended
+        ]
+        # Inputs whose running mark was never written get their start and attempt here.
+        session.execute(
+            _inputs.update()
+            .where(
+                _inputs.c.call_id == start.call_id,
+                _inputs.c.idx == bindparam("i"),
+                or_(*(_inputs.c.status == s for s in _UNSTARTED)),
+            )
+            .values(started_at=start.started_at, worker=self.worker_id, attempts=_inputs.c.attempts + 1),
+            rows,
+        )
+        session.execute(
+            _inputs.update()
+            .where(_inputs.c.call_id == start.call_id, _inputs.c.idx == bindparam("i"))
+            .values(status=bindparam("s"), error=bindparam("e"), duration=bindparam("d"), finished_at=bindparam("f")),
+            rows,
+        )
+        # An attempt's number is the input's attempt counter, so numbering goes on across retry sequences.
+        attempts_so_far = (
+            select(_inputs.c.attempts)
+            .where(_inputs.c.call_id == start.call_id, _inputs.c.idx == bindparam("i"))
+            .scalar_subquery()
+        )
+        session.execute(
+            insert(AttemptRecord).values(attempt=attempts_so_far),
+            [
+                {
+                    "i": e.idx,
+                    "call_id": start.call_id,
+                    "idx": e.idx,
+                    "worker": self.worker_id,
+                    "status": CallStatus.COMPLETED.value if e.attempt_ok else CallStatus.FAILED.value,
+                    "error": e.error,
+                    "started_at": start.started_at,
+                    "finished_at": now,
+                }
+                for e in ended
+            ],
+        )
+        dead = [e for e in ended if e.status == CallStatus.DEAD_LETTER.value]
+        if dead:
+            session.execute(
+                insert(DeadLetterRecord),
+                [
+                    {
+                        "call_id": start.call_id,
+                        "idx": e.idx,
+                        "function_id": start.function_id,
+                        "user_id": start.user_id,
+                        "attempts": session.execute(
+                            select(_inputs.c.attempts).where(_inputs.c.call_id == start.call_id, _inputs.c.idx == e.idx)
+                        ).scalar(),
+                        "error": e.error,
+                        "traceback": e.traceback,
+                        "output_entry": e.output_entry,
+                        "state": "open",
+                        "created_at": now,
+                    }
+                    for e in dead
+                ],
+            )

@@ -90,11 +90,17 @@ class Runner(abc.ABC):
 
 
 class RunnerStartError(Exception):
-    """Raised when a runner cannot start or its function cannot be loaded."""
+    """Raised when a runner cannot start or its function cannot be loaded.
 
-    def __init__(self, message: str, traceback: str | None = None) -> None:
+    ``infrastructure`` is True when the platform failed (no process or container could be started):
+    the worker's circuit breaker counts those, and the inputs are tried elsewhere. False when the
+    user's function failed to load in a runner that did start: that is the call's own error.
+    """
+
+    def __init__(self, message: str, traceback: str | None = None, *, infrastructure: bool = True) -> None:
         super().__init__(message)
         self.traceback = traceback
+        self.infrastructure = infrastructure
 
 
 class Runtime(abc.ABC):

@@ -219,12 +219,14 @@ class DockerRunner(Runner):
             raise RunnerStartError(
                 f"the function could not be loaded in the runner: {header.get('repr', 'unknown error')}",
                 header.get("traceback"),
+                infrastructure=False,
             )
         python = f"{sys.version_info[0]}.{sys.version_info[1]}"
         if header.get("python", python) != python:
             raise RunnerStartError(
                 f"the image {image} has Python {header['python']} but this worker runs Python {python}; "
-                "cloudpickled functions only load in the same major.minor version"
+                "cloudpickled functions only load in the same major.minor version",
+                infrastructure=False,
             )
 
     # --- streams ------------------------------------------------------------------------------------

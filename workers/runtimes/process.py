@@ -103,14 +103,17 @@ class ProcessRunner(Runner):
     def __init__(self, spec: RunnerSpec, python: str, startup_timeout: float) -> None:
         self.spec = spec
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            [python, "-m", "minimodal._runner"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            start_new_session=True,  # a signal to the worker's group does not reach user code
-        )
+        try:
+            self.process = subprocess.Popen(
+                [python, "-m", "minimodal._runner"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,  # a signal to the worker's group does not reach user code
+            )
+        except OSError as exc:
+            raise RunnerStartError(f"cannot start the runner process {python}: {exc}") from exc
         assert self.process.stdin and self.process.stdout and self.process.stderr
         self._stdin = self.process.stdin
         self._on_log: LogSink | None = None  # the current input's log sink, for what arrives on stderr
@@ -125,7 +128,11 @@ class ProcessRunner(Runner):
             self.stop()
             header = frame[1] if frame else {}
             why = header.get("repr") or f"the runner {_describe_exit(self.process.poll())}"
-            raise RunnerStartError(f"the function could not be loaded in the runner: {why}", header.get("traceback"))
+            raise RunnerStartError(
+                f"the function could not be loaded in the runner: {why}",
+                header.get("traceback"),
+                infrastructure=not header,  # a load error the runner reported is the user's
+            )
 
     def _stderr_text(self, text: str) -> None:
         """Stderr of the current input goes to its logs; between inputs, to the worker's own stderr."""

@@ -1,0 +1,95 @@
+"""The dead-letter queue: inputs whose retries ran out, kept in the database (Redis has no DLQ).
+
+``GET /dead-letter-queue?page=&per_page=`` lists the user's own (an admin sees all);
+``POST /dead-letter-queue/{id}/retry`` takes the failure back and queues the input again as a new
+attempt sequence; when it then succeeds, the call completes and ``get()`` returns the value.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, g, request
+from sqlalchemy import func, select, update
+
+from minimodal import protocol
+from minimodal.exception import InvalidError, NotFoundError
+from minimodal.protocol import CallStatus, PendingEntry
+
+from ..models import DeadLetterRecord, FunctionRecord, InputRecord, utcnow
+from .auth import authenticate
+from .services import services
+
+bp = Blueprint("deadletters", __name__)
+bp.before_request(authenticate)
+
+MAX_PER_PAGE = 200
+
+
+def _page_args() -> tuple[int, int]:
+    try:
+        page, per_page = int(request.args.get("page", 1)), int(request.args.get("per_page", 50))
+    except ValueError as exc:
+        raise InvalidError("page and per_page must be whole numbers") from exc
+    if page < 1 or not 1 <= per_page <= MAX_PER_PAGE:
+        raise InvalidError(f"page starts at 1; per_page is 1 to {MAX_PER_PAGE}")
+    return page, per_page
+
+
+@bp.get("/dead-letter-queue")
+def list_dead_letters():  # type: ignore[no-untyped-def]
+    page, per_page = _page_args()
+    state = request.args.get("state", "open")
+    if state not in ("open", "retried", "all"):
+        raise InvalidError("state is open, retried or all")
+    query = select(DeadLetterRecord, FunctionRecord.tag).join(
+        FunctionRecord, FunctionRecord.id == DeadLetterRecord.function_id
+    )
+    if not g.user.is_admin:
+        query = query.where(DeadLetterRecord.user_id == g.user.id)
+    if state != "all":
+        query = query.where(DeadLetterRecord.state == state)
+    with services().db.read() as session:
+        total = session.scalar(select(func.count()).select_from(query.subquery()))
+        rows = session.execute(
+            query.order_by(DeadLetterRecord.id.desc()).offset((page - 1) * per_page).limit(per_page)
+        ).all()
+        items = [
+            {
+                "id": record.id,
+                "call_id": record.call_id,
+                "index": record.idx,
+                "function_id": record.function_id,
+                "function": tag,
+                "attempts": record.attempts,
+                "error": record.error,
+                "traceback": record.traceback,
+                "state": record.state,
+                "created_at": record.created_at.isoformat(),
+                "retried_at": record.retried_at.isoformat() if record.retried_at else None,
+            }
+            for record, tag in rows
+        ]
+    return {"items": items, "page": page, "per_page": per_page, "total": total}
+
+
+@bp.post("/dead-letter-queue/<int:dead_letter_id>/retry")
+def retry_dead_letter(dead_letter_id: int):  # type: ignore[no-untyped-def]
+    svc = services()
+    with svc.db.write() as session:
+        record = session.get(DeadLetterRecord, dead_letter_id)
+        if record is None or (record.user_id != g.user.id and not g.user.is_admin):
+            raise NotFoundError(f"no dead letter {dead_letter_id}")
+        if record.state != "open":
+            raise InvalidError(f"dead letter {dead_letter_id} was retried already")
+        if not svc.redis.hexists(protocol.inputs_key(record.call_id), str(record.idx)):
+            raise InvalidError(f"the input of dead letter {dead_letter_id} has expired; call the function again")
+        record.state, record.retried_at = "retried", utcnow()
+        session.execute(
+            update(InputRecord)
+            .where(InputRecord.call_id == record.call_id, InputRecord.idx == record.idx)
+            .values(status=CallStatus.QUEUED.value, error=None, finished_at=None)
+        )
+        call_id, idx, function_id, user_id = record.call_id, record.idx, record.function_id, record.user_id
+        output_entry = record.output_entry
+    svc.payloads.unpublish_output(call_id, idx, output_entry)
+    svc.pending.enqueue(user_id, PendingEntry(call_id, function_id, idx, idx + 1))
+    return {"id": dead_letter_id, "call_id": call_id, "index": idx, "state": "retried"}
