@@ -105,6 +105,7 @@ class InputRecord(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     duration: Mapped[float | None] = mapped_column(Float, nullable=True)  # seconds the user code ran
+    startup: Mapped[float | None] = mapped_column(Float, nullable=True)  # seconds it waited for a runner to start
 
 
 class AttemptRecord(Base):

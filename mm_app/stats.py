@@ -369,7 +369,7 @@ def latency_histograms(db: Database) -> dict[str, tuple[list[int], float, int]]:
     the API keeps no state (any API process answers the same). The queued wait needs date arithmetic,
     done for SQLite and PostgreSQL; on other databases that histogram is left out.
     """
-    phases: dict[str, Any] = {"run": InputRecord.duration}
+    phases: dict[str, Any] = {"run": InputRecord.duration, "container_start": InputRecord.startup}
     dialect = db.engine.dialect.name
     if dialect == "sqlite":
         phases["queued"] = (func.julianday(InputRecord.started_at) - func.julianday(InputRecord.created_at)) * 86400.0

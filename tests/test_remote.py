@@ -135,3 +135,44 @@ def test_every_input_of_a_batched_map_is_recorded_completed(stack, user: str) ->
         return dict(rows)
 
     assert wait_for(lambda: statuses() == {"completed": 300}, 15, "all 300 inputs recorded completed")
+
+
+def test_a_cold_start_is_recorded_as_the_container_start_phase(stack, user: str) -> None:  # type: ignore[no-untyped-def]
+    import uuid
+
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+    from sqlalchemy import create_engine, text
+
+    from tests.conftest import wait_for
+
+    app = minimodal.App("cold")
+    namespace: dict = {}  # type: ignore[type-arg]
+    exec(f"def fresh():\n    return {uuid.uuid4().hex!r}", namespace)  # new code: no warm runner has it
+    fresh = app.function(serialized=True)(namespace["fresh"])
+    with app.run():
+        first, second = fresh.spawn(), None
+        first.get(timeout=60)
+        second = fresh.spawn()
+        second.get(timeout=60)
+
+    def startups() -> list:  # type: ignore[type-arg]
+        engine = create_engine(stack.env["MINIMODAL_DATABASE_URL"])
+        with engine.connect() as connection:
+            rows = connection.execute(text("select call_id, startup, status from inputs where call_id in (:a, :b)"),
+                                      {"a": first.object_id, "b": second.object_id}).all()
+        engine.dispose()
+        return rows
+
+    rows = wait_for(lambda: (r := startups()) and all(s == "completed" for _, _, s in r) and r, 15, "both recorded")
+    by_call = {call: startup for call, startup, _ in rows}
+    assert by_call[first.object_id] is not None and by_call[first.object_id] > 0  # it waited for a runner to start
+    assert by_call[second.object_id] is None  # the runner was warm
+    page = requests.get(f"{stack.url}/metrics", headers={"Authorization": f"Bearer {stack.admin_token}"}, timeout=10)
+    samples = {
+        (s.name, s.labels.get("phase")): s.value
+        for family in text_string_to_metric_families(page.text)
+        for s in family.samples
+    }
+    assert samples[("minimodal_call_latency_seconds_count", "container_start")] >= 1
+    assert samples[("minimodal_call_latency_seconds_sum", "container_start")] > 0

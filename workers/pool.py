@@ -104,7 +104,9 @@ class WarmPool:
             threading.Thread(target=self._start_idle, args=(spec,), name="mm-warm", daemon=True).start()
 
     def _start(self, spec: RunnerSpec) -> Runner:
+        began = time.monotonic()
         runner = self.runtime.start(spec)
+        runner.started_in = time.monotonic() - began
         with self._lock:
             self.started += 1
             self.events.append((time.time(), spec.key, "start"))

@@ -5,8 +5,8 @@ the token with ``authorization: {type: Bearer, credentials_file: ...}`` in its s
 
 Everything is read at scrape time from the database and Redis (no counters live in the API), so any
 API process answers the same and a restart loses nothing. Latency by phase, from the ``inputs``
-table: ``queued`` (``started_at - created_at``) and ``run`` (``duration``). The container start phase
-is not recorded anywhere yet (the worker would have to time runner starts), so it is not exported.
+table: ``queued`` (``started_at - created_at``), ``container_start`` (``startup``: how long an input
+waited for its runner, process or container, to start; cold starts only) and ``run`` (``duration``).
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def families(numbers: dict[str, Any], histograms: dict[str, tuple[list[int], flo
         out.append(family)
     latency = HistogramMetricFamily(
         "minimodal_call_latency_seconds",
-        "Latency of finished inputs by phase: queued (accepted to started) and run (the function's own time).",
+        "Latency of finished inputs by phase: queued (accepted to started), container_start (waiting for a "
+        "runner to start, cold starts only) and run (the function's own time).",
         labels=["phase"],
     )
     for phase, (counts, total, _count) in histograms.items():

@@ -72,7 +72,7 @@ class _Task:
     ended: dict[int, Ended] = field(default_factory=dict)
     run_times: list[float] = field(default_factory=list)
 
-    def settle(self, idx: int, outcome: Outcome, policy: dict[str, float] | None) -> None:
+    def settle(self, idx: int, outcome: Outcome, policy: dict[str, float] | None, startup: float | None = None) -> None:
         """Publish the input's output, or schedule its retry; record how the attempt ended."""
         error = None if outcome.ok else (outcome.message or "failed")[:2000]
         if outcome.ok:
@@ -85,7 +85,9 @@ class _Task:
             and retries_used < policy["max_retries"]
             and self._retry(idx, Retries.delay(policy, retries_used + 1))
         ):
-            self.ended[idx] = Ended(idx, CallStatus.QUEUED.value, self.attempt, False, error, outcome.duration or None)
+            self.ended[idx] = Ended(
+                idx, CallStatus.QUEUED.value, self.attempt, False, error, outcome.duration or None, startup=startup
+            )
             return
         entry = self.ctx.payloads.put_output(self.call_id, _envelope(self.ctx, self.user_id, idx, outcome))
         if outcome.ok:
@@ -95,7 +97,15 @@ class _Task:
         else:
             status = CallStatus.FAILED
         self.ended[idx] = Ended(
-            idx, status.value, self.attempt, outcome.ok, error, outcome.duration or None, outcome.traceback, entry
+            idx,
+            status.value,
+            self.attempt,
+            outcome.ok,
+            error,
+            outcome.duration or None,
+            outcome.traceback,
+            entry,
+            startup,
         )
 
     def requeue(self, idx: int, outcome: Outcome) -> None:
@@ -177,6 +187,7 @@ def _run(task: _Task) -> None:
     payloads = ctx.payloads.get_inputs(task.call_id, range(task.indexes[0], task.indexes[-1] + 1))
     runner_spec = ctx.runner_spec(spec)
     runner = None
+    startup: float | None = None
     try:
         for idx, payload in zip(task.indexes, payloads, strict=True):
             if payload is None:
@@ -186,6 +197,8 @@ def _run(task: _Task) -> None:
             if runner is None:
                 try:
                     runner = pool.acquire(runner_spec)
+                    # A cold start is paid by the input that waited for it: the "container start" phase.
+                    startup, runner.started_in = runner.started_in, None
                 except RunnerStartError as exc:
                     outcome = Outcome(ok=False, error_type="RemoteError", message=str(exc), traceback=exc.traceback)
                     if exc.infrastructure:
@@ -208,7 +221,8 @@ def _run(task: _Task) -> None:
                 # once, to another slot of this worker, and should find this runner warm.
                 pool.release(runner)
                 runner = None
-            task.settle(idx, outcome, policy)
+            task.settle(idx, outcome, policy, startup)
+            startup = None
     finally:
         if runner is not None:
             pool.release(runner)

@@ -55,6 +55,7 @@ class Ended:
     duration: float | None = None
     traceback: str | None = None
     output_entry: str | None = None  # the published output's stream id (dead letters: to take it back)
+    startup: float | None = None  # seconds it waited for its runner to start (a cold start), else None
 
 
 @dataclass
@@ -146,6 +147,7 @@ class Recorder:
                 "s": e.status,
                 "e": e.error,
                 "d": e.duration,
+                "u": e.startup,
                 "f": None if e.status == CallStatus.QUEUED.value else now,
             }
             for e in ended
@@ -164,7 +166,13 @@ class Recorder:
         session.execute(
             _inputs.update()
             .where(_inputs.c.call_id == start.call_id, _inputs.c.idx == bindparam("i"))
-            .values(status=bindparam("s"), error=bindparam("e"), duration=bindparam("d"), finished_at=bindparam("f")),
+            .values(
+                status=bindparam("s"),
+                error=bindparam("e"),
+                duration=bindparam("d"),
+                startup=bindparam("u"),
+                finished_at=bindparam("f"),
+            ),
             rows,
         )
         # An attempt's number is the input's attempt counter, so numbering goes on across retry sequences.

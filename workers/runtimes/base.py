@@ -73,6 +73,7 @@ def serve_frames(
 
 class Runner(abc.ABC):
     spec: RunnerSpec
+    started_in: float | None = None  # seconds its start took, until the first input takes it (then None)
 
     @abc.abstractmethod
     def call(
