@@ -174,7 +174,8 @@ class Stack:
             self.redis_client.close()
 
 
-def _bootstrap_admin(env: dict[str, str]) -> str:
+def bootstrap_admin(env: dict[str, str]) -> str:
+    """Create the admin user in the stack's database (as `minimodal up` does); return its token."""
     code = (
         "from minimodal import config; from mm_app.database import Database; from mm_app.api.users import create_user\n"
         "db = Database(config.database_url()); db.create_all()\n"
@@ -205,7 +206,7 @@ def start_stack(redis_server: RedisServer, home: Path, *, runtime: str, db: int)
         "PYTHONPATH": str(ROOT),
     }
     env.pop("MINIMODAL_TOKEN", None)
-    stack = Stack(home, env, f"http://127.0.0.1:{port}", redis_server, _bootstrap_admin(env))
+    stack = Stack(home, env, f"http://127.0.0.1:{port}", redis_server, bootstrap_admin(env))
     stack.redis_client = Redis.from_url(redis_url)
     try:
         stack.spawn("api", "api")

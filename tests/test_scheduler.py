@@ -42,7 +42,7 @@ from mm_app.fairshare import DeficitRoundRobin, jain_index
 from mm_app.models import AppRecord, CallRecord, FunctionRecord, InputRecord, UserRecord, utcnow
 from mm_app.pending import Policy
 from mm_app.scaler import Autoscaler, scaling_stats
-from tests.conftest import PYTHON, ROOT, RedisServer, Stack, free_port, stop_process, wait_for
+from tests.conftest import PYTHON, ROOT, RedisServer, Stack, bootstrap_admin, free_port, stop_process, wait_for
 from tests.functions import sched
 
 IN_PROCESS_DB = 12  # Redis databases of these tests: nobody else's
@@ -694,17 +694,6 @@ def inputs_of(stack: Stack, call_ids: list[str]) -> dict[str, InputRecord]:
         return {row.call_id: row for row in rows}
 
 
-def _bootstrap_admin(env: dict[str, str]) -> str:
-    code = (
-        "from minimodal import config; from mm_app.database import Database; from mm_app.api.users import create_user\n"
-        "db = Database(config.database_url()); db.create_all()\n"
-        "with db.write() as s: print(create_user(s, 'admin', quota=5, weight=1, is_admin=True))\n"
-    )
-    return subprocess.run(
-        [PYTHON, "-c", code], env=env, check=True, capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
-
-
 @pytest.fixture
 def make_stack(redis_server: RedisServer, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     """Start a stack of an API, ``dispatchers`` dispatchers and the named workers (each with its own env)."""
@@ -729,7 +718,7 @@ def make_stack(redis_server: RedisServer, tmp_path: Path) -> Iterator[Callable[.
             **(env or {}),
         }
         full_env.pop("MINIMODAL_TOKEN", None)
-        stack = Stack(home, full_env, f"http://127.0.0.1:{port}", redis_server, _bootstrap_admin(full_env))
+        stack = Stack(home, full_env, f"http://127.0.0.1:{port}", redis_server, bootstrap_admin(full_env))
         stack.redis_client = Redis.from_url(redis_url)
         stacks.append(stack)
         stack.spawn("api", "api")
