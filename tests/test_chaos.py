@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import RedisServer, Stack, start_stack, use_stack, wait_for
+from tests.conftest import RedisServer, Stack, start_redis, start_stack, stop_process, use_stack, wait_for
 from tests.functions import basic
 
 pytestmark = pytest.mark.chaos
@@ -150,3 +150,37 @@ def test_a_worker_whose_runtime_fails_trips_its_breaker_and_calls_flow_to_the_he
     )
     assert len(broken) == 1
     assert "circuit breaker closed -> open" in chaos_stack.log("broken")
+
+
+@pytest.fixture
+def persistent_stack(tmp_path: Path) -> Iterator[Stack]:
+    """A stack on its own Redis with an append-only file, as `minimodal up` starts it."""
+    server = start_redis(tmp_path / "redis", extra=["--appendonly", "yes", "--appendfsync", "always"])
+    stack = start_stack(server, tmp_path / "home", runtime="process", db=0)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        stop_process(stack.redis.process)
+
+
+@pytest.mark.timeout(300)
+def test_a_map_goes_on_through_a_redis_and_dispatcher_restart(
+    persistent_stack: Stack, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    use_stack(persistent_stack, request, monkeypatch)
+    with basic.app.run():
+        results = []
+        for i, value in enumerate(basic.sleep.map([0.02] * 200)):
+            results.append(value)
+            if i == 40:
+                old = persistent_stack.redis
+                stop_process(old.process)  # SIGTERM: Redis writes its append-only file and exits
+                persistent_stack.redis = start_redis(
+                    tmp_path / "redis",
+                    port=old.port,
+                    fresh=False,
+                    extra=["--appendonly", "yes", "--appendfsync", "always"],
+                )
+                _restart(persistent_stack, "dispatcher")
+        assert results == [0.02] * 200
