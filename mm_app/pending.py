@@ -30,7 +30,7 @@ from typing import Any
 from redis import Redis
 
 from minimodal import config, defaults, protocol
-from minimodal.protocol import FunctionNeeds, PendingEntry, WorkerCapacity
+from minimodal.protocol import FunctionNeeds, InflightTask, PendingEntry, WorkerCapacity
 
 from .registry import unschedulable
 
@@ -262,7 +262,7 @@ return {'TAKEN', id, best.queue, call_id, fn, tostring(first), tostring(cut), to
 """
 )
 
-# KEYS: running, wake, function running, function stats, inflight, worker used, reclaimed marker
+# KEYS: running, wake, function running, function stats, inflight, worker used
 # ARGV: user id, function id, mean run time of the task's inputs in us (0: none succeeded), EWMA weight, task id
 _FINISH = (
     _LUA_LIB
@@ -274,12 +274,7 @@ if rec then
   redis.call('HDEL', KEYS[5], ARGV[5])
   release(split(rec), KEYS[1], KEYS[3], KEYS[6])
   released = 1
-elseif redis.call('EXISTS', KEYS[7]) == 0 then
-  -- Not the dispatcher's (a retry sent by a worker): only the user's and function's slots were held.
-  decr(KEYS[1], ARGV[1], 1)
-  decr(KEYS[3], ARGV[2], 1)
-  released = 1
-end  -- else reclaimed already: released then
+end  -- else reclaimed already (released then), or lost with Redis's state (nothing left to release)
 local newest = tonumber(ARGV[3])
 if newest > 0 then
   local old = tonumber(redis.call('HGET', KEYS[4], 'avg_us') or '0')
@@ -294,7 +289,7 @@ return released
 )
 
 # KEYS: inflight, running, function running, worker used, pending list, pending users, pending inputs, wake,
-#   dispatch stats, reclaimed marker
+#   dispatch stats
 # ARGV: task id, user id, counter to bump ('' none), then "start|end" runs to put back, in order
 _RECLAIM = (
     _LUA_LIB
@@ -305,7 +300,6 @@ local f = split(rec)
 if f[1] ~= ARGV[2] then return redis.error_reply('task ' .. ARGV[1] .. ' is not of user ' .. ARGV[2]) end
 redis.call('HDEL', KEYS[1], ARGV[1])
 release(f, KEYS[2], KEYS[3], KEYS[4])
-redis.call('SET', KEYS[10], '1', 'EX', 93600)  -- 26 h: longer than the broker's visibility timeout
 local n = 0
 for i = #ARGV, 4, -1 do
   local s, e = string.match(ARGV[i], '(%d+)|(%d+)')
@@ -504,8 +498,8 @@ class PendingQueues:
     def finish(self, user_id: int, function_id: str, mean_run_us: int = 0, task_id: str | None = None) -> None:
         """A task ended: release what it reserved, record its speed, wake the dispatcher.
 
-        ``task_id`` is the Celery task id the dispatcher gave it (its ledger key); without one (a task
-        sent outside the dispatcher) only the user's and function's slots are freed.
+        ``task_id`` is the task's Celery id, its ledger key (the dispatcher's, or :meth:`hold`'s for a
+        retry); a task no longer in the ledger was reclaimed, and released then.
         """
         self._finish(
             keys=[
@@ -515,7 +509,6 @@ class PendingQueues:
                 protocol.function_stats_key(function_id),
                 protocol.inflight_key(),
                 protocol.worker_used_key(),
-                protocol.reclaimed_key(task_id or "-"),
             ],
             args=[user_id, function_id, mean_run_us, EWMA_WEIGHT, task_id or ""],
         )
@@ -537,7 +530,6 @@ class PendingQueues:
                     protocol.pending_inputs_key(),
                     protocol.wake_key(),
                     protocol.dispatch_stats_key(),
-                    protocol.reclaimed_key(task_id),
                 ],
                 args=[task_id, user_id, counter, *(f"{s}|{e}" for s, e in runs if e > s)],
             )
@@ -606,9 +598,20 @@ class PendingQueues:
         if self.redis.blpop([protocol.wake_key()], timeout=timeout):
             self.redis.delete(protocol.wake_key())
 
-    def reserve(self, user_id: int, function_id: str) -> None:
-        """Hold a user's and a function's slot for a task sent outside the dispatcher (a retry)."""
+    def hold(self, task_id: str, task: InflightTask) -> None:
+        """Put a task sent outside the dispatcher (a retry) in the ledger, reserving what it needs.
+
+        Then it is released by :meth:`finish` like any task, and reclaimed like any task if its worker dies
+        before running it (a retry waits out its backoff on the worker that scheduled it).
+        """
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hincrby(protocol.running_key(), str(user_id), 1)
-        pipe.hincrby(protocol.function_running_key(), function_id, 1)
+        pipe.hset(protocol.inflight_key(), task_id, task.encode())
+        pipe.hincrby(protocol.running_key(), str(task.user_id), 1)
+        pipe.hincrby(protocol.function_running_key(), task.function_id, 1)
+        used = protocol.worker_used_key()
+        pipe.hincrby(used, f"{task.worker_id}|slots", 1)
+        pipe.hincrby(used, f"{task.worker_id}|cpu", task.cpu)
+        pipe.hincrby(used, f"{task.worker_id}|memory", task.memory)
+        if task.gpu:
+            pipe.hincrby(used, f"{task.worker_id}|gpu:{task.gpu}", task.gpu_count)
         pipe.execute()

@@ -1,9 +1,10 @@
 """Putting scheduling state right: rebuild pending queues from the database, reclaim tasks that will not end.
 
-The database is the source of truth for what was accepted: an input row with status ``queued`` (and
-no attempt yet) is work to do. In Redis such an input is, at every instant, in one of four places:
-on its way in (the API wrote the row, not yet the entry: the ``rebuild_grace_seconds`` window), in
-its user's pending queue, in the in-flight ledger, or already in its call's output stream (the worker
+The database is the source of truth for what was accepted: an input row with status ``queued`` or
+``dispatched`` (new, or waiting to be tried again) is work to do. In Redis such an input is, at every
+instant, in one of four places: on its way in (the API wrote the row, not yet the entry: the
+``rebuild_grace_seconds`` window), in its user's pending queue, in the in-flight ledger (a retry waiting
+out its backoff too), or already in its call's output stream (the worker
 publishes the output before it removes the task from the ledger, and the recorder writes the
 terminal status a little later). Anything else was lost with Redis state, and :func:`rebuild` puts it
 back at the head of its user's queue. It reads the pending queues and the ledger in one transaction
@@ -105,7 +106,6 @@ def rebuild(db: Database, pending: PendingQueues, *, grace: float) -> int:
             .join(CallRecord, CallRecord.id == InputRecord.call_id)
             .where(
                 InputRecord.status.in_([CallStatus.QUEUED.value, CallStatus.DISPATCHED.value]),
-                InputRecord.attempts == 0,  # a started input is the worker's (and retries') to settle
                 InputRecord.created_at < cutoff,
             )
         ).all()

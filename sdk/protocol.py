@@ -231,11 +231,6 @@ def inflight_key() -> str:
     return key("inflight")
 
 
-def reclaimed_key(task_id: str) -> str:
-    """Marks a task the dispatcher reclaimed (re-queued), so that if it does end its finish frees nothing twice."""
-    return key("reclaimed", task_id)
-
-
 def dispatch_leader_key() -> str:
     """String: the id of the dispatcher holding the lease (expires unless renewed)."""
     return key("dispatch", "leader")
@@ -431,6 +426,11 @@ class InflightTask:
     cost: int  # the fair-share cost charged, in estimated microseconds of run time
     at: float  # Redis time of the dispatch
     dispatcher: str
+
+    def encode(self) -> str:
+        fields = (self.user_id, self.function_id, self.call_id, self.start, self.end, self.worker_id, self.cpu)
+        rest = (self.memory, self.gpu, self.gpu_count, self.cost, f"{self.at:.6f}", self.dispatcher)
+        return "|".join(str(f) for f in (*fields, *rest))
 
     @classmethod
     def decode(cls, raw: str | bytes) -> InflightTask:

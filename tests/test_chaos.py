@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.conftest import RedisServer, Stack, start_redis, start_stack, stop_process, use_stack, wait_for
-from tests.functions import basic
+from tests.functions import basic, faults
 
 pytestmark = pytest.mark.chaos
 
@@ -184,3 +184,31 @@ def test_a_map_goes_on_through_a_redis_and_dispatcher_restart(
                 )
                 _restart(persistent_stack, "dispatcher")
         assert results == [0.02] * 200
+
+
+@pytest.mark.timeout(300)
+def test_a_retry_waiting_out_its_backoff_on_a_worker_that_dies_runs_elsewhere(
+    chaos_stack: Stack, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    token = use_stack(chaos_stack, request, monkeypatch)
+    chaos_stack.spawn("worker2", "worker")
+    wait_for(lambda: len(chaos_stack.workers()) == 2, 60, "two workers")
+    with faults.app.run():
+        fc = faults.fails_first_then_waits.spawn(str(tmp_path / "count"))
+
+        def first_attempt() -> dict | None:
+            reply = requests.get(
+                f"{chaos_stack.url}/v1/calls/{fc.object_id}/attempts",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            ).json()
+            return reply["attempts"][0] if reply["attempts"] else None
+
+        attempt = wait_for(first_attempt, 30, "the first attempt to fail")
+        assert attempt["status"] == "failed"
+        # The retry waits 6 s on the worker that ran the first attempt: kill that worker now.
+        (name,) = [n for n, p in chaos_stack.processes.items() if f"-{p.pid}-" in attempt["worker"]]
+        os.killpg(chaos_stack.processes[name].pid, signal.SIGKILL)
+        chaos_stack.processes[name].wait()
+        assert fc.get(timeout=120) == "ok"
+    assert (tmp_path / "count").read_text() == "2"

@@ -305,20 +305,28 @@ class WorkerContext:
         self.db.dispose()
 
 
-# Celery task ids of mm.execute tasks running in this process, for the heartbeat: the dispatcher
-# re-queues a task its live worker never started (see mm_app.recovery).
+# Celery task ids of mm.execute tasks this process holds, for the heartbeat: the dispatcher re-queues a
+# task its live worker never started (see mm_app.recovery). A task is held from its receipt, which for a
+# retry is the start of its countdown (Celery keeps such a task in a timer, not among reserved requests).
 _active: set[str] = set()
 _active_lock = threading.Lock()
 
 
 def active_tasks() -> list[str]:
-    """Tasks this worker holds: running, or received and waiting for a thread (Celery's reserved requests)."""
+    """Tasks this worker holds: received (a retry waiting out its backoff too), waiting for a thread, running."""
     from celery.worker import state as worker_state
 
     with _active_lock:
         held = set(_active)
     held.update(request.id for request in list(worker_state.reserved_requests))
     return sorted(held)
+
+
+@signals.task_received.connect
+def _task_received(request: Any = None, **_: Any) -> None:
+    if request is not None and request.name == protocol.TASK_EXECUTE:
+        with _active_lock:
+            _active.add(request.id)
 
 
 @signals.task_prerun.connect
@@ -333,6 +341,13 @@ def _task_ended(task_id: str | None = None, **_: Any) -> None:
     if task_id:
         with _active_lock:
             _active.discard(task_id)
+
+
+@signals.task_revoked.connect
+def _task_dropped(request: Any = None, **_: Any) -> None:
+    if request is not None:
+        with _active_lock:
+            _active.discard(request.id)
 
 
 @signals.worker_shutting_down.connect

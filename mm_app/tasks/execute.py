@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery import signals
 
 from minimodal import protocol
-from minimodal.protocol import CallStatus, PendingEntry
+from minimodal.protocol import CallStatus, InflightTask, PendingEntry
 from minimodal.retries import Retries
 from workers.runtimes.base import Outcome, RunnerStartError
 
@@ -69,6 +70,7 @@ class _Task:
     attempt: int  # this attempt's number over the inputs' life
     first: int  # the attempt this retry sequence began with (a dead letter retried starts a new one)
     queue: str
+    task_id: str  # this delivery's Celery id, its key in the in-flight ledger
     ended: dict[int, Ended] = field(default_factory=dict)
     run_times: list[float] = field(default_factory=list)
 
@@ -123,18 +125,45 @@ class _Task:
         self.ended[idx] = Ended(idx, CallStatus.QUEUED.value, self.attempt, False, (outcome.message or "")[:2000])
 
     def _retry(self, idx: int, delay: float) -> bool:
-        """Send the input again after ``delay`` s (Celery countdown), holding its user's and function's slot."""
-        self.ctx.pending.reserve(self.user_id, self.function_id)
+        """Send the input again to this worker after ``delay`` s (a Celery countdown).
+
+        The retry goes in the in-flight ledger first, holding what this task held, so that if this
+        worker dies during the backoff the dispatcher re-queues the input like any task of a dead worker.
+        """
+        retry_id = str(uuid.uuid4())
+        raw = self.ctx.redis.hget(protocol.inflight_key(), self.task_id)
+        mine = InflightTask.decode(raw) if raw else None
+        seconds, micros = self.ctx.redis.time()
+        now = seconds + micros / 1e6
+        self.ctx.pending.hold(
+            retry_id,
+            InflightTask(
+                self.user_id,
+                self.function_id,
+                self.call_id,
+                idx,
+                idx + 1,
+                self.ctx.worker_id,
+                mine.cpu if mine else 0,
+                mine.memory if mine else 0,
+                mine.gpu if mine else "",
+                mine.gpu_count if mine else 0,
+                mine.cost if mine else 0,
+                now + delay,  # counted as dispatched when it is due, for the lost-task sweep
+                "retry",
+            ),
+        )
         try:
             app.send_task(
                 protocol.TASK_EXECUTE,
                 args=[self.call_id, self.function_id, self.user_id, idx, idx + 1, self.attempt + 1, self.first],
                 queue=self.queue,
                 countdown=delay,
+                task_id=retry_id,
             )
         except Exception:  # noqa: BLE001 - the broker refused: the input ends with this attempt's error
             logger.exception("cannot schedule the retry of %s[%d]", self.call_id, idx)
-            self.ctx.pending.finish(self.user_id, self.function_id)
+            self.ctx.pending.finish(self.user_id, self.function_id, task_id=retry_id)
             return False
         logger.info("retrying %s[%d] in %.2f s (attempt %d)", self.call_id, idx, delay, self.attempt + 1)
         return True
@@ -146,8 +175,9 @@ def execute(
 ) -> None:
     ctx = get_context()
     queue = (self.request.delivery_info or {}).get("routing_key") or protocol.QUEUE_CPU
-    task = _Task(ctx, call_id, function_id, user_id, list(range(start, end)), attempt, first, queue)
+    task = _Task(ctx, call_id, function_id, user_id, list(range(start, end)), attempt, first, queue, self.request.id)
     report = ctx.recorder.running(call_id, function_id, user_id, task.indexes)
+    stranded = False  # inputs that could not be re-queued: the task stays in the ledger for the dispatcher
     try:
         _run(task)
     except Exception as exc:  # noqa: BLE001 - the platform failed: try the inputs elsewhere, never lose them
@@ -158,13 +188,17 @@ def execute(
             if idx not in task.ended:
                 try:
                     task.requeue(idx, failure)
-                except Exception:  # noqa: BLE001 - Redis may be the failure; the database still records it
-                    logger.exception("cannot requeue %s[%d]", call_id, idx)
-                    task.ended[idx] = Ended(idx, CallStatus.FAILED.value, attempt, False, failure.message)
+                except Exception:  # noqa: BLE001 - Redis itself is failing (restarting, say)
+                    # Left in the ledger, the task is reclaimed by the dispatcher's lost-task sweep once
+                    # Redis answers again: its inputs without an output go back to the queue.
+                    logger.exception("cannot requeue %s[%d]; the dispatcher will reclaim it", call_id, idx)
+                    task.ended[idx] = Ended(idx, CallStatus.QUEUED.value, attempt, False, failure.message)
+                    stranded = True
     finally:
         ctx.recorder.finished(report, list(task.ended.values()))
-        mean_us = int(sum(task.run_times) / len(task.run_times) * 1e6) if task.run_times else 0
-        ctx.pending.finish(user_id, function_id, mean_us, task_id=self.request.id)  # its ledger entry
+        if not stranded:
+            mean_us = int(sum(task.run_times) / len(task.run_times) * 1e6) if task.run_times else 0
+            ctx.pending.finish(user_id, function_id, mean_us, task_id=self.request.id)  # its ledger entry
 
 
 def _run(task: _Task) -> None:

@@ -43,3 +43,10 @@ def too_slow(seconds: float) -> float:
 @app.function()
 def fails_once_without_retries() -> None:
     raise ValueError("no retries here")
+
+
+@app.function(retries=minimodal.Retries(max_retries=1, initial_delay=6.0))
+def fails_first_then_waits(counter: str) -> str:
+    if _bump(counter) == 1:
+        raise RuntimeError("the first attempt fails")
+    return "ok"
