@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from flask import g, request
 from sqlalchemy import select
 
-from minimodal.exception import AuthError, InvalidError
+from minimodal.exception import AuthError, InvalidError, PermissionDeniedError
 
 from ..models import UserRecord
 from .services import services
@@ -50,9 +50,16 @@ def authenticate() -> None:
     g.user = User(*user)
 
 
+def token_revoked(user_id: int) -> bool:
+    """Whether the user's token was revoked since the request authenticated (long-lived sockets ask)."""
+    with services().db.read_core() as connection:
+        revoked_at = connection.execute(select(UserRecord.revoked_at).where(UserRecord.id == user_id)).scalar()
+    return revoked_at is not None
+
+
 def require_admin() -> None:
     if not g.user.is_admin:
-        raise AuthError("this needs an admin token")
+        raise PermissionDeniedError("this needs an admin token")
 
 
 def json_body() -> dict[str, Any]:
