@@ -33,6 +33,7 @@ _OPTIONS: dict[str, type | tuple[type, ...]] = {
     "max_containers": int,
     "buffer_containers": int,
     "gpu": str,  # "T4", "A100:2", "any": placement only (see mm_app/registry.py)
+    "block_network": bool,  # the runner's container gets network_mode=none
 }
 _MAY_BE_ZERO = {"min_containers", "buffer_containers"}
 
@@ -70,7 +71,7 @@ def _parse_options(tag: str, raw: Any) -> dict[str, Any]:
     if options.get("gpu") is not None:
         options["gpu"] = check_gpu_option(tag, options["gpu"])
     for name, value in options.items():
-        if name in ("retries", "gpu"):
+        if name in ("retries", "gpu", "block_network"):
             continue
         if value is not None and (value < 0 or (value == 0 and name not in _MAY_BE_ZERO)):
             raise InvalidError(

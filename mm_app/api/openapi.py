@@ -225,6 +225,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 "operations",
                 reply=_str(),
                 media="text/plain",
+                errors=("403",),
                 description="Text exposition format: the /stats numbers and `minimodal_call_latency_seconds`.",
             )
         },
@@ -286,7 +287,16 @@ def _paths() -> dict[str, dict[str, Any]]:
                 ok="201",
                 body=_obj({"name": _str(), "quota": _int(minimum=1), "weight": _int(minimum=1)}, ["name"]),
                 reply=_obj({"name": _str(), "quota": _int(), "weight": _int(), "token": _str()}),
-                errors=("400",),
+                errors=("400", "403"),
+            )
+        },
+        "/v1/tokens/revoke": {
+            "post": _op(
+                "Revoke the caller's token, or (admin) the token of `user`; refused from the next request on",
+                "users",
+                body=_obj({"user": _str("whose token (admin only when not the caller)")}),
+                reply=_obj({"user": _str(), "revoked_at": _str()}),
+                errors=("400", "403", "404"),
             )
         },
         "/v1/users/{name}": {
@@ -296,7 +306,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 params=[_path("name", "user name")],
                 body=_obj({"quota": _int(minimum=1), "weight": _int(minimum=1)}),
                 reply=_USER,
-                errors=("400", "404"),
+                errors=("400", "403", "404"),
             )
         },
         "/v1/apps": {
@@ -556,10 +566,12 @@ def _paths() -> dict[str, dict[str, Any]]:
 
 _ERROR_TEXT = {
     "400": "Invalid request",
-    "401": "Missing, invalid or revoked token, or not an admin",
+    "401": "Missing, invalid or revoked token",
+    "403": "Not an admin",
     "404": "Not found (or not yours)",
     "410": "Outputs expired",
     "413": "Payload too large",
+    "429": "Too many call submissions for this token; see Retry-After",
     "503": "A service is down",
 }
 

@@ -174,6 +174,7 @@ class WorkerContext:
             image=spec.image_tag,
             min_containers=int(options.get("min_containers", 0)),
             buffer_containers=int(options.get("buffer_containers", 0)),
+            block_network=bool(options.get("block_network", False)),
             labels={
                 "app": spec.app_id,
                 "function": spec.tag,

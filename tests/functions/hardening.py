@@ -1,0 +1,76 @@
+"""Probes of the container sandbox, run inside runner containers (standard library only; sent by value)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+
+
+def sandbox() -> dict[str, object]:
+    """What the sandbox looks like from inside: user, capabilities, limits, processes, files, network."""
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+    processes = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                processes[int(pid)] = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode().strip()
+            except OSError:
+                continue
+    memory = None
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        if os.path.exists(path):
+            memory = open(path).read().strip()
+    return {
+        "uid": os.getuid(),
+        "capabilities": int(status["CapEff"].strip(), 16),
+        "no_new_privs": status.get("NoNewPrivs", "").strip(),
+        "memory_limit": memory,
+        "processes": processes,
+        "docker_socket": [p for p in ("/var/run/docker.sock", "/run/docker.sock") if os.path.exists(p)],
+        "interfaces": sorted(os.listdir("/sys/class/net")),
+    }
+
+
+def write_probe(paths: list[str]) -> dict[str, str]:
+    """Try to create a file at each path: ``ok`` or the errno name."""
+    found = {}
+    for path in paths:
+        try:
+            with open(path, "w") as f:
+                f.write("x")
+            os.remove(path)
+            found[path] = "ok"
+        except OSError as exc:
+            found[path] = errno.errorcode.get(exc.errno or 0, str(exc))
+    return found
+
+
+def fork_bomb(limit: int) -> tuple[int, str | None]:
+    """Fork sleeping children until the kernel refuses (or ``limit``); kill them; return (forked, errno)."""
+    children: list[int] = []
+    refused = None
+    try:
+        for _ in range(limit):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(60)
+                os._exit(0)
+            children.append(pid)
+    except OSError as exc:
+        refused = errno.errorcode.get(exc.errno or 0, str(exc))
+    finally:
+        for pid in children:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    return len(children), refused
+
+
+def connect(host: str, port: int) -> str:
+    """Open a TCP connection: ``connected`` or the errno name of the failure."""
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return "connected"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
