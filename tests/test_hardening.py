@@ -17,18 +17,16 @@ import pytest
 
 import minimodal
 from minimodal.exception import RemoteError
+from tests import test_docker_runtime as base
 from tests.functions import hardening
-from tests.test_docker_runtime import (  # noqa: F401 - fixtures
-    StartRunner,
-    client,
-    no_container_is_left_behind,
-    payload,
-    runtime,
-    start,
-)
+from tests.test_docker_runtime import StartRunner, payload
 from workers.runtimes.docker import RUNNER_PATH
 
 pytestmark = pytest.mark.docker
+
+# The Docker runtime tests' fixtures: an engine client, a runtime, runners stopped after each test.
+client, runtime, start = base.client, base.runtime, base.start
+no_container_is_left_behind = base.no_container_is_left_behind
 
 
 @pytest.fixture(scope="module", autouse=True)
