@@ -22,7 +22,7 @@ from minimodal import protocol
 from minimodal._websocket import HandshakeError, WebSocket
 from mm_app.api import create_app
 from tests.conftest import Stack, wait_for
-from tests.functions import basic, faults
+from tests.functions import basic, faults, hardening
 
 # What user B must get:
 HIDDEN = "hidden"  # 404 NotFoundError: the object exists for A only
@@ -253,3 +253,36 @@ def test_tokens_are_stored_as_digests_only(stack: Stack) -> None:
     import hashlib
 
     assert hashlib.sha256(token.encode()).hexdigest() in stored
+
+
+def test_no_control_plane_process_ever_unpickles_user_data(stack: Stack, user: str, tmp_path: Path) -> None:
+    """Arguments (inline, blob, retried) are unpickled by runners only; results and items by the client only."""
+    import os
+
+    import minimodal
+
+    marker = str(tmp_path / "unpickled-by")
+    app = minimodal.App("never-unpickled")
+    fn = {
+        name: app.function(serialized=True, name=name, **options)(getattr(hardening, name))
+        for name, options in {
+            "pid_after": {},
+            "make_plant": {},
+            "plants": {},
+            "pid_after_failing_once": {"retries": minimodal.Retries(max_retries=2, initial_delay=0.1)},
+        }.items()
+    }
+    with app.run():
+        runners = {
+            fn["pid_after"].remote(hardening.Plant(marker)),
+            fn["pid_after"].remote(hardening.Plant(marker, pad=3 * 1024 * 1024)),  # over the inline size: a blob
+            fn["pid_after_failing_once"].remote(hardening.Plant(marker), str(tmp_path / "count")),
+        }
+        fn["make_plant"].remote(marker)  # the result is unpickled here, by the client
+        assert len(list(fn["plants"].remote_gen(marker, 2))) == 2  # so are generator items
+    writers = Path(marker).read_text().split()
+    control_plane = {str(p.pid) for p in stack.processes.values()}  # API, dispatcher (the scheduler), worker
+    assert control_plane & set(writers) == set()
+    assert set(writers) - {str(os.getpid())} <= {str(p) for p in runners}
+    assert writers.count(str(os.getpid())) == 3  # one result, two items
+    assert len(writers) == 3 + 4  # four arguments unpickled in runners: inline, blob, and the retried one twice

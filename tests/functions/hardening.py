@@ -74,3 +74,37 @@ def connect(host: str, port: int) -> str:
             return "connected"
     except OSError as exc:
         return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
+class Plant:
+    """Unpickling this appends the unpickling process's pid to ``path`` (``pad`` makes it travel as a blob)."""
+
+    def __init__(self, path: str, pad: int = 0) -> None:
+        self.path, self.pad = path, pad
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        code = f"import os\nwith open({self.path!r}, 'a') as f: f.write(str(os.getpid()) + chr(10))\n"
+        return (exec, (code + "#" + "x" * self.pad,))
+
+
+def pid_after(_argument: object) -> int:
+    return os.getpid()
+
+
+def make_plant(path: str) -> Plant:
+    return Plant(path)
+
+
+def plants(path: str, n: int):  # type: ignore[no-untyped-def]
+    for _ in range(n):
+        yield Plant(path)
+
+
+def pid_after_failing_once(_argument: object, counter: str) -> int:
+    """Fails its first attempt (so the input is retried through the dispatcher), then answers its pid."""
+    attempts = int(open(counter).read()) + 1 if os.path.exists(counter) else 1
+    with open(counter, "w") as f:
+        f.write(str(attempts))
+    if attempts == 1:
+        raise RuntimeError("first attempt fails")
+    return os.getpid()
