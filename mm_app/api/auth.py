@@ -29,6 +29,9 @@ class User(NamedTuple):
         return {"name": self.name, "quota": self.quota, "weight": self.weight, "is_admin": self.is_admin}
 
 
+MAX_INT = 2**63 - 1  # what the database stores: a larger number is refused, not an overflow error
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -83,4 +86,6 @@ def field(
     if not isinstance(value, kind):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise InvalidError(f"field {name!r} must be {names}, got {type(value).__name__}")
+    if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:
+        raise InvalidError(f"field {name!r} is out of range")
     return value

@@ -97,7 +97,9 @@ def _describe(record: ImageRecord) -> dict[str, Any]:
 
 @bp.route("/files/<sha>", methods=["HEAD"])
 def has_file(sha: str):  # type: ignore[no-untyped-def]
-    return ("", 200) if services().redis.exists(protocol.file_key(sha)) else ("", 404)
+    if not services().redis.exists(protocol.file_key(sha)):
+        raise NotFoundError(f"no file {sha!r}")  # a JSON error, as on every route (a HEAD reply drops the body)
+    return {"sha": sha}
 
 
 @bp.put("/files/<sha>")

@@ -60,7 +60,9 @@ def _op(
     responses: dict[str, Any] = {ok: {"description": "OK" if ok == "200" else "Created"}}
     if reply is not None:
         responses[ok]["content"] = {media: {"schema": reply}}
-    for status in (("401",) if auth else ()) + errors:
+    # Any authenticated route may answer 400 (a bad parameter); any with a body 413 (over the payload limit).
+    common = (("400", "401") if auth else ()) + (("413",) if body is not None else ())
+    for status in sorted(set(common + errors)):
         responses[status] = {"$ref": f"#/components/responses/E{status}"}
     operation: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     if description:
@@ -138,7 +140,7 @@ _READY = _obj(
     },
     ["status", "checks"],
 )
-_SUMMARY = _obj({k: _num() for k in ("count", "avg", "p50", "p95", "max")})
+_SUMMARY = _obj({"count": _num(), **{k: _num(type=["number", "null"]) for k in ("avg", "p50", "p95", "max")}})
 _STATS = _obj(
     {
         "scope": _str("`user`: the token's own numbers; `all`: an admin token's view", enum=["user", "all"]),
@@ -162,7 +164,9 @@ _STATS = _obj(
                     "quota": _int(),
                     "weight": _int(),
                     "share": _num("this user's part of all tasks in flight, 0-1"),
-                    "fair_share": _num("admin view: the part due by weight among users with work (else null)"),
+                    "fair_share": _num(
+                        "admin view: the part due by weight among users with work (else null)", type=["number", "null"]
+                    ),
                 }
             ),
         },
@@ -180,7 +184,7 @@ _STATS = _obj(
                 "list": {"type": "array", "items": {"type": "object"}},
             }
         ),
-        "dispatcher": _obj({"alive": {"type": "boolean"}, "heartbeat_age": _num()}),
+        "dispatcher": _obj({"alive": {"type": "boolean"}, "heartbeat_age": _num(type=["number", "null"])}),
         "queues": {"type": "object", "additionalProperties": _int(), "description": "Celery queue -> messages waiting"},
         "duration": _SUMMARY,
         "queued_wait": _SUMMARY,
