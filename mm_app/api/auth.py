@@ -65,11 +65,38 @@ def require_admin() -> None:
         raise PermissionDeniedError("this needs an admin token")
 
 
-def json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+def json_body(*known: str) -> dict[str, Any]:
+    """The request's JSON object; with ``known``, a field outside them is refused (never silently ignored)."""
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the parser goes: not a ValueError, so not silenced
+        body = None
     if not isinstance(body, dict):
         raise InvalidError("the request body must be a JSON object")
+    if known:
+        check_fields(body, known, "the request body")
     return body
+
+
+def seconds(raw: Any, name: str, *, high: float, clamp: bool = False) -> float:
+    """A number of seconds from a query or body value: 0 to ``high`` (``clamp``: brought into range)."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidError(f"{name} must be a number of seconds") from exc
+    if value != value:  # NaN
+        raise InvalidError(f"{name} must be a number of seconds")
+    if clamp:
+        return min(max(value, 0.0), high)
+    if not 0 <= value <= high:
+        raise InvalidError(f"{name} must be between 0 and {high:g} seconds")
+    return value
+
+
+def check_fields(body: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise InvalidError(f"{where} has unknown fields {unknown[:10]}; known: {sorted(known)}")
 
 
 def field(

@@ -25,7 +25,7 @@ from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 
 from ..models import AppRecord, CallRecord
-from .auth import authenticate, token_revoked
+from .auth import authenticate, seconds, token_revoked
 from .services import services
 
 bp = Blueprint("streams", __name__, url_prefix="/v1")
@@ -90,10 +90,7 @@ def _read(call_id: str, cursors: dict[str, str], block_ms: int) -> list[dict[str
 def stream(call_id: str):  # type: ignore[no-untyped-def]
     _own_call(call_id)
     cursors = {kind: c for kind in KINDS if (c := _cursor(kind, None)) is not None} or {k: "0-0" for k in KINDS}
-    try:
-        wait = min(max(float(request.args.get("timeout", 0)), 0.0), 60.0)
-    except ValueError as exc:
-        raise InvalidError("timeout must be a number of seconds") from exc
+    wait = seconds(request.args.get("timeout", 0), "timeout", high=60, clamp=True)
     return {"events": _read(call_id, cursors, int(wait * 1000))}
 
 

@@ -51,7 +51,7 @@ def me():  # type: ignore[no-untyped-def]
 @bp.post("/users")
 def create():  # type: ignore[no-untyped-def]
     require_admin()
-    body = json_body()
+    body = json_body("name", "quota", "weight")
     svc = services()
     name = field(body, "name", str)
     quota = _positive(body, "quota") or svc.settings["default_quota"]
@@ -68,7 +68,7 @@ def create():  # type: ignore[no-untyped-def]
 @bp.patch("/users/<name>")
 def update(name: str):  # type: ignore[no-untyped-def]
     require_admin()
-    body = json_body()
+    body = json_body("quota", "weight")
     quota, weight = _positive(body, "quota"), _positive(body, "weight")
     svc = services()
     with svc.db.write() as session:
@@ -88,7 +88,7 @@ def update(name: str):  # type: ignore[no-untyped-def]
 @bp.post("/tokens/revoke")
 def revoke():  # type: ignore[no-untyped-def]
     """Revoke a token at once: the caller's own, or with ``user`` (admin only) another user's."""
-    body = json_body() if request.content_length else {}
+    body = json_body("user") if request.content_length else {}
     name = field(body, "user", str, required=False) or g.user.name
     if name != g.user.name and not g.user.is_admin:
         raise PermissionDeniedError("revoking another user's token needs an admin token")
