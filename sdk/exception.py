@@ -54,7 +54,11 @@ class PermissionDeniedError(AuthError):
 
 
 class RateLimitError(Error):
-    """Raised when a token submits calls faster than its rate limit; the API says when to retry."""
+    """Raised when a token submits calls faster than its rate limit; ``retry_after`` says when to retry."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class NotFoundError(Error):

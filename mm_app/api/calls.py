@@ -119,6 +119,7 @@ def _parse_wait(raw: Any, name: str) -> float:
 @bp.post("/functions/<function_id>/calls")
 def create_call(function_id: str):  # type: ignore[no-untyped-def]
     """Start a function call with its first inputs; ``more: true`` keeps it open for a .map."""
+    services().rate_limiter.check(g.user.id)
     body = json_body("inputs", "more", "wait", "call_id", "logs")
     more = field(body, "more", bool, required=False, default=False)
     wait = _parse_wait(body.get("wait", 0), "wait")
@@ -185,6 +186,7 @@ def _own_call(session: Any, call_id: str) -> CallRecord:
 @bp.post("/calls/<call_id>/inputs")
 def add_inputs(call_id: str):  # type: ignore[no-untyped-def]
     """Append inputs to an open call (a .map in progress); ``more: false`` closes it."""
+    services().rate_limiter.check(g.user.id)
     body = json_body("inputs", "more", "first")
     more = field(body, "more", bool, required=False, default=False)
     payloads = _parse_inputs(body)

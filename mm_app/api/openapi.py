@@ -412,7 +412,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                         "cursor": _str(),
                     }
                 ),
-                errors=("400", "404", "413"),
+                errors=("400", "404", "413", "429"),
             )
         },
         "/v1/calls/{call_id}": {
@@ -466,7 +466,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 params=[_CALL],
                 body=_INPUTS,
                 reply=_obj({"call_id": _str(), "first": _int(), "count": _int()}),
-                errors=("400", "404", "413"),
+                errors=("400", "404", "413", "429"),
             )
         },
         "/v1/calls/{call_id}/outputs": {
