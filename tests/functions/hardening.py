@@ -108,3 +108,16 @@ def pid_after_failing_once(_argument: object, counter: str) -> int:
     if attempts == 1:
         raise RuntimeError("first attempt fails")
     return os.getpid()
+
+
+def big_items(sizes: list[int]):  # type: ignore[no-untyped-def]
+    for size in sizes:
+        yield b"x" * size
+
+
+def flood(lines: int, width: int) -> str:
+    """Print ``lines`` lines of ``width`` characters, then one long line, then return."""
+    for i in range(lines):
+        print(f"{i:08d}" + "y" * width, flush=True)
+    print("z" * 50_000, flush=True)
+    return "flooded"
