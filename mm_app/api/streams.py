@@ -98,20 +98,23 @@ def stream(call_id: str):  # type: ignore[no-untyped-def]
 def stream_ws(ws: Any, call_id: str) -> None:
     """Push items, outputs and logs after the given cursors until the client closes."""
     cursors = {kind: c for kind in KINDS if (c := _cursor(kind, None)) is not None} or {k: "0-0" for k in KINDS}
-    checked = time.monotonic()
+    checked = pinged = time.monotonic()
     while True:
         if time.monotonic() - checked >= REVOKE_CHECK_SECONDS:
             if token_revoked(g.user.id):  # a token revoked while its socket is open stops it too
                 ws.close(reason=1008, message="token revoked")
                 return
             checked = time.monotonic()
-        events = _read(call_id, cursors, PING_SECONDS * 1000)
+        events = _read(call_id, cursors, REVOKE_CHECK_SECONDS * 1000)
         if not events:
-            ws.send(json.dumps({"kind": "ping"}))
+            if time.monotonic() - pinged >= PING_SECONDS:
+                ws.send(json.dumps({"kind": "ping"}))
+                pinged = time.monotonic()
             continue
         for event in events:
             kind = "outputs" if event["kind"] == "output" else event["kind"] + "s"
             cursors[kind] = event["cursor"]
+        pinged = time.monotonic()
         ws.send(json.dumps({"kind": "batch", "events": events}))
 
 
