@@ -29,6 +29,10 @@ def run_api(args: argparse.Namespace) -> None:
         # HTTP/1.1: a client's connection (and its server thread) lives across requests instead of
         # one TCP connection and one new thread per call.
         protocol_version = "HTTP/1.1"
+        # What the HTTP server answers itself, before Flask sees the request (a request line or headers
+        # too long, too many headers): the same JSON error shape as every other reply.
+        error_content_type = "application/json"
+        error_message_format = '{"error": {"type": "InvalidError", "message": "%(message)s (HTTP %(code)d)"}}'
 
     app = create_app()
     server = make_server(

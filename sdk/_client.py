@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -9,10 +10,11 @@ from typing import Any
 import requests
 
 from . import config
-from .exception import AuthError, ServiceError, from_response
+from .exception import AuthError, RateLimitError, ServiceError, from_response
 
 _local = threading.local()
 RECONNECT_SECONDS = 60  # how long a repeatable request keeps trying to reach the API
+RATE_LIMIT_WAIT_SECONDS = 60  # how long a request refused by the rate limit (429) keeps waiting to be let in
 
 
 class Client:
@@ -51,6 +53,7 @@ class Client:
         tried again for up to ``RECONNECT_SECONDS``: an API restart does not fail the caller.
         """
         delay, deadline = 0.1, time.monotonic() + RECONNECT_SECONDS
+        rate_deadline = time.monotonic() + RATE_LIMIT_WAIT_SECONDS
         while True:
             try:
                 return self._request_once(
@@ -59,6 +62,13 @@ class Client:
             except ServiceError as exc:
                 if not (reconnect and exc.__cause__ is not None and time.monotonic() < deadline):
                     raise
+            except RateLimitError as exc:
+                # Refused before anything was stored: safe to send again once the server says so.
+                wait = exc.retry_after or 1.0
+                if time.monotonic() + wait > rate_deadline:
+                    raise
+                time.sleep(wait)
+                continue
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -96,7 +106,11 @@ class Client:
                 message, error_type = error["message"], error.get("type")
             except (ValueError, KeyError, TypeError):
                 message, error_type = f"HTTP {response.status_code}: {response.text[:500]}", None
-            raise from_response(response.status_code, error_type, message)
+            error = from_response(response.status_code, error_type, message)
+            if isinstance(error, RateLimitError):
+                with contextlib.suppress(ValueError):
+                    error.retry_after = float(response.headers.get("Retry-After", ""))
+            raise error
         if raw or stream:
             return response
         return response.json() if response.content else None

@@ -218,6 +218,7 @@ class App:
             buffer_containers=buffer_containers or None,
             retries=retry_policy.to_json() if retry_policy and retry_policy.max_retries else None,
             gpu=_gpu_option(gpu),
+            block_network=True if block_network else None,
         )
         # Accepted for Modal compatibility, refused until implemented: never silently ignored.
         not_yet = {
@@ -232,7 +233,6 @@ class App:
             "routing_region": routing_region,
             "nonpreemptible": nonpreemptible,
             "enable_memory_snapshot": enable_memory_snapshot,
-            "block_network": block_network,
             "restrict_modal_access": restrict_modal_access,
             "single_use_containers": single_use_containers,
             "max_inputs": max_inputs,

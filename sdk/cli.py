@@ -144,6 +144,13 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    body = {"user": args.user} if args.user else {}
+    reply = Client.from_config().request("POST", "/v1/tokens/revoke", json=body)
+    print(f"revoked the token of {reply['user']}")
+    return 0
+
+
 def _print_logs(path: str, follow: bool) -> int:
     client = Client.from_config()
     cursor = "0-0"
@@ -264,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quota", type=int, help="calls in flight at once")
         sub.add_argument("--weight", type=int, help="share when several users wait")
     user.set_defaults(handler=cmd_user)
+
+    token = commands.add_parser("token", help="tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    revoke = token_commands.add_parser("revoke", help="revoke your token (or, as admin, a user's): refused at once")
+    revoke.add_argument("--user", help="whose token (admin token needed for another user's)")
+    token.set_defaults(handler=cmd_token)
     return parser
 
 

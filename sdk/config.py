@@ -95,6 +95,12 @@ _SETTINGS: dict[str, Setting] = {
         Setting("dispatcher_lease_seconds", defaults.DEFAULT_DISPATCHER_LEASE_SECONDS, float),
         Setting("lost_task_seconds", defaults.DEFAULT_LOST_TASK_SECONDS, float),
         Setting("rebuild_grace_seconds", defaults.DEFAULT_REBUILD_GRACE_SECONDS, float),
+        # Abuse limits (issue 11): see SECURITY.md.
+        Setting("call_rate_limit", defaults.DEFAULT_CALL_RATE_LIMIT, float, "call submissions/s per token; 0: off"),
+        Setting("call_rate_burst", defaults.DEFAULT_CALL_RATE_BURST, int, "submissions at once above the rate"),
+        Setting("max_item_size", defaults.DEFAULT_MAX_ITEM_SIZE, int, "bytes of one generator item"),
+        Setting("max_log_line", defaults.DEFAULT_MAX_LOG_LINE, int, "characters of one log entry"),
+        Setting("max_log_bytes", defaults.DEFAULT_MAX_LOG_BYTES, int, "characters one input may print"),
     ]
 }
 

@@ -30,3 +30,9 @@ DEFAULT_LOST_TASK_SECONDS = 30.0  # a dispatched task its live worker does not h
 DEFAULT_REBUILD_GRACE_SECONDS = 10.0  # inputs younger than this may still be on their way into Redis: not rebuilt
 DEFAULT_DISPATCH_LOG_LENGTH = 10000  # dispatch decisions kept in the capped dispatch log stream
 DEFAULT_SCALE_EVENTS_LENGTH = 1000  # autoscaler decisions kept in the capped scale events list
+# ---- Abuse limits (issue 11) ----
+DEFAULT_CALL_RATE_LIMIT = 100.0  # call submissions (requests) per second per token, sustained; 0 turns it off
+DEFAULT_CALL_RATE_BURST = 200  # ...and how many may come at once above that rate
+DEFAULT_MAX_ITEM_SIZE = 64 * 1024 * 1024  # bytes of one generator item; a bigger one is replaced by a marker
+DEFAULT_MAX_LOG_LINE = 64 * 1024  # characters of one log entry; the rest is cut with a marker
+DEFAULT_MAX_LOG_BYTES = 16 * 1024 * 1024  # characters one input may print; past them, a marker and then nothing

@@ -8,6 +8,8 @@ The tree::
     │   ├── UnsupportedOptionError an option accepted by the API but not implemented yet
     │   └── InsufficientResourcesError no worker can ever hold the call's cpu/memory/gpu (HTTP 400)
     ├── AuthError                 missing, wrong or revoked token (HTTP 401)
+    │   └── PermissionDeniedError a valid token without the right, e.g. not an admin (HTTP 403)
+    ├── RateLimitError            too many call submissions per token; retry after a while (HTTP 429)
     ├── NotFoundError             unknown function, call or user, or another user's (HTTP 404)
     ├── ServiceError              the control plane or Redis cannot be reached or failed (HTTP 5xx)
     ├── RemoteError               the remote code failed in a way that cannot be re-raised as its own type
@@ -45,6 +47,18 @@ class InsufficientResourcesError(InvalidError):
 
 class AuthError(Error):
     """Raised when the token is missing, wrong or revoked."""
+
+
+class PermissionDeniedError(AuthError):
+    """Raised when a valid token lacks the right to do this (an admin-only route)."""
+
+
+class RateLimitError(Error):
+    """Raised when a token submits calls faster than its rate limit; ``retry_after`` says when to retry."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class NotFoundError(Error):
@@ -88,9 +102,11 @@ HTTP_STATUS: dict[type[Error], int] = {
     UnsupportedOptionError: 400,
     SerializationError: 400,
     AuthError: 401,
+    PermissionDeniedError: 403,
     NotFoundError: 404,
     OutputExpiredError: 410,
     PayloadTooLargeError: 413,
+    RateLimitError: 429,
     ServiceError: 503,
 }
 
@@ -103,6 +119,8 @@ BY_NAME: dict[str, type[Error]] = {
         UnsupportedOptionError,
         InsufficientResourcesError,
         AuthError,
+        PermissionDeniedError,
+        RateLimitError,
         NotFoundError,
         ServiceError,
         RemoteError,

@@ -43,6 +43,7 @@ class FunctionOptions:
     buffer_containers: int | None = None
     retries: dict[str, float] | None = None  # Retries.to_json()
     gpu: str | None = None  # "T4", "A100:2" or "any": placed only on a worker with that GPU
+    block_network: bool | None = None  # True: the container has no network (Docker runtime)
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}

@@ -261,6 +261,11 @@ def scale_events_key() -> str:
     return key("scale", "events")
 
 
+def rate_key(user_id: int) -> str:
+    """String: the call-submission rate limiter's theoretical arrival time (ms) of one user (GCRA)."""
+    return key("rate", user_id)
+
+
 def worker_queue(worker_id: str) -> str:
     """The Celery queue of one worker: the dispatcher routes each task to the worker it placed it on."""
     return f"mm.w.{worker_id}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import pickle
 
 import cloudpickle
@@ -218,3 +220,111 @@ def test_deprecated_and_invalid_options_are_refused() -> None:
         minimodal.Image.debian_slim(python_version="3.9")
     with pytest.raises(TypeError, match="app.cls"):
         app.function()(basic.CustomError)
+
+
+def _raw(stack: Stack, request: bytes, *, then: bytes = b"", timeout: float = 30) -> tuple[int, bytes, bytes]:
+    """Send raw bytes; return the status, the headers and the body of the reply (read until it closes)."""
+    import socket
+
+    host, port = stack.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(request)
+        if then:
+            with contextlib.suppress(OSError):  # the server may answer and close before taking it all
+                sock.sendall(then)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        length = next(
+            (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0
+        )
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+    return int(head.split(b" ")[1]), head, body
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_sent(stack: Stack, user: str) -> None:
+    # Ten gigabytes announced, none sent: only a check of Content-Length can answer.
+    for path in ("/v1/blobs", "/v1/files/" + "0" * 64, "/v1/apps"):
+        method = b"POST" if path == "/v1/apps" else b"PUT"
+        status, _, body = _raw(
+            stack,
+            method
+            + b" "
+            + path.encode()
+            + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + user.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\nConnection: close\r\n\r\n",
+        )
+        assert status == 413, (path, body)
+        assert json.loads(body)["error"]["type"] == "PayloadTooLargeError"
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit_without_reading_the_rest(stack: Stack, user: str) -> None:
+    chunk = b"\x80\x05" + b"x" * (1024 * 1024 - 2)
+    framed = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+    over = framed * (TEST_MAX_PAYLOAD // len(chunk) + 2)  # past the limit; the final 0-chunk never comes
+    status, _, body = _raw(
+        stack,
+        b"PUT /v1/blobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + user.encode()
+        + b"\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        then=over,
+    )
+    assert status == 413, body
+    assert json.loads(body)["error"]["type"] == "PayloadTooLargeError"
+
+
+def test_huge_or_too_many_headers_answer_4xx_json(stack: Stack, user: str) -> None:
+    long_header = b"X-Big: " + b"a" * 70_000 + b"\r\n"
+    many_headers = b"".join(b"X-H%d: 1\r\n" % i for i in range(150))
+    for extra in (long_header, many_headers):
+        status, head, body = _raw(stack, b"GET /v1/me HTTP/1.1\r\nHost: x\r\n" + extra + b"Connection: close\r\n\r\n")
+        assert 400 <= status < 500, (status, body)
+        assert b"application/json" in head
+        assert json.loads(body)["error"]["type"] == "InvalidError"
+    long_token = requests.get(f"{stack.url}/v1/me", headers=_auth("t" * 60_000), timeout=10)
+    assert long_token.status_code == 401 and _error(long_token)["type"] == "AuthError"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "fragment"),
+    [
+        ("POST", "/v1/apps", {"name": "x", "functions": [], "deploy": True}, "unknown fields ['deploy']"),
+        ("POST", "/v1/apps", {"functions": [{"tag": "f", "code": "gAVLAS4=", "secret": 1}]}, "unknown fields"),
+        ("POST", "/v1/functions/{function}/calls", {"inputs": [], "more": True, "priority": 9}, "['priority']"),
+        ("POST", "/v1/images", {"layers": [{"op": "debian_slim", "python": "3.11"}], "python": "3.11", "x": 1}, "x"),
+        ("POST", "/v1/apps", "[" * 100_000, "JSON object"),
+        ("POST", "/v1/apps", {"name": ["not", "a", "string"]}, "must be str"),
+        ("POST", "/v1/functions/{function}/calls", {"inputs": [], "more": "yes"}, "must be bool"),
+        ("POST", "/v1/functions/{function}/calls", {"inputs": [], "more": True, "wait": 10**400}, "wait"),
+        ("GET", "/dead-letter-queue?page=99999999999999999999999", None, "page"),
+        ("GET", "/v1/calls/{call}/stream?timeout=nan", None, "timeout"),
+        ("GET", "/v1/calls/{call}/outputs?timeout=1e999", None, "timeout"),
+        ("GET", "/v1/images/im-x?timeout=nan", None, "timeout"),
+    ],
+)
+def test_unknown_fields_wrong_types_and_deep_nesting_answer_400_naming_the_problem(
+    stack: Stack, user: str, method: str, path: str, body: object, fragment: str
+) -> None:
+    function_id = _function_id(stack, user)
+    call = requests.post(
+        f"{stack.url}/v1/functions/{function_id}/calls",
+        json={"inputs": [], "more": True},
+        headers=_auth(user),
+        timeout=10,
+    ).json()["call_id"]
+    path = path.format(function=function_id, call=call)
+    data = body if isinstance(body, str) else json.dumps(body) if body is not None else None
+    reply = requests.request(
+        method, stack.url + path, data=data, headers={**_auth(user), "Content-Type": "application/json"}, timeout=30
+    )
+    assert reply.status_code == 400, reply.text
+    assert fragment in _error(reply)["message"]

@@ -86,7 +86,7 @@ def test_user_create_prints_a_token_that_works_with_its_quota(stack: Stack) -> N
 def test_user_create_needs_an_admin_token(stack: Stack, user: str) -> None:
     result = _run([*MINIMODAL, "user", "create", "not-allowed"], _env(stack, user))
     assert result.returncode == 1
-    assert "AuthError" in result.stderr and "admin" in result.stderr
+    assert "PermissionDeniedError" in result.stderr and "admin" in result.stderr
 
 
 def test_status_exits_0_when_the_api_answers_and_1_when_not(stack: Stack) -> None:

@@ -128,9 +128,12 @@ def test_every_input_of_a_batched_map_is_recorded_completed(stack, user: str) ->
 
         engine = create_engine(stack.env["MINIMODAL_DATABASE_URL"])
         with engine.connect() as connection:
-            rows = connection.execute(text(
-                "select i.status, count(*) from inputs i join calls c on c.id = i.call_id "
-                "where c.num_inputs = 300 group by i.status")).all()
+            rows = connection.execute(
+                text(
+                    "select i.status, count(*) from inputs i join calls c on c.id = i.call_id "
+                    "where c.num_inputs = 300 group by i.status"
+                )
+            ).all()
         engine.dispose()
         return dict(rows)
 
@@ -159,8 +162,10 @@ def test_a_cold_start_is_recorded_as_the_container_start_phase(stack, user: str)
     def startups() -> list:  # type: ignore[type-arg]
         engine = create_engine(stack.env["MINIMODAL_DATABASE_URL"])
         with engine.connect() as connection:
-            rows = connection.execute(text("select call_id, startup, status from inputs where call_id in (:a, :b)"),
-                                      {"a": first.object_id, "b": second.object_id}).all()
+            rows = connection.execute(
+                text("select call_id, startup, status from inputs where call_id in (:a, :b)"),
+                {"a": first.object_id, "b": second.object_id},
+            ).all()
         engine.dispose()
         return rows
 

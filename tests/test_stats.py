@@ -180,7 +180,7 @@ def test_stats_show_a_users_running_and_queued_work_while_it_waits_on_the_quota(
 
 def test_metrics_are_for_admins_only(stack: Stack, user: str) -> None:
     assert get(stack, "/metrics").status_code == 401
-    assert get(stack, "/metrics", user).status_code == 401
+    assert get(stack, "/metrics", user).status_code == 403  # a valid token without the right
 
 
 def test_metrics_parse_as_prometheus_text_and_agree_with_stats(stack: Stack, user: str) -> None:

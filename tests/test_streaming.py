@@ -138,16 +138,29 @@ def test_logs_are_stored_for_the_call_and_its_app(stack: Stack, user: str) -> No
         assert fc.get() == "done"
         app_id = basic.app.app_id
     env = {**stack.env, "MINIMODAL_TOKEN": user}
-    call_logs = subprocess.run([sys.executable, "-m", "minimodal", "logs", fc.object_id], env=env, cwd=ROOT,
-                               capture_output=True, text=True, timeout=60)
+    call_logs = subprocess.run(
+        [sys.executable, "-m", "minimodal", "logs", fc.object_id],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert call_logs.stdout == "line 0\nline 1\n"
     assert call_logs.stderr == "straight to fd 2\n"
-    app_logs = subprocess.run([sys.executable, "-m", "minimodal", "app", "logs", app_id], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)
+    app_logs = subprocess.run(
+        [sys.executable, "-m", "minimodal", "app", "logs", app_id],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "line 1\n" in app_logs.stdout
     other = stack.new_user("log-intruder")
-    reply = requests.get(f"{stack.url}/v1/calls/{fc.object_id}/logs", headers={"Authorization": f"Bearer {other}"},
-                         timeout=10)
+    reply = requests.get(
+        f"{stack.url}/v1/calls/{fc.object_id}/logs", headers={"Authorization": f"Bearer {other}"}, timeout=10
+    )
     assert reply.status_code == 404
 
 

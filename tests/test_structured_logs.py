@@ -47,7 +47,8 @@ def test_one_call_is_followed_by_its_id_across_api_dispatcher_and_worker_json_lo
 
     def about_the_call() -> dict[str, list[dict[str, Any]]] | None:
         found = {name: [e for e in json_lines(json_stack, name) if e.get("call_id") == call_id] for name in COMPONENTS}
-        return found if all(found.values()) else None
+        done = any("succeeded" in e["message"] for e in found["worker"])  # the worker's last line of the task
+        return found if all(found.values()) and done else None
 
     found = wait_for(about_the_call, 30, f"{call_id} in the logs of {', '.join(COMPONENTS)}", interval=0.2)
 

@@ -16,7 +16,7 @@ from minimodal.protocol import ImageStatus
 
 from ..models import AppRecord, FunctionRecord, ImageRecord, utcnow
 from ..registry import check_gpu_option, needs_of
-from .auth import authenticate, field, json_body
+from .auth import authenticate, check_fields, field, json_body
 from .services import services
 
 bp = Blueprint("apps", __name__, url_prefix="/v1")
@@ -33,6 +33,7 @@ _OPTIONS: dict[str, type | tuple[type, ...]] = {
     "max_containers": int,
     "buffer_containers": int,
     "gpu": str,  # "T4", "A100:2", "any": placement only (see mm_app/registry.py)
+    "block_network": bool,  # the runner's container gets network_mode=none
 }
 _MAY_BE_ZERO = {"min_containers", "buffer_containers"}
 
@@ -70,7 +71,7 @@ def _parse_options(tag: str, raw: Any) -> dict[str, Any]:
     if options.get("gpu") is not None:
         options["gpu"] = check_gpu_option(tag, options["gpu"])
     for name, value in options.items():
-        if name in ("retries", "gpu"):
+        if name in ("retries", "gpu", "block_network"):
             continue
         if value is not None and (value < 0 or (value == 0 and name not in _MAY_BE_ZERO)):
             raise InvalidError(
@@ -93,7 +94,7 @@ def _parse_code(tag: str, text: Any) -> bytes:
 
 @bp.post("/apps")
 def create_app_record():  # type: ignore[no-untyped-def]
-    body = json_body()
+    body = json_body("name", "functions")
     name = field(body, "name", str, required=False)
     specs = field(body, "functions", list, required=False, default=[])
     app_id = protocol.new_id("ap")
@@ -102,6 +103,7 @@ def create_app_record():  # type: ignore[no-untyped-def]
     for spec in specs:
         if not isinstance(spec, dict):
             raise InvalidError("each function must be an object with tag, code and options")
+        check_fields(spec, ("tag", "code", "options", "image"), "a function")
         tag = field(spec, "tag", str)
         if tag in ids:
             raise InvalidError(f"function tag {tag!r} appears twice")

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from flask import g, request
 from sqlalchemy import select
 
-from minimodal.exception import AuthError, InvalidError
+from minimodal.exception import AuthError, InvalidError, PermissionDeniedError
 
 from ..models import UserRecord
 from .services import services
@@ -27,6 +27,9 @@ class User(NamedTuple):
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "quota": self.quota, "weight": self.weight, "is_admin": self.is_admin}
+
+
+MAX_INT = 2**63 - 1  # what the database stores: a larger number is refused, not an overflow error
 
 
 def hash_token(token: str) -> str:
@@ -50,16 +53,50 @@ def authenticate() -> None:
     g.user = User(*user)
 
 
+def token_revoked(user_id: int) -> bool:
+    """Whether the user's token was revoked since the request authenticated (long-lived sockets ask)."""
+    with services().db.read_core() as connection:
+        revoked_at = connection.execute(select(UserRecord.revoked_at).where(UserRecord.id == user_id)).scalar()
+    return revoked_at is not None
+
+
 def require_admin() -> None:
     if not g.user.is_admin:
-        raise AuthError("this needs an admin token")
+        raise PermissionDeniedError("this needs an admin token")
 
 
-def json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+def json_body(*known: str) -> dict[str, Any]:
+    """The request's JSON object; with ``known``, a field outside them is refused (never silently ignored)."""
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the parser goes: not a ValueError, so not silenced
+        body = None
     if not isinstance(body, dict):
         raise InvalidError("the request body must be a JSON object")
+    if known:
+        check_fields(body, known, "the request body")
     return body
+
+
+def seconds(raw: Any, name: str, *, high: float, clamp: bool = False) -> float:
+    """A number of seconds from a query or body value: 0 to ``high`` (``clamp``: brought into range)."""
+    try:
+        value = float(raw)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidError(f"{name} must be a number of seconds") from exc
+    if value != value:  # NaN
+        raise InvalidError(f"{name} must be a number of seconds")
+    if clamp:
+        return min(max(value, 0.0), high)
+    if not 0 <= value <= high:
+        raise InvalidError(f"{name} must be between 0 and {high:g} seconds")
+    return value
+
+
+def check_fields(body: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise InvalidError(f"{where} has unknown fields {unknown[:10]}; known: {sorted(known)}")
 
 
 def field(
@@ -76,4 +113,6 @@ def field(
     if not isinstance(value, kind):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise InvalidError(f"field {name!r} must be {names}, got {type(value).__name__}")
+    if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:
+        raise InvalidError(f"field {name!r} is out of range")
     return value

@@ -15,7 +15,7 @@ from minimodal.exception import InvalidError, NotFoundError, OutputExpiredError,
 from minimodal.protocol import TERMINAL, CallStatus, PendingEntry
 
 from ..models import AppRecord, AttemptRecord, CallRecord, FunctionRecord, InputRecord, utcnow
-from .auth import authenticate, field, json_body
+from .auth import authenticate, field, json_body, seconds
 from .services import services
 from .streams import encode_entry
 
@@ -113,19 +113,14 @@ def _encode_envelope(fields: dict[str, bytes]) -> dict[str, Any]:
 
 
 def _parse_wait(raw: Any, name: str) -> float:
-    try:
-        wait = float(raw)
-    except (TypeError, ValueError) as exc:
-        raise InvalidError(f"{name} must be a number of seconds") from exc
-    if not 0 <= wait <= 60:
-        raise InvalidError(f"{name} must be between 0 and 60 seconds")
-    return wait
+    return seconds(raw, name, high=60)
 
 
 @bp.post("/functions/<function_id>/calls")
 def create_call(function_id: str):  # type: ignore[no-untyped-def]
     """Start a function call with its first inputs; ``more: true`` keeps it open for a .map."""
-    body = json_body()
+    services().rate_limiter.check(g.user.id)
+    body = json_body("inputs", "more", "wait", "call_id", "logs")
     more = field(body, "more", bool, required=False, default=False)
     wait = _parse_wait(body.get("wait", 0), "wait")
     payloads = _parse_inputs(body)
@@ -191,7 +186,8 @@ def _own_call(session: Any, call_id: str) -> CallRecord:
 @bp.post("/calls/<call_id>/inputs")
 def add_inputs(call_id: str):  # type: ignore[no-untyped-def]
     """Append inputs to an open call (a .map in progress); ``more: false`` closes it."""
-    body = json_body()
+    services().rate_limiter.check(g.user.id)
+    body = json_body("inputs", "more", "first")
     more = field(body, "more", bool, required=False, default=False)
     payloads = _parse_inputs(body)
     expected = field(body, "first", int, required=False)

@@ -15,13 +15,14 @@ from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import CallStatus, PendingEntry
 
 from ..models import DeadLetterRecord, FunctionRecord, InputRecord, utcnow
-from .auth import authenticate
+from .auth import MAX_INT, authenticate
 from .services import services
 
 bp = Blueprint("deadletters", __name__)
 bp.before_request(authenticate)
 
 MAX_PER_PAGE = 200
+MAX_PAGE = 10**9  # far past any real list, and far inside the database's integers
 
 
 def _page_args() -> tuple[int, int]:
@@ -29,7 +30,7 @@ def _page_args() -> tuple[int, int]:
         page, per_page = int(request.args.get("page", 1)), int(request.args.get("per_page", 50))
     except ValueError as exc:
         raise InvalidError("page and per_page must be whole numbers") from exc
-    if page < 1 or not 1 <= per_page <= MAX_PER_PAGE:
+    if not 1 <= page <= MAX_PAGE or not 1 <= per_page <= MAX_PER_PAGE:
         raise InvalidError(f"page starts at 1; per_page is 1 to {MAX_PER_PAGE}")
     return page, per_page
 
@@ -75,7 +76,7 @@ def list_dead_letters():  # type: ignore[no-untyped-def]
 def retry_dead_letter(dead_letter_id: int):  # type: ignore[no-untyped-def]
     svc = services()
     with svc.db.write() as session:
-        record = session.get(DeadLetterRecord, dead_letter_id)
+        record = session.get(DeadLetterRecord, dead_letter_id) if dead_letter_id <= MAX_INT else None
         if record is None or (record.user_id != g.user.id and not g.user.is_admin):
             raise NotFoundError(f"no dead letter {dead_letter_id}")
         if record.state != "open":

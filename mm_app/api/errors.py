@@ -15,6 +15,7 @@ from minimodal.exception import (
     InvalidError,
     NotFoundError,
     PayloadTooLargeError,
+    RateLimitError,
     ServiceError,
     status_for,
 )
@@ -33,7 +34,10 @@ def error_response(error_type: str, message: str, status: int):  # type: ignore[
 def register(app: Flask) -> None:
     @app.errorhandler(Error)
     def _minimodal_error(exc: Error):  # type: ignore[no-untyped-def]
-        return error_response(type(exc).__name__, str(exc), status_for(exc))
+        response = error_response(type(exc).__name__, str(exc), status_for(exc))
+        if isinstance(exc, RateLimitError) and exc.retry_after:
+            response.headers["Retry-After"] = str(int(exc.retry_after))
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ from minimodal.protocol import ImageStatus
 
 from ..models import ImageRecord
 from ..registry import docker_workers
-from .auth import authenticate, json_body
+from .auth import authenticate, json_body, seconds
 from .services import services
 
 bp = Blueprint("images", __name__, url_prefix="/v1")
@@ -97,7 +97,9 @@ def _describe(record: ImageRecord) -> dict[str, Any]:
 
 @bp.route("/files/<sha>", methods=["HEAD"])
 def has_file(sha: str):  # type: ignore[no-untyped-def]
-    return ("", 200) if services().redis.exists(protocol.file_key(sha)) else ("", 404)
+    if not services().redis.exists(protocol.file_key(sha)):
+        raise NotFoundError(f"no file {sha!r}")  # a JSON error, as on every route (a HEAD reply drops the body)
+    return {"sha": sha}
 
 
 @bp.put("/files/<sha>")
@@ -116,7 +118,7 @@ def put_file(sha: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/images")
 def create_image():  # type: ignore[no-untyped-def]
-    spec = json_body()
+    spec = json_body("layers", "python")
     layers, python, files = _validate(spec)
     spec = {"layers": layers, "python": python}
     image_id = image_id_for(spec)
@@ -152,10 +154,7 @@ def get_image(image_id: str):  # type: ignore[no-untyped-def]
     """Status and build log lines after ``cursor``, waiting up to ``timeout`` s while it builds."""
     svc = services()
     cursor = request.args.get("cursor", "0-0")
-    try:
-        wait = min(max(float(request.args.get("timeout", 0)), 0.0), 30.0)
-    except ValueError as exc:
-        raise InvalidError("timeout must be a number of seconds") from exc
+    wait = seconds(request.args.get("timeout", 0), "timeout", high=30, clamp=True)
     with svc.db.read() as session:
         record = session.get(ImageRecord, image_id)
         if record is None:

@@ -60,7 +60,9 @@ def _op(
     responses: dict[str, Any] = {ok: {"description": "OK" if ok == "200" else "Created"}}
     if reply is not None:
         responses[ok]["content"] = {media: {"schema": reply}}
-    for status in (("401",) if auth else ()) + errors:
+    # Any authenticated route may answer 400 (a bad parameter); any with a body 413 (over the payload limit).
+    common = (("400", "401") if auth else ()) + (("413",) if body is not None else ())
+    for status in sorted(set(common + errors)):
         responses[status] = {"$ref": f"#/components/responses/E{status}"}
     operation: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     if description:
@@ -138,7 +140,7 @@ _READY = _obj(
     },
     ["status", "checks"],
 )
-_SUMMARY = _obj({k: _num() for k in ("count", "avg", "p50", "p95", "max")})
+_SUMMARY = _obj({"count": _num(), **{k: _num(type=["number", "null"]) for k in ("avg", "p50", "p95", "max")}})
 _STATS = _obj(
     {
         "scope": _str("`user`: the token's own numbers; `all`: an admin token's view", enum=["user", "all"]),
@@ -162,7 +164,9 @@ _STATS = _obj(
                     "quota": _int(),
                     "weight": _int(),
                     "share": _num("this user's part of all tasks in flight, 0-1"),
-                    "fair_share": _num("admin view: the part due by weight among users with work (else null)"),
+                    "fair_share": _num(
+                        "admin view: the part due by weight among users with work (else null)", type=["number", "null"]
+                    ),
                 }
             ),
         },
@@ -180,7 +184,7 @@ _STATS = _obj(
                 "list": {"type": "array", "items": {"type": "object"}},
             }
         ),
-        "dispatcher": _obj({"alive": {"type": "boolean"}, "heartbeat_age": _num()}),
+        "dispatcher": _obj({"alive": {"type": "boolean"}, "heartbeat_age": _num(type=["number", "null"])}),
         "queues": {"type": "object", "additionalProperties": _int(), "description": "Celery queue -> messages waiting"},
         "duration": _SUMMARY,
         "queued_wait": _SUMMARY,
@@ -225,6 +229,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 "operations",
                 reply=_str(),
                 media="text/plain",
+                errors=("403",),
                 description="Text exposition format: the /stats numbers and `minimodal_call_latency_seconds`.",
             )
         },
@@ -286,7 +291,16 @@ def _paths() -> dict[str, dict[str, Any]]:
                 ok="201",
                 body=_obj({"name": _str(), "quota": _int(minimum=1), "weight": _int(minimum=1)}, ["name"]),
                 reply=_obj({"name": _str(), "quota": _int(), "weight": _int(), "token": _str()}),
-                errors=("400",),
+                errors=("400", "403"),
+            )
+        },
+        "/v1/tokens/revoke": {
+            "post": _op(
+                "Revoke the caller's token, or (admin) the token of `user`; refused from the next request on",
+                "users",
+                body=_obj({"user": _str("whose token (admin only when not the caller)")}),
+                reply=_obj({"user": _str(), "revoked_at": _str()}),
+                errors=("400", "403", "404"),
             )
         },
         "/v1/users/{name}": {
@@ -296,7 +310,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 params=[_path("name", "user name")],
                 body=_obj({"quota": _int(minimum=1), "weight": _int(minimum=1)}),
                 reply=_USER,
-                errors=("400", "404"),
+                errors=("400", "403", "404"),
             )
         },
         "/v1/apps": {
@@ -398,7 +412,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                         "cursor": _str(),
                     }
                 ),
-                errors=("400", "404", "413"),
+                errors=("400", "404", "413", "429"),
             )
         },
         "/v1/calls/{call_id}": {
@@ -452,7 +466,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                 params=[_CALL],
                 body=_INPUTS,
                 reply=_obj({"call_id": _str(), "first": _int(), "count": _int()}),
-                errors=("400", "404", "413"),
+                errors=("400", "404", "413", "429"),
             )
         },
         "/v1/calls/{call_id}/outputs": {
@@ -556,10 +570,12 @@ def _paths() -> dict[str, dict[str, Any]]:
 
 _ERROR_TEXT = {
     "400": "Invalid request",
-    "401": "Missing, invalid or revoked token, or not an admin",
+    "401": "Missing, invalid or revoked token",
+    "403": "Not an admin",
     "404": "Not found (or not yours)",
     "410": "Outputs expired",
     "413": "Payload too large",
+    "429": "Too many call submissions for this token; see Retry-After",
     "503": "A service is down",
 }
 

@@ -15,6 +15,7 @@ from minimodal.exception import InvalidError
 from ..database import Database
 from ..payloads import Payloads
 from ..pending import PendingQueues
+from ..ratelimit import RateLimiter
 
 _API_SETTINGS = (
     "redis_url",
@@ -23,6 +24,8 @@ _API_SETTINGS = (
     "result_ttl",
     "default_quota",
     "default_weight",
+    "call_rate_limit",
+    "call_rate_burst",
 )
 
 
@@ -35,6 +38,7 @@ class Services:
     payloads: Payloads
     started_at: float
     celery: Any  # used only to send tasks by name (image builds)
+    rate_limiter: RateLimiter  # call submissions per token
 
     @classmethod
     def build(cls, overrides: dict[str, Any], *, redis: Redis | None, database: Database | None) -> Services:
@@ -55,6 +59,7 @@ class Services:
             payloads=Payloads(redis, ttl=settings["result_ttl"]),
             started_at=time.time(),
             celery=_sender(settings["redis_url"]),
+            rate_limiter=RateLimiter(redis, settings["call_rate_limit"], settings["call_rate_burst"]),
         )
 
 

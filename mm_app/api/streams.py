@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 from flask import Blueprint, g, request
@@ -24,7 +25,7 @@ from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 
 from ..models import AppRecord, CallRecord
-from .auth import authenticate
+from .auth import authenticate, seconds, token_revoked
 from .services import services
 
 bp = Blueprint("streams", __name__, url_prefix="/v1")
@@ -42,6 +43,7 @@ def _check_before_upgrade() -> None:
 _CURSOR = re.compile(r"^\d+-\d+$")
 KINDS = ("items", "outputs", "logs")
 _KEYS = {"items": protocol.items_key, "outputs": protocol.outputs_key, "logs": protocol.logs_key}
+REVOKE_CHECK_SECONDS = 1  # an open WebSocket re-reads its user's token state this often (at most)
 PING_SECONDS = 5  # a WebSocket with nothing to say sends a ping this often, which also detects a gone client
 
 
@@ -88,10 +90,7 @@ def _read(call_id: str, cursors: dict[str, str], block_ms: int) -> list[dict[str
 def stream(call_id: str):  # type: ignore[no-untyped-def]
     _own_call(call_id)
     cursors = {kind: c for kind in KINDS if (c := _cursor(kind, None)) is not None} or {k: "0-0" for k in KINDS}
-    try:
-        wait = min(max(float(request.args.get("timeout", 0)), 0.0), 60.0)
-    except ValueError as exc:
-        raise InvalidError("timeout must be a number of seconds") from exc
+    wait = seconds(request.args.get("timeout", 0), "timeout", high=60, clamp=True)
     return {"events": _read(call_id, cursors, int(wait * 1000))}
 
 
@@ -99,14 +98,23 @@ def stream(call_id: str):  # type: ignore[no-untyped-def]
 def stream_ws(ws: Any, call_id: str) -> None:
     """Push items, outputs and logs after the given cursors until the client closes."""
     cursors = {kind: c for kind in KINDS if (c := _cursor(kind, None)) is not None} or {k: "0-0" for k in KINDS}
+    checked = pinged = time.monotonic()
     while True:
-        events = _read(call_id, cursors, PING_SECONDS * 1000)
+        if time.monotonic() - checked >= REVOKE_CHECK_SECONDS:
+            if token_revoked(g.user.id):  # a token revoked while its socket is open stops it too
+                ws.close(reason=1008, message="token revoked")
+                return
+            checked = time.monotonic()
+        events = _read(call_id, cursors, REVOKE_CHECK_SECONDS * 1000)
         if not events:
-            ws.send(json.dumps({"kind": "ping"}))
+            if time.monotonic() - pinged >= PING_SECONDS:
+                ws.send(json.dumps({"kind": "ping"}))
+                pinged = time.monotonic()
             continue
         for event in events:
             kind = "outputs" if event["kind"] == "output" else event["kind"] + "s"
             cursors[kind] = event["cursor"]
+        pinged = time.monotonic()
         ws.send(json.dumps({"kind": "batch", "events": events}))
 
 

@@ -1,17 +1,21 @@
-"""Users: ``POST /v1/users`` (admin) creates one and returns its token once; ``PATCH`` changes quota/weight."""
+"""Users: ``POST /v1/users`` (admin) creates one and returns its token once; ``PATCH`` changes quota/weight.
+
+``POST /v1/tokens/revoke`` revokes the caller's own token, or (admin) the token of ``{"user": name}``;
+every request authenticates against the database, so the next request with it answers 401.
+"""
 
 from __future__ import annotations
 
 import re
 
-from flask import Blueprint, g
+from flask import Blueprint, g, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from minimodal.exception import InvalidError, NotFoundError
+from minimodal.exception import InvalidError, NotFoundError, PermissionDeniedError
 from minimodal.protocol import new_token
 
-from ..models import UserRecord
+from ..models import UserRecord, utcnow
 from .auth import authenticate, field, hash_token, json_body, require_admin
 from .services import services
 
@@ -47,7 +51,7 @@ def me():  # type: ignore[no-untyped-def]
 @bp.post("/users")
 def create():  # type: ignore[no-untyped-def]
     require_admin()
-    body = json_body()
+    body = json_body("name", "quota", "weight")
     svc = services()
     name = field(body, "name", str)
     quota = _positive(body, "quota") or svc.settings["default_quota"]
@@ -64,7 +68,7 @@ def create():  # type: ignore[no-untyped-def]
 @bp.patch("/users/<name>")
 def update(name: str):  # type: ignore[no-untyped-def]
     require_admin()
-    body = json_body()
+    body = json_body("quota", "weight")
     quota, weight = _positive(body, "quota"), _positive(body, "weight")
     svc = services()
     with svc.db.write() as session:
@@ -79,3 +83,19 @@ def update(name: str):  # type: ignore[no-untyped-def]
         user_id = user.id
     svc.pending.set_quota(user_id, result["quota"], weight=result["weight"])  # the dispatcher's next pass uses them
     return result
+
+
+@bp.post("/tokens/revoke")
+def revoke():  # type: ignore[no-untyped-def]
+    """Revoke a token at once: the caller's own, or with ``user`` (admin only) another user's."""
+    body = json_body("user") if request.content_length else {}
+    name = field(body, "user", str, required=False) or g.user.name
+    if name != g.user.name and not g.user.is_admin:
+        raise PermissionDeniedError("revoking another user's token needs an admin token")
+    with services().db.write() as session:
+        user = session.scalar(select(UserRecord).where(UserRecord.name == name))
+        if user is None:
+            raise NotFoundError(f"no user named {name!r}")
+        user.revoked_at = user.revoked_at or utcnow()
+        revoked_at = user.revoked_at
+    return {"user": name, "revoked_at": revoked_at.isoformat()}

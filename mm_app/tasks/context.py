@@ -34,6 +34,7 @@ from ..models import FunctionRecord
 from ..payloads import Payloads
 from ..pending import PendingQueues
 from .breaker import CircuitBreaker
+from .caps import OutputCaps
 from .recorder import Recorder
 
 logger = logging.getLogger("minimodal.worker")
@@ -93,6 +94,7 @@ class WorkerContext:
     _events_seen: dict[str, int] = field(default_factory=dict)  # runtime -> pool events forwarded so far
     _beat_now: threading.Event = field(default_factory=threading.Event)  # beat at once (offered slots changed)
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker.from_config)  # platform failures stop intake
+    caps: OutputCaps = field(default_factory=OutputCaps.from_config)  # item size and log volume per input
 
     @classmethod
     def from_config(cls) -> WorkerContext:
@@ -174,6 +176,7 @@ class WorkerContext:
             image=spec.image_tag,
             min_containers=int(options.get("min_containers", 0)),
             buffer_containers=int(options.get("buffer_containers", 0)),
+            block_network=bool(options.get("block_network", False)),
             labels={
                 "app": spec.app_id,
                 "function": spec.tag,

@@ -22,6 +22,7 @@ from minimodal.retries import Retries
 from workers.runtimes.base import Outcome, RunnerStartError
 
 from ..celery_app import app
+from .caps import LogBudget
 from .context import WorkerContext, close_context, get_context
 from .recorder import Ended
 
@@ -269,8 +270,13 @@ class _Sinks:
     def __init__(self, ctx: WorkerContext, call_id: str, app_id: str, tag: str, user_id: int, idx: int) -> None:
         self.ctx, self.call_id, self.app_id, self.tag, self.user_id, self.idx = ctx, call_id, app_id, tag, user_id, idx
         self.items = 0
+        self.budget = LogBudget(ctx.caps)
 
     def log(self, stream: str, text: str) -> None:
+        capped = self.budget.take(text)
+        if capped is None:
+            return
+        text = capped
         fields = {
             protocol.LOG_INDEX: str(self.idx),
             protocol.LOG_STREAM: stream,
@@ -283,6 +289,7 @@ class _Sinks:
             logger.warning("cannot store a log line of %s", self.call_id, exc_info=True)
 
     def item(self, n: int, data: bytes) -> None:
+        data = self.ctx.caps.item(n, data)
         fields: dict[str, Any] = {protocol.ITEM_INDEX: self.idx, protocol.ITEM_N: n}
         if len(data) > self.ctx.inline_limit:
             fields[protocol.OUT_BLOB] = self.ctx.payloads.put_blob_bytes(self.user_id, data)

@@ -22,6 +22,7 @@ class RunnerSpec:
     image: str | None = None  # the built image's tag (Docker runtime); None for runner processes
     min_containers: int = 0  # kept up even when idle (per worker)
     buffer_containers: int = 0  # extra idle runners kept while any is busy (per worker)
+    block_network: bool = False  # no network at all in the runner (Docker runtime only)
     labels: dict[str, str] = field(default_factory=dict)
 
 

@@ -6,9 +6,11 @@ run as a script, so images need no copy of MiniModal. The worker talks to the ru
 container's attached stdin and stdout, with the same frames as the process runtime; nothing runs
 through ``docker exec``, and a warm container serves input after input.
 
-Limits come from the function's options: ``memory`` (MiB, a hard limit without swap), ``cpu`` (a CFS
-quota) and a pids limit. The container runs as uid 1000 with no capabilities and no-new-privileges,
-and is removed by :meth:`DockerRunner.stop` (not auto-removed, so that an OOM kill can be inspected).
+Limits come from the function's options: ``memory`` (MiB, a hard limit without swap; 2 GiB when not
+set), ``cpu`` (a CFS quota) and a pids limit. The container runs as uid 1000 with no capabilities and
+no-new-privileges, on a read-only root file system (``/tmp`` is a tmpfs; mounts stay writable), with no
+Docker socket, and with ``network_mode=none`` when the function says ``block_network=True``. It is
+removed by :meth:`DockerRunner.stop` (not auto-removed, so that an OOM kill can be inspected).
 
 Example::
 
@@ -48,6 +50,8 @@ logger = logging.getLogger("minimodal.workers.docker")
 
 DEFAULT_IMAGE = "minimodal/base:bookworm"  # built by docker/base/build.sh
 DEFAULT_PIDS_LIMIT = 256  # processes and threads per container; stops fork bombs
+DEFAULT_MEMORY_LIMIT = 2048  # MiB a container may use when its function sets no `memory`
+TMP_SIZE = "512m"  # the writable /tmp (tmpfs); its pages count in the container's memory limit
 RUNNER_PATH = "/opt/mm/runner/minimodal_runner.py"  # its own directory: sys.path[0] holds nothing else
 RUNNER_UID = "1000:1000"  # the mm user of the base image
 LABEL = "minimodal"  # every container we start carries minimodal=1
@@ -162,7 +166,7 @@ class DockerRunner(Runner):
             raise
 
     def _start(self, runtime: DockerRuntime, spec: RunnerSpec, image: str) -> None:
-        memory = f"{spec.memory}m" if spec.memory else None
+        memory = f"{spec.memory or runtime.default_memory}m"
         try:
             self.container = self._client.containers.create(
                 image,
@@ -178,6 +182,9 @@ class DockerRunner(Runner):
                 pids_limit=runtime.pids_limit,
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
+                read_only=True,  # the image's files cannot be changed; /tmp and mounts are the writable places
+                tmpfs={"/tmp": f"rw,nosuid,nodev,size={TMP_SIZE}"},  # counted in the memory limit
+                network_mode="none" if spec.block_network else None,  # else the default bridge: outbound allowed
                 labels=_labels(spec, runtime.id),
                 volumes={str(runtime.runner_file): {"bind": RUNNER_PATH, "mode": "ro"}},
                 environment={"PYTHONUNBUFFERED": "1"},
@@ -408,8 +415,10 @@ class DockerRuntime(Runtime):
         startup_timeout: float = 60.0,
         pids_limit: int = DEFAULT_PIDS_LIMIT,
         runner_file: str | Path | None = None,
+        default_memory: int = DEFAULT_MEMORY_LIMIT,
     ) -> None:
         self.client = client
+        self.default_memory = default_memory
         self.image = image
         self.startup_timeout = startup_timeout
         self.pids_limit = pids_limit

@@ -214,4 +214,10 @@ class ProcessRuntime(Runtime):
         self.startup_timeout = startup_timeout
 
     def start(self, spec: RunnerSpec) -> Runner:
+        if spec.block_network:
+            raise RunnerStartError(
+                "block_network=True needs the Docker runtime (a runner process shares the worker's network); "
+                "give the function an image and run a worker with Docker",
+                infrastructure=False,
+            )
         return ProcessRunner(spec, self.python, self.startup_timeout)
