@@ -131,6 +131,7 @@ class App:
         self.name = name
         self.tags = dict(tags or {})
         self.app_id: str | None = None
+        self.deployed_version: int | None = None  # set by deploy()
         self._functions: dict[str, Function[Any, Any]] = {}
         self._entrypoints: dict[str, LocalEntrypoint] = {}
 
@@ -275,10 +276,8 @@ class App:
 
         return wrapper
 
-    @contextlib.contextmanager
-    def run(self, *, detach: bool = False, **_ignored: Any) -> Iterator[App]:
-        """Create an ephemeral app on the server with the current code of every function; stop it on exit."""
-        client = Client.from_config()
+    def _register(self, client: Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Build the images and store every function (code, image, options, spec) at ``path``; hydrate them."""
         image_ids: dict[str, str] = {}
         functions = []
         for tag, f in self._functions.items():
@@ -291,12 +290,21 @@ class App:
                     "code": b64(serialize_function(f._raw_f)),
                     "options": f._options.to_json(),
                     "image": image_ids[image.digest()],
+                    "spec": f._spec(),
                 }
             )
-        reply = client.request("POST", "/v1/apps", json={"name": self.name, "functions": functions})
+        reply = client.request("POST", path, json={**body, "name": self.name, "functions": functions})
         self.app_id = reply["app_id"]
         for tag, function_id in reply["functions"].items():
             self._functions[tag].object_id = function_id
+            self._functions[tag]._web_url = reply.get("web_urls", {}).get(tag)
+        return reply
+
+    @contextlib.contextmanager
+    def run(self, *, detach: bool = False, **_ignored: Any) -> Iterator[App]:
+        """Create an ephemeral app on the server with the current code of every function; stop it on exit."""
+        client = Client.from_config()
+        self._register(client, "/v1/apps", {})
         try:
             yield self
         finally:
@@ -306,3 +314,15 @@ class App:
             for f in self._functions.values():
                 f.object_id = None
             self.app_id = None
+
+    def deploy(self, *, name: str | None = None) -> App:
+        """Deploy the app: a new persistent version that ``Function.from_name`` finds; the old one is replaced.
+
+        Example::
+
+            app.deploy()
+            minimodal.Function.from_name("demo", "square").remote(3)
+        """
+        from .deploy import deploy_app
+
+        return deploy_app(self, name)
