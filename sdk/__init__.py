@@ -1,7 +1,8 @@
 """MiniModal: self-hosted serverless Python with Modal's API (``import minimodal as modal``)."""
 
-from . import config, exception, functions
+from . import cls, config, exception, functions
 from .app import App, LocalEntrypoint
+from .cls import Cls, enter, exit, method, parameter
 from .exception import Error
 from .functions import Function, FunctionCall
 from .image import Image
@@ -12,17 +13,23 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "Cls",
     "Error",
     "Function",
     "FunctionCall",
     "Image",
     "LocalEntrypoint",
     "Retries",
+    "cls",
     "config",
     "current_function_call_id",
     "current_input_id",
     "enable_output",
+    "enter",
     "exception",
+    "exit",
     "functions",
     "is_local",
+    "method",
+    "parameter",
 ]

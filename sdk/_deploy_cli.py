@@ -6,8 +6,8 @@ import argparse
 from urllib.parse import quote
 
 from ._client import Client
+from ._deploy import deploy_app
 from .app import App
-from .deploy import deploy_app
 from .exception import InvalidError
 
 

@@ -22,7 +22,7 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._client import Client
 from ._progress import Bar
@@ -33,6 +33,9 @@ from .image import Image
 from .protocol import ImageStatus, b64, parse_gpu
 from .retries import Retries
 from .runtime import output_enabled
+
+if TYPE_CHECKING:
+    from .cls import Cls
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -259,6 +262,21 @@ class App:
 
         return wrapper
 
+    def cls(self, _warn_parentheses_missing: Any = None, **options: Any) -> Callable[[type], Cls]:
+        """Register a class: its ``@method()``s run remotely, its ``@enter()`` hooks once per container.
+
+        Takes the options of :meth:`function` (see sdk/cls.py).
+        """
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("use @app.cls() with parentheses, not @app.cls")
+        from .cls import make_cls
+
+        def wrapper(user_cls: type) -> Cls:
+            tag = options.get("name") or user_cls.__qualname__
+            return make_cls(self, user_cls, tag, self.function(**{**options, "name": tag}))
+
+        return wrapper
+
     def local_entrypoint(
         self, _warn_parentheses_missing: Any = None, *, name: str | None = None
     ) -> Callable[[Callable[..., Any]], LocalEntrypoint]:
@@ -323,6 +341,6 @@ class App:
             app.deploy()
             minimodal.Function.from_name("demo", "square").remote(3)
         """
-        from .deploy import deploy_app
+        from ._deploy import deploy_app
 
         return deploy_app(self, name)

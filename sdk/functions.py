@@ -214,7 +214,7 @@ class Function(Generic[P, R]):
     @classmethod
     def from_name(cls, app_name: str, name: str, *, environment_name: str | None = None) -> Function[..., Any]:
         """The function ``name`` of the deployed app ``app_name`` (its current version), from any program."""
-        from .deploy import lookup_function
+        from ._deploy import lookup_function
 
         return lookup_function(app_name, name)
 

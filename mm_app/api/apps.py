@@ -56,7 +56,7 @@ def _parse_retries(tag: str, raw: dict[str, Any]) -> dict[str, float]:
     return {name: raw[name] for name in _RETRY_LIMITS}
 
 
-def _parse_options(tag: str, raw: Any) -> dict[str, Any]:
+def parse_options(tag: str, raw: Any) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -118,7 +118,7 @@ def register_app(
         if tag in ids:
             raise InvalidError(f"function tag {tag!r} appears twice")
         code = _parse_code(tag, spec.get("code"))
-        options = _parse_options(tag, spec.get("options"))
+        options = parse_options(tag, spec.get("options"))
         code_hash = hashlib.sha256(code + json.dumps(options, sort_keys=True).encode()).hexdigest()
         image_id = field(spec, "image", str, required=False)
         ids[tag] = protocol.new_id("fu")

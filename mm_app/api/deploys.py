@@ -9,16 +9,20 @@ current version; ``.../history`` lists versions and recent calls (scheduled runs
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Any
 
 from flask import Blueprint, g, request
 from sqlalchemy import func, select
 
+from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 
 from ..models import AppRecord, CallRecord, DeploymentRecord, FunctionRecord, FunctionSpecRecord, InputRecord, utcnow
-from .apps import register_app
+from ..registry import needs_of
+from .apps import parse_options, register_app
 from .auth import authenticate, field, json_body
 from .services import services
 
@@ -233,6 +237,17 @@ def openapi_paths() -> dict[str, Any]:
                 errors=("404",),
             )
         },
+        "/v1/functions/{function_id}/variants": {
+            "post": _op(
+                "The same function with other options (Cls.with_options); one variant per option set",
+                "deployments",
+                ok="201",
+                params=[_path("function_id", "function id (fu-...)")],
+                body=_obj({"options": {"type": "object"}}, ["options"]),
+                reply=_obj({"function_id": _str(), "tag": _str(), "options": {"type": "object"}}),
+                errors=("400", "404"),
+            )
+        },
         "/v1/deployments/{name}/history": {
             "get": _op(
                 "A deployed app's versions and its newest calls",
@@ -243,3 +258,48 @@ def openapi_paths() -> dict[str, Any]:
             )
         },
     }
+
+
+@bp.post("/functions/<function_id>/variants")
+def variant(function_id: str):  # type: ignore[no-untyped-def]
+    """The same code with other options (``Cls.with_options``): one function per distinct option set, reused."""
+    body = json_body()
+    overrides = field(body, "options", dict)
+    with services().db.write() as session:
+        base = session.get(FunctionRecord, function_id)
+        if base is None or base.user_id != g.user.id:
+            raise NotFoundError(f"no function {function_id!r}")
+        options = parse_options(base.tag, {**base.options, **overrides})
+        digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
+        tag = f"{base.tag.split('@')[0]}@{digest}"
+        found = session.scalars(
+            select(FunctionRecord).where(FunctionRecord.app_id == base.app_id, FunctionRecord.tag == tag)
+        ).first()
+        if found is not None:
+            return {"function_id": found.id, "tag": tag, "options": found.options}
+        spec = session.get(FunctionSpecRecord, base.id)
+        record = FunctionRecord(
+            id=protocol.new_id("fu"),
+            app_id=base.app_id,
+            user_id=g.user.id,
+            tag=tag,
+            code=base.code,
+            code_hash=hashlib.sha256(base.code + json.dumps(options, sort_keys=True).encode()).hexdigest(),
+            options=options,
+            image_id=base.image_id,
+            image_tag=base.image_tag,
+            queue=base.queue,
+        )
+        session.add(record)
+        session.flush()
+        if spec is not None:
+            session.add(FunctionSpecRecord(function_id=record.id, spec=spec.spec))
+        new_id, queue = record.id, record.queue
+    svc = services()
+    svc.pending.register_functions(
+        {new_id: queue},
+        limits={new_id: options["max_containers"]} if options.get("max_containers") else {},
+        warm={new_id: options["min_containers"]} if options.get("min_containers") else {},
+        needs={new_id: needs_of(options, queue)},
+    )
+    return {"function_id": new_id, "tag": tag, "options": options}, 201
