@@ -33,6 +33,7 @@ from .image import Image
 from .protocol import ImageStatus, b64, parse_gpu
 from .retries import Retries
 from .runtime import output_enabled
+from .schedule import Schedule
 
 if TYPE_CHECKING:
     from .cls import Cls
@@ -224,8 +225,9 @@ class App:
             gpu=_gpu_option(gpu),
         )
         # Accepted for Modal compatibility, refused until implemented: never silently ignored.
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise InvalidError(f"schedule={schedule!r}: give minimodal.Period(...) or minimodal.Cron(...)")
         not_yet = {
-            "schedule": schedule,
             "secrets": secrets,
             "env": env,
             "volumes": volumes,
@@ -257,6 +259,8 @@ class App:
                 logger.warning("function %r is defined twice in app %r; the later definition wins", tag, self.name)
             _check_image(image)
             function: Function[P, R] = Function(self, raw_f, tag, options, image)
+            if schedule is not None:
+                function._extra_spec["schedule"] = schedule.to_json()  # acted on when the app is deployed
             self._functions[tag] = function
             return function
 
