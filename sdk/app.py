@@ -34,6 +34,7 @@ from .protocol import ImageStatus, b64, parse_gpu
 from .retries import Retries
 from .runtime import output_enabled
 from .schedule import Schedule
+from .web import web_entry
 
 if TYPE_CHECKING:
     from .cls import Cls
@@ -258,7 +259,10 @@ class App:
             if tag in self._functions:
                 logger.warning("function %r is defined twice in app %r; the later definition wins", tag, self.name)
             _check_image(image)
-            function: Function[P, R] = Function(self, raw_f, tag, options, image)
+            web = web_entry(raw_f)  # a web endpoint ships a request handler around the function (sdk/web.py)
+            function: Function[P, R] = Function(self, web[0] if web else raw_f, tag, options, image)
+            if web:
+                function._extra_spec["web"], function._is_generator = web[1], True  # the response streams
             if schedule is not None:
                 function._extra_spec["schedule"] = schedule.to_json()  # acted on when the app is deployed
             self._functions[tag] = function

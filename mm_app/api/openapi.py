@@ -566,9 +566,9 @@ _ERROR_TEXT = {
 
 def _more_paths() -> dict[str, Any]:
     """Routes described next to their blueprints (deployments, web endpoints)."""
-    from . import deploys
+    from . import deploys, web
 
-    return {**deploys.openapi_paths()}
+    return {**deploys.openapi_paths(), **web.openapi_paths()}
 
 
 def document(server_url: str | None = None) -> dict[str, Any]:
