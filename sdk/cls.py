@@ -255,6 +255,13 @@ def make_cls(app: App, user_cls: type, tag: str, function_decorator: Callable[[A
         raise InvalidError(f"{tag} has no @minimodal.method(): mark the methods to call remotely")
     if parameters and "__init__" in vars(user_cls):
         raise InvalidError(f"{tag} declares minimodal.parameter() fields: it cannot define __init__ too")
+    for name, default in parameters.items():
+        # The class travels to containers that have no minimodal: no _Parameter objects left on it.
+        if default == _REQUIRED:
+            if name in vars(user_cls):
+                delattr(user_cls, name)
+        else:
+            setattr(user_cls, name, default)
     function = function_decorator(entry)
     function._extra_spec["cls"] = {"methods": methods, "parameters": parameters}
     return Cls(function, methods, parameters, entry)
