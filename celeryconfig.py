@@ -30,3 +30,10 @@ worker_hijack_root_logger = False
 # (its enable_events broadcast), so they are paid only while someone watches.
 worker_send_task_events = False
 task_send_sent_event = False
+# Beat: RedBeat keeps the schedule in Redis (rebuilt from the database by mm_app/beat.py); one beat leads
+# by RedBeat's lock, a second one waits for it. Ticks at least every second so a 1 s Period is on time.
+redbeat_redis_url = broker_url
+redbeat_redis_options: dict = {}
+redbeat_key_prefix = _protocol.REDBEAT_PREFIX
+redbeat_lock_timeout = 10  # a dead leader's lock expires after this many seconds; a standby takes over
+beat_max_loop_interval = 1

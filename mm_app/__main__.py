@@ -87,9 +87,8 @@ def run_worker(args: argparse.Namespace) -> None:
 
 
 def run_beat(args: argparse.Namespace) -> None:
-    schedule = config.home() / "celerybeat-schedule"
-    schedule.parent.mkdir(parents=True, exist_ok=True)
-    _celery("beat", "-l", "INFO", "-s", str(schedule))
+    # RedBeat: the schedule lives in Redis, rebuilt from the database (mm_app/beat.py, mm_app/schedules.py).
+    _celery("beat", "-l", "INFO", "-S", "mm_app.beat:Scheduler")
 
 
 def run_flower(args: argparse.Namespace) -> None:

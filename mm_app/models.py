@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from minimodal.protocol import CallStatus
@@ -45,7 +45,7 @@ class AppRecord(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     name: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    state: Mapped[str] = mapped_column(String(16), default="ephemeral")  # ephemeral | stopped
+    state: Mapped[str] = mapped_column(String(16), default="ephemeral")  # ephemeral | deployed | replaced | stopped
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
@@ -64,6 +64,29 @@ class FunctionRecord(Base):
     image_tag: Mapped[str | None] = mapped_column(String(128), nullable=True)  # None: runs in a runner process
     queue: Mapped[str] = mapped_column(String(32), default="mm.cpu")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeploymentRecord(Base):
+    """One version of a deployed app: deploying a name again adds a version and makes it the current one."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("user_id", "name", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FunctionSpecRecord(Base):
+    """What a function is beyond its code and options: generator, class methods, web endpoint, schedule."""
+
+    __tablename__ = "function_specs"
+
+    function_id: Mapped[str] = mapped_column(ForeignKey("functions.id"), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class ImageRecord(Base):

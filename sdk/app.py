@@ -22,7 +22,7 @@ import inspect
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._client import Client
 from ._progress import Bar
@@ -33,6 +33,11 @@ from .image import Image
 from .protocol import ImageStatus, b64, parse_gpu
 from .retries import Retries
 from .runtime import output_enabled
+from .schedule import Schedule
+from .web import web_entry
+
+if TYPE_CHECKING:
+    from .cls import Cls
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -131,6 +136,7 @@ class App:
         self.name = name
         self.tags = dict(tags or {})
         self.app_id: str | None = None
+        self.deployed_version: int | None = None  # set by deploy()
         self._functions: dict[str, Function[Any, Any]] = {}
         self._entrypoints: dict[str, LocalEntrypoint] = {}
 
@@ -221,8 +227,9 @@ class App:
             block_network=True if block_network else None,
         )
         # Accepted for Modal compatibility, refused until implemented: never silently ignored.
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise InvalidError(f"schedule={schedule!r}: give minimodal.Period(...) or minimodal.Cron(...)")
         not_yet = {
-            "schedule": schedule,
             "secrets": secrets,
             "env": env,
             "volumes": volumes,
@@ -252,9 +259,29 @@ class App:
             if tag in self._functions:
                 logger.warning("function %r is defined twice in app %r; the later definition wins", tag, self.name)
             _check_image(image)
-            function: Function[P, R] = Function(self, raw_f, tag, options, image)
+            web = web_entry(raw_f)  # a web endpoint ships a request handler around the function (sdk/web.py)
+            function: Function[P, R] = Function(self, web[0] if web else raw_f, tag, options, image)
+            if web:
+                function._extra_spec["web"], function._is_generator = web[1], True  # the response streams
+            if schedule is not None:
+                function._extra_spec["schedule"] = schedule.to_json()  # acted on when the app is deployed
             self._functions[tag] = function
             return function
+
+        return wrapper
+
+    def cls(self, _warn_parentheses_missing: Any = None, **options: Any) -> Callable[[type], Cls]:
+        """Register a class: its ``@method()``s run remotely, its ``@enter()`` hooks once per container.
+
+        Takes the options of :meth:`function` (see sdk/cls.py).
+        """
+        if _warn_parentheses_missing is not None:
+            raise InvalidError("use @app.cls() with parentheses, not @app.cls")
+        from .cls import make_cls
+
+        def wrapper(user_cls: type) -> Cls:
+            tag = options.get("name") or user_cls.__qualname__
+            return make_cls(self, user_cls, tag, self.function(**{**options, "name": tag}))
 
         return wrapper
 
@@ -275,10 +302,8 @@ class App:
 
         return wrapper
 
-    @contextlib.contextmanager
-    def run(self, *, detach: bool = False, **_ignored: Any) -> Iterator[App]:
-        """Create an ephemeral app on the server with the current code of every function; stop it on exit."""
-        client = Client.from_config()
+    def _register(self, client: Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Build the images and store every function (code, image, options, spec) at ``path``; hydrate them."""
         image_ids: dict[str, str] = {}
         functions = []
         for tag, f in self._functions.items():
@@ -291,12 +316,21 @@ class App:
                     "code": b64(serialize_function(f._raw_f)),
                     "options": f._options.to_json(),
                     "image": image_ids[image.digest()],
+                    "spec": f._spec(),
                 }
             )
-        reply = client.request("POST", "/v1/apps", json={"name": self.name, "functions": functions})
+        reply = client.request("POST", path, json={**body, "name": self.name, "functions": functions})
         self.app_id = reply["app_id"]
         for tag, function_id in reply["functions"].items():
             self._functions[tag].object_id = function_id
+            self._functions[tag]._web_url = reply.get("web_urls", {}).get(tag)
+        return reply
+
+    @contextlib.contextmanager
+    def run(self, *, detach: bool = False, **_ignored: Any) -> Iterator[App]:
+        """Create an ephemeral app on the server with the current code of every function; stop it on exit."""
+        client = Client.from_config()
+        self._register(client, "/v1/apps", {})
         try:
             yield self
         finally:
@@ -306,3 +340,15 @@ class App:
             for f in self._functions.values():
                 f.object_id = None
             self.app_id = None
+
+    def deploy(self, *, name: str | None = None) -> App:
+        """Deploy the app: a new persistent version that ``Function.from_name`` finds; the old one is replaced.
+
+        Example::
+
+            app.deploy()
+            minimodal.Function.from_name("demo", "square").remote(3)
+        """
+        from ._deploy import deploy_app
+
+        return deploy_app(self, name)

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import config
+from . import _deploy_cli, config
 from ._client import Client
 from ._stream import print_log
 from .app import App, LocalEntrypoint
@@ -168,6 +168,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
+    if getattr(args, "app_handler", None) is not None:
+        return int(args.app_handler(args))  # stop, history: sdk/_deploy_cli.py
     if args.app_command == "list":
         apps = Client.from_config().request("GET", "/v1/apps")["apps"]
         print(f"{'app id':24} {'name':20} {'state':10} {'created':20} functions")
@@ -247,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     app_logs.add_argument("app", help="app id (ap-...) or name (its newest run)")
     app_logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     app.set_defaults(handler=cmd_app)
+    _deploy_cli.add_commands(commands, app_commands)
 
     call = commands.add_parser("call", help="function calls")
     call_commands = call.add_subparsers(dest="call_command", required=True)

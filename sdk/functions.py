@@ -200,11 +200,28 @@ class Function(Generic[P, R]):
         self._options = options
         self._is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f)
         self.object_id: str | None = None
+        self._web_url: str | None = None
+        self._extra_spec: dict[str, Any] = {}  # what sdk/cls.py, web.py and schedule.py add
         self.__doc__ = raw_f.__doc__
         self.__name__ = getattr(raw_f, "__name__", tag)
 
     def __repr__(self) -> str:
         return f"Function({self._tag!r}, object_id={self.object_id!r})"
+
+    def _spec(self) -> dict[str, Any]:
+        """What the server keeps beside the code: how to call this function by name, as a web endpoint, on time."""
+        return {"generator": self._is_generator, **self._extra_spec}
+
+    @classmethod
+    def from_name(cls, app_name: str, name: str, *, environment_name: str | None = None) -> Function[..., Any]:
+        """The function ``name`` of the deployed app ``app_name`` (its current version), from any program."""
+        from ._deploy import lookup_function
+
+        return lookup_function(app_name, name)
+
+    def get_web_url(self) -> str | None:
+        """The stable URL of a deployed web endpoint (None for other functions)."""
+        return self._web_url
 
     def _hydrated_id(self) -> str:
         if self.object_id is None:

@@ -19,6 +19,8 @@ KEY_PREFIX = "mm"
 # Celery names: the API never sends tasks; the dispatcher sends them by name.
 TASK_EXECUTE = "mm.execute"
 TASK_BUILD_IMAGE = "mm.build_image"
+TASK_SCHEDULED_RUN = "mm.scheduled_run"  # a RedBeat entry's task: beat itself submits the call (mm_app/beat.py)
+REDBEAT_PREFIX = "mm:redbeat:"  # RedBeat's keys (schedule zset, entries, lock) live under this prefix
 QUEUE_CPU = "mm.cpu"  # functions that run in a runner process (no image built: no Docker worker at deploy)
 QUEUE_CONTAINER = "mm.container"  # functions whose image was built: only Docker workers consume it
 QUEUE_BUILD = "mm.build"  # image builds: only Docker workers consume it
@@ -129,6 +131,11 @@ def logs_key(call_id: str) -> str:
 def app_logs_key(app_id: str) -> str:
     """Stream of what all calls of one app printed."""
     return key("applogs", app_id)
+
+
+def schedules_dirty_key() -> str:
+    """Set when deployments changed: beat reconciles its RedBeat entries with the database on its next tick."""
+    return key("schedules", "dirty")
 
 
 def blob_key(blob_id: str) -> str:

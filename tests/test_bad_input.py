@@ -194,7 +194,6 @@ def test_every_accepted_call_ends_in_a_terminal_status(stack: Stack, user: str) 
 @pytest.mark.parametrize(
     ("option", "value"),
     [
-        ("schedule", object()),
         ("secrets", [object()]),
         ("volumes", {"/d": object()}),
     ],
@@ -216,6 +215,8 @@ def test_deprecated_and_invalid_options_are_refused() -> None:
         app.function(max_containers=0)(basic.square.local)
     with pytest.raises(InvalidError, match="give a minimodal.Image"):
         app.function(image="python:3.11")(basic.square.local)
+    with pytest.raises(InvalidError, match="Period"):
+        app.function(schedule=object())(basic.square.local)
     with pytest.raises(InvalidError, match="same major.minor"):
         minimodal.Image.debian_slim(python_version="3.9")
     with pytest.raises(TypeError, match="app.cls"):

@@ -14,7 +14,7 @@ from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import ImageStatus
 
-from ..models import AppRecord, FunctionRecord, ImageRecord, utcnow
+from ..models import AppRecord, FunctionRecord, FunctionSpecRecord, ImageRecord, utcnow
 from ..registry import check_gpu_option, needs_of
 from .auth import authenticate, check_fields, field, json_body
 from .services import services
@@ -57,7 +57,7 @@ def _parse_retries(tag: str, raw: dict[str, Any]) -> dict[str, float]:
     return {name: raw[name] for name in _RETRY_LIMITS}
 
 
-def _parse_options(tag: str, raw: Any) -> dict[str, Any]:
+def parse_options(tag: str, raw: Any) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -97,8 +97,20 @@ def create_app_record():  # type: ignore[no-untyped-def]
     body = json_body("name", "functions")
     name = field(body, "name", str, required=False)
     specs = field(body, "functions", list, required=False, default=[])
+    app_id, ids = register_app(name, specs)
+    return {"app_id": app_id, "functions": ids}, 201
+
+
+def register_app(
+    name: str | None, specs: list[Any], *, state: str = "ephemeral", before_commit: Any = None
+) -> tuple[str, dict[str, str]]:
+    """Store a new app with its functions (and each one's ``spec``: kind, web, schedule); return its ids.
+
+    ``before_commit(session, app_id, records)`` runs in the same transaction (a deploy switches its
+    current version there, so that lookups see the old version or the new one, never a mix).
+    """
     app_id = protocol.new_id("ap")
-    records, ids = [], {}
+    records, ids, extras = [], {}, {}
     svc = services()
     for spec in specs:
         if not isinstance(spec, dict):
@@ -108,10 +120,11 @@ def create_app_record():  # type: ignore[no-untyped-def]
         if tag in ids:
             raise InvalidError(f"function tag {tag!r} appears twice")
         code = _parse_code(tag, spec.get("code"))
-        options = _parse_options(tag, spec.get("options"))
+        options = parse_options(tag, spec.get("options"))
         code_hash = hashlib.sha256(code + json.dumps(options, sort_keys=True).encode()).hexdigest()
         image_id = field(spec, "image", str, required=False)
         ids[tag] = protocol.new_id("fu")
+        extras[ids[tag]] = parse_spec(tag, spec.get("spec"))
         records.append(
             FunctionRecord(
                 id=ids[tag],
@@ -127,9 +140,13 @@ def create_app_record():  # type: ignore[no-untyped-def]
     with svc.db.write() as session:
         for record in records:
             _attach_image(session, record)
-        session.add(AppRecord(id=app_id, user_id=g.user.id, name=name))
+        session.add(AppRecord(id=app_id, user_id=g.user.id, name=name, state=state))
         session.flush()
         session.add_all(records)
+        session.flush()
+        session.add_all(FunctionSpecRecord(function_id=f, spec=extra) for f, extra in extras.items() if extra)
+        if before_commit is not None:
+            before_commit(session, app_id, records)
     if records:
         svc.pending.register_functions(
             {r.id: r.queue for r in records},
@@ -137,7 +154,19 @@ def create_app_record():  # type: ignore[no-untyped-def]
             warm={r.id: r.options["min_containers"] for r in records if r.options.get("min_containers")},
             needs={r.id: needs_of(r.options, r.queue) for r in records},  # what the scheduler places
         )
-    return {"app_id": app_id, "functions": ids}, 201
+    return app_id, ids
+
+
+MAX_SPEC_BYTES = 16 * 1024
+
+
+def parse_spec(tag: str, raw: Any) -> dict[str, Any]:
+    """A function's ``spec``: what callers by name and the web/schedule services need (small JSON object)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(json.dumps(raw)) > MAX_SPEC_BYTES:
+        raise InvalidError(f"function {tag!r}: spec must be a JSON object under {MAX_SPEC_BYTES} bytes")
+    return raw
 
 
 def _attach_image(session: Any, record: FunctionRecord) -> None:
@@ -201,6 +230,9 @@ def stop_app(app_id: str):  # type: ignore[no-untyped-def]
             record.state, record.stopped_at = "stopped", utcnow()
         function_ids = [f for (f,) in session.execute(select(FunctionRecord.id).where(FunctionRecord.app_id == app_id))]
     services().pending.forget_warm(function_ids)
+    from .deploys import after_change
+
+    after_change(g.user.id)  # a stopped deployed app loses its schedules
     return {"app_id": app_id, "state": "stopped"}
 
 

@@ -325,7 +325,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                                 {
                                     "app_id": _str(),
                                     "name": _str(),
-                                    "state": _str("ephemeral or stopped"),
+                                    "state": _str("ephemeral, deployed, replaced (by a newer version) or stopped"),
                                     "created_at": _str(format="date-time"),
                                     "stopped_at": _str(format="date-time"),
                                     "functions": {"type": "array", "items": _str()},
@@ -580,6 +580,13 @@ _ERROR_TEXT = {
 }
 
 
+def _more_paths() -> dict[str, Any]:
+    """Routes described next to their blueprints (deployments, web endpoints)."""
+    from . import deploys, web
+
+    return {**deploys.openapi_paths(), **web.openapi_paths()}
+
+
 def document(server_url: str | None = None) -> dict[str, Any]:
     """The OpenAPI document; ``server_url`` fills ``servers`` when given."""
     doc: dict[str, Any] = {
@@ -589,7 +596,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
             "version": "1",
             "description": 'Errors answer `{"error": {"type", "message"}}` with a minimodal.exception name.',
         },
-        "paths": _paths(),
+        "paths": {**_paths(), **_more_paths()},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Error": _obj({"error": _obj({"type": _str(), "message": _str()}, ["type", "message"])})},

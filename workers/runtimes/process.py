@@ -6,6 +6,7 @@ in a container: resource limits other than ``timeout`` need the Docker runtime.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -22,6 +23,7 @@ from minimodal._runner import write_frame
 from .base import ItemSink, LogSink, Outcome, Runner, RunnerSpec, RunnerStartError, Runtime, serve_frames
 
 _PREFIX_SIZE = 9
+GRACEFUL_EXIT_SECONDS = 2.0  # an idle runner told to stop gets this long to run its exit hooks
 
 
 class _FrameReader:
@@ -117,6 +119,7 @@ class ProcessRunner(Runner):
         assert self.process.stdin and self.process.stdout and self.process.stderr
         self._stdin = self.process.stdin
         self._on_log: LogSink | None = None  # the current input's log sink, for what arrives on stderr
+        self._busy = False  # inside call(): a stop then is a kill (timeout), not a graceful exit
         self._reader = _FrameReader(self.process.stdout.fileno(), self.process.stderr.fileno(), self._stderr_text)
         try:
             write_frame(self._stdin, b"F", {}, spec.code)
@@ -150,6 +153,7 @@ class ProcessRunner(Runner):
     ) -> Outcome:
         started = time.monotonic()
         deadline = started + self.spec.timeout
+        self._busy = True
         try:
             self._reader.drain_stderr()  # what came between inputs belongs to none of them
             self._on_log = on_log
@@ -172,6 +176,7 @@ class ProcessRunner(Runner):
             )
         finally:
             self._on_log = None
+            self._busy = False
 
     def _lost(self, started: float, idx: int) -> Outcome:
         try:
@@ -190,6 +195,12 @@ class ProcessRunner(Runner):
         )
 
     def stop(self) -> None:
+        if self.process.poll() is None and self.process.stdin is not None and not self._busy:
+            # End of input first: the runner returns and runs its exit hooks (@minimodal.exit()); then kill.
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=GRACEFUL_EXIT_SECONDS)
         if self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)

@@ -1,0 +1,305 @@
+"""Deployed apps: persistent, versioned, looked up by name.
+
+``POST /v1/deployments`` stores a new version of an app (same body as ``POST /v1/apps``) and makes it
+the current one in the same transaction as the previous version is marked ``replaced``: a lookup sees
+one version or the other, never a mix. A replaced version's functions keep their records, so calls in
+flight (and handles looked up before the redeploy) finish on the old code. ``.../stop`` stops the
+current version; ``.../history`` lists versions and recent calls (scheduled runs among them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from flask import Blueprint, g, request
+from sqlalchemy import func, select
+
+from minimodal import protocol
+from minimodal.exception import InvalidError, NotFoundError
+
+from ..models import AppRecord, CallRecord, DeploymentRecord, FunctionRecord, FunctionSpecRecord, InputRecord, utcnow
+from ..registry import needs_of
+from .apps import parse_options, register_app
+from .auth import authenticate, field, json_body
+from .services import services
+
+bp = Blueprint("deploys", __name__, url_prefix="/v1")
+bp.before_request(authenticate)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+HISTORY_CALLS = 50  # ``history`` shows this many of the newest calls
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidError(f"app name {name!r}: give 1-64 letters, digits, '-', '_' or '.' (a deployed app needs one)")
+    return name
+
+
+def web_url(user: str, app: str, tag: str) -> str:
+    return f"{request.host_url.rstrip('/')}/web/{user}/{app}/{tag}"
+
+
+def current(session: Any, user_id: int, name: str) -> tuple[DeploymentRecord, AppRecord] | None:
+    """The newest version of ``name`` and its app record (which may be stopped)."""
+    deployment = session.scalars(
+        select(DeploymentRecord)
+        .where(DeploymentRecord.user_id == user_id, DeploymentRecord.name == name)
+        .order_by(DeploymentRecord.version.desc())
+        .limit(1)
+    ).first()
+    if deployment is None:
+        return None
+    return deployment, session.get(AppRecord, deployment.app_id)
+
+
+def after_change(user_id: int) -> None:
+    """Bring what follows from deployments (schedules) in line with the database."""
+    from ..schedules import reconcile_user
+
+    reconcile_user(services(), user_id)
+
+
+@bp.post("/deployments")
+def deploy():  # type: ignore[no-untyped-def]
+    body = json_body()
+    name = check_name(body.get("name"))
+    specs = field(body, "functions", list, required=False, default=[])
+    found: dict[str, Any] = {}
+
+    def switch(session: Any, app_id: str, records: list[FunctionRecord]) -> None:
+        previous = current(session, g.user.id, name)
+        version = 1
+        if previous is not None:
+            version = previous[0].version + 1
+            if previous[1].state == "deployed":
+                previous[1].state, previous[1].stopped_at = "replaced", utcnow()
+        session.add(DeploymentRecord(user_id=g.user.id, name=name, version=version, app_id=app_id))
+        found["version"] = version
+
+    app_id, ids = register_app(name, specs, state="deployed", before_commit=switch)
+    after_change(g.user.id)
+    webs = {}
+    with services().db.read() as session:
+        for spec in session.scalars(select(FunctionSpecRecord).where(FunctionSpecRecord.function_id.in_(ids.values()))):
+            if spec.spec.get("web"):
+                tag = next(t for t, f in ids.items() if f == spec.function_id)
+                webs[tag] = web_url(g.user.name, name, tag)
+    return {"app_id": app_id, "name": name, "version": found["version"], "functions": ids, "web_urls": webs}, 201
+
+
+@bp.get("/deployments/<name>/functions/<tag>")
+def lookup(name: str, tag: str):  # type: ignore[no-untyped-def]
+    """The current version's function ``tag`` (``Function.from_name``)."""
+    with services().db.read() as session:
+        found = current(session, g.user.id, name)
+        if found is None or found[1].state != "deployed":
+            raise NotFoundError(f"no deployed app {name!r}; deploy it with `minimodal deploy FILE`")
+        deployment, app = found
+        record = session.scalars(
+            select(FunctionRecord).where(FunctionRecord.app_id == app.id, FunctionRecord.tag == tag)
+        ).first()
+        if record is None:
+            tags = session.scalars(select(FunctionRecord.tag).where(FunctionRecord.app_id == app.id)).all()
+            raise NotFoundError(f"app {name!r} has no function {tag!r} (it has: {', '.join(sorted(tags)) or 'none'})")
+        spec = session.get(FunctionSpecRecord, record.id)
+        spec_json = spec.spec if spec is not None else {}
+        reply = {
+            "function_id": record.id,
+            "app_id": app.id,
+            "version": deployment.version,
+            "spec": spec_json,
+        }
+        if spec_json.get("web"):
+            reply["web_url"] = web_url(g.user.name, name, tag)
+        return reply
+
+
+@bp.post("/deployments/<name>/stop")
+def stop(name: str):  # type: ignore[no-untyped-def]
+    with services().db.write() as session:
+        found = current(session, g.user.id, name)
+        if found is None:
+            raise NotFoundError(f"no deployed app {name!r}")
+        deployment, app = found
+        if app.state != "stopped":
+            app.state, app.stopped_at = "stopped", utcnow()
+        function_ids = list(session.scalars(select(FunctionRecord.id).where(FunctionRecord.app_id == app.id)))
+    services().pending.forget_warm(function_ids)
+    after_change(g.user.id)
+    return {"name": name, "app_id": deployment.app_id, "version": deployment.version, "state": "stopped"}
+
+
+@bp.get("/deployments/<name>/history")
+def history(name: str):  # type: ignore[no-untyped-def]
+    """Every version of ``name`` (newest first) and its newest calls, scheduled runs included."""
+    with services().db.read() as session:
+        rows = session.execute(
+            select(DeploymentRecord, AppRecord)
+            .join(AppRecord, AppRecord.id == DeploymentRecord.app_id)
+            .where(DeploymentRecord.user_id == g.user.id, DeploymentRecord.name == name)
+            .order_by(DeploymentRecord.version.desc())
+        ).all()
+        if not rows:
+            raise NotFoundError(f"no deployed app {name!r}")
+        versions = {d.app_id: d.version for d, _ in rows}
+        calls = session.execute(
+            select(CallRecord.id, CallRecord.created_at, FunctionRecord.tag, FunctionRecord.app_id)
+            .join(FunctionRecord, FunctionRecord.id == CallRecord.function_id)
+            .where(FunctionRecord.app_id.in_(list(versions)))
+            .order_by(CallRecord.created_at.desc())
+            .limit(HISTORY_CALLS)
+        ).all()
+        statuses: dict[str, dict[str, int]] = {}
+        if calls:
+            for call_id, status, count in session.execute(
+                select(InputRecord.call_id, InputRecord.status, func.count())
+                .where(InputRecord.call_id.in_([c.id for c in calls]))
+                .group_by(InputRecord.call_id, InputRecord.status)
+            ):
+                statuses.setdefault(call_id, {})[status] = count
+        return {
+            "name": name,
+            "versions": [
+                {
+                    "version": d.version,
+                    "app_id": d.app_id,
+                    "state": a.state,
+                    "deployed_at": d.created_at.isoformat(),
+                    "stopped_at": a.stopped_at.isoformat() if a.stopped_at else None,
+                }
+                for d, a in rows
+            ],
+            "calls": [
+                {
+                    "call_id": c.id,
+                    "function": c.tag,
+                    "version": versions[c.app_id],
+                    "created_at": c.created_at.isoformat(),
+                    "statuses": statuses.get(c.id, {}),
+                }
+                for c in calls
+            ],
+        }
+
+
+def openapi_paths() -> dict[str, Any]:
+    """This blueprint's part of ``/openapi.json``."""
+    from .openapi import _obj, _op, _path, _str
+
+    name = _path("name", "the deployed app's name")
+    functions = {"type": "object", "additionalProperties": _str(), "description": "tag -> function id"}
+    return {
+        "/v1/deployments": {
+            "post": _op(
+                "Deploy a new version of a named app (body as POST /v1/apps); it becomes the current version",
+                "deployments",
+                ok="201",
+                body=_obj({"name": _str(), "functions": {"type": "array", "items": {"type": "object"}}}, ["name"]),
+                reply=_obj(
+                    {
+                        "app_id": _str(),
+                        "name": _str(),
+                        "version": {"type": "integer"},
+                        "functions": functions,
+                        "web_urls": {"type": "object", "additionalProperties": _str()},
+                    }
+                ),
+                errors=("400", "404"),
+            )
+        },
+        "/v1/deployments/{name}/functions/{tag}": {
+            "get": _op(
+                "Look up a function of the current version of a deployed app",
+                "deployments",
+                params=[name, _path("tag", "the function's tag")],
+                reply=_obj(
+                    {
+                        "function_id": _str(),
+                        "app_id": _str(),
+                        "version": {"type": "integer"},
+                        "spec": {"type": "object"},
+                        "web_url": _str(),
+                    }
+                ),
+                errors=("404",),
+            )
+        },
+        "/v1/deployments/{name}/stop": {
+            "post": _op(
+                "Stop the current version of a deployed app (its schedules stop too)",
+                "deployments",
+                params=[name],
+                reply=_obj({"name": _str(), "app_id": _str(), "version": {"type": "integer"}, "state": _str()}),
+                errors=("404",),
+            )
+        },
+        "/v1/functions/{function_id}/variants": {
+            "post": _op(
+                "The same function with other options (Cls.with_options); one variant per option set",
+                "deployments",
+                ok="201",
+                params=[_path("function_id", "function id (fu-...)")],
+                body=_obj({"options": {"type": "object"}}, ["options"]),
+                reply=_obj({"function_id": _str(), "tag": _str(), "options": {"type": "object"}}),
+                errors=("400", "404"),
+            )
+        },
+        "/v1/deployments/{name}/history": {
+            "get": _op(
+                "A deployed app's versions and its newest calls",
+                "deployments",
+                params=[name],
+                reply=_obj({"name": _str(), "versions": {"type": "array"}, "calls": {"type": "array"}}),
+                errors=("404",),
+            )
+        },
+    }
+
+
+@bp.post("/functions/<function_id>/variants")
+def variant(function_id: str):  # type: ignore[no-untyped-def]
+    """The same code with other options (``Cls.with_options``): one function per distinct option set, reused."""
+    body = json_body()
+    overrides = field(body, "options", dict)
+    with services().db.write() as session:
+        base = session.get(FunctionRecord, function_id)
+        if base is None or base.user_id != g.user.id:
+            raise NotFoundError(f"no function {function_id!r}")
+        options = parse_options(base.tag, {**base.options, **overrides})
+        digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
+        tag = f"{base.tag.split('@')[0]}@{digest}"
+        found = session.scalars(
+            select(FunctionRecord).where(FunctionRecord.app_id == base.app_id, FunctionRecord.tag == tag)
+        ).first()
+        if found is not None:
+            return {"function_id": found.id, "tag": tag, "options": found.options}
+        spec = session.get(FunctionSpecRecord, base.id)
+        record = FunctionRecord(
+            id=protocol.new_id("fu"),
+            app_id=base.app_id,
+            user_id=g.user.id,
+            tag=tag,
+            code=base.code,
+            code_hash=hashlib.sha256(base.code + json.dumps(options, sort_keys=True).encode()).hexdigest(),
+            options=options,
+            image_id=base.image_id,
+            image_tag=base.image_tag,
+            queue=base.queue,
+        )
+        session.add(record)
+        session.flush()
+        if spec is not None:
+            session.add(FunctionSpecRecord(function_id=record.id, spec=spec.spec))
+        new_id, queue = record.id, record.queue
+    svc = services()
+    svc.pending.register_functions(
+        {new_id: queue},
+        limits={new_id: options["max_containers"]} if options.get("max_containers") else {},
+        warm={new_id: options["min_containers"]} if options.get("min_containers") else {},
+        needs={new_id: needs_of(options, queue)},
+    )
+    return {"function_id": new_id, "tag": tag, "options": options}, 201
