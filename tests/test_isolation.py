@@ -22,7 +22,7 @@ from minimodal import protocol
 from minimodal._websocket import HandshakeError, WebSocket
 from mm_app.api import create_app
 from tests.conftest import Stack, wait_for
-from tests.functions import basic, faults, hardening
+from tests.functions import basic, faults, hardening, webapps
 
 # What user B must get:
 HIDDEN = "hidden"  # 404 NotFoundError: the object exists for A only
@@ -30,6 +30,7 @@ ADMIN = "admin"  # 403 PermissionDeniedError: admin-only route
 OWN = "own"  # 2xx, but B's own view: none of A's ids or names appear in the reply
 PUBLIC = "public"  # no token needed; holds no user data (checked: none of A's ids or names appear)
 SHARED = "shared"  # content-addressed build cache, shared on purpose (see SECURITY.md); not checked here
+PROXY = "proxy"  # 401 AuthError: a web endpoint with requires_proxy_auth takes only its owner's token
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,14 @@ ROUTES: dict[str, Route] = {
     "streams.app_logs:by-name": Route("GET", lambda a: f"/v1/apps/{a['app_name']}/logs", HIDDEN),
     "deadletters.list_dead_letters": Route("GET", lambda a: "/dead-letter-queue?state=all", OWN),
     "deadletters.retry_dead_letter": Route("POST", lambda a: f"/dead-letter-queue/{a['dead_letter']}/retry", HIDDEN),
+    "deploys.deploy": Route("POST", lambda a: "/v1/deployments", OWN, {"name": "b-deployed", "functions": []}),
+    "deploys.lookup": Route("GET", lambda a: f"/v1/deployments/{a['deployed']}/functions/private", HIDDEN),
+    "deploys.history": Route("GET", lambda a: f"/v1/deployments/{a['deployed']}/history", HIDDEN),
+    "deploys.stop": Route("POST", lambda a: f"/v1/deployments/{a['deployed']}/stop", HIDDEN),
+    "deploys.variant": Route(
+        "POST", lambda a: f"/v1/functions/{a['function']}/variants", HIDDEN, {"options": {"timeout": 5}}
+    ),
+    "web.serve": Route("GET", lambda a: f"/web/{a['user']}/{a['deployed']}/private", PROXY),
     "images.has_file": Route("HEAD", lambda a: "/v1/files/" + "0" * 64, SHARED),
     "images.put_file": Route("PUT", lambda a: "/v1/files/" + "0" * 64, SHARED),
     "images.create_image": Route("POST", lambda a: "/v1/images", SHARED),
@@ -124,6 +133,7 @@ def owned(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
                 "call": fc.object_id,
                 "item_call": items.object_id,
             }
+        webapps.app.deploy()
         with faults.app.run(detach=True):
             dead = faults.unless_flag.spawn(str(tmp / "flag"), str(tmp / "count"))
             with pytest.raises(ValueError):
@@ -140,6 +150,7 @@ def owned(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
         "token": token,
         "user": name,
         "app_name": basic.app.name,
+        "deployed": webapps.app.name,
         "blob": blob["blob_id"],
         "dead_letter": str(letters[0]["id"]),
         "args": _args(),
@@ -183,6 +194,9 @@ def test_a_second_users_token_reaches_none_of_the_first_users_objects(
     if route.expect == HIDDEN:
         assert reply.status_code == 404, (path, reply.status_code, reply.text)
         assert reply.json()["error"]["type"] == "NotFoundError"
+    elif route.expect == PROXY:
+        assert reply.status_code == 401, (path, reply.status_code, reply.text)
+        assert reply.json()["error"]["type"] == "AuthError"
     elif route.expect == ADMIN:
         assert reply.status_code == 403, (path, reply.status_code, reply.text)
         assert reply.json()["error"]["type"] == "PermissionDeniedError"

@@ -115,7 +115,7 @@ def register_app(
     for spec in specs:
         if not isinstance(spec, dict):
             raise InvalidError("each function must be an object with tag, code and options")
-        check_fields(spec, ("tag", "code", "options", "image"), "a function")
+        check_fields(spec, ("tag", "code", "options", "image", "spec"), "a function")
         tag = field(spec, "tag", str)
         if tag in ids:
             raise InvalidError(f"function tag {tag!r} appears twice")

@@ -345,7 +345,13 @@ def _paths() -> dict[str, dict[str, Any]]:
                         "functions": {
                             "type": "array",
                             "items": _obj(
-                                {"tag": _str(), "code": _str(), "options": {"type": "object"}, "image": _str()},
+                                {
+                                    "tag": _str(),
+                                    "code": _str(),
+                                    "options": {"type": "object"},
+                                    "image": _str(),
+                                    "spec": {"type": "object"},
+                                },
                                 ["tag", "code"],
                             ),
                         },
