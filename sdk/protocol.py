@@ -271,6 +271,34 @@ def worker_queue(worker_id: str) -> str:
     return f"mm.w.{worker_id}"
 
 
+# ---- Named objects: Dict, Queue (and the other per-user objects) -----------------------------------
+
+
+def object_names_key(user_id: int, kind: str) -> str:
+    """Hash name -> object id of one user's named objects of one kind (``dict``, ``queue``)."""
+    return key("objnames", user_id, kind)
+
+
+def object_key(object_id: str) -> str:
+    """Hash describing one object: ``user``, ``kind``, ``name`` (empty for an ephemeral one), ``created``."""
+    return key("obj", object_id)
+
+
+def dict_data_key(object_id: str) -> str:
+    """Hash pickled key -> pickled value of one Dict."""
+    return key("dict", object_id)
+
+
+def queue_data_key(object_id: str, partition: str) -> str:
+    """List of pickled values of one partition of one Queue (``""`` is the default partition)."""
+    return key("queue", object_id, partition)
+
+
+def queue_partitions_key(object_id: str) -> str:
+    """Set of the partitions of one Queue that may hold values."""
+    return key("queueparts", object_id)
+
+
 # ---- Pending entries --------------------------------------------------------------------------
 
 

@@ -278,6 +278,18 @@ def _paths() -> dict[str, dict[str, Any]]:
                 errors=("400", "404"),
             )
         },
+        "/v1/objects": {
+            "post": _op(
+                "One Dict or Queue operation of the token's user (the SDK's Dict and Queue use it)",
+                "objects",
+                body=_obj(
+                    {"kind": _str(enum=["dict", "queue"]), "op": _str(), "name": _str(), "id": _str()}, ["kind", "op"]
+                ),
+                reply={"type": "object"},
+                errors=("400", "404"),
+                description="Keys and values are base64 cloudpickles; another user's object answers 404.",
+            )
+        },
         "/v1/me": {"get": _op("The token's user", "users", reply=_USER)},
         "/v1/users": {
             "post": _op(

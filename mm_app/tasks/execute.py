@@ -20,6 +20,7 @@ from minimodal.protocol import CallStatus, PendingEntry
 from minimodal.retries import Retries
 from workers.runtimes.base import Outcome, RunnerStartError
 
+from .. import objects
 from ..celery_app import app
 from .context import WorkerContext, close_context, get_context
 from .recorder import Ended
@@ -212,7 +213,14 @@ def _run(task: _Task) -> None:
                             task.settle(rest, outcome, policy)
                     return None
             sinks = _Sinks(ctx, task.call_id, spec.app_id, spec.tag, task.user_id, idx)
-            outcome = runner.call(payload, call_id=task.call_id, idx=idx, on_log=sinks.log, on_item=sinks.item)
+            outcome = runner.call(
+                payload,
+                call_id=task.call_id,
+                idx=idx,
+                on_log=sinks.log,
+                on_item=sinks.item,
+                on_request=lambda request: objects.handle(ctx.redis, task.user_id, request),
+            )
             ctx.breaker.success()  # a runner ran the input: whatever the code did, the platform worked
             if sinks.items or outcome.items is not None:
                 sinks.done(outcome)

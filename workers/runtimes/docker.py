@@ -42,7 +42,18 @@ import requests
 import minimodal._runner
 from minimodal._runner import write_frame
 
-from .base import ItemSink, LogSink, Outcome, Runner, RunnerSpec, RunnerStartError, Runtime, serve_frames
+from .base import (
+    ItemSink,
+    LogSink,
+    Outcome,
+    RequestHandler,
+    Runner,
+    RunnerSpec,
+    RunnerStartError,
+    Runtime,
+    call_header,
+    serve_frames,
+)
 
 logger = logging.getLogger("minimodal.workers.docker")
 
@@ -274,7 +285,15 @@ class DockerRunner(Runner):
         return not stream.eof
 
     def call(
-        self, payload: bytes, *, call_id: str, idx: int, on_log: LogSink | None = None, on_item: ItemSink | None = None
+        self,
+        payload: bytes,
+        *,
+        call_id: str,
+        idx: int,
+        on_log: LogSink | None = None,
+        on_item: ItemSink | None = None,
+        on_request: RequestHandler | None = None,
+        env: dict[str, str] | None = None,
     ) -> Outcome:
         started = time.monotonic()
         deadline = started + self.spec.timeout
@@ -286,8 +305,15 @@ class DockerRunner(Runner):
             if stream.eof:
                 return self._lost(started, idx)
             self._on_log = on_log
-            self._send(b"C", {"call_id": call_id, "idx": idx}, payload, deadline)
-            outcome = serve_frames(lambda: stream.read_frame(deadline), started, on_log=on_log, on_item=on_item)
+            self._send(b"C", call_header(call_id, idx, env), payload, deadline)
+            outcome = serve_frames(
+                lambda: stream.read_frame(deadline),
+                started,
+                on_log=on_log,
+                on_item=on_item,
+                on_request=on_request,
+                send=lambda kind, header, body: self._send(kind, header, body, deadline),
+            )
             if outcome is None:
                 return self._lost(started, idx)
             # Docker does not order stderr against stdout: take the stderr that is here already.

@@ -19,7 +19,18 @@ from typing import Any
 
 from minimodal._runner import write_frame
 
-from .base import ItemSink, LogSink, Outcome, Runner, RunnerSpec, RunnerStartError, Runtime, serve_frames
+from .base import (
+    ItemSink,
+    LogSink,
+    Outcome,
+    RequestHandler,
+    Runner,
+    RunnerSpec,
+    RunnerStartError,
+    Runtime,
+    call_header,
+    serve_frames,
+)
 
 _PREFIX_SIZE = 9
 
@@ -146,15 +157,30 @@ class ProcessRunner(Runner):
         return self.process.poll() is None
 
     def call(
-        self, payload: bytes, *, call_id: str, idx: int, on_log: LogSink | None = None, on_item: ItemSink | None = None
+        self,
+        payload: bytes,
+        *,
+        call_id: str,
+        idx: int,
+        on_log: LogSink | None = None,
+        on_item: ItemSink | None = None,
+        on_request: RequestHandler | None = None,
+        env: dict[str, str] | None = None,
     ) -> Outcome:
         started = time.monotonic()
         deadline = started + self.spec.timeout
         try:
             self._reader.drain_stderr()  # what came between inputs belongs to none of them
             self._on_log = on_log
-            write_frame(self._stdin, b"C", {"call_id": call_id, "idx": idx}, payload)
-            outcome = serve_frames(lambda: self._reader.read(deadline), started, on_log=on_log, on_item=on_item)
+            write_frame(self._stdin, b"C", call_header(call_id, idx, env), payload)
+            outcome = serve_frames(
+                lambda: self._reader.read(deadline),
+                started,
+                on_log=on_log,
+                on_item=on_item,
+                on_request=on_request,
+                send=lambda kind, header, body: write_frame(self._stdin, kind, header, body),
+            )
             if outcome is None:
                 return self._lost(started, idx)
             self._reader.drain_stderr()  # written before the output frame, so it is in the pipe already
