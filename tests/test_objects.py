@@ -170,3 +170,13 @@ def _token() -> str:
     import os
 
     return os.environ["MINIMODAL_TOKEN"]
+
+
+@pytest.mark.docker
+def test_functions_in_containers_use_dict_and_queue_through_their_runner(docker_user: str) -> None:
+    with objects.app.run(), minimodal.Queue.ephemeral() as q, minimodal.Dict.ephemeral() as d:
+        consumer = objects.consume.spawn(q)
+        assert objects.produce.remote(q, 300, 1) == 300
+        assert sorted(consumer.get(timeout=120)) == list(range(300))
+        assert sum(objects.increment.map([d] * 10)) >= 10
+        assert d["count"] == 10

@@ -60,6 +60,7 @@ logger = logging.getLogger("minimodal.workers.docker")
 DEFAULT_IMAGE = "minimodal/base:bookworm"  # built by docker/base/build.sh
 DEFAULT_PIDS_LIMIT = 256  # processes and threads per container; stops fork bombs
 RUNNER_PATH = "/opt/mm/runner/minimodal_runner.py"  # its own directory: sys.path[0] holds nothing else
+SDK_PATH = "/opt/mm/lib/minimodal"  # this installation's minimodal package, read-only, on PYTHONPATH
 RUNNER_UID = "1000:1000"  # the mm user of the base image
 LABEL = "minimodal"  # every container we start carries minimodal=1
 
@@ -190,8 +191,13 @@ class DockerRunner(Runner):
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
                 labels=_labels(spec, runtime.id),
-                volumes={str(runtime.runner_file): {"bind": RUNNER_PATH, "mode": "ro"}},
-                environment={"PYTHONUNBUFFERED": "1"},
+                volumes={
+                    str(runtime.runner_file): {"bind": RUNNER_PATH, "mode": "ro"},
+                    # The SDK, so that code in the container can use minimodal.Dict, Queue, ... (their
+                    # requests go through the runner's stdio, since the container cannot reach the API).
+                    str(runtime.sdk_dir): {"bind": SDK_PATH, "mode": "ro"},
+                },
+                environment={"PYTHONUNBUFFERED": "1", "PYTHONPATH": SDK_PATH.rsplit("/", 1)[0]},
             )
             # Attach before start: nothing the runner writes can be missed.
             self._attach = self._client.api.attach_socket(
@@ -440,6 +446,7 @@ class DockerRuntime(Runtime):
         self.startup_timeout = startup_timeout
         self.pids_limit = pids_limit
         self.runner_file = Path(runner_file or minimodal._runner.__file__).resolve()
+        self.sdk_dir = Path(minimodal._runner.__file__).resolve().parent
         self.id = uuid.uuid4().hex[:12]  # labels this runtime's containers, for shutdown()
         self._engine_cpus: int | None = None
 
