@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from minimodal.protocol import CallStatus
@@ -64,6 +64,24 @@ class FunctionRecord(Base):
     image_tag: Mapped[str | None] = mapped_column(String(128), nullable=True)  # None: runs in a runner process
     queue: Mapped[str] = mapped_column(String(32), default="mm.cpu")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SecretRecord(Base):
+    """A user's secret: its values as one Fernet token (see mm_app/vault.py), never stored in clear.
+
+    ``name`` is None for the unnamed secrets of one deploy (``Secret.from_dict`` and friends).
+    """
+
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    keys: Mapped[list[str]] = mapped_column(JSON, default=list)  # the variable names: not secret
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ImageRecord(Base):

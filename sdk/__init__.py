@@ -9,6 +9,7 @@ from .image import Image
 from .queue import Queue
 from .retries import Retries
 from .runtime import current_function_call_id, current_input_id, enable_output, is_local
+from .secret import Secret
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "LocalEntrypoint",
     "Queue",
     "Retries",
+    "Secret",
     "config",
     "current_function_call_id",
     "current_input_id",

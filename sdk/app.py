@@ -33,6 +33,7 @@ from .image import Image
 from .protocol import ImageStatus, b64, parse_gpu
 from .retries import Retries
 from .runtime import output_enabled
+from .secret import Secret, check_secrets
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -125,7 +126,9 @@ class App:
         volumes: Any = None,
         include_source: bool = True,
     ) -> None:
-        _refuse_unimplemented(f"App({name!r})", {"secrets": secrets, "volumes": volumes})
+        _refuse_unimplemented(f"App({name!r})", {"volumes": volumes})
+        self._secrets = check_secrets(f"App({name!r})", list(secrets) if isinstance(secrets, tuple) else secrets)
+        self._function_secrets: dict[str, list[Secret]] = {}
         _check_image(image)
         self.image: Image | None = image
         self.name = name
@@ -222,7 +225,6 @@ class App:
         # Accepted for Modal compatibility, refused until implemented: never silently ignored.
         not_yet = {
             "schedule": schedule,
-            "secrets": secrets,
             "env": env,
             "volumes": volumes,
             "ephemeral_disk": ephemeral_disk,
@@ -242,6 +244,8 @@ class App:
             "network_file_systems": network_file_systems,
         }
 
+        function_secrets = check_secrets("@app.function()", secrets)
+
         def wrapper(raw_f: Callable[P, R]) -> Function[P, R]:
             if inspect.isclass(raw_f):
                 raise TypeError("@app.function() is for functions; decorate classes with @app.cls()")
@@ -254,6 +258,7 @@ class App:
             _check_image(image)
             function: Function[P, R] = Function(self, raw_f, tag, options, image)
             self._functions[tag] = function
+            self._function_secrets[tag] = function_secrets
             return function
 
         return wrapper
@@ -291,6 +296,8 @@ class App:
                     "code": b64(serialize_function(f._raw_f)),
                     "options": f._options.to_json(),
                     "image": image_ids[image.digest()],
+                    # App-level secrets first: the function's own override them.
+                    "secrets": [s._spec() for s in self._secrets + self._function_secrets.get(tag, [])],
                 }
             )
         reply = client.request("POST", "/v1/apps", json={"name": self.name, "functions": functions})

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import config
+from . import _cli_objects, config
 from ._client import Client
 from ._stream import print_log
 from .app import App, LocalEntrypoint
@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quota", type=int, help="calls in flight at once")
         sub.add_argument("--weight", type=int, help="share when several users wait")
     user.set_defaults(handler=cmd_user)
+    _cli_objects.add_commands(commands)  # secret, volume
     return parser
 
 

@@ -193,7 +193,7 @@ def test_every_accepted_call_ends_in_a_terminal_status(stack: Stack, user: str) 
     ("option", "value"),
     [
         ("schedule", object()),
-        ("secrets", [object()]),
+        ("cloud", "aws"),
         ("volumes", {"/d": object()}),
     ],
 )

@@ -14,6 +14,7 @@ from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import ImageStatus
 
+from .. import vault
 from ..models import AppRecord, FunctionRecord, ImageRecord, utcnow
 from ..registry import check_gpu_option, needs_of
 from .auth import authenticate, field, json_body
@@ -98,6 +99,7 @@ def create_app_record():  # type: ignore[no-untyped-def]
     specs = field(body, "functions", list, required=False, default=[])
     app_id = protocol.new_id("ap")
     records, ids = [], {}
+    secrets: dict[str, list] = {}  # tag -> its secrets as sent ({"name"} or {"values"}), stored below
     svc = services()
     for spec in specs:
         if not isinstance(spec, dict):
@@ -109,6 +111,7 @@ def create_app_record():  # type: ignore[no-untyped-def]
         options = _parse_options(tag, spec.get("options"))
         code_hash = hashlib.sha256(code + json.dumps(options, sort_keys=True).encode()).hexdigest()
         image_id = field(spec, "image", str, required=False)
+        secrets[tag] = field(spec, "secrets", list, required=False, default=[])
         ids[tag] = protocol.new_id("fu")
         records.append(
             FunctionRecord(
@@ -125,6 +128,11 @@ def create_app_record():  # type: ignore[no-untyped-def]
     with svc.db.write() as session:
         for record in records:
             _attach_image(session, record)
+            if secrets[record.tag]:  # a named secret that does not exist fails the deploy, naming it
+                record.options = {
+                    **record.options,
+                    "secrets": vault.attach(session, g.user.id, record.tag, secrets[record.tag]),
+                }
         session.add(AppRecord(id=app_id, user_id=g.user.id, name=name))
         session.flush()
         session.add_all(records)

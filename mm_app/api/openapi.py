@@ -97,6 +97,7 @@ _INPUTS = _obj(
     },
     ["inputs"],
 )
+_SECRET = _obj({"name": _str(), "keys": {"type": "array", "items": _str()}, "created_at": _str(), "updated_at": _str()})
 _STREAM_EVENTS = _obj({"events": {"type": "array", "items": {"type": "object"}}})
 _LOGS = _obj({"logs": {"type": "array", "items": {"type": "object"}}, "cursor": _str()})
 _IMAGE = _obj(
@@ -289,6 +290,37 @@ def _paths() -> dict[str, dict[str, Any]]:
                 errors=("400", "404"),
                 description="Keys and values are base64 cloudpickles; another user's object answers 404.",
             )
+        },
+        "/v1/secrets": {
+            "post": _op(
+                "Store a secret (encrypted); 201 when new, 200 when overwritten",
+                "secrets",
+                ok="201",
+                body=_obj({"name": _str(), "values": {"type": "object"}, "overwrite": {"type": "boolean"}}, ["name"]),
+                reply=_SECRET,
+                errors=("400",),
+            ),
+            "get": _op(
+                "The user's secrets: names and variable names, never values",
+                "secrets",
+                reply=_obj({"secrets": {"type": "array", "items": _SECRET}}),
+            ),
+        },
+        "/v1/secrets/{name}": {
+            "get": _op(
+                "One secret, without its values",
+                "secrets",
+                params=[_path("name", "secret name")],
+                reply=_SECRET,
+                errors=("404",),
+            ),
+            "delete": _op(
+                "Delete a secret",
+                "secrets",
+                params=[_path("name", "secret name")],
+                reply=_obj({"deleted": _str()}),
+                errors=("404",),
+            ),
         },
         "/v1/me": {"get": _op("The token's user", "users", reply=_USER)},
         "/v1/users": {

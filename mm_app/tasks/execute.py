@@ -16,11 +16,12 @@ from typing import Any
 from celery import signals
 
 from minimodal import protocol
+from minimodal.exception import Error
 from minimodal.protocol import CallStatus, PendingEntry
 from minimodal.retries import Retries
 from workers.runtimes.base import Outcome, RunnerStartError
 
-from .. import objects
+from .. import objects, vault
 from ..celery_app import app
 from .context import WorkerContext, close_context, get_context
 from .recorder import Ended
@@ -185,6 +186,10 @@ def _run(task: _Task) -> None:
         message = f"{spec.tag} needs a container, and this worker has no Docker engine"
         return fail_rest(Outcome(ok=False, error_type="ServiceError", message=message))
     policy = spec.options.get("retries")
+    try:
+        env = _secret_env(ctx, spec.options.get("secrets"), task.user_id)
+    except Error as exc:  # a deleted secret, or a key that cannot decrypt it: the call's own failure
+        return fail_rest(Outcome(ok=False, error_type=type(exc).__name__, message=str(exc)))
     payloads = ctx.payloads.get_inputs(task.call_id, range(task.indexes[0], task.indexes[-1] + 1))
     runner_spec = ctx.runner_spec(spec)
     runner = None
@@ -220,6 +225,7 @@ def _run(task: _Task) -> None:
                 on_log=sinks.log,
                 on_item=sinks.item,
                 on_request=lambda request: objects.handle(ctx.redis, task.user_id, request),
+                env=env,
             )
             ctx.breaker.success()  # a runner ran the input: whatever the code did, the platform worked
             if sinks.items or outcome.items is not None:
@@ -235,6 +241,14 @@ def _run(task: _Task) -> None:
         if runner is not None:
             pool.release(runner)
     return None
+
+
+def _secret_env(ctx: WorkerContext, secret_ids: list[str] | None, user_id: int) -> dict[str, str] | None:
+    """The variables of the function's secrets, read (and decrypted) once per task: updates apply at once."""
+    if not secret_ids:
+        return None
+    with ctx.db.read() as session:
+        return vault.environment(session, user_id, secret_ids)
 
 
 class _Sinks:
