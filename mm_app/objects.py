@@ -24,7 +24,7 @@ from redis import Redis
 from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 
-KINDS = {"dict": "di", "queue": "qu"}  # kind -> object id prefix (Modal's)
+KINDS = {"dict": "di", "queue": "qu", "volume": "vo"}  # kind -> object id prefix (Modal's)
 MAX_BLOCK_SECONDS = 10.0  # one blocking get waits at most this long; the SDK asks again (a function timeout stays live)
 MAX_PARTITION_KEY = 64  # bytes of a partition key (Modal's limit)
 PARTITION_TTL = 24 * 3600  # a named partition is dropped this long after its last put (Modal's default)
@@ -81,7 +81,9 @@ def _new_object(redis: Redis, user_id: int, kind: str, name: str) -> str:
 
 
 def _delete_data(redis: Redis, kind: str, object_id: str) -> None:
-    if kind == "dict":
+    if kind == "volume":
+        redis.delete(protocol.volume_files_key(object_id))  # the blobs stay: content may be shared (no GC yet)
+    elif kind == "dict":
         redis.delete(protocol.dict_data_key(object_id))
     else:
         parts = redis.smembers(protocol.queue_partitions_key(object_id))
@@ -109,6 +111,10 @@ def handle(redis: Redis, user_id: int, request: Request) -> dict[str, Any]:
             redis.hdel(protocol.object_names_key(user_id, kind), name)
         _delete_data(redis, kind, object_id)
         return {"id": object_id}
+    if kind == "volume":
+        if op in ("commit", "reload"):  # outside a function every change is committed at once
+            return {"id": object_id}
+        raise InvalidError(f"unknown volume operation {op!r}; files go through /v1/volumes")
     table = _DICT_OPS if kind == "dict" else _QUEUE_OPS
     fn = table.get(str(op))
     if fn is None:

@@ -10,6 +10,7 @@ from .queue import Queue
 from .retries import Retries
 from .runtime import current_function_call_id, current_input_id, enable_output, is_local
 from .secret import Secret
+from .volume import Volume
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "Queue",
     "Retries",
     "Secret",
+    "Volume",
     "config",
     "current_function_call_id",
     "current_input_id",

@@ -34,6 +34,7 @@ from .protocol import ImageStatus, b64, parse_gpu
 from .retries import Retries
 from .runtime import output_enabled
 from .secret import Secret, check_secrets
+from .volume import Volume
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -65,6 +66,16 @@ def _gpu_option(gpu: Any) -> str | None:
     except ValueError as exc:
         raise InvalidError(str(exc)) from None
     return str(gpu).strip()
+
+
+def _check_volumes(volumes: Any) -> dict[str, Volume]:
+    if not volumes:
+        return {}
+    if not isinstance(volumes, dict) or not all(
+        isinstance(path, str) and path.startswith("/") and isinstance(vol, Volume) for path, vol in volumes.items()
+    ):
+        raise InvalidError('volumes= takes {"/absolute/path": minimodal.Volume, ...}')
+    return dict(volumes)
 
 
 def _check_image(image: Any) -> None:
@@ -129,6 +140,7 @@ class App:
         _refuse_unimplemented(f"App({name!r})", {"volumes": volumes})
         self._secrets = check_secrets(f"App({name!r})", list(secrets) if isinstance(secrets, tuple) else secrets)
         self._function_secrets: dict[str, list[Secret]] = {}
+        self._function_volumes: dict[str, dict[str, Volume]] = {}
         _check_image(image)
         self.image: Image | None = image
         self.name = name
@@ -226,7 +238,6 @@ class App:
         not_yet = {
             "schedule": schedule,
             "env": env,
-            "volumes": volumes,
             "ephemeral_disk": ephemeral_disk,
             "proxy": proxy,
             "cloud": cloud,
@@ -245,6 +256,7 @@ class App:
         }
 
         function_secrets = check_secrets("@app.function()", secrets)
+        function_volumes = _check_volumes(volumes)
 
         def wrapper(raw_f: Callable[P, R]) -> Function[P, R]:
             if inspect.isclass(raw_f):
@@ -259,6 +271,7 @@ class App:
             function: Function[P, R] = Function(self, raw_f, tag, options, image)
             self._functions[tag] = function
             self._function_secrets[tag] = function_secrets
+            self._function_volumes[tag] = function_volumes
             return function
 
         return wrapper
@@ -280,6 +293,11 @@ class App:
 
         return wrapper
 
+    def _volume_option(self, tag: str) -> dict[str, Any]:
+        """``{"volumes": {path: volume id}}`` (looked up, or created when asked, now), or nothing."""
+        mounts = self._function_volumes.get(tag)
+        return {"volumes": {path: vol.object_id for path, vol in mounts.items()}} if mounts else {}
+
     @contextlib.contextmanager
     def run(self, *, detach: bool = False, **_ignored: Any) -> Iterator[App]:
         """Create an ephemeral app on the server with the current code of every function; stop it on exit."""
@@ -294,7 +312,7 @@ class App:
                 {
                     "tag": tag,
                     "code": b64(serialize_function(f._raw_f)),
-                    "options": f._options.to_json(),
+                    "options": {**f._options.to_json(), **self._volume_option(tag)},
                     "image": image_ids[image.digest()],
                     # App-level secrets first: the function's own override them.
                     "secrets": [s._spec() for s in self._secrets + self._function_secrets.get(tag, [])],

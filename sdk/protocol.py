@@ -299,6 +299,11 @@ def queue_partitions_key(object_id: str) -> str:
     return key("queueparts", object_id)
 
 
+def volume_files_key(volume_id: str) -> str:
+    """Hash path -> JSON ``{"sha", "size", "mtime"}``: the committed files of one Volume."""
+    return key("volfiles", volume_id)
+
+
 # ---- Pending entries --------------------------------------------------------------------------
 
 

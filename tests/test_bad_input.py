@@ -194,7 +194,7 @@ def test_every_accepted_call_ends_in_a_terminal_status(stack: Stack, user: str) 
     [
         ("schedule", object()),
         ("cloud", "aws"),
-        ("volumes", {"/d": object()}),
+        ("proxy", object()),
     ],
 )
 def test_options_not_implemented_yet_raise_naming_the_option(option: str, value: object) -> None:

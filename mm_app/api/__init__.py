@@ -13,7 +13,7 @@ from flask import Flask
 from redis import Redis
 
 from ..database import Database
-from . import apps, calls, deadletters, errors, health, images, objects, observe, secrets, streams, users
+from . import apps, calls, deadletters, errors, health, images, objects, observe, secrets, streams, users, volumes
 from .services import Services
 
 
@@ -36,4 +36,5 @@ def create_app(
     app.register_blueprint(deadletters.bp)
     app.register_blueprint(objects.bp)  # Dict and Queue
     app.register_blueprint(secrets.bp)
+    app.register_blueprint(volumes.bp)
     return app

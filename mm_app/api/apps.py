@@ -14,9 +14,10 @@ from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import ImageStatus
 
-from .. import vault
+from .. import objects, vault
 from ..models import AppRecord, FunctionRecord, ImageRecord, utcnow
 from ..registry import check_gpu_option, needs_of
+from ..volumes import check_mount_path
 from .auth import authenticate, field, json_body
 from .services import services
 
@@ -34,6 +35,7 @@ _OPTIONS: dict[str, type | tuple[type, ...]] = {
     "max_containers": int,
     "buffer_containers": int,
     "gpu": str,  # "T4", "A100:2", "any": placement only (see mm_app/registry.py)
+    "volumes": dict,  # mount path -> volume id (vo-...) of the user
 }
 _MAY_BE_ZERO = {"min_containers", "buffer_containers"}
 
@@ -70,14 +72,25 @@ def _parse_options(tag: str, raw: Any) -> dict[str, Any]:
         options["retries"] = _parse_retries(tag, options["retries"])
     if options.get("gpu") is not None:
         options["gpu"] = check_gpu_option(tag, options["gpu"])
+    if options.get("volumes") is not None:
+        options["volumes"] = _parse_volumes(options["volumes"])
     for name, value in options.items():
-        if name in ("retries", "gpu"):
+        if name in ("retries", "gpu", "volumes"):
             continue
         if value is not None and (value < 0 or (value == 0 and name not in _MAY_BE_ZERO)):
             raise InvalidError(
                 f"function {tag!r}: option {name} must be " + ("0 or more" if name in _MAY_BE_ZERO else "positive")
             )
     return {k: v for k, v in options.items() if v is not None}
+
+
+def _parse_volumes(raw: dict[str, Any]) -> dict[str, str]:
+    """Mount path -> volume id, each volume the user's own (another user's is 404, as if missing)."""
+    mounts = {}
+    for path, volume_id in raw.items():
+        request = {"kind": "volume", "id": field({"id": volume_id}, "id", str)}
+        mounts[check_mount_path(path)] = objects.resolve(services().redis, g.user.id, request)
+    return mounts
 
 
 def _parse_code(tag: str, text: Any) -> bytes:

@@ -98,6 +98,7 @@ _INPUTS = _obj(
     ["inputs"],
 )
 _SECRET = _obj({"name": _str(), "keys": {"type": "array", "items": _str()}, "created_at": _str(), "updated_at": _str()})
+_VOL = _path("volume_id", "volume id (vo-...)")
 _STREAM_EVENTS = _obj({"events": {"type": "array", "items": {"type": "object"}}})
 _LOGS = _obj({"logs": {"type": "array", "items": {"type": "object"}}, "cursor": _str()})
 _IMAGE = _obj(
@@ -320,6 +321,42 @@ def _paths() -> dict[str, dict[str, Any]]:
                 params=[_path("name", "secret name")],
                 reply=_obj({"deleted": _str()}),
                 errors=("404",),
+            ),
+        },
+        "/v1/volumes/{volume_id}/entries": {
+            "get": _op(
+                "Files and directories of a volume",
+                "volumes",
+                params=[_VOL, _query("path", "directory or file"), _query("recursive", "1 to list all below")],
+                reply=_obj({"entries": {"type": "array", "items": {"type": "object"}}}),
+                errors=("404",),
+            )
+        },
+        "/v1/volumes/{volume_id}/files/{path}": {
+            "get": _op(
+                "Stream a file out",
+                "volumes",
+                params=[_VOL, _path("path", "file path")],
+                media="application/octet-stream",
+                reply={"type": "string", "format": "binary"},
+                errors=("404",),
+            ),
+            "put": _op(
+                "Stream a file in and commit it",
+                "volumes",
+                ok="201",
+                params=[_VOL, _path("path", "file path"), _query("force", "1 to overwrite")],
+                body={"type": "string", "format": "binary"},
+                body_media="application/octet-stream",
+                reply=_obj({"path": _str(), "sha": _str(), "size": _int()}),
+                errors=("400", "404"),
+            ),
+            "delete": _op(
+                "Remove a file, or a directory with recursive=1",
+                "volumes",
+                params=[_VOL, _path("path", "file or directory"), _query("recursive", "1 for a directory")],
+                reply=_obj({"removed": {"type": "array", "items": _str()}}),
+                errors=("400", "404"),
             ),
         },
         "/v1/me": {"get": _op("The token's user", "users", reply=_USER)},

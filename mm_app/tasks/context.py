@@ -33,6 +33,7 @@ from ..database import Database
 from ..models import FunctionRecord
 from ..payloads import Payloads
 from ..pending import PendingQueues
+from . import volumes
 from .breaker import CircuitBreaker
 from .recorder import Recorder
 
@@ -174,6 +175,7 @@ class WorkerContext:
             image=spec.image_tag,
             min_containers=int(options.get("min_containers", 0)),
             buffer_containers=int(options.get("buffer_containers", 0)),
+            mounts=volumes.mounts(self.redis, options),
             labels={
                 "app": spec.app_id,
                 "function": spec.tag,

@@ -23,6 +23,7 @@ class RunnerSpec:
     min_containers: int = 0  # kept up even when idle (per worker)
     buffer_containers: int = 0  # extra idle runners kept while any is busy (per worker)
     labels: dict[str, str] = field(default_factory=dict)
+    mounts: dict[str, str] = field(default_factory=dict)  # container path -> host directory (volumes)
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,7 @@ class DockerRunner(Runner):
                     # The SDK, so that code in the container can use minimodal.Dict, Queue, ... (their
                     # requests go through the runner's stdio, since the container cannot reach the API).
                     str(runtime.sdk_dir): {"bind": SDK_PATH, "mode": "ro"},
+                    **{host: {"bind": path, "mode": "rw"} for path, host in spec.mounts.items()},
                 },
                 environment={"PYTHONUNBUFFERED": "1", "PYTHONPATH": SDK_PATH.rsplit("/", 1)[0]},
             )

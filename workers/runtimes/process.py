@@ -240,4 +240,10 @@ class ProcessRuntime(Runtime):
         self.startup_timeout = startup_timeout
 
     def start(self, spec: RunnerSpec) -> Runner:
+        if spec.mounts:
+            raise RunnerStartError(
+                f"volumes ({', '.join(spec.mounts)}) are mounted in containers only, and this worker runs "
+                "functions in processes; run a worker with Docker",
+                infrastructure=False,
+            )
         return ProcessRunner(spec, self.python, self.startup_timeout)
