@@ -192,3 +192,31 @@ def test_a_second_worker_with_its_own_data_dir_reads_what_the_first_committed(
         assert json.loads((first_home / "volcache" / vol.object_id / "state.json").read_text())["from-first.txt"]
     finally:
         stack.stop()
+
+
+def test_the_volume_cli_creates_lists_puts_gets_removes_and_deletes(user: str, stack: Stack, tmp_path: Path) -> None:
+    def cli(*argv: str) -> str:
+        env = {**stack.env, "MINIMODAL_TOKEN": user}
+        done = subprocess.run(
+            [sys.executable, "-m", "minimodal", "volume", *argv],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    (tmp_path / "local.txt").write_text("local content")
+    assert "cli-vol is vo-" in cli("create", "cli-vol")
+    assert "cli-vol" in cli("list")
+    cli("put", "cli-vol", "local.txt", "/docs/")
+    assert "docs/local.txt" in cli("ls", "cli-vol", "/docs")
+    assert cli("get", "cli-vol", "/docs/local.txt", "-") == "local content"
+    cli("get", "cli-vol", "/docs/local.txt", str(tmp_path / "back.txt"))
+    assert (tmp_path / "back.txt").read_text() == "local content"
+    cli("rm", "cli-vol", "/docs", "-r")
+    assert cli("ls", "cli-vol") == ""
+    cli("delete", "cli-vol")
+    assert "cli-vol" not in cli("list")
