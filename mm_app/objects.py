@@ -229,11 +229,14 @@ def _q_put(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
     if not values:
         return {}
     key = protocol.queue_data_key(oid, partition)
+    ttl = req.get("partition_ttl") or PARTITION_TTL
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
+        raise InvalidError(f"partition_ttl={ttl!r}: give whole seconds, at least 1")
     with redis.pipeline(transaction=True) as pipe:
         pipe.rpush(key, *values)
         if partition:
             pipe.sadd(protocol.queue_partitions_key(oid), partition)
-            pipe.expire(key, int(req.get("partition_ttl") or PARTITION_TTL))
+            pipe.expire(key, ttl)
         pipe.execute()
     return {}
 
