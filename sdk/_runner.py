@@ -183,6 +183,9 @@ def main() -> None:
     sys.stdout = _LogStream("stdout", proto_out, lock)  # type: ignore[assignment]
     sys.stderr = _LogStream("stderr", proto_out, lock)  # type: ignore[assignment]
     os.environ["MINIMODAL_IS_REMOTE"] = "1"
+    sdk_path = os.environ.get("MINIMODAL_SDK_PATH")
+    if sdk_path and sdk_path not in sys.path:
+        sys.path.append(sdk_path)  # last: a minimodal installed in the image wins
 
     frame = read_frame(proto_in)
     if frame is None or frame[0] != b"F":

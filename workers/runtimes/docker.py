@@ -60,7 +60,7 @@ logger = logging.getLogger("minimodal.workers.docker")
 DEFAULT_IMAGE = "minimodal/base:bookworm"  # built by docker/base/build.sh
 DEFAULT_PIDS_LIMIT = 256  # processes and threads per container; stops fork bombs
 RUNNER_PATH = "/opt/mm/runner/minimodal_runner.py"  # its own directory: sys.path[0] holds nothing else
-SDK_PATH = "/opt/mm/lib/minimodal"  # this installation's minimodal package, read-only, on PYTHONPATH
+SDK_PATH = "/opt/mm/lib/minimodal"  # this installation's minimodal package, read-only, last on sys.path
 RUNNER_UID = "1000:1000"  # the mm user of the base image
 LABEL = "minimodal"  # every container we start carries minimodal=1
 
@@ -198,7 +198,8 @@ class DockerRunner(Runner):
                     str(runtime.sdk_dir): {"bind": SDK_PATH, "mode": "ro"},
                     **{host: {"bind": path, "mode": "rw"} for path, host in spec.mounts.items()},
                 },
-                environment={"PYTHONUNBUFFERED": "1", "PYTHONPATH": SDK_PATH.rsplit("/", 1)[0]},
+                # Not PYTHONPATH: that would hide the image's own (ENV PYTHONPATH of add_local_python_source).
+                environment={"PYTHONUNBUFFERED": "1", "MINIMODAL_SDK_PATH": SDK_PATH.rsplit("/", 1)[0]},
             )
             # Attach before start: nothing the runner writes can be missed.
             self._attach = self._client.api.attach_socket(
