@@ -126,6 +126,7 @@ def test_a_file_of_1_gib_streams_both_ways_without_being_held_in_memory(
     api_pid = stack.processes["api"].pid
     peak = next(line for line in Path(f"/proc/{api_pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
     assert int(peak.split()[1]) < 400 * 1024, f"the API held {peak}"
+    print(f"1 GiB up and down: client max RSS {max_rss_kib} KiB, API {peak}")  # shown with -s
     minimodal.Volume.delete("big")
 
 
