@@ -137,7 +137,7 @@ class App:
         volumes: Any = None,
         include_source: bool = True,
     ) -> None:
-        _refuse_unimplemented(f"App({name!r})", {"volumes": volumes})
+        self._volumes = _check_volumes(volumes)  # mounted in every function of the app
         self._secrets = check_secrets(f"App({name!r})", list(secrets) if isinstance(secrets, tuple) else secrets)
         self._function_secrets: dict[str, list[Secret]] = {}
         self._function_volumes: dict[str, dict[str, Volume]] = {}
@@ -295,7 +295,7 @@ class App:
 
     def _volume_option(self, tag: str) -> dict[str, Any]:
         """``{"volumes": {path: volume id}}`` (looked up, or created when asked, now), or nothing."""
-        mounts = self._function_volumes.get(tag)
+        mounts = {**self._volumes, **self._function_volumes.get(tag, {})}
         return {"volumes": {path: vol.object_id for path, vol in mounts.items()}} if mounts else {}
 
     @contextlib.contextmanager

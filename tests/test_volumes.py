@@ -88,6 +88,22 @@ def test_a_function_on_a_process_worker_with_a_volume_fails_clearly(user: str) -
                 f.remote("x")
 
 
+def test_app_level_volumes_mount_in_every_function_and_bad_mounts_are_refused(user: str) -> None:
+    with minimodal.Volume.ephemeral() as vol:
+        app = minimodal.App("app-volumes", volumes={"/data": vol})
+        f = app.function(serialized=True, name="read")(fns.read)
+        with app.run():  # deployed with the mount: this process worker refuses it, naming the path
+            with pytest.raises(minimodal.exception.RemoteError, match="/data"):
+                f.remote("x")
+        with pytest.raises(InvalidError, match="absolute"):
+            minimodal.App("bad", volumes={"data": vol})
+        bad = minimodal.App("bad-path")
+        bad.function(serialized=True, name="read", volumes={"/proc": vol})(fns.read)
+        with pytest.raises(InvalidError, match="system directory"):
+            with bad.run():
+                pass
+
+
 def test_a_file_of_1_gib_streams_both_ways_without_being_held_in_memory(
     user: str, stack: Stack, tmp_path: Path
 ) -> None:
