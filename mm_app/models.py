@@ -89,6 +89,24 @@ class FunctionSpecRecord(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class SecretRecord(Base):
+    """A user's secret: its values as one Fernet token (see mm_app/vault.py), never stored in clear.
+
+    ``name`` is None for the unnamed secrets of one deploy (``Secret.from_dict`` and friends).
+    """
+
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    keys: Mapped[list[str]] = mapped_column(JSON, default=list)  # the variable names: not secret
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class ImageRecord(Base):
     """A content-addressed image spec and where its build stands (shared by users: same spec, same bytes)."""
 

@@ -3,12 +3,16 @@
 from . import cls, config, exception, functions, schedule, web
 from .app import App, LocalEntrypoint
 from .cls import Cls, enter, exit, method, parameter
+from .dict import Dict
 from .exception import Error
 from .functions import Function, FunctionCall
 from .image import Image
+from .queue import Queue
 from .retries import Retries
 from .runtime import current_function_call_id, current_input_id, enable_output, is_local
 from .schedule import Cron, Period
+from .secret import Secret
+from .volume import Volume
 from .web import asgi_app, fastapi_endpoint, web_endpoint, wsgi_app
 
 __version__ = "0.1.0"
@@ -18,6 +22,7 @@ __all__ = [
     "asgi_app",
     "Cls",
     "Cron",
+    "Dict",
     "Error",
     "Function",
     "FunctionCall",
@@ -26,6 +31,9 @@ __all__ = [
     "Period",
     "Retries",
     "cls",
+    "Queue",
+    "Secret",
+    "Volume",
     "config",
     "current_function_call_id",
     "current_input_id",

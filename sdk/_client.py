@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from . import config
 from .exception import AuthError, RateLimitError, ServiceError, from_response
+
+if TYPE_CHECKING:
+    import requests
 
 _local = threading.local()
 RECONNECT_SECONDS = 60  # how long a repeatable request keeps trying to reach the API
@@ -29,6 +30,8 @@ class Client:
         return cls(config.get("server_url"), config.get("token"))
 
     def _session(self) -> requests.Session:
+        import requests  # here, not at import: minimodal imports in a container that has no requests
+
         session = getattr(_local, "session", None)
         if session is None:
             session = _local.session = requests.Session()
@@ -84,6 +87,8 @@ class Client:
         stream: bool,
         raw: bool,
     ) -> Any:
+        import requests
+
         if not self.token and path != "/health":
             raise AuthError("no MiniModal token: run `minimodal up` (writes a profile) or set MINIMODAL_TOKEN")
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}

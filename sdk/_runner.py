@@ -11,8 +11,14 @@ body the pickled ``(args, kwargs)``). Runner to worker: ``R`` ready, ``E`` the f
 ``Y`` one item of a generator (header ``n``, its index; body the pickled item), ``O`` the output of
 one input (header ``ok``, ``items`` for generators, ``traceback``, ``type``, ``repr``; body the
 pickled return value, or the pickled exception, empty when it could not be pickled), ``L`` a chunk of
-printed text (header ``stream``) from ``print``. What is written straight to file descriptors 1 and 2
-goes to the process's stderr, which the runtime reads: it survives a crash that a frame would not.
+printed text (header ``stream``) from ``print``. A ``C`` header may hold ``env``: variables (the
+function's secrets) set in ``os.environ`` while that input runs, so they never appear in the process's
+or container's configuration. While an input runs, its code may ask the platform something (a Dict
+or Queue operation): the runner sends ``Q`` (header: the JSON request) and the worker answers ``A``
+(header: the JSON answer, or ``{"error": {"type", "message"}}``); the SDK reaches this channel through
+the module ``_minimodal_channel`` the runner registers in ``sys.modules``. What is written straight
+to file descriptors 1 and 2 goes to the process's stderr, which the runtime reads: it survives a
+crash that a frame would not.
 Coroutine functions and async generators run on one event loop that lives as long as the runner.
 
 The worker never unpickles what a runner sends: headers are JSON and bodies go to the client as
@@ -30,6 +36,7 @@ import struct
 import sys
 import threading
 import traceback
+import types
 from typing import IO, Any
 
 _PREFIX = struct.Struct(">cII")
@@ -81,6 +88,47 @@ class _LogStream(io.TextIOBase):
             with self._lock:
                 write_frame(self._out, b"L", {"stream": self._name}, text.encode("utf-8", "replace"))
         return len(text)
+
+
+CHANNEL_MODULE = "_minimodal_channel"  # sys.modules name the SDK looks for (minimodal._objects)
+
+
+class _Channel:
+    """Requests of the running input to the worker: one ``Q`` out, one ``A`` back, one at a time."""
+
+    def __init__(self, inp: IO[bytes], out: IO[bytes], lock: threading.Lock) -> None:
+        self._inp, self._out, self._lock = inp, out, lock
+        self._busy = threading.Lock()
+
+    def request(self, header: dict[str, Any]) -> dict[str, Any]:
+        with self._busy:
+            with self._lock:
+                write_frame(self._out, b"Q", header)
+            frame = read_frame(self._inp)
+        if frame is None or frame[0] != b"A":
+            raise ConnectionError("the worker did not answer a platform request")
+        return frame[1]
+
+
+def _install_channel(channel: _Channel) -> None:
+    module = types.ModuleType(CHANNEL_MODULE, "The runner's request channel to its worker.")
+    module.request = channel.request  # type: ignore[attr-defined]
+    sys.modules[CHANNEL_MODULE] = module
+
+
+def _set_env(env: dict[str, str]) -> dict[str, str | None]:
+    """Set ``env`` in os.environ; return what to restore after the input."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    return saved
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def _describe(exc: BaseException) -> dict[str, Any]:
@@ -135,6 +183,9 @@ def main() -> None:
     sys.stdout = _LogStream("stdout", proto_out, lock)  # type: ignore[assignment]
     sys.stderr = _LogStream("stderr", proto_out, lock)  # type: ignore[assignment]
     os.environ["MINIMODAL_IS_REMOTE"] = "1"
+    sdk_path = os.environ.get("MINIMODAL_SDK_PATH")
+    if sdk_path and sdk_path not in sys.path:
+        sys.path.append(sdk_path)  # last: a minimodal installed in the image wins
 
     frame = read_frame(proto_in)
     if frame is None or frame[0] != b"F":
@@ -154,6 +205,7 @@ def main() -> None:
             write_frame(proto_out, b"Y", {"n": n}, data)
 
     call = _Call(asyncio.new_event_loop(), emit)
+    _install_channel(_Channel(proto_in, proto_out, lock))
     while True:
         frame = read_frame(proto_in)
         if frame is None:
@@ -163,6 +215,7 @@ def main() -> None:
             continue
         os.environ["MINIMODAL_FUNCTION_CALL_ID"] = header.get("call_id", "")
         os.environ["MINIMODAL_INPUT_INDEX"] = str(header.get("idx", ""))
+        saved = _set_env(header.get("env") or {})
         try:
             args, kwargs = cloudpickle.loads(body)
             result, items = call.run(fn, args, kwargs)
@@ -176,6 +229,8 @@ def main() -> None:
                 out_body = cloudpickle.dumps(exc)
             except Exception:  # noqa: BLE001 - an unpicklable exception becomes a RemoteError client-side
                 out_body = b""
+        finally:
+            _restore_env(saved)
         sys.stdout.flush()
         sys.stderr.flush()
         with lock:

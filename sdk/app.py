@@ -34,6 +34,8 @@ from .protocol import ImageStatus, b64, parse_gpu
 from .retries import Retries
 from .runtime import output_enabled
 from .schedule import Schedule
+from .secret import Secret, check_secrets
+from .volume import Volume
 from .web import web_entry
 
 if TYPE_CHECKING:
@@ -69,6 +71,16 @@ def _gpu_option(gpu: Any) -> str | None:
     except ValueError as exc:
         raise InvalidError(str(exc)) from None
     return str(gpu).strip()
+
+
+def _check_volumes(volumes: Any) -> dict[str, Volume]:
+    if not volumes:
+        return {}
+    if not isinstance(volumes, dict) or not all(
+        isinstance(path, str) and path.startswith("/") and isinstance(vol, Volume) for path, vol in volumes.items()
+    ):
+        raise InvalidError('volumes= takes {"/absolute/path": minimodal.Volume, ...}')
+    return dict(volumes)
 
 
 def _check_image(image: Any) -> None:
@@ -130,7 +142,10 @@ class App:
         volumes: Any = None,
         include_source: bool = True,
     ) -> None:
-        _refuse_unimplemented(f"App({name!r})", {"secrets": secrets, "volumes": volumes})
+        self._volumes = _check_volumes(volumes)  # mounted in every function of the app
+        self._secrets = check_secrets(f"App({name!r})", list(secrets) if isinstance(secrets, tuple) else secrets)
+        self._function_secrets: dict[str, list[Secret]] = {}
+        self._function_volumes: dict[str, dict[str, Volume]] = {}
         _check_image(image)
         self.image: Image | None = image
         self.name = name
@@ -230,9 +245,7 @@ class App:
         if schedule is not None and not isinstance(schedule, Schedule):
             raise InvalidError(f"schedule={schedule!r}: give minimodal.Period(...) or minimodal.Cron(...)")
         not_yet = {
-            "secrets": secrets,
             "env": env,
-            "volumes": volumes,
             "ephemeral_disk": ephemeral_disk,
             "proxy": proxy,
             "cloud": cloud,
@@ -248,6 +261,9 @@ class App:
             "experimental_options": experimental_options,
             "network_file_systems": network_file_systems,
         }
+
+        function_secrets = check_secrets("@app.function()", secrets)
+        function_volumes = _check_volumes(volumes)
 
         def wrapper(raw_f: Callable[P, R]) -> Function[P, R]:
             if inspect.isclass(raw_f):
@@ -266,6 +282,8 @@ class App:
             if schedule is not None:
                 function._extra_spec["schedule"] = schedule.to_json()  # acted on when the app is deployed
             self._functions[tag] = function
+            self._function_secrets[tag] = function_secrets
+            self._function_volumes[tag] = function_volumes
             return function
 
         return wrapper
@@ -302,6 +320,11 @@ class App:
 
         return wrapper
 
+    def _volume_option(self, tag: str) -> dict[str, Any]:
+        """``{"volumes": {path: volume id}}`` (looked up, or created when asked, now), or nothing."""
+        mounts = {**self._volumes, **self._function_volumes.get(tag, {})}
+        return {"volumes": {path: vol.object_id for path, vol in mounts.items()}} if mounts else {}
+
     def _register(self, client: Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """Build the images and store every function (code, image, options, spec) at ``path``; hydrate them."""
         image_ids: dict[str, str] = {}
@@ -314,9 +337,11 @@ class App:
                 {
                     "tag": tag,
                     "code": b64(serialize_function(f._raw_f)),
-                    "options": f._options.to_json(),
+                    "options": {**f._options.to_json(), **self._volume_option(tag)},
                     "image": image_ids[image.digest()],
                     "spec": f._spec(),
+                    # App-level secrets first: the function's own override them.
+                    "secrets": [s._spec() for s in self._secrets + self._function_secrets.get(tag, [])],
                 }
             )
         reply = client.request("POST", path, json={**body, "name": self.name, "functions": functions})

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import _deploy_cli, config
+from . import _cli_objects, _deploy_cli, config
 from ._client import Client
 from ._stream import print_log
 from .app import App, LocalEntrypoint
@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = token_commands.add_parser("revoke", help="revoke your token (or, as admin, a user's): refused at once")
     revoke.add_argument("--user", help="whose token (admin token needed for another user's)")
     token.set_defaults(handler=cmd_token)
+    _cli_objects.add_commands(commands)  # secret, volume
     return parser
 
 

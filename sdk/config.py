@@ -64,6 +64,8 @@ _SETTINGS: dict[str, Setting] = {
         Setting("inline_payload_size", defaults.DEFAULT_INLINE_PAYLOAD_SIZE, int),
         Setting("max_payload_size", defaults.DEFAULT_MAX_PAYLOAD_SIZE, int),
         Setting("result_ttl", defaults.DEFAULT_RESULT_TTL, int),
+        Setting("volume_store", None, help="the volumes' file store; MINIMODAL_HOME/volumes when unset"),
+        Setting("secret_key", None, help="Fernet key of secrets at rest; else generated once into MINIMODAL_HOME"),
         Setting("breaker_failures", 5, int, "platform failures within breaker_window that open a worker's breaker"),
         Setting("breaker_window", 300.0, float, "seconds over which breaker_failures are counted"),
         Setting("breaker_cooldown", 60.0, float, "seconds an open breaker waits before one probe task"),

@@ -278,6 +278,39 @@ def worker_queue(worker_id: str) -> str:
     return f"mm.w.{worker_id}"
 
 
+# ---- Named objects: Dict, Queue (and the other per-user objects) -----------------------------------
+
+
+def object_names_key(user_id: int, kind: str) -> str:
+    """Hash name -> object id of one user's named objects of one kind (``dict``, ``queue``)."""
+    return key("objnames", user_id, kind)
+
+
+def object_key(object_id: str) -> str:
+    """Hash describing one object: ``user``, ``kind``, ``name`` (empty for an ephemeral one), ``created``."""
+    return key("obj", object_id)
+
+
+def dict_data_key(object_id: str) -> str:
+    """Hash pickled key -> pickled value of one Dict."""
+    return key("dict", object_id)
+
+
+def queue_data_key(object_id: str, partition: str) -> str:
+    """List of pickled values of one partition of one Queue (``""`` is the default partition)."""
+    return key("queue", object_id, partition)
+
+
+def queue_partitions_key(object_id: str) -> str:
+    """Set of the partitions of one Queue that may hold values."""
+    return key("queueparts", object_id)
+
+
+def volume_files_key(volume_id: str) -> str:
+    """Hash path -> JSON ``{"sha", "size", "mtime"}``: the committed files of one Volume."""
+    return key("volfiles", volume_id)
+
+
 # ---- Pending entries --------------------------------------------------------------------------
 
 

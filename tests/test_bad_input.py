@@ -194,8 +194,8 @@ def test_every_accepted_call_ends_in_a_terminal_status(stack: Stack, user: str) 
 @pytest.mark.parametrize(
     ("option", "value"),
     [
-        ("secrets", [object()]),
-        ("volumes", {"/d": object()}),
+        ("cloud", "aws"),
+        ("proxy", object()),
     ],
 )
 def test_options_not_implemented_yet_raise_naming_the_option(option: str, value: object) -> None:

@@ -13,7 +13,22 @@ from flask import Flask
 from redis import Redis
 
 from ..database import Database
-from . import apps, calls, deadletters, deploys, errors, health, images, observe, streams, users, web
+from . import (
+    apps,
+    calls,
+    deadletters,
+    deploys,
+    errors,
+    health,
+    images,
+    objects,
+    observe,
+    secrets,
+    streams,
+    users,
+    volumes,
+    web,
+)
 from .services import Services
 
 
@@ -36,4 +51,7 @@ def create_app(
     app.register_blueprint(deadletters.bp)
     app.register_blueprint(deploys.bp)  # /v1/deployments: deployed, versioned apps
     app.register_blueprint(web.bp)  # /web/{user}/{app}/{function}/...: web endpoints, public by default
+    app.register_blueprint(objects.bp)  # Dict and Queue
+    app.register_blueprint(secrets.bp)
+    app.register_blueprint(volumes.bp)
     return app

@@ -14,8 +14,10 @@ from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import ImageStatus
 
+from .. import objects, vault
 from ..models import AppRecord, FunctionRecord, FunctionSpecRecord, ImageRecord, utcnow
 from ..registry import check_gpu_option, needs_of
+from ..volumes import check_mount_path
 from .auth import authenticate, check_fields, field, json_body
 from .services import services
 
@@ -34,6 +36,7 @@ _OPTIONS: dict[str, type | tuple[type, ...]] = {
     "buffer_containers": int,
     "gpu": str,  # "T4", "A100:2", "any": placement only (see mm_app/registry.py)
     "block_network": bool,  # the runner's container gets network_mode=none
+    "volumes": dict,  # mount path -> volume id (vo-...) of the user
 }
 _MAY_BE_ZERO = {"min_containers", "buffer_containers"}
 
@@ -70,14 +73,25 @@ def parse_options(tag: str, raw: Any) -> dict[str, Any]:
         options["retries"] = _parse_retries(tag, options["retries"])
     if options.get("gpu") is not None:
         options["gpu"] = check_gpu_option(tag, options["gpu"])
+    if options.get("volumes") is not None:
+        options["volumes"] = _parse_volumes(options["volumes"])
     for name, value in options.items():
-        if name in ("retries", "gpu", "block_network"):
+        if name in ("retries", "gpu", "block_network", "volumes"):
             continue
         if value is not None and (value < 0 or (value == 0 and name not in _MAY_BE_ZERO)):
             raise InvalidError(
                 f"function {tag!r}: option {name} must be " + ("0 or more" if name in _MAY_BE_ZERO else "positive")
             )
     return {k: v for k, v in options.items() if v is not None}
+
+
+def _parse_volumes(raw: dict[str, Any]) -> dict[str, str]:
+    """Mount path -> volume id, each volume the user's own (another user's is 404, as if missing)."""
+    mounts = {}
+    for path, volume_id in raw.items():
+        request = {"kind": "volume", "id": field({"id": volume_id}, "id", str)}
+        mounts[check_mount_path(path)] = objects.resolve(services().redis, g.user.id, request)
+    return mounts
 
 
 def _parse_code(tag: str, text: Any) -> bytes:
@@ -111,11 +125,12 @@ def register_app(
     """
     app_id = protocol.new_id("ap")
     records, ids, extras = [], {}, {}
+    secrets: dict[str, list] = {}  # tag -> its secrets as sent ({"name"} or {"values"}), stored below
     svc = services()
     for spec in specs:
         if not isinstance(spec, dict):
             raise InvalidError("each function must be an object with tag, code and options")
-        check_fields(spec, ("tag", "code", "options", "image", "spec"), "a function")
+        check_fields(spec, ("tag", "code", "options", "image", "spec", "secrets"), "a function")
         tag = field(spec, "tag", str)
         if tag in ids:
             raise InvalidError(f"function tag {tag!r} appears twice")
@@ -123,6 +138,7 @@ def register_app(
         options = parse_options(tag, spec.get("options"))
         code_hash = hashlib.sha256(code + json.dumps(options, sort_keys=True).encode()).hexdigest()
         image_id = field(spec, "image", str, required=False)
+        secrets[tag] = field(spec, "secrets", list, required=False, default=[])
         ids[tag] = protocol.new_id("fu")
         extras[ids[tag]] = parse_spec(tag, spec.get("spec"))
         records.append(
@@ -140,6 +156,11 @@ def register_app(
     with svc.db.write() as session:
         for record in records:
             _attach_image(session, record)
+            if secrets[record.tag]:  # a named secret that does not exist fails the deploy, naming it
+                record.options = {
+                    **record.options,
+                    "secrets": vault.attach(session, g.user.id, record.tag, secrets[record.tag]),
+                }
         session.add(AppRecord(id=app_id, user_id=g.user.id, name=name, state=state))
         session.flush()
         session.add_all(records)

@@ -99,6 +99,8 @@ _INPUTS = _obj(
     },
     ["inputs"],
 )
+_SECRET = _obj({"name": _str(), "keys": {"type": "array", "items": _str()}, "created_at": _str(), "updated_at": _str()})
+_VOL = _path("volume_id", "volume id (vo-...)")
 _STREAM_EVENTS = _obj({"events": {"type": "array", "items": {"type": "object"}}})
 _LOGS = _obj({"logs": {"type": "array", "items": {"type": "object"}}, "cursor": _str()})
 _IMAGE = _obj(
@@ -282,6 +284,85 @@ def _paths() -> dict[str, dict[str, Any]]:
                 reply=_obj({"id": _int(), "call_id": _str(), "index": _int(), "state": _str()}),
                 errors=("400", "404"),
             )
+        },
+        "/v1/objects": {
+            "post": _op(
+                "One Dict or Queue operation of the token's user (the SDK's Dict and Queue use it)",
+                "objects",
+                body=_obj(
+                    {"kind": _str(enum=["dict", "queue"]), "op": _str(), "name": _str(), "id": _str()}, ["kind", "op"]
+                ),
+                reply={"type": "object"},
+                errors=("400", "404"),
+                description="Keys and values are base64 cloudpickles; another user's object answers 404.",
+            )
+        },
+        "/v1/secrets": {
+            "post": _op(
+                "Store a secret (encrypted); 201 when new, 200 when overwritten",
+                "secrets",
+                ok="201",
+                body=_obj({"name": _str(), "values": {"type": "object"}, "overwrite": {"type": "boolean"}}, ["name"]),
+                reply=_SECRET,
+                errors=("400",),
+            ),
+            "get": _op(
+                "The user's secrets: names and variable names, never values",
+                "secrets",
+                reply=_obj({"secrets": {"type": "array", "items": _SECRET}}),
+            ),
+        },
+        "/v1/secrets/{name}": {
+            "get": _op(
+                "One secret, without its values",
+                "secrets",
+                params=[_path("name", "secret name")],
+                reply=_SECRET,
+                errors=("404",),
+            ),
+            "delete": _op(
+                "Delete a secret",
+                "secrets",
+                params=[_path("name", "secret name")],
+                reply=_obj({"deleted": _str()}),
+                errors=("404",),
+            ),
+        },
+        "/v1/volumes/{volume_id}/entries": {
+            "get": _op(
+                "Files and directories of a volume",
+                "volumes",
+                params=[_VOL, _query("path", "directory or file"), _query("recursive", "1 to list all below")],
+                reply=_obj({"entries": {"type": "array", "items": {"type": "object"}}}),
+                errors=("404",),
+            )
+        },
+        "/v1/volumes/{volume_id}/files/{path}": {
+            "get": _op(
+                "Stream a file out",
+                "volumes",
+                params=[_VOL, _path("path", "file path")],
+                media="application/octet-stream",
+                reply={"type": "string", "format": "binary"},
+                errors=("404",),
+            ),
+            "put": _op(
+                "Stream a file in and commit it",
+                "volumes",
+                ok="201",
+                params=[_VOL, _path("path", "file path"), _query("force", "1 to overwrite")],
+                body={"type": "string", "format": "binary"},
+                body_media="application/octet-stream",
+                reply=_obj({"path": _str(), "sha": _str(), "size": _int()}),
+                errors=("400", "404"),
+            ),
+            "delete": _op(
+                "Remove a file, or a directory with recursive=1",
+                "volumes",
+                params=[_VOL, _path("path", "file or directory"), _query("recursive", "1 for a directory")],
+                reply=_obj({"removed": {"type": "array", "items": _str()}}),
+                errors=("400", "404"),
+            ),
         },
         "/v1/me": {"get": _op("The token's user", "users", reply=_USER)},
         "/v1/users": {

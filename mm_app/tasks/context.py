@@ -33,6 +33,7 @@ from ..database import Database
 from ..models import FunctionRecord
 from ..payloads import Payloads
 from ..pending import PendingQueues
+from . import volumes
 from .breaker import CircuitBreaker
 from .caps import OutputCaps
 from .recorder import Recorder
@@ -177,6 +178,7 @@ class WorkerContext:
             min_containers=int(options.get("min_containers", 0)),
             buffer_containers=int(options.get("buffer_containers", 0)),
             block_network=bool(options.get("block_network", False)),
+            mounts=volumes.mounts(self.redis, options),
             labels={
                 "app": spec.app_id,
                 "function": spec.tag,

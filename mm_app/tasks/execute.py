@@ -17,11 +17,14 @@ from typing import Any
 from celery import signals
 
 from minimodal import protocol
+from minimodal.exception import Error, InvalidError
 from minimodal.protocol import CallStatus, InflightTask, PendingEntry
 from minimodal.retries import Retries
 from workers.runtimes.base import Outcome, RunnerStartError
 
+from .. import objects, vault
 from ..celery_app import app
+from . import volumes
 from .caps import LogBudget
 from .context import WorkerContext, close_context, get_context
 from .recorder import Ended
@@ -219,6 +222,11 @@ def _run(task: _Task) -> None:
         message = f"{spec.tag} needs a container, and this worker has no Docker engine"
         return fail_rest(Outcome(ok=False, error_type="ServiceError", message=message))
     policy = spec.options.get("retries")
+    try:
+        env = _secret_env(ctx, spec.options.get("secrets"), task.user_id)
+    except Error as exc:  # a deleted secret, or a key that cannot decrypt it: the call's own failure
+        return fail_rest(Outcome(ok=False, error_type=type(exc).__name__, message=str(exc)))
+    mounted: dict[str, str] = spec.options.get("volumes") or {}
     payloads = ctx.payloads.get_inputs(task.call_id, range(task.indexes[0], task.indexes[-1] + 1))
     runner_spec = ctx.runner_spec(spec)
     runner = None
@@ -247,8 +255,20 @@ def _run(task: _Task) -> None:
                             task.settle(rest, outcome, policy)
                     return None
             sinks = _Sinks(ctx, task.call_id, spec.app_id, spec.tag, task.user_id, idx)
-            outcome = runner.call(payload, call_id=task.call_id, idx=idx, on_log=sinks.log, on_item=sinks.item)
+            for volume_id in mounted.values():  # each input starts from the committed contents
+                volumes.cache(ctx.redis).sync(volume_id)
+            outcome = runner.call(
+                payload,
+                call_id=task.call_id,
+                idx=idx,
+                on_log=sinks.log,
+                on_item=sinks.item,
+                on_request=lambda request: _platform_request(ctx, task.user_id, mounted, request),
+                env=env,
+            )
             ctx.breaker.success()  # a runner ran the input: whatever the code did, the platform worked
+            for volume_id in mounted.values():  # what the input wrote is committed when it ends
+                volumes.cache(ctx.redis).commit(volume_id)
             if sinks.items or outcome.items is not None:
                 sinks.done(outcome)
             if outcome.runner_lost or idx == task.indexes[-1]:
@@ -262,6 +282,26 @@ def _run(task: _Task) -> None:
         if runner is not None:
             pool.release(runner)
     return None
+
+
+def _platform_request(ctx: WorkerContext, user_id: int, mounted: dict[str, str], request: Any) -> dict[str, Any]:
+    """A request of the running code: a Dict or Queue operation, or a commit or reload of a mounted volume."""
+    if isinstance(request, dict) and request.get("kind") == "volume" and request.get("op") in ("commit", "reload"):
+        volume_id = objects.resolve(ctx.redis, user_id, request)
+        if volume_id not in mounted.values():
+            raise InvalidError(f"volume {volume_id} is not mounted in this function; add it to volumes={{...}}")
+        cache = volumes.cache(ctx.redis)
+        changed = cache.commit(volume_id) if request["op"] == "commit" else cache.sync(volume_id)
+        return {"id": volume_id, "changed": changed}
+    return objects.handle(ctx.redis, user_id, request)
+
+
+def _secret_env(ctx: WorkerContext, secret_ids: list[str] | None, user_id: int) -> dict[str, str] | None:
+    """The variables of the function's secrets, read (and decrypted) once per task: updates apply at once."""
+    if not secret_ids:
+        return None
+    with ctx.db.read() as session:
+        return vault.environment(session, user_id, secret_ids)
 
 
 class _Sinks:

@@ -24,6 +24,7 @@ class RunnerSpec:
     buffer_containers: int = 0  # extra idle runners kept while any is busy (per worker)
     block_network: bool = False  # no network at all in the runner (Docker runtime only)
     labels: dict[str, str] = field(default_factory=dict)
+    mounts: dict[str, str] = field(default_factory=dict)  # container path -> host directory (volumes)
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,42 @@ class Outcome:
 
 LogSink = Callable[[str, str], None]  # (stream name, text)
 ItemSink = Callable[[int, bytes], None]  # (item index, pickled item) of a generator
+# A request of the function's code to the platform (a Dict or Queue operation, ...): JSON in, JSON out.
+RequestHandler = Callable[[dict[str, Any]], dict[str, Any]]
 Frame = tuple[bytes, dict[str, Any], bytes]
+Send = Callable[[bytes, dict[str, Any], bytes], None]
+
+
+def call_header(call_id: str, idx: int, env: dict[str, str] | None) -> dict[str, Any]:
+    """The header of a ``C`` frame: the input, and the environment (secrets) it runs with."""
+    return {"call_id": call_id, "idx": idx, **({"env": env} if env else {})}
+
+
+def answer_request(handler: RequestHandler | None, header: dict[str, Any]) -> dict[str, Any]:
+    """The answer to a runner's ``Q`` frame; a failure becomes ``{"error": {"type", "message"}}``."""
+    if handler is None:
+        return {"error": {"type": "ServiceError", "message": "this runner serves no platform requests"}}
+    try:
+        return handler(header)
+    except Exception as exc:  # noqa: BLE001 - the function's code gets the error, the runner lives on
+        if type(exc).__module__ == "minimodal.exception":
+            return {"error": {"type": type(exc).__name__, "message": str(exc)}}
+        return {"error": {"type": "ServiceError", "message": f"the worker failed to serve the request: {exc!r}"}}
 
 
 def serve_frames(
-    read: Callable[[], Frame | None], started: float, *, on_log: LogSink | None, on_item: ItemSink | None
+    read: Callable[[], Frame | None],
+    started: float,
+    *,
+    on_log: LogSink | None,
+    on_item: ItemSink | None,
+    on_request: RequestHandler | None = None,
+    send: Send | None = None,
 ) -> Outcome | None:
     """Read a runner's frames for one input until its output; None if the runner went away first.
 
     Log and item frames go to the sinks as they come; neither the frames nor the output are unpickled.
+    A ``Q`` frame (a request of the function's code) is answered with an ``A`` frame through ``send``.
     """
     while True:
         frame = read()
@@ -63,6 +91,8 @@ def serve_frames(
         elif kind == b"Y":
             if on_item is not None:
                 on_item(int(header["n"]), body)
+        elif kind == b"Q" and send is not None:
+            send(b"A", answer_request(on_request, header), b"")
         elif kind == b"O":
             duration = time.monotonic() - started
             if header.get("ok"):
@@ -78,9 +108,22 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def call(
-        self, payload: bytes, *, call_id: str, idx: int, on_log: LogSink | None = None, on_item: ItemSink | None = None
+        self,
+        payload: bytes,
+        *,
+        call_id: str,
+        idx: int,
+        on_log: LogSink | None = None,
+        on_item: ItemSink | None = None,
+        on_request: RequestHandler | None = None,
+        env: dict[str, str] | None = None,
     ) -> Outcome:
-        """Run one input; never raises for failures of the user's code."""
+        """Run one input; never raises for failures of the user's code.
+
+        ``env`` is set in the runner's ``os.environ`` for this input only (secrets travel this way, in
+        the call frame, never in the container's configuration); ``on_request`` answers the requests
+        the code makes to the platform (Dict, Queue, ...) while it runs.
+        """
 
     @property
     @abc.abstractmethod

@@ -44,7 +44,18 @@ import requests
 import minimodal._runner
 from minimodal._runner import write_frame
 
-from .base import ItemSink, LogSink, Outcome, Runner, RunnerSpec, RunnerStartError, Runtime, serve_frames
+from .base import (
+    ItemSink,
+    LogSink,
+    Outcome,
+    RequestHandler,
+    Runner,
+    RunnerSpec,
+    RunnerStartError,
+    Runtime,
+    call_header,
+    serve_frames,
+)
 
 logger = logging.getLogger("minimodal.workers.docker")
 
@@ -53,6 +64,7 @@ DEFAULT_PIDS_LIMIT = 256  # processes and threads per container; stops fork bomb
 DEFAULT_MEMORY_LIMIT = 2048  # MiB a container may use when its function sets no `memory`
 TMP_SIZE = "512m"  # the writable /tmp (tmpfs); its pages count in the container's memory limit
 RUNNER_PATH = "/opt/mm/runner/minimodal_runner.py"  # its own directory: sys.path[0] holds nothing else
+SDK_PATH = "/opt/mm/lib/minimodal"  # this installation's minimodal package, read-only, last on sys.path
 RUNNER_UID = "1000:1000"  # the mm user of the base image
 LABEL = "minimodal"  # every container we start carries minimodal=1
 
@@ -186,8 +198,15 @@ class DockerRunner(Runner):
                 tmpfs={"/tmp": f"rw,nosuid,nodev,size={TMP_SIZE}"},  # counted in the memory limit
                 network_mode="none" if spec.block_network else None,  # else the default bridge: outbound allowed
                 labels=_labels(spec, runtime.id),
-                volumes={str(runtime.runner_file): {"bind": RUNNER_PATH, "mode": "ro"}},
-                environment={"PYTHONUNBUFFERED": "1"},
+                volumes={
+                    str(runtime.runner_file): {"bind": RUNNER_PATH, "mode": "ro"},
+                    # The SDK, so that code in the container can use minimodal.Dict, Queue, ... (their
+                    # requests go through the runner's stdio, since the container cannot reach the API).
+                    str(runtime.sdk_dir): {"bind": SDK_PATH, "mode": "ro"},
+                    **{host: {"bind": path, "mode": "rw"} for path, host in spec.mounts.items()},
+                },
+                # Not PYTHONPATH: that would hide the image's own (ENV PYTHONPATH of add_local_python_source).
+                environment={"PYTHONUNBUFFERED": "1", "MINIMODAL_SDK_PATH": SDK_PATH.rsplit("/", 1)[0]},
             )
             # Attach before start: nothing the runner writes can be missed.
             self._attach = self._client.api.attach_socket(
@@ -281,7 +300,15 @@ class DockerRunner(Runner):
         return not stream.eof
 
     def call(
-        self, payload: bytes, *, call_id: str, idx: int, on_log: LogSink | None = None, on_item: ItemSink | None = None
+        self,
+        payload: bytes,
+        *,
+        call_id: str,
+        idx: int,
+        on_log: LogSink | None = None,
+        on_item: ItemSink | None = None,
+        on_request: RequestHandler | None = None,
+        env: dict[str, str] | None = None,
     ) -> Outcome:
         started = time.monotonic()
         deadline = started + self.spec.timeout
@@ -293,8 +320,15 @@ class DockerRunner(Runner):
             if stream.eof:
                 return self._lost(started, idx)
             self._on_log = on_log
-            self._send(b"C", {"call_id": call_id, "idx": idx}, payload, deadline)
-            outcome = serve_frames(lambda: stream.read_frame(deadline), started, on_log=on_log, on_item=on_item)
+            self._send(b"C", call_header(call_id, idx, env), payload, deadline)
+            outcome = serve_frames(
+                lambda: stream.read_frame(deadline),
+                started,
+                on_log=on_log,
+                on_item=on_item,
+                on_request=on_request,
+                send=lambda kind, header, body: self._send(kind, header, body, deadline),
+            )
             if outcome is None:
                 return self._lost(started, idx)
             # Docker does not order stderr against stdout: take the stderr that is here already.
@@ -423,6 +457,7 @@ class DockerRuntime(Runtime):
         self.startup_timeout = startup_timeout
         self.pids_limit = pids_limit
         self.runner_file = Path(runner_file or minimodal._runner.__file__).resolve()
+        self.sdk_dir = Path(minimodal._runner.__file__).resolve().parent
         self.id = uuid.uuid4().hex[:12]  # labels this runtime's containers, for shutdown()
         self._engine_cpus: int | None = None
 

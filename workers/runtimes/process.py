@@ -20,7 +20,18 @@ from typing import Any
 
 from minimodal._runner import write_frame
 
-from .base import ItemSink, LogSink, Outcome, Runner, RunnerSpec, RunnerStartError, Runtime, serve_frames
+from .base import (
+    ItemSink,
+    LogSink,
+    Outcome,
+    RequestHandler,
+    Runner,
+    RunnerSpec,
+    RunnerStartError,
+    Runtime,
+    call_header,
+    serve_frames,
+)
 
 _PREFIX_SIZE = 9
 GRACEFUL_EXIT_SECONDS = 2.0  # an idle runner told to stop gets this long to run its exit hooks
@@ -149,7 +160,15 @@ class ProcessRunner(Runner):
         return self.process.poll() is None
 
     def call(
-        self, payload: bytes, *, call_id: str, idx: int, on_log: LogSink | None = None, on_item: ItemSink | None = None
+        self,
+        payload: bytes,
+        *,
+        call_id: str,
+        idx: int,
+        on_log: LogSink | None = None,
+        on_item: ItemSink | None = None,
+        on_request: RequestHandler | None = None,
+        env: dict[str, str] | None = None,
     ) -> Outcome:
         started = time.monotonic()
         deadline = started + self.spec.timeout
@@ -157,8 +176,15 @@ class ProcessRunner(Runner):
         try:
             self._reader.drain_stderr()  # what came between inputs belongs to none of them
             self._on_log = on_log
-            write_frame(self._stdin, b"C", {"call_id": call_id, "idx": idx}, payload)
-            outcome = serve_frames(lambda: self._reader.read(deadline), started, on_log=on_log, on_item=on_item)
+            write_frame(self._stdin, b"C", call_header(call_id, idx, env), payload)
+            outcome = serve_frames(
+                lambda: self._reader.read(deadline),
+                started,
+                on_log=on_log,
+                on_item=on_item,
+                on_request=on_request,
+                send=lambda kind, header, body: write_frame(self._stdin, kind, header, body),
+            )
             if outcome is None:
                 return self._lost(started, idx)
             self._reader.drain_stderr()  # written before the output frame, so it is in the pipe already
@@ -229,6 +255,12 @@ class ProcessRuntime(Runtime):
             raise RunnerStartError(
                 "block_network=True needs the Docker runtime (a runner process shares the worker's network); "
                 "give the function an image and run a worker with Docker",
+                infrastructure=False,
+            )
+        if spec.mounts:
+            raise RunnerStartError(
+                f"volumes ({', '.join(spec.mounts)}) are mounted in containers only, and this worker runs "
+                "functions in processes; run a worker with Docker",
                 infrastructure=False,
             )
         return ProcessRunner(spec, self.python, self.startup_timeout)

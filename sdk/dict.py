@@ -1,0 +1,150 @@
+"""``Dict``: a distributed key-value store in Redis, per user, usable from clients and from functions.
+
+Example::
+
+    counts = minimodal.Dict.from_name("counts", create_if_missing=True)
+    counts["a"] = 1
+    if counts.put("lock", "me", skip_if_exists=True):  # False when someone holds it
+        ...
+
+Keys and values are cloudpickled; two keys are the same key when their pickles are equal (true for
+str, bytes, int, and tuples of them). Every blocking method has an async form: ``await d.get.aio(k)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import cloudpickle
+
+from ._aio import aio_iterator, aio_method
+from ._objects import EphemeralContext, _Object
+from .exception import InvalidError, SerializationError
+from .protocol import b64, unb64
+
+_MISSING: Any = object()
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return b64(cloudpickle.dumps(value))
+    except Exception as exc:
+        raise SerializationError(f"cannot pickle the {what} {value!r:.100}: {exc}") from exc
+
+
+def _key(key: Any) -> str:
+    try:
+        hash(key)
+    except TypeError as exc:
+        raise InvalidError(f"Dict keys must be hashable, got {type(key).__name__}") from exc
+    return _dumps(key, "key")
+
+
+def _loads(data: str) -> Any:
+    try:
+        return cloudpickle.loads(unb64(data))
+    except Exception as exc:
+        raise SerializationError(f"cannot unpickle a Dict entry: {exc}; is the same package installed here?") from exc
+
+
+class Dict(_Object):
+    """A named or ephemeral dictionary that lives on the MiniModal server."""
+
+    _kind = "dict"
+
+    @classmethod
+    def from_name(cls, name: str, *, environment_name: str | None = None, create_if_missing: bool = False) -> Dict:
+        """A lazy handle on the user's Dict called ``name``; nothing is sent until it is used."""
+        return cls(name, create=create_if_missing)
+
+    @classmethod
+    def from_id(cls, object_id: str) -> Dict:
+        return cls(object_id=object_id)
+
+    @classmethod
+    def ephemeral(cls) -> EphemeralContext:
+        """``with Dict.ephemeral() as d:`` an unnamed Dict, deleted when the block ends."""
+        return EphemeralContext(cls)
+
+    @staticmethod
+    def delete(name: str, *, allow_missing: bool = False) -> None:
+        """Delete the user's Dict called ``name`` and its contents."""
+        Dict._delete(name, allow_missing)
+
+    # ---- item access ----
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.pop(key)
+
+    def __contains__(self, key: Any) -> bool:
+        return self.contains(key)
+
+    def __len__(self) -> int:
+        return self.len()
+
+    @aio_method
+    def get(self, key: Any, default: Any = None) -> Any:
+        answer = self._request("get", key=_key(key))
+        return _loads(answer["value"]) if answer["found"] else default
+
+    @aio_method
+    def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool:
+        """Set ``key``; with ``skip_if_exists``, only if absent (atomic): returns False when it existed."""
+        answer = self._request("put", key=_key(key), value=_dumps(value, "value"), skip_if_exists=skip_if_exists)
+        return bool(answer["created"])
+
+    @aio_method
+    def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        """Remove ``key`` and return its value (atomic); KeyError when absent and no default is given."""
+        answer = self._request("pop", key=_key(key))
+        if answer["found"]:
+            return _loads(answer["value"])
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
+
+    @aio_method
+    def contains(self, key: Any) -> bool:
+        return bool(self._request("contains", key=_key(key))["found"])
+
+    @aio_method
+    def len(self) -> int:
+        return int(self._request("len")["len"])
+
+    @aio_method
+    def update(self, other: Mapping[Any, Any] | None = None, /, **kwargs: Any) -> None:
+        items = {**(dict(other) if other is not None else {}), **kwargs}
+        self._request("update", items=[[_key(k), _dumps(v, "value")] for k, v in items.items()])
+
+    @aio_method
+    def clear(self) -> None:
+        self._request("clear")
+
+    def _items(self) -> list[tuple[Any, Any]]:
+        return [(_loads(k), _loads(v)) for k, v in self._request("items")["items"]]
+
+    @aio_iterator
+    def keys(self) -> Iterator[Any]:
+        return iter([k for k, _ in self._items()])
+
+    @aio_iterator
+    def values(self) -> Iterator[Any]:
+        return iter([v for _, v in self._items()])
+
+    @aio_iterator
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        return iter(self._items())
+
+    @aio_method
+    def info(self) -> dict[str, Any]:
+        return {"name": self._name, "object_id": self.object_id}

@@ -1,0 +1,147 @@
+"""``Queue``: a distributed FIFO in Redis, per user, with optional partitions.
+
+Example::
+
+    with minimodal.Queue.ephemeral() as q:
+        q.put_many([1, 2, 3])
+        q.get()                 # 1
+        q.get_many(10)          # [2, 3]: up to 10, as soon as one is there
+        q.get(timeout=0.5)      # raises queue.Empty after half a second
+
+Values are cloudpickled. A blocking ``get`` waits in rounds of at most 10 s on the server, so a
+function's ``timeout`` still stops a function that waits forever. Every method has an ``.aio`` form.
+"""
+
+from __future__ import annotations
+
+import queue as _stdlib_queue
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import cloudpickle
+
+from ._aio import aio_iterator, aio_method
+from ._objects import EphemeralContext, _Object
+from .exception import SerializationError
+from .protocol import b64, unb64
+
+PARTITION_TTL = 24 * 3600  # seconds a named partition is kept after its last put (Modal's default)
+_PAGE = 100  # values iterate() reads per request
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return b64(cloudpickle.dumps(value))
+    except Exception as exc:
+        raise SerializationError(f"cannot pickle the value {value!r:.100}: {exc}") from exc
+
+
+def _loads(data: str) -> Any:
+    try:
+        return cloudpickle.loads(unb64(data))
+    except Exception as exc:
+        raise SerializationError(f"cannot unpickle a Queue value: {exc}; is the same package installed here?") from exc
+
+
+class Queue(_Object):
+    """A named or ephemeral FIFO queue that lives on the MiniModal server."""
+
+    _kind = "queue"
+
+    @classmethod
+    def from_name(cls, name: str, *, environment_name: str | None = None, create_if_missing: bool = False) -> Queue:
+        """A lazy handle on the user's Queue called ``name``; nothing is sent until it is used."""
+        return cls(name, create=create_if_missing)
+
+    @classmethod
+    def from_id(cls, object_id: str) -> Queue:
+        return cls(object_id=object_id)
+
+    @classmethod
+    def ephemeral(cls) -> EphemeralContext:
+        """``with Queue.ephemeral() as q:`` an unnamed Queue, deleted when the block ends."""
+        return EphemeralContext(cls)
+
+    @staticmethod
+    def delete(name: str, *, allow_missing: bool = False) -> None:
+        """Delete the user's Queue called ``name`` and everything in it."""
+        Queue._delete(name, allow_missing)
+
+    @aio_method
+    def put(
+        self,
+        v: Any,
+        block: bool = True,
+        timeout: float | None = None,
+        *,
+        partition: str | None = None,
+        partition_ttl: int = PARTITION_TTL,
+    ) -> None:
+        """Append ``v`` (the queue has no size limit here, so it never blocks)."""
+        self.put_many([v], partition=partition, partition_ttl=partition_ttl)
+
+    @aio_method
+    def put_many(
+        self,
+        vs: list[Any],
+        block: bool = True,
+        timeout: float | None = None,
+        *,
+        partition: str | None = None,
+        partition_ttl: int = PARTITION_TTL,
+    ) -> None:
+        """Append every value of ``vs``, in order, in one step."""
+        self._request("put", values=[_dumps(v) for v in vs], partition=partition, partition_ttl=partition_ttl)
+
+    def _take(self, n: int, block: bool, timeout: float | None, partition: str | None) -> list[Any]:
+        if not block:
+            return [_loads(v) for v in self._request("get", n=n, timeout=0, partition=partition)["values"]]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = 10.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            values = self._request("get", n=n, timeout=wait, partition=partition)["values"]
+            if values:
+                return [_loads(v) for v in values]
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _stdlib_queue.Empty
+
+    @aio_method
+    def get(self, block: bool = True, timeout: float | None = None, *, partition: str | None = None) -> Any:
+        """Take the oldest value; wait for one when ``block`` (raising ``queue.Empty`` after ``timeout``).
+
+        Not blocking, an empty queue gives None.
+        """
+        values = self._take(1, block, timeout, partition)
+        return values[0] if values else None
+
+    @aio_method
+    def get_many(
+        self, n_values: int, block: bool = True, timeout: float | None = None, *, partition: str | None = None
+    ) -> list[Any]:
+        """Take up to ``n_values`` values as soon as one is there (``[]`` when not blocking and empty)."""
+        return self._take(n_values, block, timeout, partition)
+
+    @aio_method
+    def len(self, *, partition: str | None = None, total: bool = False) -> int:
+        return int(self._request("len", partition=partition, total=total)["len"])
+
+    @aio_method
+    def clear(self, *, partition: str | None = None, all: bool = False) -> None:
+        self._request("clear", partition=partition, all=all)
+
+    @aio_iterator
+    def iterate(self, *, partition: str | None = None, item_poll_timeout: float = 0.0) -> Iterator[Any]:
+        """The values in order, without taking them; waits ``item_poll_timeout`` s for more at the end."""
+        start = 0
+        while True:
+            values = self._request("peek", start=start, n=_PAGE, partition=partition)["values"]
+            if not values:
+                deadline = time.monotonic() + item_poll_timeout
+                while not values and time.monotonic() < deadline:
+                    time.sleep(min(0.1, item_poll_timeout))
+                    values = self._request("peek", start=start, n=_PAGE, partition=partition)["values"]
+                if not values:
+                    return
+            start += len(values)
+            yield from (_loads(v) for v in values)

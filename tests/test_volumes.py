@@ -1,0 +1,239 @@
+"""Volumes: a content-addressed store on the control plane, worker caches synced on mount and commit."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+import minimodal
+from minimodal.exception import InvalidError, NotFoundError
+from tests.conftest import ROOT, RedisServer, Stack, start_stack, stop_process, wait_for
+from tests.functions import volumes as fns
+
+
+def deploy(fn: Callable[..., Any], vol: minimodal.Volume, **options: Any) -> tuple[minimodal.App, Any]:
+    app = minimodal.App("volumes")
+    return app, app.function(serialized=True, name=fn.__name__, volumes={"/data": vol}, timeout=120, **options)(fn)
+
+
+def test_the_client_uploads_lists_reads_and_removes_files(user: str, tmp_path: Path) -> None:
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "a.txt").write_text("A")
+    (tmp_path / "tree" / "sub" / "b.txt").write_text("B" * 3000)
+    (tmp_path / "one.bin").write_bytes(b"\x00\x01" * 1000)
+    vol = minimodal.Volume.from_name("client-vol", create_if_missing=True)
+    with vol.batch_upload() as batch:
+        batch.put_file(tmp_path / "one.bin", "/bin/one.bin")
+        batch.put_file(io.BytesIO(b"from memory"), "mem.txt")
+        batch.put_directory(tmp_path / "tree", "/tree")
+    assert [(e.path, e.type) for e in vol.listdir("/")] == [
+        ("bin", "directory"),
+        ("mem.txt", "file"),
+        ("tree", "directory"),
+    ]
+    assert [e.path for e in vol.listdir("/", recursive=True) if e.type == "file"] == [
+        "bin/one.bin",
+        "mem.txt",
+        "tree/a.txt",
+        "tree/sub/b.txt",
+    ]
+    assert b"".join(vol.read_file("tree/sub/b.txt")) == b"B" * 3000
+    assert b"".join(vol.read_file("/bin/one.bin")) == b"\x00\x01" * 1000
+    with pytest.raises(InvalidError, match="exists"):
+        with vol.batch_upload() as batch:
+            batch.put_file(io.BytesIO(b"again"), "mem.txt")
+    with vol.batch_upload(force=True) as batch:
+        batch.put_file(io.BytesIO(b"again"), "mem.txt")
+    assert b"".join(vol.read_file("mem.txt")) == b"again"
+    with pytest.raises(InvalidError, match="recursive"):
+        vol.remove_file("tree")
+    vol.remove_file("tree", recursive=True)
+    vol.remove_file("mem.txt")
+    assert [e.path for e in vol.listdir("/", recursive=True)] == ["bin", "bin/one.bin"]
+    with pytest.raises(NotFoundError):
+        b"".join(vol.read_file("mem.txt"))
+    with pytest.raises(InvalidError, match="leaves the volume"):
+        vol.listdir("../../etc")
+    assert {"name": "client-vol", "id": vol.object_id} in minimodal.Volume.list_volumes()
+    minimodal.Volume.delete("client-vol")
+    with pytest.raises(NotFoundError):
+        minimodal.Volume.from_name("client-vol").listdir()
+
+
+def test_another_user_cannot_read_list_or_write_a_volume(user: str, stack: Stack) -> None:
+    vol = minimodal.Volume.from_name("private-vol", create_if_missing=True)
+    with vol.batch_upload() as batch:
+        batch.put_file(io.BytesIO(b"private bytes"), "p.txt")
+    other = {"Authorization": f"Bearer {stack.new_user('volume-intruder')}"}
+    base = f"{stack.url}/v1/volumes/{vol.object_id}"
+    for method, path in (("GET", "/entries"), ("GET", "/files/p.txt"), ("PUT", "/files/x"), ("DELETE", "/files/p.txt")):
+        reply = requests.request(method, base + path, headers=other, data=b"x", timeout=10)
+        assert reply.status_code == 404, (method, path, reply.text)
+    assert b"".join(vol.read_file("p.txt")) == b"private bytes"
+
+
+def test_a_function_on_a_process_worker_with_a_volume_fails_clearly(user: str) -> None:
+    with minimodal.Volume.ephemeral() as vol:
+        app, f = deploy(fns.read, vol)
+        with app.run():
+            with pytest.raises(minimodal.exception.RemoteError, match="mounted in containers only"):
+                f.remote("x")
+
+
+def test_app_level_volumes_mount_in_every_function_and_bad_mounts_are_refused(user: str) -> None:
+    with minimodal.Volume.ephemeral() as vol:
+        app = minimodal.App("app-volumes", volumes={"/data": vol})
+        f = app.function(serialized=True, name="read")(fns.read)
+        with app.run():  # deployed with the mount: this process worker refuses it, naming the path
+            with pytest.raises(minimodal.exception.RemoteError, match="/data"):
+                f.remote("x")
+        with pytest.raises(InvalidError, match="absolute"):
+            minimodal.App("bad", volumes={"data": vol})
+        bad = minimodal.App("bad-path")
+        bad.function(serialized=True, name="read", volumes={"/proc": vol})(fns.read)
+        with pytest.raises(InvalidError, match="system directory"):
+            with bad.run():
+                pass
+
+
+def test_a_file_of_1_gib_streams_both_ways_without_being_held_in_memory(
+    user: str, stack: Stack, tmp_path: Path
+) -> None:
+    size = 1024 * 1024 * 1024
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as out:  # sparse but for a marker at each end: quick to make, real bytes to move
+        out.write(b"head")
+        out.seek(size - 4)
+        out.write(b"tail")
+    env = {**stack.env, "MINIMODAL_TOKEN": user}
+    script = (
+        "import resource, sys, minimodal\n"
+        "from minimodal import _cli_objects\n"
+        "vol = minimodal.Volume.from_name('big', create_if_missing=True)\n"
+        "with vol.batch_upload() as b: b.put_file(sys.argv[1], '/big.bin')\n"
+        "with open(sys.argv[2], 'wb') as out: n = vol.read_file_into_fileobj('/big.bin', out)\n"
+        "print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    copy = tmp_path / "copy.bin"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(big), str(copy)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    written, max_rss_kib = map(int, done.stdout.split())
+    assert written == size and copy.stat().st_size == size
+    with open(copy, "rb") as source:
+        assert source.read(4) == b"head"
+        source.seek(size - 4)
+        assert source.read(4) == b"tail"
+    assert max_rss_kib < 200 * 1024, f"the client held {max_rss_kib} KiB"
+    api_pid = stack.processes["api"].pid
+    peak = next(line for line in Path(f"/proc/{api_pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
+    assert int(peak.split()[1]) < 400 * 1024, f"the API held {peak}"
+    print(f"1 GiB up and down: client max RSS {max_rss_kib} KiB, API {peak}")  # shown with -s
+    minimodal.Volume.delete("big")
+
+
+@pytest.mark.docker
+def test_functions_read_and_write_the_mounted_volume_and_commits_merge(docker_user: str) -> None:
+    with minimodal.Volume.ephemeral() as vol:
+        with vol.batch_upload() as batch:
+            batch.put_file(io.BytesIO(b"uploaded"), "in/up.txt")
+        app, write = deploy(fns.write, vol)
+        read = app.function(serialized=True, name="read", volumes={"/data": vol}, timeout=120)(fns.read)
+        remove = app.function(serialized=True, name="remove", volumes={"/data": vol}, timeout=120)(fns.remove)
+        commit_wait = app.function(serialized=True, name="cw", volumes={"/data": vol}, timeout=120)(
+            fns.write_commit_then_wait
+        )
+        reload_until = app.function(serialized=True, name="ru", volumes={"/data": vol}, timeout=120)(fns.reload_until)
+        with app.run():
+            assert read.remote("in/up.txt") == "uploaded"
+            assert write.remote("out/w.txt", "written") == 7
+            # Committed when the call ended: the client sees it.
+            assert b"".join(vol.read_file("out/w.txt")) == b"written"
+            # Concurrent commits to different files both survive.
+            calls = [write.spawn(f"many/{i}.txt", str(i)) for i in range(4)]
+            assert [c.get(timeout=120) for c in calls] == [1, 1, 1, 1]
+            assert sorted(e.path for e in vol.listdir("many")) == [f"many/{i}.txt" for i in range(4)]
+            # vol.commit() in a running call; vol.reload() in another running call sees it.
+            writer = commit_wait.spawn(vol, "live.txt", "live", 5)
+            assert reload_until.remote(vol, "live.txt", 60) == "live"
+            writer.get(timeout=120)
+            # A removal in a function is committed too.
+            assert remove.remote("in/up.txt") is True
+            assert "in/up.txt" not in [e.path for e in vol.listdir("/", recursive=True)]
+
+
+@pytest.mark.docker
+def test_a_second_worker_with_its_own_data_dir_reads_what_the_first_committed(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import docker_engine, use_stack
+
+    docker_engine().close()  # skips (or fails in CI) without Docker
+    first_home, second_home = tmp_path / "first", tmp_path / "second"
+    first_home.mkdir()
+    second_home.mkdir()
+    stack = start_stack(redis_server, first_home, runtime="docker", db=9)
+    try:
+        request = type("R", (), {"node": type("N", (), {"nodeid": "two-workers"})()})()
+        use_stack(stack, request, monkeypatch)  # type: ignore[arg-type]
+        vol = minimodal.Volume.from_name("shared-vol", create_if_missing=True)
+        app, write = deploy(fns.write, vol)
+        read = app.function(serialized=True, name="read", volumes={"/data": vol}, timeout=120)(fns.read)
+        with app.run():
+            assert write.remote("from-first.txt", "hello from worker 1") == 19
+            first = {w["worker_id"] for w in stack.workers()}
+            stop_process(stack.processes.pop("worker"))
+            stack.spawn(
+                "worker2",
+                "worker",
+                extra_env={"MINIMODAL_HOME": str(second_home), "MINIMODAL_VOLUME_STORE": str(first_home / "volumes")},
+            )
+            wait_for(lambda: {w["worker_id"] for w in stack.workers()} - first, 60, "the second worker to beat")
+            assert read.remote("from-first.txt") == "hello from worker 1"
+        cached = second_home / "volcache" / vol.object_id / "data" / "from-first.txt"
+        assert cached.read_text() == "hello from worker 1"  # the second worker's own cache, synced from the store
+        assert json.loads((first_home / "volcache" / vol.object_id / "state.json").read_text())["from-first.txt"]
+    finally:
+        stack.stop()
+
+
+def test_the_volume_cli_creates_lists_puts_gets_removes_and_deletes(user: str, stack: Stack, tmp_path: Path) -> None:
+    def cli(*argv: str) -> str:
+        env = {**stack.env, "MINIMODAL_TOKEN": user}
+        done = subprocess.run(
+            [sys.executable, "-m", "minimodal", "volume", *argv],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    (tmp_path / "local.txt").write_text("local content")
+    assert "cli-vol is vo-" in cli("create", "cli-vol")
+    assert "cli-vol" in cli("list")
+    cli("put", "cli-vol", "local.txt", "/docs/")
+    assert "docs/local.txt" in cli("ls", "cli-vol", "/docs")
+    assert cli("get", "cli-vol", "/docs/local.txt", "-") == "local content"
+    cli("get", "cli-vol", "/docs/local.txt", str(tmp_path / "back.txt"))
+    assert (tmp_path / "back.txt").read_text() == "local content"
+    cli("rm", "cli-vol", "/docs", "-r")
+    assert cli("ls", "cli-vol") == ""
+    cli("delete", "cli-vol")
+    assert "cli-vol" not in cli("list")
