@@ -9,6 +9,7 @@ web endpoints...) must say how they are isolated.
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import cloudpickle
 import pytest
 import requests
 
+import minimodal
 from minimodal import protocol
 from minimodal._websocket import HandshakeError, WebSocket
 from mm_app.api import create_app
@@ -87,6 +89,24 @@ ROUTES: dict[str, Route] = {
         "POST", lambda a: f"/v1/functions/{a['function']}/variants", HIDDEN, {"options": {"timeout": 5}}
     ),
     "web.serve": Route("GET", lambda a: f"/web/{a['user']}/{a['deployed']}/private", PROXY),
+    "objects.object_request": Route(
+        "POST", lambda a: "/v1/objects", HIDDEN, {"kind": "dict", "op": "items", "id": "{dict}"}
+    ),
+    "objects.object_request:by-name": Route(
+        "POST", lambda a: "/v1/objects", HIDDEN, {"kind": "queue", "op": "get_many", "name": "{queue_name}", "n": 5}
+    ),
+    "objects.object_request:volume": Route(
+        "POST", lambda a: "/v1/objects", HIDDEN, {"kind": "volume", "op": "delete", "id": "{volume}"}
+    ),
+    "objects.object_request:list": Route("POST", lambda a: "/v1/objects", OWN, {"kind": "dict", "op": "list"}),
+    "secrets.create_secret": Route("POST", lambda a: "/v1/secrets", OWN, {"name": "b-secret", "values": {"K": "b"}}),
+    "secrets.list_secrets": Route("GET", lambda a: "/v1/secrets", OWN),
+    "secrets.show_secret": Route("GET", lambda a: f"/v1/secrets/{a['secret']}", HIDDEN),
+    "secrets.delete_secret": Route("DELETE", lambda a: f"/v1/secrets/{a['secret']}", HIDDEN),
+    "volumes.list_entries": Route("GET", lambda a: f"/v1/volumes/{a['volume']}/entries", HIDDEN),
+    "volumes.read_file": Route("GET", lambda a: f"/v1/volumes/{a['volume']}/files/a.txt", HIDDEN),
+    "volumes.write_file": Route("PUT", lambda a: f"/v1/volumes/{a['volume']}/files/a.txt", HIDDEN, b"overwritten"),
+    "volumes.remove_file": Route("DELETE", lambda a: f"/v1/volumes/{a['volume']}/files/a.txt", HIDDEN),
     "images.has_file": Route("HEAD", lambda a: "/v1/files/" + "0" * 64, SHARED),
     "images.put_file": Route("PUT", lambda a: "/v1/files/" + "0" * 64, SHARED),
     "images.create_image": Route("POST", lambda a: "/v1/images", SHARED),
@@ -134,6 +154,21 @@ def owned(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
                 "item_call": items.object_id,
             }
         webapps.app.deploy()
+        d = minimodal.Dict.from_name("iso-dict", create_if_missing=True)
+        d["k"] = "v"
+        q = minimodal.Queue.from_name("iso-queue", create_if_missing=True)
+        q.put("item")
+        vol = minimodal.Volume.from_name("iso-volume", create_if_missing=True)
+        with vol.batch_upload() as batch:
+            batch.put_file(io.BytesIO(b"A's file"), "/a.txt")
+        reply = requests.post(
+            f"{stack.url}/v1/secrets",
+            json={"name": "iso-secret", "values": {"ISO_KEY": "iso-value-of-a"}},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert reply.status_code == 201, reply.text
+        objects = {"dict": d.object_id, "queue": q.object_id, "volume": vol.object_id}
         with faults.app.run(detach=True):
             dead = faults.unless_flag.spawn(str(tmp / "flag"), str(tmp / "count"))
             with pytest.raises(ValueError):
@@ -151,6 +186,9 @@ def owned(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
         "user": name,
         "app_name": basic.app.name,
         "deployed": webapps.app.name,
+        **objects,
+        "queue_name": "iso-queue",
+        "secret": "iso-secret",
         "blob": blob["blob_id"],
         "dead_letter": str(letters[0]["id"]),
         "args": _args(),
@@ -169,7 +207,12 @@ def _fill(value: Any, owned: dict[str, str]) -> Any:
 
 def _secrets_of(owned: dict[str, str]) -> list[str]:
     """A's ids and names that must never appear in a reply to B."""
-    return [owned[k] for k in ("app", "function", "call", "item_call", "blob", "user", "token")] + [
+    keys = ("app", "function", "call", "item_call", "blob", "user", "token", "dict", "queue", "volume", "secret")
+    return [owned[k] for k in keys] + [
+        "iso-dict",
+        "iso-queue",
+        "iso-volume",
+        "iso-value-of-a",
         basic.chatty.__name__,
         "unless_flag",
     ]

@@ -85,16 +85,22 @@ def test_from_dotenv_and_from_local_environ_read_their_sources(tmp_path: Path, m
 
 
 @pytest.mark.docker
-def test_docker_inspect_of_a_container_shows_no_secret(docker_stack: Stack, docker_user: str) -> None:
+def test_a_secret_reaches_only_the_containers_of_functions_that_name_it_and_no_docker_inspect(
+    docker_stack: Stack, docker_user: str
+) -> None:
     import docker
 
     minimodal.Secret.create("mm-test-db", {"DB_PASSWORD": VALUE})
     with fns.app.run():
         assert fns.read_env.remote(["DB_PASSWORD"]) == {"DB_PASSWORD": VALUE}
+        # A function that does not name the secret never gets it, not even after the other one ran.
+        assert fns.read_env_unnamed.remote(["DB_PASSWORD", "APP_ONLY"]) == {"DB_PASSWORD": None, "APP_ONLY": "a"}
+        assert fns.read_env.remote(["DB_PASSWORD"]) == {"DB_PASSWORD": VALUE}
+        assert fns.read_env_unnamed.remote(["DB_PASSWORD"]) == {"DB_PASSWORD": None}
         client = docker.from_env()
         try:
             containers = client.containers.list(filters={"label": f"minimodal.home={docker_stack.home}"})
-            assert containers, "the warm container is still up"
+            assert len(containers) >= 2, "the warm containers of both functions are still up"
             for container in containers:
                 assert VALUE not in str(client.api.inspect_container(container.id))
         finally:

@@ -432,6 +432,7 @@ def _paths() -> dict[str, dict[str, Any]]:
                                     "options": {"type": "object"},
                                     "image": _str(),
                                     "spec": {"type": "object"},
+                                    "secrets": {"type": "array", "items": {"type": "object"}},
                                 },
                                 ["tag", "code"],
                             ),

@@ -23,7 +23,7 @@ bp.before_request(authenticate)
 
 @bp.post("/secrets")
 def create_secret():  # type: ignore[no-untyped-def]
-    body = json_body()
+    body = json_body("name", "values", "overwrite")
     name = field(body, "name", str)
     values = field(body, "values", dict)
     overwrite = field(body, "overwrite", bool, required=False, default=False)

@@ -27,3 +27,9 @@ missing_app = minimodal.App("tests-secrets-missing")
 @missing_app.function(secrets=[minimodal.Secret.from_name("mm-no-such-secret")])
 def never_deployed() -> None:
     return None
+
+
+@app.function(timeout=60)
+def read_env_unnamed(names: list[str]) -> dict[str, str | None]:
+    """Same app, same image, no secret of its own: only the app-level one reaches it."""
+    return {name: os.environ.get(name) for name in names}
