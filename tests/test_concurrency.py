@@ -1,0 +1,132 @@
+"""@minimodal.concurrent and @minimodal.batched on the real process stack (Redis, Celery, runner processes)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+import minimodal
+from minimodal.exception import InvalidError
+from tests.functions import inputs
+
+
+def _most_at_once(spans: list[dict[str, Any]]) -> int:
+    """The most intervals that contain one instant (the start of one of them), from the functions' clocks."""
+    return max(sum(1 for o in spans if o["start"] <= s["start"] < o["end"]) for s in spans)
+
+
+def test_four_concurrent_inputs_share_one_runner_process(user: str) -> None:
+    with inputs.app.run(), ThreadPoolExecutor(8) as threads:
+        spans = list(threads.map(inputs.sleepy.remote, range(8)))
+    assert sorted(s["i"] for s in spans) == list(range(8))
+    assert len({s["pid"] for s in spans}) == 1, "the inputs ran in more than one runner"
+    assert len({s["thread"] for s in spans}) > 1, "a sync function's inputs run in threads"
+    assert _most_at_once(spans) == 4, "max_inputs=4 with max_containers=1: four inputs at once, never more"
+
+
+def test_an_async_function_runs_its_inputs_as_tasks_of_one_event_loop(user: str) -> None:
+    with inputs.app.run():
+        spans = list(inputs.asleep.map(range(8)))
+    assert [s["i"] for s in spans] == list(range(8))
+    assert len({s["pid"] for s in spans}) == 1
+    assert len({s["thread"] for s in spans}) == 1, "coroutines run on the runner's one event loop thread"
+    assert 2 <= _most_at_once(spans) <= 4
+
+
+def test_a_concurrent_class_runs_its_enter_hook_once(user: str) -> None:
+    with inputs.app.run(), ThreadPoolExecutor(6) as threads:
+        spans = list(threads.map(inputs.Shared().work.remote, range(6)))
+    assert {s["entered"] for s in spans} == {1}
+    assert len({s["pid"] for s in spans}) == 1
+    assert 2 <= _most_at_once(spans) <= 3
+
+
+def test_a_batched_map_sees_batches_of_at_most_four_whose_union_is_the_inputs(user: str) -> None:
+    with inputs.app.run():
+        results = list(inputs.double.map(range(10)))
+    assert [r[0] for r in results] == [2 * i for i in range(10)], "each input gets its own element, in order"
+    batches = {tuple(r[1]) for r in results}
+    assert all(1 <= len(b) <= 4 for b in batches)
+    assert sorted(x for b in batches for x in b) == list(range(10)), "every input in exactly one batch"
+
+
+def test_concurrent_remote_calls_are_grouped_into_one_batch(user: str) -> None:
+    with inputs.app.run(), ThreadPoolExecutor(6) as threads:
+        batches = list(threads.map(inputs.grouped.remote, range(6)))
+    assert all(i in batch for i, batch in enumerate(batches))
+    assert max(len(b) for b in batches) > 1, "calls within wait_ms of each other share a batch"
+
+
+def test_a_batched_class_method(user: str) -> None:
+    with inputs.app.run():
+        results = list(inputs.Embedder(prefix="e").embed.map(range(6)))
+    assert [r[0] for r in results] == [f"e{i}" for i in range(6)]
+    assert all(len(r[1]) <= 4 for r in results)
+
+
+def test_an_exception_fails_every_input_of_its_batch(user: str) -> None:
+    def call(x: int) -> Any:
+        try:
+            return inputs.refuses_negatives.remote(x)
+        except ValueError as exc:
+            return exc
+
+    with inputs.app.run(), ThreadPoolExecutor(2) as threads:
+        results = list(threads.map(call, [1, -1]))
+    assert all(isinstance(r, ValueError) for r in results), results
+    assert {str(r) for r in results} == {"bad batch [-1, 1]"}
+
+
+def test_a_wrong_length_return_is_a_clear_error(user: str) -> None:
+    with inputs.app.run():
+        with pytest.raises(InvalidError, match="returned a list of 0 for a batch of 1 inputs"):
+            inputs.too_short.remote(1)
+
+
+def test_decorator_errors() -> None:
+    with pytest.raises(InvalidError, match="generator"):
+
+        @minimodal.batched(max_batch_size=2, wait_ms=10)
+        def gen(xs: list[int]):  # type: ignore[no-untyped-def]
+            yield xs
+
+    with pytest.raises(InvalidError, match="default arguments"):
+
+        @minimodal.batched(max_batch_size=2, wait_ms=10)
+        def defaults(xs: list[int], scale: int = 2) -> list[int]:
+            return xs
+
+    with pytest.raises(InvalidError, match="max_batch_size"):
+        minimodal.batched(max_batch_size=0, wait_ms=10)
+    with pytest.raises(InvalidError, match="max_inputs"):
+        minimodal.concurrent(max_inputs=0)
+    app = minimodal.App("tests-inputs-bad")
+    with pytest.raises(InvalidError, match="cannot be combined"):
+
+        @app.function(serialized=True)
+        @minimodal.concurrent(max_inputs=2)
+        @minimodal.batched(max_batch_size=2, wait_ms=10)
+        def both(xs: list[int]) -> list[int]:
+            return xs
+
+    with pytest.raises(InvalidError, match="on the class"):
+
+        @app.cls(serialized=True)
+        class OnMethod:
+            @minimodal.method()
+            @minimodal.concurrent(max_inputs=2)
+            def run(self) -> None: ...
+
+    with pytest.raises(InvalidError, match="no other method"):
+
+        @app.cls(serialized=True)
+        class TwoMethods:
+            @minimodal.method()
+            @minimodal.batched(max_batch_size=2, wait_ms=10)
+            def run(self, xs: list[int]) -> list[int]:
+                return xs
+
+            @minimodal.method()
+            def other(self) -> None: ...
