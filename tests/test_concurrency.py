@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import minimodal
-from minimodal.exception import InvalidError
+from minimodal.exception import FunctionTimeoutError, InvalidError
+from tests.conftest import Stack
 from tests.functions import inputs
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _most_at_once(spans: list[dict[str, Any]]) -> int:
@@ -24,6 +30,24 @@ def test_four_concurrent_inputs_share_one_runner_process(user: str) -> None:
     assert len({s["pid"] for s in spans}) == 1, "the inputs ran in more than one runner"
     assert len({s["thread"] for s in spans}) > 1, "a sync function's inputs run in threads"
     assert _most_at_once(spans) == 4, "max_inputs=4 with max_containers=1: four inputs at once, never more"
+
+
+def test_what_a_concurrent_input_prints_goes_to_its_own_call(stack: Stack, user: str) -> None:
+    with inputs.app.run():
+        calls = [inputs.sleepy.spawn(i) for i in range(4)]
+        spans = [fc.get() for fc in calls]
+    assert _most_at_once(spans) >= 2 and len({s["pid"] for s in spans}) == 1
+    env = {**stack.env, "MINIMODAL_TOKEN": user}
+    for i, fc in enumerate(calls):
+        logs = subprocess.run(
+            [sys.executable, "-m", "minimodal", "logs", fc.object_id],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert logs.stdout == f"input {i} starts\n"
 
 
 def test_an_async_function_runs_its_inputs_as_tasks_of_one_event_loop(user: str) -> None:
@@ -83,6 +107,13 @@ def test_a_wrong_length_return_is_a_clear_error(user: str) -> None:
     with inputs.app.run():
         with pytest.raises(InvalidError, match="returned a list of 0 for a batch of 1 inputs"):
             inputs.too_short.remote(1)
+
+
+def test_a_concurrent_input_past_its_timeout_fails_and_the_function_keeps_working(user: str) -> None:
+    with inputs.app.run():
+        with pytest.raises(FunctionTimeoutError, match="timeout of 2 s"):
+            inputs.maybe_stuck.remote(30)
+        assert inputs.maybe_stuck.remote(0.1) == 0.1  # a fresh runner
 
 
 def test_decorator_errors() -> None:

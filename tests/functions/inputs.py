@@ -91,3 +91,10 @@ class Embedder:
     @minimodal.batched(max_batch_size=4, wait_ms=500)
     def embed(self, xs: list[int]) -> list[tuple[str, list[int]]]:
         return [(f"{self.prefix}{x}", xs) for x in xs]
+
+
+@app.function(timeout=2, scaledown_window=60)
+@minimodal.concurrent(max_inputs=2)
+def maybe_stuck(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
