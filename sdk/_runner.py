@@ -407,7 +407,7 @@ def main() -> None:
         with lock:
             write_frame(proto_out, b"Y", {"n": n}, data)
 
-    if int(frame[1].get("max_inputs") or 1) > 1:
+    if int(frame[1].get("max_inputs") or 1) > 1 or frame[1].get("batch"):
         from_header = frame[1]
         return _Concurrent(fn, proto_in, proto_out, lock, from_header["max_inputs"], from_header.get("batch")).serve()
     call = _Call(asyncio.new_event_loop(), emit)

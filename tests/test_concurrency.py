@@ -107,6 +107,7 @@ def test_a_wrong_length_return_is_a_clear_error(user: str) -> None:
     with inputs.app.run():
         with pytest.raises(InvalidError, match="returned a list of 0 for a batch of 1 inputs"):
             inputs.too_short.remote(1)
+        assert inputs.one_at_a_time.remote(5) == [5], "a batch of one is still a list"
 
 
 def test_a_concurrent_input_past_its_timeout_fails_and_the_function_keeps_working(user: str) -> None:

@@ -52,7 +52,7 @@ class WarmPool:
         A runner of a function that takes several inputs at once (``spec.max_inputs`` > 1) is checked
         out once per input, up to ``max_inputs`` times; release it as many times.
         """
-        if spec.max_inputs > 1:
+        if spec.shared:
             return self._acquire_share(spec)
         with self._lock:
             self._specs[spec.key] = spec

@@ -42,6 +42,7 @@ _OPTIONS: dict[str, type | tuple[type, ...]] = {
     "batch_wait_ms": int,
 }
 _MAY_BE_ZERO = {"min_containers", "buffer_containers", "batch_wait_ms"}
+_AT_MOST = {"concurrent_inputs": 1000, "batch_max_size": 1000, "batch_wait_ms": 600_000}  # as sdk/concurrency.py
 
 
 _RETRY_LIMITS = {
@@ -78,6 +79,9 @@ def parse_options(tag: str, raw: Any) -> dict[str, Any]:
         options["gpu"] = check_gpu_option(tag, options["gpu"])
     if options.get("volumes") is not None:
         options["volumes"] = _parse_volumes(options["volumes"])
+    for name, most in _AT_MOST.items():
+        if options.get(name) is not None and options[name] > most:
+            raise InvalidError(f"function {tag!r}: option {name} must be at most {most}")
     for name, value in options.items():
         if name in ("retries", "gpu", "block_network", "volumes"):
             continue

@@ -231,7 +231,7 @@ def _run(task: _Task) -> None:
     mounted: dict[str, str] = spec.options.get("volumes") or {}
     payloads = ctx.payloads.get_inputs(task.call_id, range(task.indexes[0], task.indexes[-1] + 1))
     runner_spec = ctx.runner_spec(spec)
-    if runner_spec.max_inputs > 1:  # @concurrent / @batched: the inputs run at once, sharing runners
+    if runner_spec.shared:  # @concurrent / @batched: the inputs run at once, sharing runners
         return _run_shared(task, pool, runner_spec, payloads, policy, env, mounted)
     runner = None
     startup: float | None = None

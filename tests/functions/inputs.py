@@ -98,3 +98,9 @@ class Embedder:
 def maybe_stuck(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@app.function()
+@minimodal.batched(max_batch_size=1, wait_ms=0)
+def one_at_a_time(xs: list[int]) -> list[list[int]]:
+    return [xs]

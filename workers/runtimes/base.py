@@ -30,9 +30,14 @@ class RunnerSpec:
     max_inputs: int = 1  # inputs the runner takes at once (@concurrent; @batched: its max_batch_size)
     batch_wait_ms: int | None = None  # set for a @batched function: the runner groups inputs into calls
 
+    @property
+    def shared(self) -> bool:
+        """The runner takes inputs through :meth:`Runner.call_shared` (tagged frames), one share each."""
+        return self.max_inputs > 1 or self.batch_wait_ms is not None
+
     def load_header(self) -> dict[str, Any]:
         """The header of the ``F`` frame: how the runner takes inputs (empty: one at a time)."""
-        if self.max_inputs <= 1:
+        if not self.shared:
             return {}
         header: dict[str, Any] = {"max_inputs": self.max_inputs}
         if self.batch_wait_ms is not None:
