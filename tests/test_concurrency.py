@@ -8,9 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import pytest
+import requests
 
 import minimodal
+from minimodal import protocol
 from minimodal.exception import FunctionTimeoutError, InvalidError
 from tests.conftest import Stack
 from tests.functions import inputs
@@ -162,3 +165,22 @@ def test_decorator_errors() -> None:
 
             @minimodal.method()
             def other(self) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"concurrent_inputs": 5000}, "concurrent_inputs must be at most 1000"),
+        ({"batch_max_size": 0}, "batch_max_size must be positive"),
+        ({"batch_max_size": 2, "batch_wait_ms": -1}, "batch_wait_ms must be 0 or more"),
+    ],
+)
+def test_the_api_refuses_bad_input_options(stack: Stack, user: str, options: dict[str, int], fragment: str) -> None:
+    reply = requests.post(
+        f"{stack.url}/v1/apps",
+        json={"functions": [{"tag": "f", "code": protocol.b64(cloudpickle.dumps(len)), "options": options}]},
+        headers={"Authorization": f"Bearer {user}"},
+        timeout=10,
+    )
+    assert reply.status_code == 400
+    assert fragment in reply.json()["error"]["message"]
