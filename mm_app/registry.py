@@ -169,12 +169,23 @@ def check_gpu_option(tag: str, value: Any) -> str:
     return str(value).strip()
 
 
+def inputs_per_runner(options: dict[str, Any]) -> int:
+    """How many inputs one runner of the function takes at once (@concurrent, @batched), else 1."""
+    return max(1, int(options.get("concurrent_inputs") or options.get("batch_max_size") or 1))
+
+
+def task_limit(options: dict[str, Any]) -> int:
+    """Tasks of the function in flight at once: ``max_containers`` runners, each taking its inputs."""
+    return int(options["max_containers"]) * inputs_per_runner(options)
+
+
 def needs_of(options: dict[str, Any], queue: str) -> FunctionNeeds:
     """What one task of a function holds, from its options and its Celery queue (container or process)."""
     gpu, gpu_count = protocol.parse_gpu(options.get("gpu"))
+    width = inputs_per_runner(options)  # a task is one input; a runner's inputs share its cpu and memory
     return FunctionNeeds(
-        cpu=max(1, round(float(options.get("cpu") or DEFAULT_FUNCTION_CPU) * 1000)),
-        memory=max(1, int(options.get("memory") or DEFAULT_FUNCTION_MEMORY)),
+        cpu=max(1, round(float(options.get("cpu") or DEFAULT_FUNCTION_CPU) * 1000 / width)),
+        memory=max(1, int(options.get("memory") or DEFAULT_FUNCTION_MEMORY) // width),
         gpu=gpu,
         gpu_count=gpu_count,
         runtime="docker" if queue == protocol.QUEUE_CONTAINER else "process",

@@ -1,8 +1,9 @@
 """MiniModal: self-hosted serverless Python with Modal's API (``import minimodal as modal``)."""
 
-from . import cls, config, exception, functions, schedule, web
+from . import cls, concurrency, config, exception, functions, schedule, web
 from .app import App, LocalEntrypoint
 from .cls import Cls, enter, exit, method, parameter
+from .concurrency import batched, concurrent
 from .dict import Dict
 from .exception import Error
 from .functions import Function, FunctionCall
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "asgi_app",
+    "batched",
     "Cls",
     "Cron",
     "Dict",
@@ -31,6 +33,8 @@ __all__ = [
     "Period",
     "Retries",
     "cls",
+    "concurrency",
+    "concurrent",
     "Queue",
     "Secret",
     "Volume",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import threading
 from typing import Any
 
 METHOD_KEY = "__mm_method__"  # reserved keyword arguments: which method, with which parameters
@@ -31,7 +32,9 @@ class ClsEntry:
         self._instances: dict[str, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_instances": {}}
+        state = {**self.__dict__, "_instances": {}}
+        state.pop("_lock", None)  # made again where it runs (a lock does not pickle)
+        return state
 
     def hooks(self, kind: str) -> list[str]:
         """Names of the class's members marked ``kind``, in definition order (base classes first)."""
@@ -58,6 +61,14 @@ class ClsEntry:
     def instance(self, params: dict[str, Any]) -> Any:
         full = self.resolve(params)
         key = json.dumps(full, sort_keys=True, default=repr)
+        obj = self._instances.get(key)
+        if obj is not None:
+            return obj
+        # Concurrent inputs (@minimodal.concurrent) may ask at once: one makes it and runs the enter hooks.
+        with self.__dict__.setdefault("_lock", threading.Lock()):
+            return self._make(key, full)
+
+    def _make(self, key: str, full: dict[str, Any]) -> Any:
         obj = self._instances.get(key)
         if obj is None:
             if self.parameters:

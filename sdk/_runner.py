@@ -21,6 +21,11 @@ to file descriptors 1 and 2 goes to the process's stderr, which the runtime read
 crash that a frame would not.
 Coroutine functions and async generators run on one event loop that lives as long as the runner.
 
+A runner loaded with ``F`` header ``max_inputs`` > 1 (``@concurrent``, ``@batched``) takes that many
+inputs at once: every frame of an input (``C``, ``L``, ``Y``, ``O``, ``Q``, ``A``) then carries the
+``tag`` the worker gave it in ``C`` (see ``_Concurrent``); text written straight to fds 1 and 2 cannot
+be told apart by input there.
+
 The worker never unpickles what a runner sends: headers are JSON and bodies go to the client as
 opaque bytes.
 """
@@ -28,13 +33,17 @@ opaque bytes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import inspect
 import io
 import json
 import os
+import queue
 import struct
 import sys
 import threading
+import time
 import traceback
 import types
 from typing import IO, Any
@@ -85,11 +94,16 @@ class _LogStream(io.TextIOBase):
 
     def write(self, text: str) -> int:
         if text:
+            header: dict[str, Any] = {"stream": self._name}
+            tag = _TAG.get()
+            if tag is not None:  # a runner taking several inputs at once: whose text this is
+                header["tag"] = tag
             with self._lock:
-                write_frame(self._out, b"L", {"stream": self._name}, text.encode("utf-8", "replace"))
+                write_frame(self._out, b"L", header, text.encode("utf-8", "replace"))
         return len(text)
 
 
+_TAG: contextvars.ContextVar[int | None] = contextvars.ContextVar("mm_input_tag", default=None)
 CHANNEL_MODULE = "_minimodal_channel"  # sys.modules name the SDK looks for (minimodal._objects)
 
 
@@ -170,6 +184,195 @@ class _Call:
         return result, None
 
 
+class _Concurrent:
+    """Serves a runner that takes several inputs at once: ``@concurrent`` and ``@batched`` functions.
+
+    Every frame of an input carries the ``tag`` the worker gave it. Sync inputs run in threads (at most
+    ``max_inputs``), coroutines as tasks of one event loop in its own thread. A ``Q`` goes out with the
+    input's tag and the reading loop hands the ``A`` with that tag back to it. With ``batch``, inputs
+    wait up to ``wait_ms`` for others (at most ``max_batch_size``); inputs with the same reserved
+    ``__mm_*`` keyword arguments (a class's method and parameters) then make one call with one list per
+    parameter, and each gets its element of the returned list. Secrets are set in ``os.environ`` for the
+    runner's life (all its inputs are of one function, with the same secrets).
+    """
+
+    def __init__(self, fn: Any, inp: IO[bytes], out: IO[bytes], lock: threading.Lock, width: int, batch: Any) -> None:
+        import cloudpickle
+
+        self.pickle = cloudpickle
+        self.fn, self.inp, self.out, self.lock = fn, inp, out, lock
+        self.threads = concurrent.futures.ThreadPoolExecutor(int(width), thread_name_prefix="mm-input")
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="mm-loop", daemon=True).start()
+        self.answers: dict[Any, queue.SimpleQueue[dict[str, Any] | None]] = {}
+        self.batch = batch
+        self.pending: queue.SimpleQueue[tuple[dict[str, Any], bytes]] = queue.SimpleQueue()
+        if batch:
+            threading.Thread(target=self._batch_loop, name="mm-batcher", daemon=True).start()
+
+    def send(self, kind: bytes, header: dict[str, Any], body: bytes = b"") -> None:
+        with self.lock:
+            write_frame(self.out, kind, header, body)
+
+    def request(self, header: dict[str, Any]) -> dict[str, Any]:
+        """The running input's request to the platform (the ``_minimodal_channel`` of this runner)."""
+        tag = _TAG.get()
+        box = self.answers.setdefault(tag, queue.SimpleQueue())
+        self.send(b"Q", {**header, "tag": tag})
+        answer = box.get()
+        if answer is None:
+            raise ConnectionError("the worker did not answer a platform request")
+        answer.pop("tag", None)
+        return answer
+
+    def serve(self) -> None:
+        _install_channel(self)  # type: ignore[arg-type]
+        while True:
+            frame = read_frame(self.inp)
+            if frame is None:
+                break
+            kind, header, body = frame
+            if kind == b"A":
+                box = self.answers.get(header.get("tag"))
+                if box is not None:
+                    box.put(header)
+            elif kind == b"C":
+                if self.batch:
+                    self.pending.put((header, body))
+                else:
+                    self.threads.submit(self._one, header, body)
+        for box in list(self.answers.values()):
+            box.put(None)
+
+    def _prepare(self, header: dict[str, Any]) -> None:
+        os.environ["MINIMODAL_FUNCTION_CALL_ID"] = header.get("call_id", "")
+        os.environ["MINIMODAL_INPUT_INDEX"] = str(header.get("idx", ""))
+        os.environ.update(header.get("env") or {})
+
+    def _fail(self, tag: Any, exc: BaseException) -> None:
+        try:
+            body = self.pickle.dumps(exc)
+        except Exception:  # noqa: BLE001 - an unpicklable exception becomes a RemoteError client-side
+            body = b""
+        self.send(b"O", {**_describe(exc), "tag": tag}, body)
+
+    def _await(self, tag: Any, awaitable: Any) -> Any:
+        async def tagged() -> Any:
+            _TAG.set(tag)
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(tagged(), self.loop).result()
+
+    def _one(self, header: dict[str, Any], body: bytes) -> None:
+        tag = header.get("tag")
+        _TAG.set(tag)
+        try:
+            self._prepare(header)
+            args, kwargs = self.pickle.loads(body)
+            result = self.fn(*args, **kwargs)
+            items = None
+            if inspect.iscoroutine(result):
+                result = self._await(tag, result)
+            elif inspect.isgenerator(result) or inspect.isasyncgen(result):
+                items = self._items(tag, result)
+                result = None
+            data = self.pickle.dumps(result)
+        except BaseException as exc:  # noqa: BLE001 - the user's exception travels to the caller
+            self._fail(tag, exc)
+            return
+        sys.stdout.flush()
+        self.send(b"O", {"ok": True, "tag": tag, **({"items": items} if items is not None else {})}, data)
+
+    def _items(self, tag: Any, gen: Any) -> int:
+        count = 0
+        while True:
+            try:
+                item = self._await(tag, gen.__anext__()) if inspect.isasyncgen(gen) else next(gen)
+            except (StopIteration, StopAsyncIteration):
+                return count
+            self.send(b"Y", {"n": count, "tag": tag}, self.pickle.dumps(item))
+            count += 1
+
+    def _batch_loop(self) -> None:
+        size, wait = int(self.batch["max_batch_size"]), float(self.batch["wait_ms"]) / 1000
+        while True:
+            group = [self.pending.get()]
+            deadline = time.monotonic() + wait  # the batch goes when full, or wait_ms after its first input
+            while len(group) < size:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    group.append(self.pending.get(timeout=left))
+                except queue.Empty:
+                    break
+            self.threads.submit(self._run_batch, group)
+
+    def _run_batch(self, group: list[tuple[dict[str, Any], bytes]]) -> None:
+        parts: list[tuple[dict[str, Any], list[tuple[Any, tuple[Any, ...], dict[str, Any]]]]] = []
+        for header, body in group:
+            tag = header.get("tag")
+            try:
+                self._prepare(header)
+                args, kwargs = self.pickle.loads(body)
+            except BaseException as exc:  # noqa: BLE001
+                self._fail(tag, exc)
+                continue
+            fixed = {k: v for k, v in kwargs.items() if k.startswith("__mm_")}
+            for key, members in parts:
+                if key == fixed:
+                    members.append((tag, args, kwargs))
+                    break
+            else:
+                parts.append((fixed, [(tag, args, kwargs)]))
+        for fixed, members in parts:
+            self._call_batch(fixed, members)
+
+    def _call_batch(self, fixed: dict[str, Any], members: list[tuple[Any, tuple[Any, ...], dict[str, Any]]]) -> None:
+        tags = [tag for tag, _, _ in members]
+        _TAG.set(tags[0])  # what the batch prints goes to the logs of its first input
+        try:
+            shapes = {(len(args), tuple(sorted(set(kwargs) - set(fixed)))) for _, args, kwargs in members}
+            if len(shapes) != 1:
+                raise TypeError(
+                    "the inputs of one batch pass different arguments: every call of a batched function "
+                    "must pass the same number of positional arguments and the same keyword names"
+                )
+            count, names = shapes.pop()
+            columns = tuple([args[i] for _, args, _ in members] for i in range(count))
+            named = {name: [kwargs[name] for _, _, kwargs in members] for name in names}
+            result = self.fn(*columns, **named, **fixed)
+            if inspect.iscoroutine(result):
+                result = self._await(tags[0], result)
+            if not isinstance(result, list) or len(result) != len(members):
+                what = f"a list of {len(result)}" if isinstance(result, list) else f"a {type(result).__name__}"
+                raise _batch_error(
+                    f"the batched function {getattr(self.fn, '__qualname__', self.fn)!s} returned {what} for a "
+                    f"batch of {len(members)} inputs: it must return a list with one result per input"
+                )
+        except BaseException as exc:  # noqa: BLE001 - every input of the batch gets the error
+            for tag in tags:
+                self._fail(tag, exc)
+            return
+        sys.stdout.flush()
+        for tag, value in zip(tags, result, strict=True):
+            try:
+                data = self.pickle.dumps(value)
+            except BaseException as exc:  # noqa: BLE001
+                self._fail(tag, exc)
+                continue
+            self.send(b"O", {"ok": True, "tag": tag}, data)
+
+
+def _batch_error(message: str) -> Exception:
+    """minimodal's InvalidError where the SDK is importable (it is, through MINIMODAL_SDK_PATH), else ValueError."""
+    try:
+        from minimodal.exception import InvalidError
+    except ImportError:
+        return ValueError(message)
+    return InvalidError(message)
+
+
 def main() -> None:
     import cloudpickle
 
@@ -204,6 +407,9 @@ def main() -> None:
         with lock:
             write_frame(proto_out, b"Y", {"n": n}, data)
 
+    if int(frame[1].get("max_inputs") or 1) > 1 or frame[1].get("batch"):
+        from_header = frame[1]
+        return _Concurrent(fn, proto_in, proto_out, lock, from_header["max_inputs"], from_header.get("batch")).serve()
     call = _Call(asyncio.new_event_loop(), emit)
     _install_channel(_Channel(proto_in, proto_out, lock))
     while True:

@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 import sys
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from ._client import Client
 from ._progress import Bar
 from ._serialization import serialize_function
+from .concurrency import options_of_function as concurrency_options
 from .exception import ImageBuildError, InvalidError, NotFoundError, UnsupportedOptionError
 from .functions import Function, FunctionOptions
 from .image import Image
@@ -276,7 +278,11 @@ class App:
                 logger.warning("function %r is defined twice in app %r; the later definition wins", tag, self.name)
             _check_image(image)
             web = web_entry(raw_f)  # a web endpoint ships a request handler around the function (sdk/web.py)
-            function: Function[P, R] = Function(self, web[0] if web else raw_f, tag, options, image)
+            inputs = concurrency_options(raw_f, tag)  # @minimodal.concurrent / @minimodal.batched
+            if web and "batch_max_size" in inputs:
+                raise InvalidError(f"{tag}: a web endpoint cannot be @minimodal.batched")
+            with_inputs = dataclasses.replace(options, **inputs) if inputs else options
+            function: Function[P, R] = Function(self, web[0] if web else raw_f, tag, with_inputs, image)
             if web:
                 function._extra_spec["web"], function._is_generator = web[1], True  # the response streams
             if schedule is not None:

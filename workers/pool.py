@@ -1,6 +1,9 @@
 """Warm pools: runners kept alive between calls, per function version, scaled by use.
 
-A runner is checked out for one task at a time. Per runner key (one user's one function version):
+A runner is checked out for one task at a time, or, for a function that takes several inputs at once
+(``@concurrent``, ``@batched``), once per input up to ``max_inputs``: new inputs go to a busy runner
+with room before an idle one, and a runner starts only when all are full. Per runner key (one user's
+one function version):
 
 - a call that finds no idle runner starts one (scale up when calls wait);
 - ``min_containers`` runners are kept up even when idle (``ensure``), ``buffer_containers`` more idle
@@ -32,6 +35,8 @@ class WarmPool:
         self._busy: dict[str, set[Runner]] = defaultdict(set)
         self._starting: dict[str, int] = defaultdict(int)
         self._specs: dict[str, RunnerSpec] = {}
+        self._shares: dict[Runner, int] = {}  # inputs in flight on each busy runner that takes several
+        self._start_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self.started = 0  # runners started since the pool was made (cold starts)
@@ -42,7 +47,13 @@ class WarmPool:
     # ---- checkout ----
 
     def acquire(self, spec: RunnerSpec) -> Runner:
-        """A warm runner for ``spec.key`` if one is idle, else a new one (may raise RunnerStartError)."""
+        """A warm runner for ``spec.key`` if one is idle, else a new one (may raise RunnerStartError).
+
+        A runner of a function that takes several inputs at once (``spec.max_inputs`` > 1) is checked
+        out once per input, up to ``max_inputs`` times; release it as many times.
+        """
+        if spec.shared:
+            return self._acquire_share(spec)
         with self._lock:
             self._specs[spec.key] = spec
             idle = self._idle.get(spec.key, [])
@@ -62,11 +73,47 @@ class WarmPool:
         self._top_up(spec.key)
         return runner
 
+    def _acquire_share(self, spec: RunnerSpec) -> Runner:
+        # One start at a time per key: callers that come while a runner starts share it, not start more.
+        with self._lock:
+            start_lock = self._start_locks[spec.key]
+        with start_lock:
+            with self._lock:
+                self._specs[spec.key] = spec
+                runner = self._share(spec)
+            if runner is None:
+                runner = self._start(spec)
+                with self._lock:
+                    self._busy[spec.key].add(runner)
+                    self._shares[runner] = 1
+        self._top_up(spec.key)
+        return runner
+
+    def _share(self, spec: RunnerSpec) -> Runner | None:
+        """A busy runner with room for one more input, else an idle one (callers hold the lock)."""
+        for runner in self._busy[spec.key]:
+            if 0 < self._shares.get(runner, 0) < spec.max_inputs and not runner.broken:
+                self._shares[runner] += 1
+                return runner
+        idle = self._idle.get(spec.key, [])
+        while idle:
+            _, candidate = idle.pop()
+            if candidate.alive and not candidate.broken:
+                self._busy[spec.key].add(candidate)
+                self._shares[candidate] = 1
+                return candidate
+            candidate.stop()
+        return None
+
     def release(self, runner: Runner) -> None:
         key = runner.spec.key
         with self._lock:
+            shares = self._shares.pop(runner, 0) - 1
+            if shares > 0:  # other inputs still run on it
+                self._shares[runner] = shares
+                return
             self._busy[key].discard(runner)
-            if runner.alive and not self._closed.is_set():
+            if runner.alive and not runner.broken and not self._closed.is_set():
                 self._idle[key].append((time.monotonic(), runner))
                 return
         runner.stop()

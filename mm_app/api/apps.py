@@ -16,7 +16,7 @@ from minimodal.protocol import ImageStatus
 
 from .. import objects, vault
 from ..models import AppRecord, FunctionRecord, FunctionSpecRecord, ImageRecord, utcnow
-from ..registry import check_gpu_option, needs_of
+from ..registry import check_gpu_option, needs_of, task_limit
 from ..volumes import check_mount_path
 from .auth import authenticate, check_fields, field, json_body
 from .services import services
@@ -37,8 +37,12 @@ _OPTIONS: dict[str, type | tuple[type, ...]] = {
     "gpu": str,  # "T4", "A100:2", "any": placement only (see mm_app/registry.py)
     "block_network": bool,  # the runner's container gets network_mode=none
     "volumes": dict,  # mount path -> volume id (vo-...) of the user
+    "concurrent_inputs": int,  # @minimodal.concurrent(max_inputs=): inputs one runner takes at once
+    "batch_max_size": int,  # @minimodal.batched(max_batch_size=, wait_ms=)
+    "batch_wait_ms": int,
 }
-_MAY_BE_ZERO = {"min_containers", "buffer_containers"}
+_MAY_BE_ZERO = {"min_containers", "buffer_containers", "batch_wait_ms"}
+_AT_MOST = {"concurrent_inputs": 1000, "batch_max_size": 1000, "batch_wait_ms": 600_000}  # as sdk/concurrency.py
 
 
 _RETRY_LIMITS = {
@@ -75,6 +79,9 @@ def parse_options(tag: str, raw: Any) -> dict[str, Any]:
         options["gpu"] = check_gpu_option(tag, options["gpu"])
     if options.get("volumes") is not None:
         options["volumes"] = _parse_volumes(options["volumes"])
+    for name, most in _AT_MOST.items():
+        if options.get(name) is not None and options[name] > most:
+            raise InvalidError(f"function {tag!r}: option {name} must be at most {most}")
     for name, value in options.items():
         if name in ("retries", "gpu", "block_network", "volumes"):
             continue
@@ -171,7 +178,7 @@ def register_app(
     if records:
         svc.pending.register_functions(
             {r.id: r.queue for r in records},
-            limits={r.id: r.options["max_containers"] for r in records if r.options.get("max_containers")},
+            limits={r.id: task_limit(r.options) for r in records if r.options.get("max_containers")},
             warm={r.id: r.options["min_containers"] for r in records if r.options.get("min_containers")},
             needs={r.id: needs_of(r.options, r.queue) for r in records},  # what the scheduler places
         )

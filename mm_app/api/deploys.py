@@ -21,7 +21,7 @@ from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 
 from ..models import AppRecord, CallRecord, DeploymentRecord, FunctionRecord, FunctionSpecRecord, InputRecord, utcnow
-from ..registry import needs_of
+from ..registry import needs_of, task_limit
 from .apps import parse_options, register_app
 from .auth import authenticate, field, json_body
 from .services import services
@@ -298,7 +298,7 @@ def variant(function_id: str):  # type: ignore[no-untyped-def]
     svc = services()
     svc.pending.register_functions(
         {new_id: queue},
-        limits={new_id: options["max_containers"]} if options.get("max_containers") else {},
+        limits={new_id: task_limit(options)} if options.get("max_containers") else {},
         warm={new_id: options["min_containers"]} if options.get("min_containers") else {},
         needs={new_id: needs_of(options, queue)},
     )

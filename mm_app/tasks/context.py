@@ -33,6 +33,7 @@ from ..database import Database
 from ..models import FunctionRecord
 from ..payloads import Payloads
 from ..pending import PendingQueues
+from ..registry import inputs_per_runner
 from . import volumes
 from .breaker import CircuitBreaker
 from .caps import OutputCaps
@@ -166,6 +167,10 @@ class WorkerContext:
         """What a runtime needs to start runners of this function: per user, code version and image."""
         options = spec.options
         key = f"{spec.user_id}:{spec.code_hash}:{spec.image_tag or 'process'}"
+        width = inputs_per_runner(options)
+        batch_wait = options.get("batch_wait_ms", 0) if options.get("batch_max_size") else None
+        if width > 1 or batch_wait is not None:  # such a runner serves only functions that ask for the same
+            key += f":x{width}" + (f":b{batch_wait}" if batch_wait is not None else "")
         self._runner_keys[key] = (spec.id, spec.tag)  # to name the function in scale events
         return RunnerSpec(
             key=key,
@@ -178,6 +183,8 @@ class WorkerContext:
             min_containers=int(options.get("min_containers", 0)),
             buffer_containers=int(options.get("buffer_containers", 0)),
             block_network=bool(options.get("block_network", False)),
+            max_inputs=width,
+            batch_wait_ms=batch_wait,
             mounts=volumes.mounts(self.redis, options),
             labels={
                 "app": spec.app_id,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,8 @@ from minimodal import protocol
 from minimodal.exception import Error, InvalidError
 from minimodal.protocol import CallStatus, InflightTask, PendingEntry
 from minimodal.retries import Retries
-from workers.runtimes.base import Outcome, RunnerStartError
+from workers.pool import WarmPool
+from workers.runtimes.base import Outcome, RunnerSpec, RunnerStartError
 
 from .. import objects, vault
 from ..celery_app import app
@@ -229,6 +231,8 @@ def _run(task: _Task) -> None:
     mounted: dict[str, str] = spec.options.get("volumes") or {}
     payloads = ctx.payloads.get_inputs(task.call_id, range(task.indexes[0], task.indexes[-1] + 1))
     runner_spec = ctx.runner_spec(spec)
+    if runner_spec.shared:  # @concurrent / @batched: the inputs run at once, sharing runners
+        return _run_shared(task, pool, runner_spec, payloads, policy, env, mounted)
     runner = None
     startup: float | None = None
     try:
@@ -282,6 +286,65 @@ def _run(task: _Task) -> None:
         if runner is not None:
             pool.release(runner)
     return None
+
+
+def _run_shared(
+    task: _Task,
+    pool: WarmPool,
+    runner_spec: RunnerSpec,
+    payloads: list[bytes | None],
+    policy: dict[str, float] | None,
+    env: dict[str, str] | None,
+    mounted: dict[str, str],
+) -> None:
+    """A function whose runners take several inputs at once: each input holds one share of a runner.
+
+    The task's inputs run at once (up to ``max_inputs``, a thread each), so that they can overlap, and
+    batch with each other and with other tasks' inputs on the same runner; each is settled on its own.
+    """
+    ctx = task.ctx
+    spec = ctx.function(task.function_id)
+    assert spec is not None
+
+    def one(idx: int, payload: bytes | None) -> None:
+        if payload is None:
+            message = f"the input {idx} of {task.call_id} is missing from Redis (expired or flushed)"
+            return task.settle(idx, Outcome(ok=False, error_type="ServiceError", message=message), policy)
+        try:
+            runner = pool.acquire(runner_spec)
+        except RunnerStartError as exc:
+            outcome = Outcome(ok=False, error_type="RemoteError", message=str(exc), traceback=exc.traceback)
+            if exc.infrastructure:
+                ctx.breaker.failure()
+                return task.requeue(idx, outcome)
+            return task.settle(idx, outcome, policy)
+        startup, runner.started_in = runner.started_in, None
+        sinks = _Sinks(ctx, task.call_id, spec.app_id, spec.tag, task.user_id, idx)
+        try:
+            for volume_id in mounted.values():
+                volumes.cache(ctx.redis).sync(volume_id)
+            outcome = runner.call_shared(
+                payload,
+                call_id=task.call_id,
+                idx=idx,
+                on_log=sinks.log,
+                on_item=sinks.item,
+                on_request=lambda request: _platform_request(ctx, task.user_id, mounted, request),
+                env=env,
+            )
+            ctx.breaker.success()
+            for volume_id in mounted.values():
+                volumes.cache(ctx.redis).commit(volume_id)
+        finally:
+            pool.release(runner)
+        if sinks.items or outcome.items is not None:
+            sinks.done(outcome)
+        return task.settle(idx, outcome, policy, startup)
+
+    width = min(runner_spec.max_inputs, len(task.indexes))
+    with ThreadPoolExecutor(width, thread_name_prefix="mm-input") as threads:
+        for _ in threads.map(one, task.indexes, payloads):
+            pass
 
 
 def _platform_request(ctx: WorkerContext, user_id: int, mounted: dict[str, str], request: Any) -> dict[str, Any]:

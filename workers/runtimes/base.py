@@ -1,8 +1,10 @@
-"""The runtime interface: a Runtime starts Runners; a Runner runs one input at a time and stays warm."""
+"""The runtime interface: a Runtime starts Runners; a Runner runs one input at a time (or, for
+``@concurrent``/``@batched`` functions, several: :meth:`Runner.call_shared`) and stays warm."""
 
 from __future__ import annotations
 
 import abc
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +27,22 @@ class RunnerSpec:
     block_network: bool = False  # no network at all in the runner (Docker runtime only)
     labels: dict[str, str] = field(default_factory=dict)
     mounts: dict[str, str] = field(default_factory=dict)  # container path -> host directory (volumes)
+    max_inputs: int = 1  # inputs the runner takes at once (@concurrent; @batched: its max_batch_size)
+    batch_wait_ms: int | None = None  # set for a @batched function: the runner groups inputs into calls
+
+    @property
+    def shared(self) -> bool:
+        """The runner takes inputs through :meth:`Runner.call_shared` (tagged frames), one share each."""
+        return self.max_inputs > 1 or self.batch_wait_ms is not None
+
+    def load_header(self) -> dict[str, Any]:
+        """The header of the ``F`` frame: how the runner takes inputs (empty: one at a time)."""
+        if not self.shared:
+            return {}
+        header: dict[str, Any] = {"max_inputs": self.max_inputs}
+        if self.batch_wait_ms is not None:
+            header["batch"] = {"max_batch_size": self.max_inputs, "wait_ms": self.batch_wait_ms}
+        return header
 
 
 @dataclass(frozen=True)
@@ -102,6 +120,9 @@ def serve_frames(
             )
 
 
+_SHARED_LOCK = threading.Lock()
+
+
 class Runner(abc.ABC):
     spec: RunnerSpec
     started_in: float | None = None  # seconds its start took, until the first input takes it (then None)
@@ -124,6 +145,41 @@ class Runner(abc.ABC):
         the call frame, never in the container's configuration); ``on_request`` answers the requests
         the code makes to the platform (Dict, Queue, ...) while it runs.
         """
+
+    _shared: Any = None  # SharedCalls, made by the first call_shared
+
+    def call_shared(self, payload: bytes, **call: Any) -> Outcome:
+        """:meth:`call` for a runner that takes several inputs at once (``spec.max_inputs`` > 1): thread-safe.
+
+        Frames are tagged per input (workers/runtimes/shared.py); the runtime provides
+        :meth:`send_frame`, :meth:`read_frame` and :meth:`lost`.
+        """
+        from .shared import SharedCalls
+
+        with _SHARED_LOCK:
+            if self._shared is None:
+                self._shared = SharedCalls(self)
+        return self._shared.call(payload, **call)
+
+    @property
+    def inputs_in_flight(self) -> int:
+        return self._shared.in_flight if self._shared is not None else 0
+
+    @property
+    def broken(self) -> bool:
+        """A shared runner that died or timed out: no new input may be given to it."""
+        return bool(self._shared is not None and self._shared.broken)
+
+    def send_frame(self, kind: bytes, header: dict[str, Any], body: bytes, deadline: float) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot take several inputs at once")
+
+    def read_frame(self, deadline: float) -> Frame | None:
+        """The runner's next frame (TimeoutError at ``deadline``, keeping a partial frame); None at its end."""
+        raise NotImplementedError(f"{type(self).__name__} cannot take several inputs at once")
+
+    def lost(self, started: float, idx: int) -> Outcome:
+        """Stop the runner, which died under input ``idx``, and describe how (``runner_lost``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot take several inputs at once")
 
     @property
     @abc.abstractmethod

@@ -226,7 +226,7 @@ class DockerRunner(Runner):
 
         deadline = time.monotonic() + runtime.startup_timeout
         try:
-            self._send(b"F", {}, spec.code, deadline)
+            self._send(b"F", spec.load_header(), spec.code, deadline)
             frame = stream.read_frame(deadline)
         except TimeoutError as exc:
             raise RunnerStartError(
@@ -349,6 +349,18 @@ class DockerRunner(Runner):
             return self._lost(started, idx)
         finally:
             self._on_log = None
+
+    def send_frame(self, kind: bytes, header: dict[str, Any], body: bytes, deadline: float) -> None:
+        self._send(kind, header, body, deadline)
+
+    def read_frame(self, deadline: float) -> tuple[bytes, dict[str, Any], bytes] | None:
+        stream = self._stream
+        if self._stopped or stream is None:
+            return None
+        return stream.read_frame(deadline)
+
+    def lost(self, started: float, idx: int) -> Outcome:
+        return self._lost(started, idx)
 
     def _exit_state(self, wait: float = 5.0) -> tuple[int | None, bool]:
         """The container's exit code (None if it is still running) and whether the kernel OOM-killed it."""

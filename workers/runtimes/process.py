@@ -133,7 +133,7 @@ class ProcessRunner(Runner):
         self._busy = False  # inside call(): a stop then is a kill (timeout), not a graceful exit
         self._reader = _FrameReader(self.process.stdout.fileno(), self.process.stderr.fileno(), self._stderr_text)
         try:
-            write_frame(self._stdin, b"F", {}, spec.code)
+            write_frame(self._stdin, b"F", spec.load_header(), spec.code)
             frame = self._reader.read(time.monotonic() + startup_timeout)
         except (TimeoutError, BrokenPipeError) as exc:
             self.stop()
@@ -204,6 +204,15 @@ class ProcessRunner(Runner):
             self._on_log = None
             self._busy = False
 
+    def send_frame(self, kind: bytes, header: dict[str, Any], body: bytes, deadline: float) -> None:
+        write_frame(self._stdin, kind, header, body)
+
+    def read_frame(self, deadline: float) -> tuple[bytes, dict[str, Any], bytes] | None:
+        return self._reader.read(deadline)
+
+    def lost(self, started: float, idx: int) -> Outcome:
+        return self._lost(started, idx)
+
     def _lost(self, started: float, idx: int) -> Outcome:
         try:
             code = self.process.wait(timeout=5)
@@ -221,7 +230,8 @@ class ProcessRunner(Runner):
         )
 
     def stop(self) -> None:
-        if self.process.poll() is None and self.process.stdin is not None and not self._busy:
+        busy = self._busy or self.inputs_in_flight > 0
+        if self.process.poll() is None and self.process.stdin is not None and not busy:
             # End of input first: the runner returns and runs its exit hooks (@minimodal.exit()); then kill.
             with contextlib.suppress(OSError):
                 self.process.stdin.close()
