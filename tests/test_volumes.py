@@ -242,6 +242,31 @@ def test_the_internal_blob_routes_take_the_workers_credential_and_check_the_cont
     assert (stack.home / "volumes" / "blobs" / sha[:2] / sha).read_bytes() == content
 
 
+def test_a_workers_store_client_moves_files_over_http_and_names_a_wrong_credential(
+    stack: Stack, tmp_path: Path
+) -> None:
+    from mm_app.tasks.blobs import ContentChanged, RemoteBlobStore
+
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"worker bytes" * 100_000)
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    store = RemoteBlobStore(stack.url, stack.env["MINIMODAL_WORKER_TOKEN"])
+    assert not store.has(sha)
+    store.upload(source, sha)
+    assert store.has(sha)
+    (tmp_path / "back.bin").touch()
+    assert store.download(sha, tmp_path / "back.bin") == source.stat().st_size
+    assert (tmp_path / "back.bin").read_bytes() == source.read_bytes()
+    source.write_bytes(b"rewritten while it was committed")
+    with pytest.raises(ContentChanged):
+        store.upload(source, hashlib.sha256(b"what it held when hashed").hexdigest())
+    stranger = RemoteBlobStore(stack.url, "a-token-of-another-stack")
+    with pytest.raises(minimodal.exception.ServiceError, match="set the same MINIMODAL_WORKER_TOKEN"):
+        stranger.has(sha)
+    with pytest.raises(minimodal.exception.ServiceError, match="set the same MINIMODAL_WORKER_TOKEN"):
+        stranger.download(sha, tmp_path / "back.bin")
+
+
 def test_the_workers_credential_is_made_once_into_the_data_dir_with_mode_0600(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
