@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from minimodal import config, protocol
 
+from . import credential
 from .api.auth import hash_token
 from .api.users import create_user
 from .database import Database
@@ -158,7 +159,13 @@ class Stack:
         token = self.bootstrap_user()
         server_url = f"http://{config.get('api_host')}:{config.get('api_port')}"
         profile = config.write_profile({"server_url": server_url, "token": token, "redis_url": redis_url})
-        env = {**os.environ, "MINIMODAL_REDIS_URL": redis_url, "MINIMODAL_HOME": str(self.home)}
+        env = {
+            **os.environ,
+            "MINIMODAL_REDIS_URL": redis_url,
+            "MINIMODAL_HOME": str(self.home),
+            "MINIMODAL_SERVER_URL": server_url,  # workers reach the volume store through the API
+            "MINIMODAL_WORKER_TOKEN": credential.worker_token(),  # ...with the workers' credential
+        }
         for name in PROCESSES:
             self._spawn(name, [sys.executable, "-m", "mm_app", name], env)
         self._wait_ready(server_url, redis_url)

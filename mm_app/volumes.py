@@ -4,9 +4,11 @@ The store (``MINIMODAL_VOLUME_STORE``, by default ``MINIMODAL_HOME/volumes``) ho
 version once, named by its SHA-256 (``blobs/ab/abcd...``). A volume is a manifest in Redis: path ->
 ``{"sha", "size", "mtime"}`` (see :func:`minimodal.protocol.volume_files_key`). A commit changes
 only the paths it touched, one hash field each: commits to different files both survive, and of
-two commits to the same file the later wins. Workers copy what a call mounts into their own cache
-(``mm_app/tasks/volumes.py``); a worker on another host needs the store path mounted (NFS or the
-like). Files stream through in chunks: a 1 GiB file is never held in memory.
+two commits to the same file the later wins. Only the API process touches the store: workers copy
+what a call mounts into their own cache (``mm_app/tasks/volumes.py``) and commit back through the
+API's internal routes (``mm_app/api/internal.py``), so a worker on another host needs nothing but the
+API's URL, Redis and the workers' credential. Files stream through in chunks: a 1 GiB file is never
+held in memory.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import hashlib
 import json
 import os
 import posixpath
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -67,8 +68,13 @@ class BlobStore:
     def has(self, sha: str) -> bool:
         return self.path(sha).exists()
 
-    def put_stream(self, stream: IO[bytes]) -> tuple[str, int]:
-        """Copy ``stream`` into the store chunk by chunk; return its SHA-256 and size."""
+    def put_stream(self, stream: IO[bytes], expect: str | None = None) -> tuple[str, int]:
+        """Copy ``stream`` into the store chunk by chunk; return its SHA-256 and size.
+
+        With ``expect``, content that does not hash to it is refused (InvalidError) and not stored.
+        """
+        if expect is not None:
+            self.path(expect)  # a malformed name is refused before the body is read
         tmp_dir = self.root / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         digest, size = hashlib.sha256(), 0
@@ -80,6 +86,8 @@ class BlobStore:
                     out.write(chunk)
                     size += len(chunk)
             sha = digest.hexdigest()
+            if expect is not None and sha != expect:
+                raise InvalidError(f"the body hashes to {sha}, not to the {expect} it was sent as")
             target = self.path(sha)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)  # the same content twice: the same bytes, either rename wins
@@ -87,22 +95,6 @@ class BlobStore:
             with_missing_ok(tmp)
             raise
         return sha, size
-
-    def put_file(self, source: Path, sha: str) -> None:
-        """Copy a local file whose hash is known (a worker's commit) unless the store has it."""
-        target = self.path(sha)
-        if target.exists():
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp")
-        os.close(fd)
-        try:
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            with_missing_ok(tmp)
-            raise
 
     def read(self, sha: str) -> Iterator[bytes]:
         with open(self.path(sha), "rb") as source:

@@ -10,6 +10,7 @@ import gc
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -189,8 +190,13 @@ def bootstrap_admin(env: dict[str, str]) -> str:
 TEST_MAX_PAYLOAD = 8 * 1024 * 1024  # small, so that the 413 path is cheap to exercise
 
 
-def start_stack(redis_server: RedisServer, home: Path, *, runtime: str, db: int) -> Stack:
-    """API, dispatcher and one worker of the given runtime, on Redis database ``db``."""
+def start_stack(
+    redis_server: RedisServer, home: Path, *, runtime: str, db: int, worker_env: dict[str, str] | None = None
+) -> Stack:
+    """API, dispatcher and one worker of the given runtime, on Redis database ``db``.
+
+    ``worker_env`` is set for the worker only (e.g. a data directory of its own, as on another host).
+    """
     port = free_port()
     redis_url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
     env = {
@@ -204,6 +210,7 @@ def start_stack(redis_server: RedisServer, home: Path, *, runtime: str, db: int)
         "MINIMODAL_WORKER_CONCURRENCY": "4",
         "MINIMODAL_WORKER_RUNTIME": runtime,
         "PYTHONPATH": str(ROOT),
+        "MINIMODAL_WORKER_TOKEN": secrets.token_urlsafe(24),  # as `minimodal up`: the API and workers share it
     }
     env.pop("MINIMODAL_TOKEN", None)
     stack = Stack(home, env, f"http://127.0.0.1:{port}", redis_server, bootstrap_admin(env))
@@ -211,7 +218,7 @@ def start_stack(redis_server: RedisServer, home: Path, *, runtime: str, db: int)
     try:
         stack.spawn("api", "api")
         stack.spawn("dispatcher", "dispatcher")
-        stack.spawn("worker", "worker")
+        stack.spawn("worker", "worker", extra_env=worker_env)
 
         def ready() -> bool:
             for name, process in stack.processes.items():

@@ -9,6 +9,7 @@ web endpoints...) must say how they are isolated.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ OWN = "own"  # 2xx, but B's own view: none of A's ids or names appear in the rep
 PUBLIC = "public"  # no token needed; holds no user data (checked: none of A's ids or names appear)
 SHARED = "shared"  # content-addressed build cache, shared on purpose (see SECURITY.md); not checked here
 PROXY = "proxy"  # 401 AuthError: a web endpoint with requires_proxy_auth takes only its owner's token
+WORKER = "worker"  # 403 PermissionDeniedError: an internal route of workers; an admin's token and no token fail too
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ class Route:
     path: Callable[[dict[str, str]], str]  # A's objects -> the URL path to try with B's token
     expect: str
     body: Any = None  # JSON body, or bytes
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _args() -> str:
@@ -107,6 +113,8 @@ ROUTES: dict[str, Route] = {
     "volumes.read_file": Route("GET", lambda a: f"/v1/volumes/{a['volume']}/files/a.txt", HIDDEN),
     "volumes.write_file": Route("PUT", lambda a: f"/v1/volumes/{a['volume']}/files/a.txt", HIDDEN, b"overwritten"),
     "volumes.remove_file": Route("DELETE", lambda a: f"/v1/volumes/{a['volume']}/files/a.txt", HIDDEN),
+    "internal.get_volume_blob": Route("GET", lambda a: f"/internal/volume-blobs/{a['volume_sha']}", WORKER),
+    "internal.put_volume_blob": Route("PUT", lambda a: f"/internal/volume-blobs/{_sha(b'x')}", WORKER, b"x"),
     "images.has_file": Route("HEAD", lambda a: "/v1/files/" + "0" * 64, SHARED),
     "images.put_file": Route("PUT", lambda a: "/v1/files/" + "0" * 64, SHARED),
     "images.create_image": Route("POST", lambda a: "/v1/images", SHARED),
@@ -189,6 +197,7 @@ def owned(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
         **objects,
         "queue_name": "iso-queue",
         "secret": "iso-secret",
+        "volume_sha": _sha(b"A's file"),
         "blob": blob["blob_id"],
         "dead_letter": str(letters[0]["id"]),
         "args": _args(),
@@ -240,6 +249,13 @@ def test_a_second_users_token_reaches_none_of_the_first_users_objects(
     elif route.expect == PROXY:
         assert reply.status_code == 401, (path, reply.status_code, reply.text)
         assert reply.json()["error"]["type"] == "AuthError"
+    elif route.expect == WORKER:
+        admin = {"Authorization": f"Bearer {stack.admin_token}"}
+        for headers, status in ((None, 403), (admin, 403), ({}, 401), ({"Authorization": "Bearer not-a-token"}, 401)):
+            if headers is not None:
+                reply = requests.request(route.method, stack.url + path, headers=headers, timeout=30, **kwargs)
+            assert reply.status_code == status, (path, headers, reply.status_code, reply.text)
+            assert reply.json()["error"]["type"] == ("PermissionDeniedError" if status == 403 else "AuthError")
     elif route.expect == ADMIN:
         assert reply.status_code == 403, (path, reply.status_code, reply.text)
         assert reply.json()["error"]["type"] == "PermissionDeniedError"

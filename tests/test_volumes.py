@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -177,16 +178,24 @@ def test_functions_read_and_write_the_mounted_volume_and_commits_merge(docker_us
 
 
 @pytest.mark.docker
-def test_a_second_worker_with_its_own_data_dir_reads_what_the_first_committed(
+def test_workers_with_their_own_data_dirs_share_commits_through_the_api_alone(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """As on two other hosts: neither worker can open the API's store, only reach the API over HTTP."""
     from tests.conftest import docker_engine, use_stack
 
     docker_engine().close()  # skips (or fails in CI) without Docker
-    first_home, second_home = tmp_path / "first", tmp_path / "second"
-    first_home.mkdir()
-    second_home.mkdir()
-    stack = start_stack(redis_server, first_home, runtime="docker", db=9)
+    api_home, first_home, second_home = tmp_path / "api", tmp_path / "first", tmp_path / "second"
+    for home in (api_home, first_home, second_home):
+        home.mkdir()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    no_store = blocker / "volumes"  # cannot exist, even for root: what a worker that used its path would need
+
+    def on_its_own_host(home: Path) -> dict[str, str]:
+        return {"MINIMODAL_HOME": str(home), "MINIMODAL_VOLUME_STORE": str(no_store)}
+
+    stack = start_stack(redis_server, api_home, runtime="docker", db=9, worker_env=on_its_own_host(first_home))
     try:
         request = type("R", (), {"node": type("N", (), {"nodeid": "two-workers"})()})()
         use_stack(stack, request, monkeypatch)  # type: ignore[arg-type]
@@ -197,18 +206,81 @@ def test_a_second_worker_with_its_own_data_dir_reads_what_the_first_committed(
             assert write.remote("from-first.txt", "hello from worker 1") == 19
             first = {w["worker_id"] for w in stack.workers()}
             stop_process(stack.processes.pop("worker"))
-            stack.spawn(
-                "worker2",
-                "worker",
-                extra_env={"MINIMODAL_HOME": str(second_home), "MINIMODAL_VOLUME_STORE": str(first_home / "volumes")},
-            )
+            stack.spawn("worker2", "worker", extra_env=on_its_own_host(second_home))
             wait_for(lambda: {w["worker_id"] for w in stack.workers()} - first, 60, "the second worker to beat")
             assert read.remote("from-first.txt") == "hello from worker 1"
+            assert write.remote("from-second.txt", "and back") == 8
+        assert b"".join(vol.read_file("from-second.txt")) == b"and back"  # committed by worker 2, via the API
         cached = second_home / "volcache" / vol.object_id / "data" / "from-first.txt"
-        assert cached.read_text() == "hello from worker 1"  # the second worker's own cache, synced from the store
+        assert cached.read_text() == "hello from worker 1"  # the second worker's own cache, synced over HTTP
         assert json.loads((first_home / "volcache" / vol.object_id / "state.json").read_text())["from-first.txt"]
+        sha = hashlib.sha256(b"hello from worker 1").hexdigest()
+        assert (api_home / "volumes" / "blobs" / sha[:2] / sha).read_bytes() == b"hello from worker 1"
+        assert blocker.read_text() == "not a directory"
+        assert not (first_home / "volumes").exists() and not (second_home / "volumes").exists()
     finally:
         stack.stop()
+
+
+def test_the_internal_blob_routes_take_the_workers_credential_and_check_the_content(user: str, stack: Stack) -> None:
+    url = stack.url + "/internal/volume-blobs/"
+    worker = {"Authorization": f"Bearer {stack.env['MINIMODAL_WORKER_TOKEN']}"}
+    content = b"a version of a file" * 1000
+    sha = hashlib.sha256(content).hexdigest()
+    for headers, status in (({}, 401), ({"Authorization": f"Bearer {user}"}, 403), (worker, 404)):
+        assert requests.get(url + sha, headers=headers, timeout=10).status_code == status
+    assert requests.head(url + sha, headers=worker, timeout=10).status_code == 404
+    refused = requests.put(url + sha, data=b"other bytes", headers=worker, timeout=10)
+    assert refused.status_code == 400 and "hashes to" in refused.json()["error"]["message"]
+    assert requests.put(url + "not-a-sha", data=content, headers=worker, timeout=10).status_code == 400
+    assert requests.head(url + sha, headers=worker, timeout=10).status_code == 404  # nothing was kept
+    stored = requests.put(url + sha, data=io.BytesIO(content), headers=worker, timeout=10)
+    assert stored.status_code == 201 and stored.json() == {"sha": sha, "size": len(content)}
+    assert requests.head(url + sha, headers=worker, timeout=10).status_code == 200
+    reply = requests.get(url + sha, headers=worker, timeout=10)
+    assert reply.status_code == 200 and reply.content == content
+    assert (stack.home / "volumes" / "blobs" / sha[:2] / sha).read_bytes() == content
+
+
+def test_a_workers_store_client_moves_files_over_http_and_names_a_wrong_credential(
+    stack: Stack, tmp_path: Path
+) -> None:
+    from mm_app.tasks.blobs import ContentChanged, RemoteBlobStore
+
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"worker bytes" * 100_000)
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    store = RemoteBlobStore(stack.url, stack.env["MINIMODAL_WORKER_TOKEN"])
+    assert not store.has(sha)
+    store.upload(source, sha)
+    assert store.has(sha)
+    (tmp_path / "back.bin").touch()
+    assert store.download(sha, tmp_path / "back.bin") == source.stat().st_size
+    assert (tmp_path / "back.bin").read_bytes() == source.read_bytes()
+    source.write_bytes(b"rewritten while it was committed")
+    with pytest.raises(ContentChanged):
+        store.upload(source, hashlib.sha256(b"what it held when hashed").hexdigest())
+    stranger = RemoteBlobStore(stack.url, "a-token-of-another-stack")
+    with pytest.raises(minimodal.exception.ServiceError, match="set the same MINIMODAL_WORKER_TOKEN"):
+        stranger.has(sha)
+    with pytest.raises(minimodal.exception.ServiceError, match="set the same MINIMODAL_WORKER_TOKEN"):
+        stranger.download(sha, tmp_path / "back.bin")
+
+
+def test_the_workers_credential_is_made_once_into_the_data_dir_with_mode_0600(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mm_app import credential
+
+    monkeypatch.setenv("MINIMODAL_HOME", str(tmp_path))
+    monkeypatch.delenv("MINIMODAL_WORKER_TOKEN", raising=False)
+    token = credential._load()
+    assert len(token) >= 32 and credential._load() == token
+    path = tmp_path / credential.TOKEN_FILE
+    assert path.read_text() == token and path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [credential.TOKEN_FILE]  # no temp file left behind
+    monkeypatch.setenv("MINIMODAL_WORKER_TOKEN", "set-by-the-operator")
+    assert credential._load() == "set-by-the-operator"
 
 
 def test_the_volume_cli_creates_lists_puts_gets_removes_and_deletes(user: str, stack: Stack, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from . import (
     errors,
     health,
     images,
+    internal,
     objects,
     observe,
     secrets,
@@ -54,4 +55,5 @@ def create_app(
     app.register_blueprint(objects.bp)  # Dict and Queue
     app.register_blueprint(secrets.bp)
     app.register_blueprint(volumes.bp)
+    app.register_blueprint(internal.bp)  # workers only: the volume store
     return app

@@ -75,6 +75,14 @@ def _op(
     return operation
 
 
+def _worker_op(summary: str, **kwargs: Any) -> dict[str, Any]:
+    """An internal route: it takes the workers' credential (MINIMODAL_WORKER_TOKEN), and a user token gets 403."""
+    operation = _op(summary, "internal", **kwargs)
+    operation["security"] = [{"worker": []}]
+    return operation
+
+
+_SHA = _path("sha", "sha256 hex digest of the content")
 _CALL = _path("call_id", "function call id (fc-...)")
 _CURSOR = _query("cursor", "stream cursor of the previous reply, `<ms>-<seq>`; `0-0` from the start")
 _ENVELOPE = _obj(
@@ -362,6 +370,24 @@ def _paths() -> dict[str, dict[str, Any]]:
                 params=[_VOL, _path("path", "file or directory"), _query("recursive", "1 for a directory")],
                 reply=_obj({"removed": {"type": "array", "items": _str()}}),
                 errors=("400", "404"),
+            ),
+        },
+        "/internal/volume-blobs/{sha}": {
+            "get": _worker_op(
+                "Stream a stored volume file version out (workers only; HEAD: whether it is stored)",
+                params=[_SHA],
+                media="application/octet-stream",
+                reply={"type": "string", "format": "binary"},
+                errors=("403", "404"),
+            ),
+            "put": _worker_op(
+                "Stream a volume file version in; kept only if it hashes to {sha} (workers only)",
+                ok="201",
+                params=[_SHA],
+                body={"type": "string", "format": "binary"},
+                body_media="application/octet-stream",
+                reply=_obj({"sha": _str(), "size": _int()}),
+                errors=("400", "403"),
             ),
         },
         "/v1/me": {"get": _op("The token's user", "users", reply=_USER)},
@@ -659,7 +685,7 @@ def _paths() -> dict[str, dict[str, Any]]:
 _ERROR_TEXT = {
     "400": "Invalid request",
     "401": "Missing, invalid or revoked token",
-    "403": "Not an admin",
+    "403": "Not an admin, or not a worker on an internal route",
     "404": "Not found (or not yours)",
     "410": "Outputs expired",
     "413": "Payload too large",
@@ -686,7 +712,10 @@ def document(server_url: str | None = None) -> dict[str, Any]:
         },
         "paths": {**_paths(), **_more_paths()},
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "worker": {"type": "http", "scheme": "bearer", "description": "the workers' MINIMODAL_WORKER_TOKEN"},
+            },
             "schemas": {"Error": _obj({"error": _obj({"type": _str(), "message": _str()}, ["type", "message"])})},
             "responses": {
                 f"E{status}": {"description": text, "content": {_JSON: {"schema": _ERROR}}}

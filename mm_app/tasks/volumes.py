@@ -1,11 +1,15 @@
 """A worker's cache of the volumes its calls mount: synced from the store, committed back to it.
 
+The store is reached through the API only (:class:`~mm_app.tasks.blobs.RemoteBlobStore`, over HTTP);
+the manifests through Redis, as every worker already does. So a worker on any host sees what others
+committed, with nothing of the control plane's disk mounted.
+
 Each volume has a directory ``MINIMODAL_HOME/volcache/<id>/data`` that containers of this worker
 bind-mount at the function's path, and a ``state.json`` baseline (path -> sha, size, mtime_ns) of
 what was last synced or committed. :meth:`VolumeCache.sync` (before each input, and ``vol.reload()``)
 brings in what others committed: files whose committed hash moved since the baseline, and removals.
 :meth:`VolumeCache.commit` (after each input, and ``vol.commit()``) hashes the files that changed
-since the baseline, copies new content into the store and changes only those paths in the manifest.
+since the baseline, uploads new content to the store and only then changes those paths in the manifest.
 Local files nobody committed yet are left alone by a sync.
 """
 
@@ -14,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import threading
 from collections import defaultdict
@@ -24,11 +27,14 @@ from typing import Any
 from redis import Redis
 
 from minimodal import config
+from minimodal.exception import ServiceError
 
 from .. import volumes
-from ..volumes import CHUNK, BlobStore
+from ..volumes import CHUNK
+from .blobs import ContentChanged, RemoteBlobStore
 
 CONTAINER_UID = 1000  # the runner user of the base image: it must be able to write the mounted files
+COMMIT_TRIES = 3  # a file rewritten while it is uploaded is hashed and sent again this many times
 
 
 def _hash(path: Path) -> str:
@@ -40,7 +46,7 @@ def _hash(path: Path) -> str:
 
 
 class VolumeCache:
-    def __init__(self, root: Path, store: BlobStore, redis: Redis) -> None:
+    def __init__(self, root: Path, store: RemoteBlobStore, redis: Redis) -> None:
         self.root, self.store, self.redis = root, store, redis
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
 
@@ -105,7 +111,7 @@ class VolumeCache:
                 fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=".mm-sync-")
                 os.close(fd)
                 try:
-                    shutil.copyfile(self.store.path(meta["sha"]), tmp)
+                    self.store.download(meta["sha"], Path(tmp))
                     os.utime(tmp, (meta["mtime"], meta["mtime"]))
                     self._own(Path(tmp))
                     os.replace(tmp, local)
@@ -136,12 +142,10 @@ class VolumeCache:
                     known = state.get(path)
                     if known and known[1] == stat.st_size and known[2] == stat.st_mtime_ns:
                         continue
-                    sha = _hash(local)
+                    sha, stat, uploaded = self._upload(local, known[0] if known else None)
                     state[path] = [sha, stat.st_size, stat.st_mtime_ns]
-                    if known and known[0] == sha:
-                        continue  # touched, not changed
-                    self.store.put_file(local, sha)
-                    put[path] = volumes.entry(sha, stat.st_size, stat.st_mtime)
+                    if uploaded:
+                        put[path] = volumes.entry(sha, stat.st_size, stat.st_mtime)
             removed = [p for p in state if p not in present]
             for path in removed:
                 del state[path]
@@ -150,17 +154,31 @@ class VolumeCache:
             self._save(volume_id, state)
             return len(put) + len(removed)
 
+    def _upload(self, local: Path, known_sha: str | None) -> tuple[str, os.stat_result, bool]:
+        """Hash ``local`` and send its content to the store unless it is ``known_sha`` (touched, not changed)."""
+        for _ in range(COMMIT_TRIES):
+            stat = local.stat()
+            sha = _hash(local)
+            if sha == known_sha:
+                return sha, stat, False
+            try:
+                self.store.upload(local, sha)
+            except ContentChanged:
+                continue  # written again while it was sent: hash what is there now
+            return sha, stat, True
+        raise ServiceError(f"{local} kept changing while it was committed; commit again when it is written")
+
 
 _cache: VolumeCache | None = None
 _cache_lock = threading.Lock()
 
 
 def cache(redis: Redis) -> VolumeCache:
-    """This worker process's cache (under its own MINIMODAL_HOME), over the shared store."""
+    """This worker process's cache (under its own MINIMODAL_HOME), over the API's store."""
     global _cache
     with _cache_lock:
         if _cache is None:
-            _cache = VolumeCache(config.home() / "volcache", BlobStore(), redis)
+            _cache = VolumeCache(config.home() / "volcache", RemoteBlobStore(), redis)
         return _cache
 
 

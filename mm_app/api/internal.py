@@ -1,0 +1,47 @@
+"""``/internal/...``: routes for workers only, opened by the workers' credential (``mm_app/credential.py``).
+
+The API process alone owns the volume store (``mm_app/volumes.py``); workers on any host read and
+write it here. ``GET /internal/volume-blobs/{sha}`` streams a stored file version out (``HEAD`` asks
+whether it is stored); ``PUT`` streams one in, in 1 MiB chunks, and keeps it only if it hashes to
+``{sha}``. A user's token, an admin's too, gets 403; no token or an unknown one, 401.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from minimodal.exception import AuthError, NotFoundError, PermissionDeniedError
+
+from .. import credential, volumes
+from .auth import authenticate
+
+bp = Blueprint("internal", __name__, url_prefix="/internal")
+
+
+@bp.before_request
+def worker_only() -> None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("missing bearer token: internal routes take the workers' credential (MINIMODAL_WORKER_TOKEN)")
+    if credential.is_worker_token(token.strip()):
+        return
+    authenticate()  # an unknown token is a 401, as on every route
+    raise PermissionDeniedError("this is an internal route of workers: user tokens cannot use it")
+
+
+@bp.get("/volume-blobs/<sha>")
+def get_volume_blob(sha: str):  # type: ignore[no-untyped-def]
+    store = volumes.BlobStore()
+    if not store.has(sha):
+        raise NotFoundError(f"no file version {sha} in the volume store")
+    size = store.path(sha).stat().st_size
+    headers = {"Content-Length": str(size), "X-Content-SHA256": sha}
+    return Response(store.read(sha), mimetype="application/octet-stream", headers=headers)
+
+
+@bp.put("/volume-blobs/<sha>")
+def put_volume_blob(sha: str):  # type: ignore[no-untyped-def]
+    store = volumes.BlobStore()
+    request.max_content_length = 1 << 50  # a volume file may be larger than call payloads: it streams to disk
+    stored, size = store.put_stream(request.stream, expect=sha)
+    return {"sha": stored, "size": size}, 201
