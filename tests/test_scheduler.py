@@ -656,8 +656,13 @@ class Tenant:
         return reply.json()["functions"][tag]
 
     def submit(self, function_id: str, *args: Any) -> requests.Response:
+        """Submit one call; a 429 (the per-token rate limit) is waited out and sent again, as the SDK does."""
         body = {"inputs": [{"args": protocol.b64(serialize_args(args, {}))}]}
-        return self.http.post(f"{self.stack.url}/v1/functions/{function_id}/calls", json=body, timeout=30)
+        while True:
+            reply = self.http.post(f"{self.stack.url}/v1/functions/{function_id}/calls", json=body, timeout=30)
+            if reply.status_code != 429:
+                return reply
+            time.sleep(float(reply.headers.get("Retry-After", "0.1")))
 
     def call(self, function_id: str, *args: Any) -> str:
         reply = self.submit(function_id, *args)
