@@ -8,6 +8,7 @@ its user's and function's slots are freed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ def _envelope(ctx: WorkerContext, user_id: int, idx: int, outcome: Outcome) -> d
     return envelope
 
 
+PUBLISH_EVERY = 0.02  # seconds an output of a many-input task may wait to be published with the next ones
+PUBLISH_BATCH = 100  # ...or until this many are waiting
 NOT_RETRYABLE = {"NotFoundError", "ServiceError"}  # the function or its input is gone: a retry cannot help
 MAX_REQUEUES = 5  # times an input the platform failed (not its code) is queued again before it fails
 
@@ -71,6 +74,8 @@ class _Task:
     queue: str
     ended: dict[int, Ended] = field(default_factory=dict)
     run_times: list[float] = field(default_factory=list)
+    unpublished: list[tuple[dict[str, Any], Ended]] = field(default_factory=list)  # settled, output not yet out
+    oldest_unpublished: float = 0.0
 
     def settle(self, idx: int, outcome: Outcome, policy: dict[str, float] | None, startup: float | None = None) -> None:
         """Publish the input's output, or schedule its retry; record how the attempt ended."""
@@ -89,24 +94,39 @@ class _Task:
                 idx, CallStatus.QUEUED.value, self.attempt, False, error, outcome.duration or None, startup=startup
             )
             return
-        entry = self.ctx.payloads.put_output(self.call_id, _envelope(self.ctx, self.user_id, idx, outcome))
         if outcome.ok:
             status = CallStatus.COMPLETED
         elif policy and policy["max_retries"] > 0:
             status = CallStatus.DEAD_LETTER
         else:
             status = CallStatus.FAILED
-        self.ended[idx] = Ended(
-            idx,
-            status.value,
-            self.attempt,
-            outcome.ok,
-            error,
-            outcome.duration or None,
-            outcome.traceback,
-            entry,
-            startup,
+        ended = Ended(idx, status.value, self.attempt, outcome.ok, error, outcome.duration or None, outcome.traceback)
+        if not self.unpublished:
+            self.oldest_unpublished = time.monotonic()
+        self.unpublished.append(
+            (_envelope(self.ctx, self.user_id, idx, outcome), dataclasses.replace(ended, startup=startup))
         )
+
+    def settled(self, idx: int) -> bool:
+        return idx in self.ended or any(ended.idx == idx for _, ended in self.unpublished)
+
+    def publish(self, *, unless_fresh: bool = False) -> None:
+        """Append the settled outputs to the call's stream, in one round trip; they end then.
+
+        Outputs of a task of many short inputs are published in batches (``unless_fresh``: only once
+        the oldest has waited PUBLISH_EVERY seconds or PUBLISH_BATCH are waiting), at the latest when
+        the task ends.
+        """
+        if not self.unpublished:
+            return
+        if unless_fresh and (
+            len(self.unpublished) < PUBLISH_BATCH and time.monotonic() - self.oldest_unpublished < PUBLISH_EVERY
+        ):
+            return
+        batch, self.unpublished = self.unpublished, []
+        entries = self.ctx.payloads.put_outputs(self.call_id, [envelope for envelope, _ in batch])
+        for (_, ended), entry in zip(batch, entries, strict=True):
+            self.ended[ended.idx] = dataclasses.replace(ended, output_entry=entry)
 
     def requeue(self, idx: int, outcome: Outcome) -> None:
         """The platform failed this input (no runner, a worker fault): queue it again for another worker.
@@ -154,6 +174,10 @@ def execute(
         logger.exception("task for %s[%d:%d] failed", call_id, start, end)
         ctx.breaker.failure()
         failure = Outcome(ok=False, error_type="ServiceError", message=f"the worker failed: {exc!r}")
+        try:
+            task.publish()  # what ran before the failure keeps its output
+        except Exception:  # noqa: BLE001 - then those inputs are queued again below
+            task.unpublished = []
         for idx in task.indexes:
             if idx not in task.ended:
                 try:
@@ -161,6 +185,12 @@ def execute(
                 except Exception:  # noqa: BLE001 - Redis may be the failure; the database still records it
                     logger.exception("cannot requeue %s[%d]", call_id, idx)
                     task.ended[idx] = Ended(idx, CallStatus.FAILED.value, attempt, False, failure.message)
+        try:
+            task.publish()  # inputs out of requeues end with the platform's error
+        except Exception:  # noqa: BLE001
+            logger.exception("cannot publish the outputs of %s[%d:%d]", call_id, start, end)
+            for _, ended in task.unpublished:
+                task.ended[ended.idx] = dataclasses.replace(ended, status=CallStatus.FAILED.value)
     finally:
         ctx.recorder.finished(report, list(task.ended.values()))
         mean_us = int(sum(task.run_times) / len(task.run_times) * 1e6) if task.run_times else 0
@@ -168,11 +198,18 @@ def execute(
 
 
 def _run(task: _Task) -> None:
+    try:
+        _run_inputs(task)
+    finally:
+        task.publish()
+
+
+def _run_inputs(task: _Task) -> None:
     ctx = task.ctx
 
     def fail_rest(outcome: Outcome) -> None:
         for idx in task.indexes:
-            if idx not in task.ended:
+            if not task.settled(idx):
                 task.settle(idx, outcome, None)
 
     spec = ctx.function(task.function_id)
@@ -204,7 +241,7 @@ def _run(task: _Task) -> None:
                     if exc.infrastructure:
                         ctx.breaker.failure()
                     for rest in task.indexes:
-                        if rest in task.ended:
+                        if task.settled(rest):
                             continue
                         if exc.infrastructure:
                             task.requeue(rest, outcome)
@@ -222,6 +259,7 @@ def _run(task: _Task) -> None:
                 pool.release(runner)
                 runner = None
             task.settle(idx, outcome, policy, startup)
+            task.publish(unless_fresh=idx != task.indexes[-1] and not sinks.items and outcome.items is None)
             startup = None
     finally:
         if runner is not None:
