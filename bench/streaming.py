@@ -38,8 +38,9 @@ def main() -> None:
             latencies.append(time.time() - produced)
     results = {"runtime": args.runtime, "generator_item_latency": summary_ms(latencies)}
     s = results["generator_item_latency"]
-    print(f"generator item worker->client latency ({args.runtime}): n={s['n']} p50 {s['p50_ms']} ms "
-          f"p99 {s['p99_ms']} ms")
+    print(
+        f"generator item worker->client latency ({args.runtime}): n={s['n']} p50 {s['p50_ms']} ms p99 {s['p99_ms']} ms"
+    )
     print("written to", write_results("streaming", results))
 
 
