@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,8 @@ class _Task:
     run_times: list[float] = field(default_factory=list)
     unpublished: list[tuple[dict[str, Any], Ended]] = field(default_factory=list)  # settled, output not yet out
     oldest_unpublished: float = 0.0
+    timer: threading.Timer | None = None  # publishes what waits once PUBLISH_EVERY has passed
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def settle(self, idx: int, outcome: Outcome, policy: dict[str, float] | None, startup: float | None = None) -> None:
         """Publish the input's output, or schedule its retry; record how the attempt ended."""
@@ -101,32 +104,51 @@ class _Task:
         else:
             status = CallStatus.FAILED
         ended = Ended(idx, status.value, self.attempt, outcome.ok, error, outcome.duration or None, outcome.traceback)
-        if not self.unpublished:
-            self.oldest_unpublished = time.monotonic()
-        self.unpublished.append(
-            (_envelope(self.ctx, self.user_id, idx, outcome), dataclasses.replace(ended, startup=startup))
-        )
+        envelope = _envelope(self.ctx, self.user_id, idx, outcome)
+        with self.lock:
+            if not self.unpublished:
+                self.oldest_unpublished = time.monotonic()
+                # The next input may run long: a timer publishes what waits, so nothing waits past PUBLISH_EVERY.
+                self.timer = threading.Timer(PUBLISH_EVERY, self._publish_late)
+                self.timer.daemon = True
+                self.timer.start()
+            self.unpublished.append((envelope, dataclasses.replace(ended, startup=startup)))
 
     def settled(self, idx: int) -> bool:
-        return idx in self.ended or any(ended.idx == idx for _, ended in self.unpublished)
+        with self.lock:
+            return idx in self.ended or any(ended.idx == idx for _, ended in self.unpublished)
 
     def publish(self, *, unless_fresh: bool = False) -> None:
         """Append the settled outputs to the call's stream, in one round trip; they end then.
 
-        Outputs of a task of many short inputs are published in batches (``unless_fresh``: only once
-        the oldest has waited PUBLISH_EVERY seconds or PUBLISH_BATCH are waiting), at the latest when
-        the task ends.
+        Outputs of a task of many short inputs go in batches: with ``unless_fresh`` only once the oldest
+        has waited PUBLISH_EVERY seconds or PUBLISH_BATCH are waiting (a timer publishes the rest when the
+        next input runs long), and all of them when the task ends.
         """
-        if not self.unpublished:
-            return
-        if unless_fresh and (
-            len(self.unpublished) < PUBLISH_BATCH and time.monotonic() - self.oldest_unpublished < PUBLISH_EVERY
-        ):
-            return
-        batch, self.unpublished = self.unpublished, []
-        entries = self.ctx.payloads.put_outputs(self.call_id, [envelope for envelope, _ in batch])
-        for (_, ended), entry in zip(batch, entries, strict=True):
-            self.ended[ended.idx] = dataclasses.replace(ended, output_entry=entry)
+        with self.lock:
+            if not self.unpublished:
+                return
+            if unless_fresh and (
+                len(self.unpublished) < PUBLISH_BATCH and time.monotonic() - self.oldest_unpublished < PUBLISH_EVERY
+            ):
+                return
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            batch, self.unpublished = self.unpublished, []
+            try:
+                entries = self.ctx.payloads.put_outputs(self.call_id, [envelope for envelope, _ in batch])
+            except BaseException:
+                self.unpublished = batch + self.unpublished  # still to publish: the task's end tries again
+                raise
+            for (_, ended), entry in zip(batch, entries, strict=True):
+                self.ended[ended.idx] = dataclasses.replace(ended, output_entry=entry)
+
+    def _publish_late(self) -> None:
+        try:
+            self.publish()
+        except Exception:  # noqa: BLE001 - the task publishes them when it ends, or requeues them
+            logger.warning("cannot publish outputs of %s yet", self.call_id, exc_info=True)
 
     def requeue(self, idx: int, outcome: Outcome) -> None:
         """The platform failed this input (no runner, a worker fault): queue it again for another worker.
