@@ -55,7 +55,7 @@ def _envelope(ctx: WorkerContext, user_id: int, idx: int, outcome: Outcome) -> d
     return envelope
 
 
-PUBLISH_EVERY = 0.02  # seconds an output of a many-input task may wait to be published with the next ones
+PUBLISH_EVERY = 0.005  # seconds the output of a short input may wait to be published with the next ones
 PUBLISH_BATCH = 100  # ...or until this many are waiting
 NOT_RETRYABLE = {"NotFoundError", "ServiceError"}  # the function or its input is gone: a retry cannot help
 MAX_REQUEUES = 5  # times an input the platform failed (not its code) is queued again before it fails
@@ -108,10 +108,6 @@ class _Task:
         with self.lock:
             if not self.unpublished:
                 self.oldest_unpublished = time.monotonic()
-                # The next input may run long: a timer publishes what waits, so nothing waits past PUBLISH_EVERY.
-                self.timer = threading.Timer(PUBLISH_EVERY, self._publish_late)
-                self.timer.daemon = True
-                self.timer.start()
             self.unpublished.append((envelope, dataclasses.replace(ended, startup=startup)))
 
     def settled(self, idx: int) -> bool:
@@ -128,9 +124,13 @@ class _Task:
         with self.lock:
             if not self.unpublished:
                 return
-            if unless_fresh and (
-                len(self.unpublished) < PUBLISH_BATCH and time.monotonic() - self.oldest_unpublished < PUBLISH_EVERY
-            ):
+            waited = time.monotonic() - self.oldest_unpublished
+            if unless_fresh and len(self.unpublished) < PUBLISH_BATCH and waited < PUBLISH_EVERY:
+                if self.timer is None:
+                    # The next input may run long: the timer publishes what waits once PUBLISH_EVERY is up.
+                    self.timer = threading.Timer(PUBLISH_EVERY - waited, self._publish_late)
+                    self.timer.daemon = True
+                    self.timer.start()
                 return
             if self.timer is not None:
                 self.timer.cancel()
@@ -281,7 +281,9 @@ def _run_inputs(task: _Task) -> None:
                 pool.release(runner)
                 runner = None
             task.settle(idx, outcome, policy, startup)
-            task.publish(unless_fresh=idx != task.indexes[-1] and not sinks.items and outcome.items is None)
+            # Only a short input's output waits for company: batching saves nothing on a long one.
+            short = outcome.duration < PUBLISH_EVERY and not sinks.items and outcome.items is None
+            task.publish(unless_fresh=short and idx != task.indexes[-1])
             startup = None
     finally:
         if runner is not None:
