@@ -284,7 +284,7 @@ def print_tables(results: dict[str, Any]) -> None:
               f"{s['alice_starts_before_bob']} backlog calls started first")  # fmt: skip
         print(f"{f['many_users']['users']} users: {f['many_users']['per_second']:.1f}/s; 1 user: "
               f"{f['one_user']['per_second']:.1f}/s; ratio {f['scale_ratio']:.1%}")  # fmt: skip
-    print("\n== goals")
+    print("\n== goals" + (" (quick size: too small to say anything about them)" if results["size"] == "quick" else ""))
     for key, g in results["goals"].items():
         verdict = "met" if g["met"] else "NOT met"
         print(f"{GOALS[key]:62} {g['value']!s:>10} ({g['target']}): {verdict}")
