@@ -1,4 +1,5 @@
-# MiniModal: `make demo` runs the example end to end on a local stack; `make test` runs the suite.
+# MiniModal: `make demo` runs the example end to end on a local stack; `make test` runs the suite;
+# `make bench` measures MiniModal against bare Celery in the same run (bench/run.py).
 # Both work on a fresh Debian/Ubuntu machine as root: they install what they need.
 
 PYTHON ?= python3
@@ -45,6 +46,11 @@ demo: install system-deps docker-base
 	minimodal run examples/hello.py; code=$$?; \
 	if [ $$started = 1 ]; then minimodal down >/dev/null; fi; \
 	exit $$code
+
+# Starts its own stacks, Redis and a bare Celery worker on free ports and stops them; figures are
+# printed and written to bench/results/latest.json. BENCH_ARGS=--quick for a tiny run.
+bench: install system-deps docker-base
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

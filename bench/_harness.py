@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+HOMES: list[Path] = []  # every stack home this process started, so a caller can check nothing outlived it
 
 
 def free_port() -> int:
@@ -37,6 +38,7 @@ def local_stack(runtime: str, **settings: str) -> Iterator[Path]:
 
     with tempfile.TemporaryDirectory(prefix="mm-bench-") as tmp:
         home = Path(tmp)
+        HOMES.append(home)
         env = {
             "MINIMODAL_HOME": str(home),
             "MINIMODAL_API_PORT": str(free_port()),

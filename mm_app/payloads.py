@@ -19,15 +19,23 @@ from minimodal.exception import InvalidError, NotFoundError, PayloadTooLargeErro
 
 CHUNK = 1024 * 1024
 
-# KEYS: outputs stream, done set. ARGV: input index, ttl, then field, value, field, value, ...
+# KEYS: outputs stream, done set. ARGV: ttl, then for each output: its input index, its number of fields
+# and values, those fields and values. Returns each output's entry id, or false for a duplicate.
 _PUBLISH = """
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return false end
-local fields = {}
-for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
-local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return id
+local ids = {}
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 1])
+  if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
+    ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 2, i + 1 + n))
+  else
+    ids[#ids + 1] = false
+  end
+  i = i + 2 + n
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return ids
 """
 
 
@@ -52,14 +60,21 @@ class Payloads:
 
     def put_output(self, call_id: str, envelope: dict[str, Any]) -> str | None:
         """Publish an input's output once: a duplicate run's output is dropped. Returns the entry id."""
-        fields = [
-            part for k, v in envelope.items() if v is not None for part in (k, v if isinstance(v, bytes) else str(v))
-        ]
-        entry = self._publish(
-            keys=[protocol.outputs_key(call_id), protocol.done_key(call_id)],
-            args=[envelope[protocol.OUT_INDEX], self.ttl, *fields],
-        )
-        return entry.decode() if entry else None
+        return self.put_outputs(call_id, [envelope])[0]
+
+    def put_outputs(self, call_id: str, envelopes: list[dict[str, Any]]) -> list[str | None]:
+        """Publish several outputs of one call in one round trip, in order, each once (see :meth:`put_output`)."""
+        args: list[Any] = [self.ttl]
+        for envelope in envelopes:
+            fields = [
+                part
+                for k, v in envelope.items()
+                if v is not None
+                for part in (k, v if isinstance(v, bytes) else str(v))
+            ]
+            args += [envelope[protocol.OUT_INDEX], len(fields), *fields]
+        ids = self._publish(keys=[protocol.outputs_key(call_id), protocol.done_key(call_id)], args=args)
+        return [i.decode() if i else None for i in ids]
 
     def unpublish_output(self, call_id: str, idx: int, entry_id: str | None) -> None:
         """Take a published output back (a dead-lettered input is retried): its next output counts."""

@@ -52,15 +52,18 @@ class FunctionOptions:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def _encode_input(client: Client, payload: bytes) -> dict[str, str]:
-    """Inline small payloads; upload large ones as blobs; refuse ones over the maximum before sending."""
-    limit = config.get("max_payload_size")
+def _encode_input(client: Client, payload: bytes, limits: tuple[int, int] | None = None) -> dict[str, str]:
+    """Inline small payloads; upload large ones as blobs; refuse ones over the maximum before sending.
+
+    ``limits`` is ``(max_payload_size, inline_payload_size)`` when the caller has read them already.
+    """
+    limit, inline = limits or (config.get("max_payload_size"), config.get("inline_payload_size"))
     if len(payload) > limit:
         raise PayloadTooLargeError(
             f"the arguments pickle to {len(payload):,} bytes, over the maximum of {limit:,} "
             "(MINIMODAL_MAX_PAYLOAD_SIZE); pass a Volume path or a smaller value"
         )
-    if len(payload) > config.get("inline_payload_size"):
+    if len(payload) > inline:
         blob = client.request("PUT", "/v1/blobs", data=payload, timeout=600)
         return {"blob": blob["blob_id"]}
     return {"args": protocol.b64(payload)}
@@ -372,13 +375,14 @@ class _MapRun:
     def submit_all(self) -> None:
         """Send every input, ``map_request_size`` per request (fewer when they are large)."""
         batch_size = config.get("map_request_size")
+        limits = (config.get("max_payload_size"), config.get("inline_payload_size"))  # read once, not per input
         try:
             batch: list[dict[str, str]] = []
             batch_bytes = 0
             for args in self.arg_tuples:
                 if self.stopped:
                     return
-                encoded = _encode_input(self.client, serialize_args(tuple(args), self.kwargs))
+                encoded = _encode_input(self.client, serialize_args(tuple(args), self.kwargs), limits)
                 batch.append(encoded)
                 batch_bytes += len(encoded.get("args", ""))
                 if len(batch) >= batch_size or batch_bytes >= MAX_REQUEST_BYTES:

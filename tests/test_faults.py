@@ -147,6 +147,27 @@ def test_a_duplicate_run_never_replaces_a_published_output(stack: Stack) -> None
     assert fields[b"data"] == b"one"
 
 
+def test_a_batch_of_outputs_is_published_in_order_and_each_input_once(stack: Stack) -> None:
+    from minimodal import protocol
+    from mm_app.payloads import Payloads
+
+    payloads = Payloads(stack.redis.client, ttl=60)
+    payloads.put_output("fc-batch", {protocol.OUT_INDEX: 1, protocol.OUT_STATUS: "completed", "data": b"first"})
+    envelopes = [
+        {protocol.OUT_INDEX: i, protocol.OUT_STATUS: "failed" if i == 2 else "completed", "data": b"x%d" % i}
+        for i in (0, 1, 2)
+    ]
+    entries = payloads.put_outputs("fc-batch", envelopes)
+    assert entries[0] is not None and entries[1] is None and entries[2] is not None  # 1 was published already
+    published = stack.redis.client.xrange(protocol.outputs_key("fc-batch"))
+    assert [(f[b"idx"], f[b"data"], f[b"status"]) for _, f in published] == [
+        (b"1", b"first", b"completed"),
+        (b"0", b"x0", b"completed"),
+        (b"2", b"x2", b"failed"),
+    ]
+    assert [entry for entry, _ in published[1:]] == [e.encode() for e in (entries[0], entries[2])]
+
+
 def test_retry_options_are_checked() -> None:
     with pytest.raises(InvalidError, match="max_retries"):
         minimodal.Retries(max_retries=-1)

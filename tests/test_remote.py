@@ -140,6 +140,18 @@ def test_every_input_of_a_batched_map_is_recorded_completed(stack, user: str) ->
     assert wait_for(lambda: statuses() == {"completed": 300}, 15, "all 300 inputs recorded completed")
 
 
+def test_failures_inside_a_batched_map_end_alone_and_in_order(user: str) -> None:
+    with basic.app.run():
+        list(basic.fails_on_sevens.map(range(3)))  # the function's speed is now known: the next map is batched
+        results = list(basic.fails_on_sevens.map(range(400), return_exceptions=True))
+    assert len(results) == 400
+    for x, result in enumerate(results):
+        if x % 7 == 3:
+            assert isinstance(result, ValueError) and str(result) == f"input {x}"
+        else:
+            assert result == x
+
+
 def test_a_cold_start_is_recorded_as_the_container_start_phase(stack, user: str) -> None:  # type: ignore[no-untyped-def]
     import uuid
 

@@ -8,7 +8,9 @@ its user's and function's slots are freed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +62,8 @@ def _envelope(ctx: WorkerContext, user_id: int, idx: int, outcome: Outcome) -> d
     return envelope
 
 
+PUBLISH_EVERY = 0.005  # seconds the output of a short input may wait to be published with the next ones
+PUBLISH_BATCH = 100  # ...or until this many are waiting
 NOT_RETRYABLE = {"NotFoundError", "ServiceError"}  # the function or its input is gone: a retry cannot help
 MAX_REQUEUES = 5  # times an input the platform failed (not its code) is queued again before it fails
 
@@ -79,6 +83,10 @@ class _Task:
     task_id: str  # this delivery's Celery id, its key in the in-flight ledger
     ended: dict[int, Ended] = field(default_factory=dict)
     run_times: list[float] = field(default_factory=list)
+    unpublished: list[tuple[dict[str, Any], Ended]] = field(default_factory=list)  # settled, output not yet out
+    oldest_unpublished: float = 0.0
+    timer: threading.Timer | None = None  # publishes what waits once PUBLISH_EVERY has passed
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def settle(self, idx: int, outcome: Outcome, policy: dict[str, float] | None, startup: float | None = None) -> None:
         """Publish the input's output, or schedule its retry; record how the attempt ended."""
@@ -97,24 +105,58 @@ class _Task:
                 idx, CallStatus.QUEUED.value, self.attempt, False, error, outcome.duration or None, startup=startup
             )
             return
-        entry = self.ctx.payloads.put_output(self.call_id, _envelope(self.ctx, self.user_id, idx, outcome))
         if outcome.ok:
             status = CallStatus.COMPLETED
         elif policy and policy["max_retries"] > 0:
             status = CallStatus.DEAD_LETTER
         else:
             status = CallStatus.FAILED
-        self.ended[idx] = Ended(
-            idx,
-            status.value,
-            self.attempt,
-            outcome.ok,
-            error,
-            outcome.duration or None,
-            outcome.traceback,
-            entry,
-            startup,
-        )
+        ended = Ended(idx, status.value, self.attempt, outcome.ok, error, outcome.duration or None, outcome.traceback)
+        envelope = _envelope(self.ctx, self.user_id, idx, outcome)
+        with self.lock:
+            if not self.unpublished:
+                self.oldest_unpublished = time.monotonic()
+            self.unpublished.append((envelope, dataclasses.replace(ended, startup=startup)))
+
+    def settled(self, idx: int) -> bool:
+        with self.lock:
+            return idx in self.ended or any(ended.idx == idx for _, ended in self.unpublished)
+
+    def publish(self, *, unless_fresh: bool = False) -> None:
+        """Append the settled outputs to the call's stream, in one round trip; they end then.
+
+        Outputs of a task of many short inputs go in batches: with ``unless_fresh`` only once the oldest
+        has waited PUBLISH_EVERY seconds or PUBLISH_BATCH are waiting (a timer publishes the rest when the
+        next input runs long), and all of them when the task ends.
+        """
+        with self.lock:
+            if not self.unpublished:
+                return
+            waited = time.monotonic() - self.oldest_unpublished
+            if unless_fresh and len(self.unpublished) < PUBLISH_BATCH and waited < PUBLISH_EVERY:
+                if self.timer is None:
+                    # The next input may run long: the timer publishes what waits once PUBLISH_EVERY is up.
+                    self.timer = threading.Timer(PUBLISH_EVERY - waited, self._publish_late)
+                    self.timer.daemon = True
+                    self.timer.start()
+                return
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            batch, self.unpublished = self.unpublished, []
+            try:
+                entries = self.ctx.payloads.put_outputs(self.call_id, [envelope for envelope, _ in batch])
+            except BaseException:
+                self.unpublished = batch + self.unpublished  # still to publish: the task's end tries again
+                raise
+            for (_, ended), entry in zip(batch, entries, strict=True):
+                self.ended[ended.idx] = dataclasses.replace(ended, output_entry=entry)
+
+    def _publish_late(self) -> None:
+        try:
+            self.publish()
+        except Exception:  # noqa: BLE001 - the task publishes them when it ends, or requeues them
+            logger.warning("cannot publish outputs of %s yet", self.call_id, exc_info=True)
 
     def requeue(self, idx: int, outcome: Outcome) -> None:
         """The platform failed this input (no runner, a worker fault): queue it again for another worker.
@@ -190,6 +232,10 @@ def execute(
         logger.exception("task for %s[%d:%d] failed", call_id, start, end)
         ctx.breaker.failure()
         failure = Outcome(ok=False, error_type="ServiceError", message=f"the worker failed: {exc!r}")
+        try:
+            task.publish()  # what ran before the failure keeps its output
+        except Exception:  # noqa: BLE001 - then those inputs are queued again below
+            task.unpublished = []
         for idx in task.indexes:
             if idx not in task.ended:
                 try:
@@ -200,6 +246,15 @@ def execute(
                     logger.exception("cannot requeue %s[%d]; the dispatcher will reclaim it", call_id, idx)
                     task.ended[idx] = Ended(idx, CallStatus.QUEUED.value, attempt, False, failure.message)
                     stranded = True
+        try:
+            task.publish()  # inputs out of requeues end with the platform's error
+        except Exception:  # noqa: BLE001 - as above: the lost-task sweep re-queues those without an output
+            logger.exception(
+                "cannot publish the outputs of %s[%d:%d]; the dispatcher will reclaim them", call_id, start, end
+            )
+            for _, ended in task.unpublished:
+                task.ended[ended.idx] = dataclasses.replace(ended, status=CallStatus.QUEUED.value)
+            stranded = True
     finally:
         ctx.recorder.finished(report, list(task.ended.values()))
         if not stranded:
@@ -208,11 +263,18 @@ def execute(
 
 
 def _run(task: _Task) -> None:
+    try:
+        _run_inputs(task)
+    finally:
+        task.publish()
+
+
+def _run_inputs(task: _Task) -> None:
     ctx = task.ctx
 
     def fail_rest(outcome: Outcome) -> None:
         for idx in task.indexes:
-            if idx not in task.ended:
+            if not task.settled(idx):
                 task.settle(idx, outcome, None)
 
     spec = ctx.function(task.function_id)
@@ -251,7 +313,7 @@ def _run(task: _Task) -> None:
                     if exc.infrastructure:
                         ctx.breaker.failure()
                     for rest in task.indexes:
-                        if rest in task.ended:
+                        if task.settled(rest):
                             continue
                         if exc.infrastructure:
                             task.requeue(rest, outcome)
@@ -281,6 +343,9 @@ def _run(task: _Task) -> None:
                 pool.release(runner)
                 runner = None
             task.settle(idx, outcome, policy, startup)
+            # Only a short input's output waits for company: batching saves nothing on a long one.
+            short = outcome.duration < PUBLISH_EVERY and not sinks.items and outcome.items is None
+            task.publish(unless_fresh=short and idx != task.indexes[-1])
             startup = None
     finally:
         if runner is not None:
@@ -339,7 +404,9 @@ def _run_shared(
             pool.release(runner)
         if sinks.items or outcome.items is not None:
             sinks.done(outcome)
-        return task.settle(idx, outcome, policy, startup)
+        task.settle(idx, outcome, policy, startup)
+        task.publish()  # each input's output as soon as it has one (the inputs end in any order)
+        return None
 
     width = min(runner_spec.max_inputs, len(task.indexes))
     with ThreadPoolExecutor(width, thread_name_prefix="mm-input") as threads:

@@ -149,3 +149,11 @@ async def async_countdown(n: int):  # type: ignore[no-untyped-def]
 def sleep_and_tag(seconds: float) -> tuple[float, float]:
     time.sleep(seconds)
     return seconds, time.time()
+
+
+@app.function()
+def fails_on_sevens(x: int) -> int:
+    """Fails for every x that leaves 3 when divided by 7: failures among successes in one batched task."""
+    if x % 7 == 3:
+        raise ValueError(f"input {x}")
+    return x

@@ -1,0 +1,328 @@
+"""`make bench`: every figure of the suite in one run, each next to a bare-Celery baseline of the same run.
+
+    .venv/bin/python -m bench [--quick] [--runtimes process,docker] [--only baseline,remote,map,cold,payloads,fairness]
+
+The machine is shared, so absolute times drift between runs; the ratios are taken within one run.
+It starts everything it needs on free ports (a `minimodal up` stack per runtime with its own Redis, a
+bare Celery worker with as many threads as MiniModal's worker on that same Redis) and stops it all,
+containers included, at the end or on Ctrl-C / SIGTERM. Results are printed as tables and written to
+bench/results/latest.json (``--quick``: bench/results/quick.json).
+
+1. baseline: bare Celery ``delay().get()`` round trip, and throughput of many no-op tasks sent at once.
+2. remote: warm `.remote()` of a no-op through the whole path, per runtime; ratio to the baseline trip.
+3. map: `.map` of many no-op inputs, twice; inputs/s, and ratio to the baseline throughput.
+4. cold: first call of a new function whose image is cached, per runtime.
+5. payloads: `.remote()` round trip with 1 KiB, 1 MiB and 64 MiB arguments.
+6. fairness: proportional shares, a newcomer's wait behind a backlog, 100 users against 1 (bench.fairness).
+7. memory: resident set of the API, dispatcher and worker after each of the two maps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import minimodal
+from bench import baseline, containers, fairness
+from bench._harness import HOMES, local_stack, summary_ms, write_results
+from minimodal import config
+
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {
+        "calls": 500,
+        "tasks": 5000,
+        "map": 10000,
+        "cold": 10,
+        "payloads": [1024, 1024**2, 64 * 1024**2],
+        "payload_calls": 5,
+        "fair_seconds": 30,
+        "users": 100,
+        "user_calls": 100,
+        "backlog": 500,
+    },
+    "quick": {
+        "calls": 20,
+        "tasks": 200,
+        "map": 300,
+        "cold": 2,
+        "payloads": [1024, 1024**2],
+        "payload_calls": 2,
+        "fair_seconds": 2,
+        "users": 4,
+        "user_calls": 10,
+        "backlog": 20,
+    },
+}
+ITEMS = ["baseline", "remote", "map", "cold", "payloads", "fairness"]
+GOALS = {
+    "remote_p50_vs_celery": "warm .remote() p50 within 3x the bare Celery round trip",
+    "map_vs_celery": ".map throughput at least 2x bare per-task Celery throughput",
+    "map_per_second": ".map throughput at least 2,000 inputs/s",
+    "cold_start": "cold start (Docker, image cached) under 1 s",
+    "many_users": "100 users draining at least 80% of one user's throughput",
+}
+
+app = minimodal.App("bench-run")
+
+
+@app.function(serialized=True)
+def noop(x: Any = None) -> Any:
+    return x
+
+
+@app.function(serialized=True)
+def size_of(data: bytes) -> int:
+    return len(data)
+
+
+# ---- resident memory ----------------------------------------------------------------------------
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            out += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return out + [g for c in out for g in _children(c)]
+
+
+def resident(home: Path) -> dict[str, dict[str, float]]:
+    """RSS in MiB of the API, dispatcher and worker processes, and of the runner processes the worker started."""
+    out = {}
+    for name in ("api", "dispatcher", "worker"):
+        pid = int((home / "run" / f"{name}.pid").read_text())
+        kids = _children(pid)
+        out[name] = {
+            "rss_mib": round(_rss_kib(pid) / 1024, 1),
+            "children_mib": round(sum(map(_rss_kib, kids)) / 1024, 1),
+        }
+    return out
+
+
+# ---- the MiniModal measurements -------------------------------------------------------------------
+
+
+def measure_map(n: int, home: Path) -> dict[str, Any]:
+    """`.map` of ``n`` no-op inputs, twice, and the resident set of each process before and after."""
+    with app.run():
+        assert list(noop.map(range(50))) == list(range(50))  # runners warm, function's run time known
+        memory = {"before": resident(home)}
+        runs = []
+        for run in (1, 2):
+            began = time.perf_counter()
+            got = list(noop.map(range(n)))
+            elapsed = time.perf_counter() - began
+            if got != list(range(n)):
+                raise SystemExit(f"map run {run}: the outputs are not the inputs in order")
+            runs.append({"inputs": n, "seconds": round(elapsed, 3), "per_second": round(n / elapsed, 1)})
+            memory[f"after_map_{run}"] = resident(home)
+    growth = {}
+    for name in ("api", "dispatcher", "worker"):
+        first, second = memory["after_map_1"][name]["rss_mib"], memory["after_map_2"][name]["rss_mib"]
+        growth[name] = round((second - first) / first, 4) if first else 0.0
+    return {"runs": runs, "per_second": max(r["per_second"] for r in runs), "memory": memory, "growth": growth}
+
+
+def measure_payloads(sizes: list[int], calls: int) -> dict[str, Any]:
+    """`.remote()` round trips with an argument of each size (the function answers its length)."""
+    out = {}
+    with app.run():
+        size_of.remote(b"warm")
+        for size in sizes:
+            data = os.urandom(size)
+            trips = []
+            for _ in range(calls):
+                began = time.perf_counter()
+                assert size_of.remote(data) == size
+                trips.append(time.perf_counter() - began)
+            out[_size_name(size)] = {"bytes": size, **summary_ms(trips)}
+    return out
+
+
+def _size_name(size: int) -> str:
+    return f"{size // 1024**2} MiB" if size >= 1024**2 else f"{size // 1024} KiB"
+
+
+def process_stack(size: dict[str, Any], only: set[str], results: dict[str, Any]) -> None:
+    concurrency = os.cpu_count() or 2
+    with local_stack("process", worker_concurrency=str(concurrency)) as home:
+        if "baseline" in only:
+            # The same Redis server as the stack (another database), the same number of worker threads.
+            broker = config.read_profile()["redis_url"].rsplit("/", 1)[0] + "/1"
+            with baseline.worker(broker, concurrency, home / "logs" / "baseline.log"):
+                results["baseline"] = {
+                    "concurrency": concurrency,
+                    **baseline.measure(broker, size["calls"], size["tasks"]),
+                }
+                results["baseline"]["throughput_2"] = baseline.throughput(broker, size["tasks"])
+        if "remote" in only or "cold" in only:
+            figures = containers.measure(size["calls"], size["cold"])
+            results.setdefault("remote", {})["process"] = figures["warm_remote"]
+            results.setdefault("cold", {})["process"] = figures["cold_start"]
+        if "map" in only:
+            results["map"] = measure_map(size["map"], home)
+        if "payloads" in only:
+            results["payloads"] = measure_payloads(size["payloads"], size["payload_calls"])
+
+
+def docker_stack(size: dict[str, Any], only: set[str], results: dict[str, Any]) -> None:
+    from workers.runtimes import docker_client
+
+    client = docker_client()
+    if client is None:
+        results.setdefault("skipped", []).append("docker: no Docker engine answers")
+        return
+    client.close()
+    with local_stack("docker"):
+        figures = containers.measure(size["calls"], size["cold"])
+    results.setdefault("remote", {})["docker"] = figures["warm_remote"]
+    results.setdefault("cold", {})["docker"] = figures["cold_start"]
+
+
+def measure_fairness(size: dict[str, Any]) -> dict[str, Any]:
+    many = fairness.drain(size["users"], size["user_calls"])
+    one = fairness.drain(1, size["users"] * size["user_calls"])
+    return {
+        "shares": fairness.shares(size["fair_seconds"]),
+        "starvation": fairness.starvation(size["backlog"]),
+        "many_users": many,
+        "one_user": one,
+        "scale_ratio": round(many["per_second"] / one["per_second"], 4),
+    }
+
+
+# ---- goals and tables -----------------------------------------------------------------------------
+
+
+def goals(results: dict[str, Any]) -> dict[str, Any]:
+    """Where each goal stands: the measured figure, the target, and whether it is met (None: not measured)."""
+    out: dict[str, Any] = {}
+    base = results.get("baseline")
+    remote = results.get("remote", {})
+    if base and "process" in remote:
+        ratio = remote["process"]["p50_ms"] / base["round_trip"]["p50_ms"]
+        out["remote_p50_vs_celery"] = {"value": round(ratio, 2), "target": "<= 3", "met": ratio <= 3}
+    if base and "map" in results:
+        celery = max(base[k]["per_second"] for k in ("throughput", "throughput_2", "throughput_no_results"))
+        ratio = results["map"]["per_second"] / celery
+        out["map_vs_celery"] = {"value": round(ratio, 2), "target": ">= 2", "met": ratio >= 2}
+    if "map" in results:
+        rate = results["map"]["per_second"]
+        out["map_per_second"] = {"value": rate, "target": ">= 2000", "met": rate >= 2000}
+    cold = results.get("cold", {}).get("docker")
+    if cold:
+        out["cold_start"] = {"value": cold["p50_ms"], "target": "< 1000 ms", "met": cold["p50_ms"] < 1000}
+    if "fairness" in results:
+        ratio = results["fairness"]["scale_ratio"]
+        out["many_users"] = {"value": ratio, "target": ">= 0.8", "met": ratio >= 0.8}
+    return out
+
+
+def _mib(row: dict[str, float]) -> str:
+    return f"{row['rss_mib']} (+{row['children_mib']})"
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    base = results.get("baseline")
+    print("\n== latency (ms)")
+    print(f"{'what':34} {'n':>5} {'p50':>9} {'p99':>9} {'p50 / celery':>13}")
+    rows = []
+    if base:
+        rows.append(("bare Celery delay().get()", base["round_trip"]))
+    for runtime, s in results.get("remote", {}).items():
+        rows.append((f"warm .remote() ({runtime})", s))
+    for runtime, s in results.get("cold", {}).items():
+        rows.append((f"cold start ({runtime})", s))
+    for name, s in results.get("payloads", {}).items():
+        rows.append((f".remote() with a {name} argument", s))
+    for what, s in rows:
+        ratio = f"{s['p50_ms'] / base['round_trip']['p50_ms']:12.1f}x" if base else ""
+        print(f"{what:34} {s['n']:5} {s['p50_ms']:9.2f} {s['p99_ms']:9.2f} {ratio:>13}")
+    print("\n== throughput (inputs/s)")
+    print(f"{'what':44} {'inputs':>7} {'seconds':>8} {'per s':>8}")
+    if base:
+        for key, what in (("throughput", "bare Celery, tasks sent at once + results"),
+                          ("throughput_2", "bare Celery, the same again"),
+                          ("throughput_no_results", "bare Celery, no result backend")):  # fmt: skip
+            t = base[key]
+            print(f"{what:44} {t['tasks']:7} {t['seconds']:8.2f} {t['per_second']:8.1f}")
+    for i, run in enumerate(results.get("map", {}).get("runs", []), 1):
+        print(f"{f'.map of no-ops, run {i}':44} {run['inputs']:7} {run['seconds']:8.2f} {run['per_second']:8.1f}")
+    if "map" in results:
+        print("\n== resident memory (MiB): process (+ its runner processes)")
+        memory = results["map"]["memory"]
+        print(f"{'process':11} " + " ".join(f"{k:>18}" for k in memory) + f" {'2nd map added':>14}")
+        for name in ("api", "dispatcher", "worker"):
+            cells = " ".join(f"{_mib(m[name]):>18}" for m in memory.values())
+            print(f"{name:11} {cells} {results['map']['growth'][name]:14.1%}")
+    if "fairness" in results:
+        f = results["fairness"]
+        print("\n== fairness")
+        for name, row in f["shares"]["users"].items():
+            print(f"share {name}: weight {row['weight']}, expected {row['expected']:.1%}, measured {row['share']:.1%}")
+        print(f"Jain's index {f['shares']['jain_index']:.4f}")
+        s = f["starvation"]
+        print(f"newcomer behind a backlog of {s['backlog']}: waited {s['bob_wait_seconds']:.3f} s, "
+              f"{s['alice_starts_before_bob']} backlog calls started first")  # fmt: skip
+        print(f"{f['many_users']['users']} users: {f['many_users']['per_second']:.1f}/s; 1 user: "
+              f"{f['one_user']['per_second']:.1f}/s; ratio {f['scale_ratio']:.1%}")  # fmt: skip
+    print("\n== goals" + (" (quick size: too small to say anything about them)" if results["size"] == "quick" else ""))
+    for key, g in results["goals"].items():
+        verdict = "met" if g["met"] else "NOT met"
+        print(f"{GOALS[key]:62} {g['value']!s:>10} ({g['target']}): {verdict}")
+    for key in GOALS.keys() - results["goals"].keys():
+        print(f"{GOALS[key]:62} not measured in this run")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so every stack and worker this started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: proves the suite works, measures nothing")
+    parser.add_argument("--runtimes", default="process,docker")
+    parser.add_argument("--only", default=",".join(ITEMS), help=f"some of {','.join(ITEMS)}")
+    parser.add_argument("--out", type=Path, help="write the results here instead of bench/results/")
+    args = parser.parse_args(argv)
+    size = SIZES["quick" if args.quick else "full"]
+    only = set(args.only.split(","))
+    runtimes = args.runtimes.split(",")
+    results: dict[str, Any] = {"size": "quick" if args.quick else "full", "cpus": os.cpu_count(), "at": time.time()}
+    began = time.monotonic()
+    if "process" in runtimes:
+        process_stack(size, only, results)
+    if "docker" in runtimes and only & {"remote", "cold"}:
+        docker_stack(size, only, results)
+    if "fairness" in only:
+        results["fairness"] = measure_fairness(size)
+    results["goals"] = goals(results)
+    results["seconds"] = round(time.monotonic() - began, 1)
+    results["homes"] = [str(home) for home in HOMES]
+    print_tables(results)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print("\nwritten to", args.out)
+    else:
+        print("\nwritten to", write_results("quick" if args.quick else "latest", results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
