@@ -9,9 +9,12 @@ user. The same object therefore works in both places, and pickles into a functio
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Self
 
-from .exception import InvalidError, NotFoundError, from_response
+import cloudpickle
+
+from .exception import InvalidError, NotFoundError, SerializationError, from_response
+from .protocol import b64, unb64
 
 CHANNEL_MODULE = "_minimodal_channel"  # registered in sys.modules by the runner (minimodal._runner)
 HTTP_TIMEOUT = 60.0  # seconds; above the server's longest blocking wait (10 s) with room for load
@@ -33,10 +36,48 @@ def send(request: dict[str, Any], client: Any = None) -> dict[str, Any]:
     return client.request("POST", "/v1/objects", json=request, timeout=HTTP_TIMEOUT)
 
 
+def dumps(value: Any, what: str = "value") -> str:
+    """A key or value as the server stores it: base64 of its cloudpickle (never unpickled there)."""
+    try:
+        return b64(cloudpickle.dumps(value))
+    except Exception as exc:
+        raise SerializationError(f"cannot pickle the {what} {value!r:.100}: {exc}") from exc
+
+
+def loads(data: str, where: str) -> Any:
+    try:
+        return cloudpickle.loads(unb64(data))
+    except Exception as exc:
+        raise SerializationError(f"cannot unpickle a {where}: {exc}; is the same package installed here?") from exc
+
+
 class _Object:
     """A named (or ephemeral) object of one kind, hydrated lazily: no I/O until first used."""
 
     _kind = ""
+
+    @classmethod
+    def from_name(cls, name: str, *, environment_name: str | None = None, create_if_missing: bool = False) -> Self:
+        """A lazy handle on the user's object called ``name``; nothing is sent until it is used."""
+        return cls(name, create=create_if_missing)
+
+    @classmethod
+    def from_id(cls, object_id: str) -> Self:
+        return cls(object_id=object_id)
+
+    @classmethod
+    def ephemeral(cls) -> EphemeralContext:
+        """``with X.ephemeral() as obj:`` an unnamed object, deleted when the block ends."""
+        return EphemeralContext(cls)
+
+    @classmethod
+    def delete(cls, name: str, *, allow_missing: bool = False) -> None:
+        """Delete the user's object called ``name`` and its contents."""
+        try:
+            send({"kind": cls._kind, "op": "delete", "name": name})
+        except NotFoundError:
+            if not allow_missing:
+                raise
 
     def __init__(self, name: str | None = None, *, object_id: str | None = None, create: bool = False) -> None:
         if name is None and object_id is None:
@@ -78,14 +119,6 @@ class _Object:
         answer = send(request)
         self._id = answer.get("id", self._id)
         return answer
-
-    @classmethod
-    def _delete(cls, name: str, allow_missing: bool) -> None:
-        try:
-            send({"kind": cls._kind, "op": "delete", "name": name})
-        except NotFoundError:
-            if not allow_missing:
-                raise
 
     @classmethod
     def _names(cls) -> list[dict[str, str]]:

@@ -16,21 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import cloudpickle
-
 from ._aio import aio_iterator, aio_method
-from ._objects import EphemeralContext, _Object
-from .exception import InvalidError, SerializationError
-from .protocol import b64, unb64
+from ._objects import _Object, dumps, loads
+from .exception import InvalidError
 
 _MISSING: Any = object()
-
-
-def _dumps(value: Any, what: str) -> str:
-    try:
-        return b64(cloudpickle.dumps(value))
-    except Exception as exc:
-        raise SerializationError(f"cannot pickle the {what} {value!r:.100}: {exc}") from exc
 
 
 def _key(key: Any) -> str:
@@ -38,39 +28,17 @@ def _key(key: Any) -> str:
         hash(key)
     except TypeError as exc:
         raise InvalidError(f"Dict keys must be hashable, got {type(key).__name__}") from exc
-    return _dumps(key, "key")
+    return dumps(key, "key")
 
 
-def _loads(data: str) -> Any:
-    try:
-        return cloudpickle.loads(unb64(data))
-    except Exception as exc:
-        raise SerializationError(f"cannot unpickle a Dict entry: {exc}; is the same package installed here?") from exc
+def _load(data: str) -> Any:
+    return loads(data, "Dict entry")
 
 
 class Dict(_Object):
     """A named or ephemeral dictionary that lives on the MiniModal server."""
 
     _kind = "dict"
-
-    @classmethod
-    def from_name(cls, name: str, *, environment_name: str | None = None, create_if_missing: bool = False) -> Dict:
-        """A lazy handle on the user's Dict called ``name``; nothing is sent until it is used."""
-        return cls(name, create=create_if_missing)
-
-    @classmethod
-    def from_id(cls, object_id: str) -> Dict:
-        return cls(object_id=object_id)
-
-    @classmethod
-    def ephemeral(cls) -> EphemeralContext:
-        """``with Dict.ephemeral() as d:`` an unnamed Dict, deleted when the block ends."""
-        return EphemeralContext(cls)
-
-    @staticmethod
-    def delete(name: str, *, allow_missing: bool = False) -> None:
-        """Delete the user's Dict called ``name`` and its contents."""
-        Dict._delete(name, allow_missing)
 
     # ---- item access ----
 
@@ -95,12 +63,12 @@ class Dict(_Object):
     @aio_method
     def get(self, key: Any, default: Any = None) -> Any:
         answer = self._request("get", key=_key(key))
-        return _loads(answer["value"]) if answer["found"] else default
+        return _load(answer["value"]) if answer["found"] else default
 
     @aio_method
     def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool:
         """Set ``key``; with ``skip_if_exists``, only if absent (atomic): returns False when it existed."""
-        answer = self._request("put", key=_key(key), value=_dumps(value, "value"), skip_if_exists=skip_if_exists)
+        answer = self._request("put", key=_key(key), value=dumps(value, "value"), skip_if_exists=skip_if_exists)
         return bool(answer["created"])
 
     @aio_method
@@ -108,7 +76,7 @@ class Dict(_Object):
         """Remove ``key`` and return its value (atomic); KeyError when absent and no default is given."""
         answer = self._request("pop", key=_key(key))
         if answer["found"]:
-            return _loads(answer["value"])
+            return _load(answer["value"])
         if default is _MISSING:
             raise KeyError(key)
         return default
@@ -124,14 +92,14 @@ class Dict(_Object):
     @aio_method
     def update(self, other: Mapping[Any, Any] | None = None, /, **kwargs: Any) -> None:
         items = {**(dict(other) if other is not None else {}), **kwargs}
-        self._request("update", items=[[_key(k), _dumps(v, "value")] for k, v in items.items()])
+        self._request("update", items=[[_key(k), dumps(v, "value")] for k, v in items.items()])
 
     @aio_method
     def clear(self) -> None:
         self._request("clear")
 
     def _items(self) -> list[tuple[Any, Any]]:
-        return [(_loads(k), _loads(v)) for k, v in self._request("items")["items"]]
+        return [(_load(k), _load(v)) for k, v in self._request("items")["items"]]
 
     @aio_iterator
     def keys(self) -> Iterator[Any]:

@@ -19,54 +19,21 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import cloudpickle
-
 from ._aio import aio_iterator, aio_method
-from ._objects import EphemeralContext, _Object
-from .exception import SerializationError
-from .protocol import b64, unb64
+from ._objects import _Object, dumps, loads
 
 PARTITION_TTL = 24 * 3600  # seconds a named partition is kept after its last put (Modal's default)
 _PAGE = 100  # values iterate() reads per request
 
 
-def _dumps(value: Any) -> str:
-    try:
-        return b64(cloudpickle.dumps(value))
-    except Exception as exc:
-        raise SerializationError(f"cannot pickle the value {value!r:.100}: {exc}") from exc
-
-
-def _loads(data: str) -> Any:
-    try:
-        return cloudpickle.loads(unb64(data))
-    except Exception as exc:
-        raise SerializationError(f"cannot unpickle a Queue value: {exc}; is the same package installed here?") from exc
+def _load(data: str) -> Any:
+    return loads(data, "Queue value")
 
 
 class Queue(_Object):
     """A named or ephemeral FIFO queue that lives on the MiniModal server."""
 
     _kind = "queue"
-
-    @classmethod
-    def from_name(cls, name: str, *, environment_name: str | None = None, create_if_missing: bool = False) -> Queue:
-        """A lazy handle on the user's Queue called ``name``; nothing is sent until it is used."""
-        return cls(name, create=create_if_missing)
-
-    @classmethod
-    def from_id(cls, object_id: str) -> Queue:
-        return cls(object_id=object_id)
-
-    @classmethod
-    def ephemeral(cls) -> EphemeralContext:
-        """``with Queue.ephemeral() as q:`` an unnamed Queue, deleted when the block ends."""
-        return EphemeralContext(cls)
-
-    @staticmethod
-    def delete(name: str, *, allow_missing: bool = False) -> None:
-        """Delete the user's Queue called ``name`` and everything in it."""
-        Queue._delete(name, allow_missing)
 
     @aio_method
     def put(
@@ -92,17 +59,17 @@ class Queue(_Object):
         partition_ttl: int = PARTITION_TTL,
     ) -> None:
         """Append every value of ``vs``, in order, in one step."""
-        self._request("put", values=[_dumps(v) for v in vs], partition=partition, partition_ttl=partition_ttl)
+        self._request("put", values=[dumps(v) for v in vs], partition=partition, partition_ttl=partition_ttl)
 
     def _take(self, n: int, block: bool, timeout: float | None, partition: str | None) -> list[Any]:
         if not block:
-            return [_loads(v) for v in self._request("get", n=n, timeout=0, partition=partition)["values"]]
+            return [_load(v) for v in self._request("get", n=n, timeout=0, partition=partition)["values"]]
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = 10.0 if deadline is None else max(0.0, deadline - time.monotonic())
             values = self._request("get", n=n, timeout=wait, partition=partition)["values"]
             if values:
-                return [_loads(v) for v in values]
+                return [_load(v) for v in values]
             if deadline is not None and time.monotonic() >= deadline:
                 raise _stdlib_queue.Empty
 
@@ -144,4 +111,4 @@ class Queue(_Object):
                 if not values:
                     return
             start += len(values)
-            yield from (_loads(v) for v in values)
+            yield from (_load(v) for v in values)

@@ -30,7 +30,7 @@ from typing import IO, Any
 from urllib.parse import quote
 
 from ._aio import aio_iterator, aio_method
-from ._objects import EphemeralContext, _Object
+from ._objects import _Object
 from ._progress import Bar
 from .exception import InvalidError
 
@@ -71,25 +71,6 @@ class Volume(_Object):
     """A named or ephemeral volume of the MiniModal server."""
 
     _kind = "volume"
-
-    @classmethod
-    def from_name(cls, name: str, *, environment_name: str | None = None, create_if_missing: bool = False) -> Volume:
-        """A lazy handle on the user's volume called ``name``; nothing is sent until it is used."""
-        return cls(name, create=create_if_missing)
-
-    @classmethod
-    def from_id(cls, object_id: str) -> Volume:
-        return cls(object_id=object_id)
-
-    @classmethod
-    def ephemeral(cls) -> EphemeralContext:
-        """``with Volume.ephemeral() as vol:`` an unnamed volume, deleted when the block ends."""
-        return EphemeralContext(cls)
-
-    @staticmethod
-    def delete(name: str, *, allow_missing: bool = False) -> None:
-        """Delete the user's volume called ``name`` (its files are no longer reachable)."""
-        Volume._delete(name, allow_missing)
 
     @staticmethod
     def list_volumes() -> list[dict[str, str]]:
