@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -321,20 +322,7 @@ def _run_inputs(task: _Task) -> None:
                             task.settle(rest, outcome, policy)
                     return None
             sinks = _Sinks(ctx, task.call_id, spec.app_id, spec.tag, task.user_id, idx)
-            for volume_id in mounted.values():  # each input starts from the committed contents
-                volumes.cache(ctx.redis).sync(volume_id)
-            outcome = runner.call(
-                payload,
-                call_id=task.call_id,
-                idx=idx,
-                on_log=sinks.log,
-                on_item=sinks.item,
-                on_request=lambda request: _platform_request(ctx, task.user_id, mounted, request),
-                env=env,
-            )
-            ctx.breaker.success()  # a runner ran the input: whatever the code did, the platform worked
-            for volume_id in mounted.values():  # what the input wrote is committed when it ends
-                volumes.cache(ctx.redis).commit(volume_id)
+            outcome = _call(task, runner.call, payload, idx, sinks, env, mounted)
             if sinks.items or outcome.items is not None:
                 sinks.done(outcome)
             if outcome.runner_lost or idx == task.indexes[-1]:
@@ -386,20 +374,7 @@ def _run_shared(
         startup, runner.started_in = runner.started_in, None
         sinks = _Sinks(ctx, task.call_id, spec.app_id, spec.tag, task.user_id, idx)
         try:
-            for volume_id in mounted.values():
-                volumes.cache(ctx.redis).sync(volume_id)
-            outcome = runner.call_shared(
-                payload,
-                call_id=task.call_id,
-                idx=idx,
-                on_log=sinks.log,
-                on_item=sinks.item,
-                on_request=lambda request: _platform_request(ctx, task.user_id, mounted, request),
-                env=env,
-            )
-            ctx.breaker.success()
-            for volume_id in mounted.values():
-                volumes.cache(ctx.redis).commit(volume_id)
+            outcome = _call(task, runner.call_shared, payload, idx, sinks, env, mounted)
         finally:
             pool.release(runner)
         if sinks.items or outcome.items is not None:
@@ -412,6 +387,34 @@ def _run_shared(
     with ThreadPoolExecutor(width, thread_name_prefix="mm-input") as threads:
         for _ in threads.map(one, task.indexes, payloads):
             pass
+
+
+def _call(
+    task: _Task,
+    call: Callable[..., Outcome],
+    payload: bytes,
+    idx: int,
+    sinks: _Sinks,
+    env: dict[str, str] | None,
+    mounted: dict[str, str],
+) -> Outcome:
+    """Run one input on a runner (``call``: its ``call`` or ``call_shared``), between volume sync and commit."""
+    ctx = task.ctx
+    for volume_id in mounted.values():  # each input starts from the committed contents
+        volumes.cache(ctx.redis).sync(volume_id)
+    outcome = call(
+        payload,
+        call_id=task.call_id,
+        idx=idx,
+        on_log=sinks.log,
+        on_item=sinks.item,
+        on_request=lambda request: _platform_request(ctx, task.user_id, mounted, request),
+        env=env,
+    )
+    ctx.breaker.success()  # a runner ran the input: whatever the code did, the platform worked
+    for volume_id in mounted.values():  # what the input wrote is committed when it ends
+        volumes.cache(ctx.redis).commit(volume_id)
+    return outcome
 
 
 def _platform_request(ctx: WorkerContext, user_id: int, mounted: dict[str, str], request: Any) -> dict[str, Any]:
