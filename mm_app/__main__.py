@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -12,6 +13,21 @@ import threading
 import uuid
 
 from minimodal import config, protocol
+
+# What every control-plane process imports beyond the SDK: the `server` extra of pyproject.toml.
+SERVER_MODULES = ("flask", "flask_sock", "sqlalchemy", "redis", "celery", "kombu", "docker", "redbeat", "cryptography")
+
+
+def require_server() -> None:
+    """Exit with one line naming what is missing when the `server` extra is not installed (SDK only)."""
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(
+            f"minimodal: the server is not installed (missing: {', '.join(missing)}); "
+            "install it with: pip install 'minimodal[server]'",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 def _logging(component: str) -> None:
@@ -117,6 +133,7 @@ def main() -> None:
         handler=lambda a: sys.exit(__import__("mm_app.stack").stack.Stack().down())
     )
     args = parser.parse_args()
+    require_server()
     _logging(args.command)
     args.handler(args)
 

@@ -20,6 +20,7 @@ from minimodal.exception import RemoteError
 from tests import test_docker_runtime as base
 from tests.functions import hardening
 from tests.test_docker_runtime import StartRunner, payload
+from workers.network import bridge_gateway
 from workers.runtimes.docker import RUNNER_PATH
 
 pytestmark = pytest.mark.docker
@@ -82,7 +83,7 @@ def test_a_fork_bomb_stops_at_the_pids_limit_and_the_runner_and_host_go_on(
 @pytest.fixture
 def host_listener(client: docker.DockerClient) -> Iterator[tuple[str, int]]:
     """A TCP listener on the host, reachable from containers on the default bridge at its gateway."""
-    gateway = client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    gateway = bridge_gateway(client.networks.get("bridge").attrs)
     server = socket.socket()
     server.bind(("0.0.0.0", 0))
     server.listen(8)
