@@ -163,7 +163,8 @@ class Dispatcher:
         pipe.zrange(protocol.workers_seen_key(), 0, -1, withscores=True)
         pipe.hgetall(protocol.workers_key())
         pipe.hgetall(protocol.worker_used_key())
-        users_raw, running_raw, quota_raw, weight_raw, now, seen, registered, used_raw = pipe.execute()
+        pipe.hgetall(protocol.lent_key())
+        users_raw, running_raw, quota_raw, weight_raw, now, seen, registered, used_raw, lent_raw = pipe.execute()
         users = {int(u) for u in users_raw}
         self.drr.sync(users)
         live, _ = registry.split_live(now, seen, registered, dead_after=self.policy.dead_after)
@@ -172,7 +173,9 @@ class Dispatcher:
         free = sum(max(0, c.open_slots - used.get(w, {}).get("slots", 0)) for w, c in live.items())
         if not users or free <= 0:
             return 0
-        running = {int(k): int(v) for k, v in running_raw.items()}
+        # Slots lent by parents waiting on their children do not count (as in the take script).
+        lent = {int(k): max(0, int(v)) for k, v in lent_raw.items()}
+        running = {int(k): int(v) - lent.get(int(k), 0) for k, v in running_raw.items()}
         quota = {int(k): int(v) for k, v in quota_raw.items()}
         weight = {int(k): int(v) for k, v in weight_raw.items()}
         blocked = {u for u in users if running.get(u, 0) >= quota.get(u, self.policy.default_quota)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,16 +26,32 @@ from .runtime import enable_output
 
 
 def _import_file(path_text: str) -> ModuleType:
-    """Import an app file under its stem, as Modal does, with its folder on sys.path."""
+    """Import an app file as Modal does: under its stem with its folder on sys.path, or, for a file inside a
+    package (folders with ``__init__.py``), as ``pkg.mod`` with the package's parent on sys.path. The same
+    name is what the container imports (sdk/_source.py)."""
+    if path_text.startswith("-m=") or (not path_text.endswith(".py") and "/" not in path_text and "." in path_text):
+        name = path_text.removeprefix("-m=")
+        sys.path.insert(0, os.getcwd())
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            raise InvalidError(f"cannot import the module {name}: {exc}") from None
     path = Path(path_text).resolve()
     if not path.is_file():
         raise InvalidError(f"no such file: {path_text}")
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(path.stem, path)
+    parts, folder = [path.stem], path.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    sys.path.insert(0, str(folder))
+    name = ".".join(parts)
+    if len(parts) > 1:
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise InvalidError(f"cannot import {path_text}: not a Python file")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -86,7 +103,7 @@ def _parse_entrypoint_args(fn: Any, argv: list[str]) -> dict[str, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     file_part, _, name = args.ref.partition("::")
-    module = _import_file(file_part)
+    module = _import_file(f"-m={file_part}" if args.as_module else file_part)
     app, target = _pick_target(module, name or None)
     raw = target.raw_f if isinstance(target, LocalEntrypoint) else target._raw_f
     kwargs = _parse_entrypoint_args(raw, args.args)
@@ -228,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a local entrypoint or function of an app file")
-    run.add_argument("ref", help="FILE.py or FILE.py::NAME")
+    run.add_argument("ref", help="FILE.py or FILE.py::NAME, or with -m: MODULE[::NAME]")
+    run.add_argument("-m", dest="as_module", action="store_true", help="REF names a module (pkg.mod), as python -m")
     run.add_argument("args", nargs=argparse.REMAINDER, help="options for the entrypoint")
     run.set_defaults(handler=cmd_run)
 

@@ -207,6 +207,7 @@ class Function(Generic[P, R]):
         self._is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f)
         self.object_id: str | None = None
         self._web_url: str | None = None
+        self._serialized = False  # serialized=True: pickled by value, never imported by name in the container
         self._extra_spec: dict[str, Any] = {}  # what sdk/cls.py, web.py and schedule.py add
         self.__doc__ = raw_f.__doc__
         self.__name__ = getattr(raw_f, "__name__", tag)

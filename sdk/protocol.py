@@ -93,6 +93,23 @@ def quota_key() -> str:
     return key("quota")
 
 
+def lent_key() -> str:
+    """Hash user id -> inputs of the user's now waiting on other calls: their quota slots are lent out."""
+    return key("lent")
+
+
+def scoped_token_key(digest: str) -> str:
+    """String ``user_id|worker_id``: a token a worker minted for the calls its containers make."""
+    return key("scoped", digest)
+
+
+def token_digest(token: str) -> str:
+    """How tokens are stored: their SHA-256 hex digest."""
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 def wake_key() -> str:
     """List the dispatcher blocks on; anything pushed wakes it."""
     return key("dispatch", "wake")

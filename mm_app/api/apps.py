@@ -5,6 +5,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, g
@@ -15,7 +16,7 @@ from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import ImageStatus
 
 from .. import objects, vault
-from ..models import AppRecord, FunctionRecord, FunctionSpecRecord, ImageRecord, utcnow
+from ..models import AppRecord, FunctionRecord, FunctionSpecRecord, ImageRecord, SourceFileRecord, utcnow
 from ..registry import check_gpu_option, needs_of, task_limit
 from ..volumes import check_mount_path
 from .auth import authenticate, check_fields, field, json_body
@@ -160,7 +161,9 @@ def register_app(
                 image_id=image_id,
             )
         )
+    shas = {sha for extra in extras.values() for sha in (extra.get("source") or {}).get("files", {}).values()}
     with svc.db.write() as session:
+        _pin_source_files(session, shas)
         for record in records:
             _attach_image(session, record)
             if secrets[record.tag]:  # a named secret that does not exist fails the deploy, naming it
@@ -185,7 +188,8 @@ def register_app(
     return app_id, ids
 
 
-MAX_SPEC_BYTES = 16 * 1024
+MAX_SPEC_BYTES = 256 * 1024  # a source manifest names every file of the app's local package
+_SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
 def parse_spec(tag: str, raw: Any) -> dict[str, Any]:
@@ -194,7 +198,32 @@ def parse_spec(tag: str, raw: Any) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict) or len(json.dumps(raw)) > MAX_SPEC_BYTES:
         raise InvalidError(f"function {tag!r}: spec must be a JSON object under {MAX_SPEC_BYTES} bytes")
+    source = raw.get("source")
+    if source is not None:
+        files = source.get("files") if isinstance(source, dict) else None
+        if (
+            not isinstance(source.get("module"), str)
+            or not isinstance(files, dict)
+            or not all(isinstance(p, str) and isinstance(s, str) and _SHA.match(s) for p, s in files.items())
+        ):
+            raise InvalidError(f"function {tag!r}: spec.source must be {{module, files: {{path: sha256}}}}")
+        for path in files:
+            if path.startswith("/") or ".." in path.split("/") or not path.endswith(".py"):
+                raise InvalidError(f"function {tag!r}: source file {path!r} must be a relative path to a .py file")
     return raw
+
+
+def _pin_source_files(session: Any, shas: set[str]) -> None:
+    """Keep the app's source files for as long as the database lives: uploads in Redis expire after a week."""
+    if not shas:
+        return
+    pinned = set(session.scalars(select(SourceFileRecord.sha).where(SourceFileRecord.sha.in_(shas))))
+    redis = services().redis
+    for sha in sorted(shas - pinned):
+        data = redis.get(protocol.file_key(sha))
+        if data is None:
+            raise InvalidError(f"source file {sha} was not uploaded: PUT /v1/files/{sha} first")
+        session.add(SourceFileRecord(sha=sha, data=data))
 
 
 def _attach_image(session: Any, record: FunctionRecord) -> None:

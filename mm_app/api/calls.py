@@ -69,6 +69,7 @@ def _enqueue(call_id: str, function_id: str, first: int, payloads: list[bytes]) 
         PendingEntry(call_id, function_id, first, first + len(payloads)),
         inputs={str(first + i): p for i, p in enumerate(payloads)},
         ttl=svc.settings["result_ttl"],
+        front=bool(getattr(g, "scoped", False) and request.headers.get(PARENT_HEADER)),
     )
 
 
@@ -154,6 +155,7 @@ def create_call(function_id: str):  # type: ignore[no-untyped-def]
                     num_inputs=len(payloads),
                     accepting=more,
                     created_at=utcnow(),
+                    parent_call_id=_parent_call(session),
                 )
             )
             _add_inputs(session, call_id, 0, len(payloads))
@@ -174,6 +176,19 @@ def create_call(function_id: str):  # type: ignore[no-untyped-def]
             entries = svc.payloads.read_streams({protocol.logs_key(call_id): "0-0"}, 0, count=5000)
             reply["logs"] = [encode_entry("logs", entry_id, fields) for _, entry_id, fields in entries]
     return reply, 201
+
+
+PARENT_HEADER = "X-MiniModal-Parent-Call"  # sent by a worker forwarding a function's call (mm_app/tasks/forward.py)
+
+
+def _parent_call(session: Any) -> str | None:
+    """The call whose code makes this one: named by the worker, believed only from a worker-scoped token
+    and only when that call is the same user's."""
+    parent = request.headers.get(PARENT_HEADER)
+    if not parent or not getattr(g, "scoped", False) or not _CALL_ID.match(parent):
+        return None
+    owner = session.execute(select(CallRecord.user_id).where(CallRecord.id == parent)).scalar()
+    return parent if owner == g.user.id else None
 
 
 def _own_call(session: Any, call_id: str) -> CallRecord:
@@ -236,6 +251,7 @@ def get_call(call_id: str):  # type: ignore[no-untyped-def]
             "created_at": call.created_at.isoformat(),
             "num_inputs": call.num_inputs,
             "accepting": call.accepting,
+            "parent_call_id": call.parent_call_id,
             "statuses": counts,
             "done": not call.accepting and done == call.num_inputs,
             "inputs": [

@@ -13,14 +13,15 @@ import re
 from typing import Any
 
 from flask import Blueprint, request
+from sqlalchemy import select
 
 from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError, PayloadTooLargeError
 from minimodal.protocol import ImageStatus
 
-from ..models import ImageRecord
+from ..models import ImageRecord, SourceFileRecord
 from ..registry import docker_workers
-from .auth import authenticate, json_body, seconds
+from .auth import authenticate, field, json_body, seconds
 from .services import services
 
 bp = Blueprint("images", __name__, url_prefix="/v1")
@@ -93,6 +94,28 @@ def _describe(record: ImageRecord) -> dict[str, Any]:
         "events": record.events or [],
         "built_at": record.built_at.isoformat() if record.built_at else None,
     }
+
+
+MAX_FILES_ASKED = 10_000  # shas in one /files/missing request
+
+
+@bp.post("/files/missing")
+def missing_files():  # type: ignore[no-untyped-def]
+    """Which of the named files are not stored (neither uploaded recently nor pinned by an app's source)."""
+    shas = field(json_body("shas"), "shas", list)
+    if len(shas) > MAX_FILES_ASKED or not all(isinstance(sha, str) and _SHA.match(sha) for sha in shas):
+        raise InvalidError(f"shas must be a list of at most {MAX_FILES_ASKED} sha256 hex digests")
+    svc = services()
+    with svc.redis.pipeline(transaction=False) as pipe:
+        for sha in shas:
+            pipe.exists(protocol.file_key(sha))
+        present = pipe.execute()
+    unknown = [sha for sha, here in zip(shas, present, strict=True) if not here]
+    if unknown:
+        with svc.db.read() as session:
+            pinned = set(session.scalars(select(SourceFileRecord.sha).where(SourceFileRecord.sha.in_(unknown))))
+        unknown = [sha for sha in unknown if sha not in pinned]
+    return {"missing": unknown}
 
 
 @bp.route("/files/<sha>", methods=["HEAD"])

@@ -647,6 +647,15 @@ def _paths() -> dict[str, dict[str, Any]]:
                 errors=("404",),
             )
         },
+        "/v1/files/missing": {
+            "post": _op(
+                "Which of these files (by sha256) the server lacks: the client uploads only those",
+                "images",
+                body=_obj({"shas": {"type": "array", "items": _str(), "maxItems": 10000}}, ["shas"]),
+                reply=_obj({"missing": {"type": "array", "items": _str()}}),
+                errors=("400",),
+            )
+        },
         "/v1/files/{sha}": {
             "head": _op("Whether a build file is stored", "images", params=[_path("sha", "sha256")], errors=("404",)),
             "put": _op(

@@ -5,7 +5,10 @@ Built once per worker process on first use, and torn down on worker shutdown (no
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import io
 import json
 import logging
 import os
@@ -13,11 +16,13 @@ import socket
 import threading
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery import signals
 from redis import Redis
+from sqlalchemy import select
 
 from minimodal import config, protocol
 from minimodal.defaults import DEFAULT_SCALEDOWN_WINDOW
@@ -30,13 +35,14 @@ from workers.runtimes.process import ProcessRuntime
 
 from .. import recovery, registry, scaler
 from ..database import Database
-from ..models import FunctionRecord
+from ..models import FunctionRecord, FunctionSpecRecord, SourceFileRecord
 from ..payloads import Payloads
 from ..pending import PendingQueues
 from ..registry import inputs_per_runner
 from . import volumes
 from .breaker import CircuitBreaker
 from .caps import OutputCaps
+from .forward import Forwarder
 from .recorder import Recorder
 
 logger = logging.getLogger("minimodal.worker")
@@ -52,6 +58,8 @@ class FunctionSpec:
     options: dict[str, Any]
     image_tag: str | None
     app_id: str
+    source: dict[str, Any] | None = None  # {"module", "files": {path: sha}}: imported by name in the runner
+    app_functions: dict[str, str] = field(default_factory=dict)  # tag -> function id, for the whole app
 
 
 def make_runtimes(setting: str) -> dict[str, Runtime]:
@@ -92,6 +100,8 @@ class WorkerContext:
     _warm: set[str] = field(default_factory=set)  # functions this worker keeps a floor of runners for
     capacity: WorkerCapacity | None = None  # what it offers the scheduler (set by from_config)
     draining: bool = False  # shutting down: takes no new placements
+    forwarder: Forwarder | None = None  # API requests of functions calling functions (made on first use)
+    _bundles: dict[str, bytes] = field(default_factory=dict)  # manifest digest -> zip of the source files
     _runner_keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # runner key -> (function id, tag)
     _events_seen: dict[str, int] = field(default_factory=dict)  # runtime -> pool events forwarded so far
     _beat_now: threading.Event = field(default_factory=threading.Event)  # beat at once (offered slots changed)
@@ -150,6 +160,11 @@ class WorkerContext:
                 record = session.get(FunctionRecord, function_id)
                 if record is None:
                     return None
+                extra = session.get(FunctionSpecRecord, function_id)
+                source = (extra.spec or {}).get("source") if extra is not None else None
+                siblings = session.execute(
+                    select(FunctionRecord.tag, FunctionRecord.id).where(FunctionRecord.app_id == record.app_id)
+                ).all()
                 spec = FunctionSpec(
                     record.id,
                     record.user_id,
@@ -159,6 +174,8 @@ class WorkerContext:
                     dict(record.options),
                     record.image_tag,
                     record.app_id,
+                    source,
+                    {tag: fid for tag, fid in siblings if "@" not in tag},  # not the with_options variants
                 )
             self._functions[function_id] = spec
         return spec
@@ -172,7 +189,12 @@ class WorkerContext:
         if width > 1 or batch_wait is not None:  # such a runner serves only functions that ask for the same
             key += f":x{width}" + (f":b{batch_wait}" if batch_wait is not None else "")
         self._runner_keys[key] = (spec.id, spec.tag)  # to name the function in scale events
+        load: dict[str, Any] = {"app": {"app_id": spec.app_id, "functions": spec.app_functions}}
+        if spec.source:
+            load["import"] = {"module": spec.source["module"]}
         return RunnerSpec(
+            source=self.source_bundle(spec.source["files"]) if spec.source else None,
+            load=load,
             key=key,
             code=spec.code,
             timeout=float(options.get("timeout", 300)),
@@ -194,6 +216,32 @@ class WorkerContext:
                 "home": str(config.home()),  # which stack: `minimodal down` removes its own containers only
             },
         )
+
+    def source_bundle(self, files: dict[str, str]) -> bytes:
+        """The zip of an app's shipped source files (pinned in the database), cached by its manifest."""
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        bundle = self._bundles.get(digest)
+        if bundle is None:
+            with self.db.read() as session:
+                rows = dict(
+                    session.execute(
+                        select(SourceFileRecord.sha, SourceFileRecord.data).where(
+                            SourceFileRecord.sha.in_(set(files.values()))
+                        )
+                    ).all()
+                )
+            missing = sorted(set(files.values()) - set(rows))
+            if missing:
+                raise InvalidError(f"the app's source files {missing[:3]} are not stored: deploy or run the app again")
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+                for path, sha in sorted(files.items()):
+                    archive.writestr(path, rows[sha])
+            bundle = buffer.getvalue()
+            while len(self._bundles) >= 32:  # the most recent apps' sources only
+                self._bundles.pop(next(iter(self._bundles)))
+            self._bundles[digest] = bundle
+        return bundle
 
     def pool_for(self, spec: FunctionSpec) -> WarmPool | None:
         return self.pools.get("docker" if spec.image_tag else "process")
@@ -293,11 +341,19 @@ class WorkerContext:
         except Exception:  # noqa: BLE001 - Redis may be gone; the dispatcher will find the worker dead
             logger.warning("cannot unregister worker %s", self.worker_id, exc_info=True)
 
+    def forward(self) -> Forwarder:
+        if self.forwarder is None:
+            self.forwarder = Forwarder(self.redis, self.worker_id)
+        return self.forwarder
+
     def close(self) -> None:
         self._stop.set()
         self._beat_now.set()
         self.draining = True
         self.recorder.close()
+        if self.forwarder is not None:
+            with contextlib.suppress(Exception):
+                self.forwarder.close()
         for pool in self.pools.values():
             pool.shutdown()
             client = getattr(pool.runtime, "client", None)

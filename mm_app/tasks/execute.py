@@ -408,7 +408,7 @@ def _call(
         idx=idx,
         on_log=sinks.log,
         on_item=sinks.item,
-        on_request=lambda request: _platform_request(ctx, task.user_id, mounted, request),
+        on_request=lambda request: _platform_request(ctx, task.user_id, mounted, request, task.call_id),
         env=env,
     )
     ctx.breaker.success()  # a runner ran the input: whatever the code did, the platform worked
@@ -417,8 +417,13 @@ def _call(
     return outcome
 
 
-def _platform_request(ctx: WorkerContext, user_id: int, mounted: dict[str, str], request: Any) -> dict[str, Any]:
-    """A request of the running code: a Dict or Queue operation, or a commit or reload of a mounted volume."""
+def _platform_request(
+    ctx: WorkerContext, user_id: int, mounted: dict[str, str], request: Any, call_id: str
+) -> dict[str, Any]:
+    """A request of the running code: a Dict or Queue operation, a commit or reload of a mounted volume, or an
+    API request of a function calling a function (``mm_app/tasks/forward.py``)."""
+    if isinstance(request, dict) and request.get("kind") == "http":
+        return ctx.forward().forward(user_id, call_id, request)
     if isinstance(request, dict) and request.get("kind") == "volume" and request.get("op") in ("commit", "reload"):
         volume_id = objects.resolve(ctx.redis, user_id, request)
         if volume_id not in mounted.values():

@@ -226,6 +226,8 @@ class DockerRunner(Runner):
 
         deadline = time.monotonic() + runtime.startup_timeout
         try:
+            if spec.source:
+                self._send(b"S", {}, spec.source, deadline)
             self._send(b"F", spec.load_header(), spec.code, deadline)
             frame = stream.read_frame(deadline)
         except TimeoutError as exc:

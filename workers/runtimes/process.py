@@ -133,6 +133,8 @@ class ProcessRunner(Runner):
         self._busy = False  # inside call(): a stop then is a kill (timeout), not a graceful exit
         self._reader = _FrameReader(self.process.stdout.fileno(), self.process.stderr.fileno(), self._stderr_text)
         try:
+            if spec.source:
+                write_frame(self._stdin, b"S", {}, spec.source)
             write_frame(self._stdin, b"F", spec.load_header(), spec.code)
             frame = self._reader.read(time.monotonic() + startup_timeout)
         except (TimeoutError, BrokenPipeError) as exc:
