@@ -17,11 +17,12 @@ from .app import App, live_apps
 from .exception import InvalidError
 
 
-def _find_app(name: str | None, tag: str) -> App:
+def _find_app(name: str | None, tag: str, qualname: str | None) -> App:
     apps = [app for app in live_apps() if tag in app._functions]
-    named = [app for app in apps if app.name == name]
-    if named or apps:
-        return (named or apps)[-1]
+    named = [app for app in apps if app.name == name] or apps
+    same = [app for app in named if getattr(app._functions[tag]._raw_f, "__qualname__", None) == qualname]
+    if same or named:
+        return (same or named)[-1]
     raise InvalidError(f"the app's module defines no function {tag!r} when imported in the container")
 
 
@@ -40,6 +41,6 @@ def load_function(header: dict[str, Any], code: bytes) -> Any:
     if not isinstance(ref, dict) or ref.get("minimodal_ref") != 1:
         raise InvalidError("the function's code is not a reference into its module")
     importlib.import_module(ref["module"])
-    app = _find_app(ref.get("app"), ref["tag"])
+    app = _find_app(ref.get("app"), ref["tag"], ref.get("qualname"))
     hydrate(app, header.get("app") or {})
     return app._functions[ref["tag"]]._raw_f

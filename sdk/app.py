@@ -371,7 +371,8 @@ class App:
         if f._serialized or source is None:
             return serialize_function(f._raw_f), {}
         manifest = source.manifest()
-        ref = {"module": source.module, "app": self.name, "tag": f._tag, "files": manifest}
+        qualname = getattr(f._raw_f, "__qualname__", None)  # tells apart two apps of one name in one module
+        ref = {"module": source.module, "app": self.name, "tag": f._tag, "qualname": qualname, "files": manifest}
         return pickle.dumps({"minimodal_ref": 1, **ref}, protocol=4), {
             "source": {"module": source.module, "files": manifest}
         }

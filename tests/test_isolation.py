@@ -116,6 +116,7 @@ ROUTES: dict[str, Route] = {
     "internal.get_volume_blob": Route("GET", lambda a: f"/internal/volume-blobs/{a['volume_sha']}", WORKER),
     "internal.put_volume_blob": Route("PUT", lambda a: f"/internal/volume-blobs/{_sha(b'x')}", WORKER, b"x"),
     "images.has_file": Route("HEAD", lambda a: "/v1/files/" + "0" * 64, SHARED),
+    "images.missing_files": Route("POST", lambda a: "/v1/files/missing", SHARED),
     "images.put_file": Route("PUT", lambda a: "/v1/files/" + "0" * 64, SHARED),
     "images.create_image": Route("POST", lambda a: "/v1/images", SHARED),
     "images.get_image": Route("GET", lambda a: "/v1/images/im-x", SHARED),
