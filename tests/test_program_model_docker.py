@@ -1,0 +1,32 @@
+"""The program model in real containers: the module imports there, with what only the image has."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from tests.conftest import Stack
+from tests.functions import modelprog
+
+pytestmark = pytest.mark.docker
+
+
+def test_an_imports_block_runs_in_the_container_for_a_package_only_the_image_has(
+    docker_stack: Stack, docker_user: str
+) -> None:
+    with modelprog.app.run():
+        assert modelprog.to_toml.remote({"a": 1}) == "a = 1\n"
+
+
+def test_a_module_level_fastapi_app_behind_asgi_app_answers_over_http(docker_stack: Stack, docker_user: str) -> None:
+    modelprog.app.deploy()
+    reply = requests.get(modelprog.api.get_web_url() + "/square/7", timeout=120)
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"square": 49, "docker": True}
+
+
+def test_a_function_with_no_network_calls_another_function(docker_stack: Stack, docker_user: str) -> None:
+    with modelprog.app.run():
+        value, interfaces = modelprog.offline.remote(4)
+    assert value == 50
+    assert interfaces == ["lo"]  # no network at all: the call went through the worker
