@@ -132,3 +132,14 @@ def test_the_base_image_script_builds_nothing_when_the_images_exist(engine: Any)
         assert f"{image} exists already with these versions: nothing to build" in second.stderr
     assert "nothing built: every base image exists already (Python 3.11 3.13)" in second.stderr
     assert "debootstrap" not in second.stderr.replace("no debootstrap", "")
+
+
+def test_the_base_image_script_refuses_a_python_no_debian_suite_gives() -> None:
+    if os.geteuid() != 0:
+        missing("docker/base/build.sh runs as root")
+    script = ROOT / "docker" / "base" / "build.sh"
+    run = subprocess.run(
+        [str(script)], env={**os.environ, "MINIMODAL_PYTHON_VERSION": "3.12"}, capture_output=True, text=True
+    )
+    assert run.returncode != 0
+    assert "MINIMODAL_PYTHON_VERSION=3.12: no Debian suite here gives it; give one of 3.11 3.13" in run.stderr
