@@ -83,7 +83,7 @@ def test_an_image_of_another_python_builds_from_this_client(engine: Any, docker_
         assert version.rsplit(".", 1)[0] == OTHER_PYTHON
         import cloudpickle
 
-        assert cloudpickle_version == cloudpickle.__version__  # the base image's, no download in the build
+        assert cloudpickle_version == cloudpickle.__version__  # the workers' version, which the runner needs
     finally:
         for event in reversed(record["events"]):
             if event["state"] == "built":  # so that runs do not pile up images
