@@ -26,8 +26,9 @@ system-deps:
 	@command -v debootstrap >/dev/null || { apt-get update -qq && $(APT) debootstrap; }
 	@command -v chromium >/dev/null || { apt-get update -qq && $(APT) chromium; }
 
-# A Docker engine (Debian's docker.io, started when none answers) and the base image, built locally
-# with debootstrap because no registry can be reached; also tagged python:X.Y-slim for Image.debian_slim().
+# A Docker engine (Debian's docker.io, started when none answers) and the base images (Debian bookworm's
+# Python 3.11, trixie's 3.13), built locally with debootstrap because no registry can be reached; also
+# tagged python:3.11-slim and python:3.13-slim for Image.debian_slim(python_version=). A no-op once built.
 docker-base: install system-deps
 	docker/base/build.sh
 

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .exception import InvalidError
+from .protocol import is_python_version
 
 
 def client_python() -> str:
@@ -62,12 +63,15 @@ class Image:
 
     @classmethod
     def debian_slim(cls, python_version: str | None = None) -> Image:
-        """Debian slim with Python ``python_version`` (default: this interpreter's major.minor)."""
-        version = python_version or client_python()
-        if version != client_python():
+        """Debian slim with Python ``python_version`` (default: this interpreter's major.minor).
+
+        The cluster builds the versions its Docker workers have a base image for (``make docker-base``
+        gives 3.11 and 3.13); any other fails the deploy with an InvalidError naming those.
+        """
+        version = client_python() if python_version is None else python_version
+        if not is_python_version(version):
             raise InvalidError(
-                f"Image.debian_slim(python_version={version!r}): this client runs Python {client_python()}, and "
-                "cloudpickle needs the same major.minor on both sides; use the default"
+                f"Image.debian_slim(python_version={version!r}): give a major.minor string such as '3.13'"
             )
         return cls(({"op": "debian_slim", "python": version},), {}, version)
 

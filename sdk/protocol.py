@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -54,6 +56,19 @@ class ImageStatus(StrEnum):
     READY = "ready"
     FAILED = "failed"
     PROCESS = "process"
+
+
+_PYTHON_VERSION = re.compile(r"^3\.\d{1,2}$")
+
+
+def is_python_version(value: object) -> bool:
+    """Whether ``value`` is a Python major.minor string as images carry it (``"3.13"``)."""
+    return isinstance(value, str) and _PYTHON_VERSION.match(value) is not None
+
+
+def sorted_pythons(versions: Iterable[str]) -> list[str]:
+    """Distinct major.minor versions in numeric order (3.9 before 3.11)."""
+    return sorted(set(versions), key=lambda v: tuple(int(p) for p in v.split(".")))
 
 
 def new_id(prefix: str) -> str:

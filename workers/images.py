@@ -12,12 +12,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shlex
 import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from minimodal.protocol import sorted_pythons
 
 TAG_REPOSITORY = "minimodal/image"
 DEFAULT_DEBIAN_SLIM = "python:{python}-slim"
@@ -94,6 +97,24 @@ def _instructions(layer: dict[str, Any], fetch: FetchFile) -> tuple[str, dict[st
     raise BuildError(f"unknown image layer {op!r}")
 
 
+def base_pythons(client: Any, template: str = DEFAULT_DEBIAN_SLIM) -> list[str]:
+    """The Python versions ``Image.debian_slim(python_version=)`` can build on this engine.
+
+    A version counts when the engine has the image ``template`` names for it (``python:3.13-slim``),
+    as docker/base/build.sh tags them; nothing is pulled, so no other version can be built here.
+    """
+    head, _, tail = template.partition("{python}")
+    pattern = re.compile(re.escape(head) + r"(3\.\d{1,2})" + re.escape(tail) + "$")
+    found = set()
+    for image in client.api.images(filters={"reference": template.format(python="*")}):
+        for tag in image.get("RepoTags") or []:
+            # The engine names Docker Hub images without "docker.io/library/"; so do the templates.
+            match = pattern.match(tag)
+            if match:
+                found.add(match.group(1))
+    return sorted_pythons(found)
+
+
 class ImageBuilder:
     """Builds image specs with a docker SDK client (``docker.from_env()``)."""
 
@@ -147,6 +168,14 @@ class ImageBuilder:
                 events.append({"identity": identity, "op": op, "state": "cached"})
             return tag
         tag = self.debian_slim.format(python=layer["python"]) if op == "debian_slim" else layer["tag"]
+        if self._exists(tag) is None and op == "debian_slim":
+            have = base_pythons(self.client, self.debian_slim)
+            raise BuildError(
+                f"Image.debian_slim(python_version={layer['python']!r}): this Docker engine has no {tag} and no "
+                "registry can be reached; the versions it can build are "
+                + (", ".join(have) if have else "none")
+                + " (docker/base/build.sh, `make docker-base`, builds 3.11 and 3.13)"
+            )
         if self._exists(tag) is None:
             raise BuildError(
                 f"the base image {tag!r} is not on this Docker engine and no registry can be reached; build it "

@@ -20,7 +20,7 @@ from minimodal.exception import InvalidError, NotFoundError, PayloadTooLargeErro
 from minimodal.protocol import ImageStatus
 
 from ..models import ImageRecord, SourceFileRecord
-from ..registry import docker_workers
+from ..registry import docker_workers, live_workers
 from .auth import authenticate, field, json_body, seconds
 from .services import services
 
@@ -73,12 +73,43 @@ def _validate(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], str, list[str
         missing = [n for n in _OPS[op] if n not in layer and n not in _OPTIONAL]
         if missing:
             raise InvalidError(f"layer {i} ({op}): missing {missing}")
+        if op == "debian_slim" and not protocol.is_python_version(layer["python"]):
+            raise InvalidError(f"layer {i} ({op}): python must be a major.minor such as '3.13'")
         for name in ("sha", "context"):
             if name in layer:
                 if not _SHA.match(layer[name]):
                     raise InvalidError(f"layer {i} ({op}): {name} must be a sha256 hex digest")
                 files.append(layer[name])
     return layers, python, files
+
+
+def check_python(version: str, workers: list[dict[str, Any]]) -> None:
+    """Refuse ``Image.debian_slim(python_version=version)`` when no live worker can give that Python.
+
+    Docker workers report the versions their engine has a base image for (``pythons``); without one,
+    functions run in the workers' runner processes, which have one Python each (``python``). A worker
+    that reports neither is not counted against the version; with none reporting, nothing is checked
+    (the builder then fails naming what its engine has).
+    """
+    docker = [w for w in workers if "docker" in w.get("runtimes", [])]
+    if docker:
+        if not any("pythons" in w for w in docker):
+            return
+        offered = protocol.sorted_pythons(v for w in docker for v in w.get("pythons") or [])
+        if version not in offered:
+            raise InvalidError(
+                f"Image.debian_slim(python_version={version!r}): this cluster builds Python "
+                f"{', '.join(offered) or 'of no version'} (the base images its Docker workers have); use one of "
+                "those, or add the base image with docker/base/build.sh on the workers"
+            )
+        return
+    offered = protocol.sorted_pythons(w["python"] for w in workers if w.get("python"))
+    if offered and version not in offered:
+        raise InvalidError(
+            f"Image.debian_slim(python_version={version!r}): no worker has a Docker engine, so functions run in "
+            f"the workers' runner processes, with Python {', '.join(offered)}; use that version, or start a worker "
+            "with Docker to build images of another"
+        )
 
 
 def image_id_for(spec: dict[str, Any]) -> str:
@@ -146,6 +177,8 @@ def create_image():  # type: ignore[no-untyped-def]
     spec = {"layers": layers, "python": python}
     image_id = image_id_for(spec)
     svc = services()
+    if layers[0]["op"] == "debian_slim":
+        check_python(layers[0]["python"], live_workers(svc.redis))
     build = False
     with svc.db.write() as session:
         record = session.get(ImageRecord, image_id)

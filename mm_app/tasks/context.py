@@ -25,9 +25,10 @@ from redis import Redis
 from sqlalchemy import select
 
 from minimodal import config, protocol
-from minimodal.defaults import DEFAULT_SCALEDOWN_WINDOW
+from minimodal.defaults import DEFAULT_BASE_IMAGES_SECONDS, DEFAULT_SCALEDOWN_WINDOW
 from minimodal.exception import InvalidError, ServiceError
 from minimodal.protocol import WorkerCapacity
+from workers.images import base_pythons
 from workers.pool import WarmPool
 from workers.runtimes import docker_client
 from workers.runtimes.base import RunnerSpec, Runtime
@@ -107,6 +108,7 @@ class WorkerContext:
     _beat_now: threading.Event = field(default_factory=threading.Event)  # beat at once (offered slots changed)
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker.from_config)  # platform failures stop intake
     caps: OutputCaps = field(default_factory=OutputCaps.from_config)  # item size and log volume per input
+    _base_pythons: tuple[float, list[str] | None] = (0.0, None)  # when listed, what debian_slim can build here
 
     @classmethod
     def from_config(cls) -> WorkerContext:
@@ -298,6 +300,7 @@ class WorkerContext:
             "cpu": capacity.cpu / 1000,
             "memory": capacity.memory,
             "gpus": capacity.gpus,
+            **self._pythons(),
             "busy": sum(c["busy"] for c in counts),
             "idle": sum(c["idle"] for c in counts),
             "active": active_tasks(),
@@ -311,6 +314,28 @@ class WorkerContext:
         else:
             registry.beat(self.redis, capacity, info, ttl)
         self._forward_pool_events()
+
+    def _pythons(self) -> dict[str, Any]:
+        """What the API checks an image's Python against: the runner processes' version and, with Docker,
+        the versions Image.debian_slim(python_version=) can build here (the engine's base images)."""
+        info: dict[str, Any] = {}
+        process = self.pools["process"].runtime if "process" in self.pools else None
+        if isinstance(process, ProcessRuntime):
+            info["python"] = process.python_version
+        if "docker" in self.pools:
+            at, pythons = self._base_pythons
+            if pythons is None or time.monotonic() - at >= DEFAULT_BASE_IMAGES_SECONDS:
+                client = self.pools["docker"].runtime.client  # type: ignore[attr-defined]
+                try:
+                    # Not at every beat: a slow engine must not delay the heartbeat often. A base built
+                    # while the worker runs counts within that period.
+                    pythons = base_pythons(client, config.get("debian_slim_image"))
+                except Exception:  # noqa: BLE001 - the engine may be restarting; keep what it had
+                    logger.warning("cannot list the base images of the Docker engine", exc_info=True)
+                self._base_pythons = (time.monotonic(), pythons)
+            if pythons is not None:
+                info["pythons"] = pythons
+        return info
 
     def _forward_pool_events(self) -> None:
         """Each runner start or stop of the warm pools, as a ``runners`` scale event."""
