@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from tests.conftest import Stack
-from tests.functions import modelprog
+from tests.functions import modelprog, py313
 
 pytestmark = pytest.mark.docker
 
@@ -30,3 +30,13 @@ def test_a_function_with_no_network_calls_another_function(docker_stack: Stack, 
         value, interfaces = modelprog.offline.remote(4)
     assert value == 50
     assert interfaces == ["lo"]  # no network at all: the call went through the worker
+
+
+def test_a_function_runs_on_python_3_13_from_a_3_11_client(docker_stack: Stack, docker_user: str) -> None:
+    import sys
+
+    assert sys.version_info[:2] == (3, 11)
+    with py313.newer.run():
+        version, reading = py313.on_313.remote(py313.Reading("t", 1.5))
+    assert version == "3.13"
+    assert reading == py313.Reading("T", 3.0)

@@ -216,10 +216,12 @@ class ImageBuilder:
 
     def _runtime_layer(self, python: str) -> str:
         version = self.cloudpickle_version
+        # Functions are imported by name in the container, so its Python may differ from the client's
+        # ({python}); the runner needs 3.9 or newer. A function pickled by value (serialized=True) is
+        # refused at runner start when the versions differ (workers/runtimes/docker.py).
         check = (
-            f"import sys; v='%d.%d' % sys.version_info[:2]; "
-            f"sys.exit(0 if v == '{python}' else 'the image has Python ' + v + ' but the client runs {python}; "
-            f"cloudpickle needs the same major.minor')"
+            "import sys; v='%d.%d' % sys.version_info[:2]; "
+            "sys.exit(0 if sys.version_info >= (3, 9) else 'the image has Python ' + v + '; the runner needs 3.9+')"
         )
         return (
             "USER root\n"

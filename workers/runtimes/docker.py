@@ -250,7 +250,8 @@ class DockerRunner(Runner):
                 infrastructure=False,
             )
         python = f"{sys.version_info[0]}.{sys.version_info[1]}"
-        if header.get("python", python) != python:
+        # Imported by name, a function runs on any Python; pickled by value, only on the worker's own.
+        if not spec.load.get("import") and header.get("python", python) != python:
             raise RunnerStartError(
                 f"the image {image} has Python {header['python']} but this worker runs Python {python}; "
                 "cloudpickled functions only load in the same major.minor version",
