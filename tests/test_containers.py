@@ -251,17 +251,18 @@ def test_from_dockerfile_and_from_registry_build_on_local_images(docker_stack: S
         assert g.remote()[0] is True
 
 
-def test_an_image_with_another_python_fails_its_build_clearly(
-    docker_stack: Stack, docker_user: str, tmp_path: Path
-) -> None:
-    dockerfile = tmp_path / "Dockerfile"
-    dockerfile.write_text("FROM minimodal/base:bookworm\n")
-    image = minimodal.Image.from_dockerfile(dockerfile)
-    image = minimodal.Image(image.layers, image.files, "3.10")  # as a client on Python 3.10 would send it
-    app, _ = deploy(fns.version, image)
-    with pytest.raises(ImageBuildError, match="cloudpickle needs the same major.minor"):
-        with app.run():
-            pytest.fail("the app must not start")
+def test_a_function_pickled_by_value_on_another_python_fails_clearly(docker_stack: Stack, docker_user: str) -> None:
+    # Imported by name a function runs on any Python (tests/test_program_model_docker.py); by value, only on
+    # the worker's own major.minor: the runner refuses it with a message that says so.
+    app = minimodal.App(f"by-value-{uuid.uuid4().hex[:6]}", image=minimodal.Image.debian_slim(python_version="3.13"))
+
+    @app.function(serialized=True)
+    def closure() -> int:
+        return 1
+
+    with app.run():
+        with pytest.raises(RemoteError, match="only load in the same major.minor"):
+            closure.remote()
 
 
 def test_builders_return_new_images_and_leave_the_original_alone() -> None:
