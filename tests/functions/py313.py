@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import minimodal
 
-
 newer = minimodal.App("tests-model-py313", image=minimodal.Image.debian_slim(python_version="3.13"))
 
 
@@ -22,4 +21,4 @@ class Reading:
 def on_313(reading: Reading) -> tuple[str, Reading]:
     import sys
 
-    return "%d.%d" % sys.version_info[:2], Reading(reading.name.upper(), reading.value * 2)
+    return f"{sys.version_info[0]}.{sys.version_info[1]}", Reading(reading.name.upper(), reading.value * 2)
