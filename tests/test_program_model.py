@@ -92,6 +92,14 @@ def test_function_from_name_works_inside_a_function(user: str) -> None:
         assert nested.by_name.remote("nested-target", "double", 21) == expected
 
 
+def test_cls_from_name_and_with_options_work_inside_a_function(user: str) -> None:
+    from tests.functions import classes
+
+    classes.app.deploy()
+    with nested.app.run():
+        assert nested.cls_by_name.remote(3) == (18, 3)
+
+
 def test_four_parents_mapping_over_children_finish_with_a_quota_of_two(stack: Stack, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     token = stack.new_user("nesting-quota-2", quota=2)
     for key in ("MINIMODAL_HOME", "MINIMODAL_SERVER_URL"):

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import requests
 
-from tests.conftest import Stack
+from tests.conftest import ROOT, Stack
 from tests.functions import modelprog, py313
 
 pytestmark = pytest.mark.docker
@@ -40,3 +46,44 @@ def test_a_function_runs_on_python_3_13_from_a_3_11_client(docker_stack: Stack, 
         version, reading = py313.on_313.remote(py313.Reading("t", 1.5))
     assert version == "3.13"
     assert reading == py313.Reading("T", 3.0)
+
+
+def test_an_edit_takes_effect_on_the_next_run_with_no_image_build(
+    docker_stack: Stack, docker_user: str, tmp_path: Path
+) -> None:
+    program = tmp_path / "edited_app.py"
+    body = textwrap.dedent(
+        """
+        import minimodal
+
+        image = minimodal.Image.debian_slim().pip_install("tomli-w==1.2.0")
+        app = minimodal.App("edited-app", image=image)
+
+        @app.function()
+        def answer():
+            return "ANSWER-{n}"
+
+        @app.local_entrypoint()
+        def main():
+            print(answer.remote())
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "minimodal", "run", str(program)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    program.write_text(body.replace("{n}", "1"))
+    first = run()
+    assert "ANSWER-1" in first.stdout, first.stdout + first.stderr
+    program.write_text(body.replace("{n}", "2"))
+    second = run()
+    assert "ANSWER-2" in second.stdout, second.stdout + second.stderr
+    assert "[build" not in second.stderr  # the image is unchanged: nothing is built, the code still changed

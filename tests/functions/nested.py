@@ -94,3 +94,9 @@ class Caller:
 @app.function(block_network=True)
 def offline_caller(x: int) -> int:
     return leaf.remote(x) + 100
+
+
+@app.function()
+def cls_by_name(x: int) -> tuple[int, int]:
+    model = minimodal.Cls.from_name("tests-classes", "Model")
+    return model(size=2).predict.remote(x), model.with_options(timeout=20)().predict.remote(1)
