@@ -107,7 +107,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     app, target = _pick_target(module, name or None)
     raw = target.raw_f if isinstance(target, LocalEntrypoint) else target._raw_f
     kwargs = _parse_entrypoint_args(raw, args.args)
-    with enable_output(), app.run():
+    with enable_output(), app.run(detach=args.detach):
+        for tag, function in sorted(app.registered_functions.items()):
+            if function.get_web_url():
+                auth = " (needs proxy auth)" if function._extra_spec.get("web", {}).get("requires_proxy_auth") else ""
+                print(f"=> {tag}: {function.get_web_url()}{auth}", file=sys.stderr, flush=True)
+        if args.detach:
+            print(
+                f"detached: {app.app_id} goes on after this run; `minimodal app logs {app.app_id} --follow`, "
+                f"`minimodal app stop {app.app_id}`",
+                file=sys.stderr,
+                flush=True,
+            )
         if isinstance(target, LocalEntrypoint):
             result = target(**kwargs)
             if inspect.iscoroutine(result):
@@ -119,6 +130,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             if result is not None:
                 print(result)
     return 0
+
+
+def _serve_cmd(args: argparse.Namespace) -> int:
+    from ._serve import cmd_serve
+
+    return cmd_serve(args)
 
 
 def _server(*argv: str) -> int:
@@ -248,7 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("ref", help="FILE.py or FILE.py::NAME, or with -m: MODULE[::NAME]")
     run.add_argument("-m", dest="as_module", action="store_true", help="REF names a module (pkg.mod), as python -m")
     run.add_argument("args", nargs=argparse.REMAINDER, help="options for the entrypoint")
+    run.add_argument("--detach", "-d", action="store_true", help="the app outlives the entrypoint (`app stop` ends it)")
     run.set_defaults(handler=cmd_run)
+
+    serve = commands.add_parser("serve", help="serve an app's web endpoints, reloading when its source changes")
+    serve.add_argument("ref", help="FILE.py or FILE.py::APP")
+    serve.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    serve.set_defaults(handler=_serve_cmd)
 
     up = commands.add_parser("up", help="start a local stack (Redis, API, dispatcher, worker, beat, Flower)")
     up.add_argument("--detach", "-d", action="store_true", help="return once the stack answers")
@@ -309,4 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     except Error as exc:
         print(f"minimodal: {type(exc).__name__}: {exc}", file=sys.stderr)
         code = 1
+    except KeyboardInterrupt:  # the app (unless detached) was stopped on the way out, its calls cancelled
+        print("minimodal: interrupted", file=sys.stderr)
+        code = 130
     sys.exit(code)

@@ -15,6 +15,7 @@ The tree::
     ├── RemoteError               the remote code failed in a way that cannot be re-raised as its own type
     ├── FunctionTimeoutError      a call ran longer than its ``timeout`` (also a builtin ``TimeoutError``)
     ├── OutputExpiredError        the call's output is gone (older than the result TTL)
+    ├── InputCancelledError       the input was cancelled (``FunctionCall.cancel()``, the app stopped)
     ├── ImageBuildError           an image failed to build (the message ends with the build log tail)
     └── SerializationError        a value could not be pickled or unpickled
 
@@ -88,6 +89,14 @@ class OutputExpiredError(Error, TimeoutError):
     """Raised when a call's output was kept for less time than it took to ask for it."""
 
 
+class InputCancelledError(Error):
+    """Raised by ``get()`` (and ``.map``) for an input that was cancelled before it ended."""
+
+
+class InputCancellation(BaseException):  # noqa: N818 - Modal's name
+    """Modal's name for what a cancelled input raises inside its container (not raised by MiniModal yet)."""
+
+
 class ImageBuildError(Error):
     """Raised when an image fails to build; no call is queued against it."""
 
@@ -126,6 +135,7 @@ BY_NAME: dict[str, type[Error]] = {
         RemoteError,
         FunctionTimeoutError,
         OutputExpiredError,
+        InputCancelledError,
         ImageBuildError,
         SerializationError,
     )

@@ -184,6 +184,13 @@ class FunctionCall(Generic[R]):
         """The items of a spawned generator call, as they are produced (resumes after a dropped connection)."""
         return _stream_items(self._client, self.object_id, index)
 
+    @aio_method
+    def cancel(self, terminate_containers: bool = False) -> None:
+        """Cancel what has not ended of this call (and of the calls it made): ``get()`` then raises
+        :class:`~minimodal.exception.InputCancelledError`. An input already running finishes, but its
+        result is dropped (``terminate_containers`` is accepted for Modal compatibility)."""
+        self._client.request("POST", f"/v1/calls/{self.object_id}/cancel", reconnect=True)
+
     @staticmethod
     def gather(*function_calls: FunctionCall[Any]) -> list[Any]:
         """Wait for all calls; results in argument order; the first failure is raised."""

@@ -108,6 +108,11 @@ def quota_key() -> str:
     return key("quota")
 
 
+def cancelled_key(call_id: str) -> str:
+    """Set while a call is cancelled: workers run none of its inputs (mm_app/cancel.py)."""
+    return key("cancelled", call_id)
+
+
 def lent_key() -> str:
     """Hash user id -> inputs of the user's now waiting on other calls: their quota slots are lent out."""
     return key("lent")

@@ -76,6 +76,7 @@ ROUTES: dict[str, Route] = {
     "calls.add_inputs": Route("POST", lambda a: f"/v1/calls/{a['call']}/inputs", HIDDEN, {"inputs": []}),
     "calls.get_call": Route("GET", lambda a: f"/v1/calls/{a['call']}", HIDDEN),
     "calls.get_attempts": Route("GET", lambda a: f"/v1/calls/{a['call']}/attempts", HIDDEN),
+    "calls.cancel_call": Route("POST", lambda a: f"/v1/calls/{a['call']}/cancel", HIDDEN),
     "calls.get_outputs": Route("GET", lambda a: f"/v1/calls/{a['call']}/outputs?timeout=0", HIDDEN),
     "calls.put_blob": Route("PUT", lambda a: "/v1/blobs", OWN, b"\x80\x05K\x01."),
     "calls.get_blob": Route("GET", lambda a: f"/v1/blobs/{a['blob']}", HIDDEN),

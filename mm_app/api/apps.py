@@ -16,7 +16,8 @@ from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import ImageStatus
 
 from .. import objects, vault
-from ..models import AppRecord, FunctionRecord, FunctionSpecRecord, ImageRecord, SourceFileRecord, utcnow
+from ..cancel import cancel_calls
+from ..models import AppRecord, CallRecord, FunctionRecord, FunctionSpecRecord, ImageRecord, SourceFileRecord, utcnow
 from ..registry import check_gpu_option, needs_of, task_limit
 from ..volumes import check_mount_path
 from .auth import authenticate, check_fields, field, json_body
@@ -120,7 +121,18 @@ def create_app_record():  # type: ignore[no-untyped-def]
     name = field(body, "name", str, required=False)
     specs = field(body, "functions", list, required=False, default=[])
     app_id, ids = register_app(name, specs)
-    return {"app_id": app_id, "functions": ids}, 201
+    from .deploys import after_change, web_url
+
+    webs = {}
+    scheduled = False
+    for spec in specs:
+        extra = spec.get("spec") or {}
+        if extra.get("web"):
+            webs[spec["tag"]] = web_url(g.user.name, app_id, spec["tag"])  # live while the app runs
+        scheduled = scheduled or bool(extra.get("schedule"))
+    if scheduled:
+        after_change(g.user.id)  # an ephemeral app runs its schedules while it lives
+    return {"app_id": app_id, "functions": ids, "web_urls": webs}, 201
 
 
 def register_app(
@@ -286,11 +298,17 @@ def stop_app(app_id: str):  # type: ignore[no-untyped-def]
         if record.state != "stopped":
             record.state, record.stopped_at = "stopped", utcnow()
         function_ids = [f for (f,) in session.execute(select(FunctionRecord.id).where(FunctionRecord.app_id == app_id))]
+        # What the app left running ends now, visibly (`minimodal run` without --detach, Ctrl-C, app stop).
+        calls = list(session.scalars(select(CallRecord.id).where(CallRecord.function_id.in_(function_ids))))
+        svc = services()
+        cancelled = cancel_calls(
+            session, svc.redis, svc.payloads, calls, ttl=svc.settings["result_ttl"], why="the app was stopped"
+        )
     services().pending.forget_warm(function_ids)
     from .deploys import after_change
 
     after_change(g.user.id)  # a stopped deployed app loses its schedules
-    return {"app_id": app_id, "state": "stopped"}
+    return {"app_id": app_id, "state": "stopped", "cancelled": cancelled}
 
 
 @bp.get("/functions/<function_id>")

@@ -14,6 +14,7 @@ from minimodal.defaults import DEFAULT_LONG_POLL_SECONDS
 from minimodal.exception import InvalidError, NotFoundError, OutputExpiredError, PayloadTooLargeError
 from minimodal.protocol import TERMINAL, CallStatus, PendingEntry
 
+from ..cancel import cancel_calls
 from ..models import AppRecord, AttemptRecord, CallRecord, FunctionRecord, InputRecord, utcnow
 from .auth import authenticate, field, json_body, seconds
 from .services import services
@@ -268,6 +269,18 @@ def get_call(call_id: str):  # type: ignore[no-untyped-def]
                 for i in inputs
             ],
         }
+
+
+@bp.post("/calls/<call_id>/cancel")
+def cancel_call(call_id: str):  # type: ignore[no-untyped-def]
+    """``FunctionCall.cancel()``: what has not ended of the call (and of the calls it made) ends ``cancelled``."""
+    svc = services()
+    with svc.db.write() as session:
+        _own_call(session, call_id)
+        count = cancel_calls(
+            session, svc.redis, svc.payloads, [call_id], ttl=svc.settings["result_ttl"], why="the call was cancelled"
+        )
+    return {"call_id": call_id, "cancelled": count}
 
 
 @bp.get("/calls/<call_id>/attempts")

@@ -465,7 +465,13 @@ def _paths() -> dict[str, dict[str, Any]]:
                         },
                     }
                 ),
-                reply=_obj({"app_id": _str(), "functions": {"type": "object", "additionalProperties": _str()}}),
+                reply=_obj(
+                    {
+                        "app_id": _str(),
+                        "functions": {"type": "object", "additionalProperties": _str()},
+                        "web_urls": {"type": "object", "additionalProperties": _str()},
+                    }
+                ),
                 errors=("400", "404"),
             ),
         },
@@ -540,10 +546,20 @@ def _paths() -> dict[str, dict[str, Any]]:
                         "function_id": _str(),
                         "num_inputs": _int(),
                         "accepting": {"type": "boolean"},
+                        "parent_call_id": {"type": ["string", "null"], "description": "the call that made this one"},
                         "statuses": {"type": "object", "additionalProperties": _int()},
                         "done": {"type": "boolean"},
                     }
                 ),
+                errors=("404",),
+            )
+        },
+        "/v1/calls/{call_id}/cancel": {
+            "post": _op(
+                "Cancel what has not ended of a call and of the calls it made: each such input ends cancelled",
+                "calls",
+                params=[_CALL],
+                reply=_obj({"call_id": _str(), "cancelled": _int()}),
                 errors=("404",),
             )
         },

@@ -282,6 +282,8 @@ def _run_inputs(task: _Task) -> None:
     if spec is None or spec.user_id != task.user_id:
         message = f"function {task.function_id} does not exist"
         return fail_rest(Outcome(ok=False, error_type="NotFoundError", message=message))
+    if ctx.redis.exists(protocol.cancelled_key(task.call_id)):
+        return  # cancelled (mm_app/cancel.py): its inputs have their cancelled outputs already
     pool = ctx.pool_for(spec)
     if pool is None:
         message = f"{spec.tag} needs a container, and this worker has no Docker engine"
