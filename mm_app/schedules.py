@@ -2,7 +2,8 @@
 RedBeat holds when.
 
 The source of truth is the ``function_specs`` table: every function of a ``deployed`` or running
-``ephemeral`` app whose spec has a ``schedule`` (an ephemeral app's stop ends them, as a deployed one's). :func:`reconcile` makes RedBeat's entries (under ``mm:redbeat``) match it: it adds
+``ephemeral`` app whose spec has a ``schedule`` (an ephemeral app's stop ends them, as a deployed one's).
+:func:`reconcile` makes RedBeat's entries (under ``mm:redbeat``) match it: it adds
 what is missing (a new deploy, or everything after a Redis flush), removes what is no longer
 deployed (a redeploy replaced it, or ``app stop``), and leaves alone entries that match, so their
 last run time survives. Beat (mm_app/beat.py) runs it on start, when the API marks the schedules
