@@ -84,7 +84,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     stop = threading.Event()
     if args.timeout:
-        threading.Timer(args.timeout, stop.set).start()
+        timer = threading.Timer(args.timeout, stop.set)
+        timer.daemon = True  # Ctrl-C before the timeout must not wait for it
+        timer.start()
     print(f"serve: watching {_watch_root(file_part)} for changes; Ctrl-C stops {name}", flush=True)
     try:
         for _changes in watch(_watch_root(file_part), watch_filter=_python_change, stop_event=stop, debounce=50):
