@@ -113,6 +113,11 @@ def cancelled_key(call_id: str) -> str:
     return key("cancelled", call_id)
 
 
+def retired_functions_key() -> str:
+    """Set of function ids whose app stopped: workers stop their runners (expires an hour after the last)."""
+    return key("retired")
+
+
 def lent_key() -> str:
     """Hash user id -> inputs of the user's now waiting on other calls: their quota slots are lent out."""
     return key("lent")

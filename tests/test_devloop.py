@@ -173,3 +173,11 @@ def test_serve_reloads_the_endpoint_within_seconds_of_a_save(user: str, tmp_path
         output = process.communicate(timeout=60)[0]
     assert "stopped" in output
     assert requests.get(url, timeout=30).status_code == 404  # Ctrl-C stopped the dev app
+
+
+def test_the_runners_of_a_stopped_app_stop(user: str) -> None:
+    with devloop.app.run():
+        runner_pid = devloop.pid.remote()
+        assert os.path.exists(f"/proc/{runner_pid}")
+    # The app stopped at the end of the block: its warm runner goes within a heartbeat, not a scaledown window.
+    wait_for(lambda: not os.path.exists(f"/proc/{runner_pid}"), 20, "the stopped app's runner to stop")

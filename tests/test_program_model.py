@@ -85,11 +85,11 @@ def test_a_parent_header_from_a_user_token_is_not_believed(stack: Stack, user: s
 def test_function_from_name_works_inside_a_function(user: str) -> None:
     from tests.functions import deployed
 
-    deployed.app.deploy(name="nested-target")
+    deployed.app.deploy()
     with nested.app.run():
-        target = minimodal.Function.from_name("nested-target", "double")
+        target = minimodal.Function.from_name("tests-deployed", "double")
         expected = target.remote(21)
-        assert nested.by_name.remote("nested-target", "double", 21) == expected
+        assert nested.by_name.remote("tests-deployed", "double", 21) == expected
 
 
 def test_cls_from_name_and_with_options_work_inside_a_function(user: str) -> None:

@@ -294,21 +294,38 @@ def list_apps():  # type: ignore[no-untyped-def]
 @bp.post("/apps/<app_id>/stop")
 def stop_app(app_id: str):  # type: ignore[no-untyped-def]
     with services().db.write() as session:
-        record = _own_app(session, app_id)
-        if record.state != "stopped":
-            record.state, record.stopped_at = "stopped", utcnow()
-        function_ids = [f for (f,) in session.execute(select(FunctionRecord.id).where(FunctionRecord.app_id == app_id))]
-        # What the app left running ends now, visibly (`minimodal run` without --detach, Ctrl-C, app stop).
-        calls = list(session.scalars(select(CallRecord.id).where(CallRecord.function_id.in_(function_ids))))
-        svc = services()
-        cancelled = cancel_calls(
-            session, svc.redis, svc.payloads, calls, ttl=svc.settings["result_ttl"], why="the app was stopped"
-        )
-    services().pending.forget_warm(function_ids)
+        function_ids, cancelled = stop_record(session, _own_app(session, app_id))
+    after_stop(function_ids)
+    return {"app_id": app_id, "state": "stopped", "cancelled": cancelled}
+
+
+def stop_record(session: Any, record: AppRecord) -> tuple[list[str], int]:
+    """Stop an app (ephemeral or a deployed version) in this transaction: what its calls left running ends
+    cancelled (`minimodal run` without --detach, Ctrl-C, `app stop`). Returns its function ids and how many
+    inputs were cancelled; :func:`after_stop` does the rest once the transaction is in."""
+    if record.state != "stopped":
+        record.state, record.stopped_at = "stopped", utcnow()
+    function_ids = list(session.scalars(select(FunctionRecord.id).where(FunctionRecord.app_id == record.id)))
+    calls = list(session.scalars(select(CallRecord.id).where(CallRecord.function_id.in_(function_ids))))
+    svc = services()
+    cancelled = cancel_calls(
+        session, svc.redis, svc.payloads, calls, ttl=svc.settings["result_ttl"], why="the app was stopped"
+    )
+    return function_ids, cancelled
+
+
+def after_stop(function_ids: list[str]) -> None:
+    """A stopped app keeps no runner warm, and the workers stop its runners; its schedules end."""
+    svc = services()
+    svc.pending.forget_warm(function_ids)
+    if function_ids:  # mm_app/tasks/context.py keep_warm
+        with svc.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(protocol.retired_functions_key(), *function_ids)
+            pipe.expire(protocol.retired_functions_key(), 3600)
+            pipe.execute()
     from .deploys import after_change
 
-    after_change(g.user.id)  # a stopped deployed app loses its schedules
-    return {"app_id": app_id, "state": "stopped", "cancelled": cancelled}
+    after_change(g.user.id)
 
 
 @bp.get("/functions/<function_id>")

@@ -22,7 +22,7 @@ from minimodal.exception import InvalidError, NotFoundError
 
 from ..models import AppRecord, CallRecord, DeploymentRecord, FunctionRecord, FunctionSpecRecord, InputRecord, utcnow
 from ..registry import needs_of, task_limit
-from .apps import parse_options, register_app
+from .apps import after_stop, parse_options, register_app, stop_record
 from .auth import authenticate, field, json_body
 from .services import services
 
@@ -125,11 +125,8 @@ def stop(name: str):  # type: ignore[no-untyped-def]
         if found is None:
             raise NotFoundError(f"no deployed app {name!r}")
         deployment, app = found
-        if app.state != "stopped":
-            app.state, app.stopped_at = "stopped", utcnow()
-        function_ids = list(session.scalars(select(FunctionRecord.id).where(FunctionRecord.app_id == app.id)))
-    services().pending.forget_warm(function_ids)
-    after_change(g.user.id)
+        function_ids, _ = stop_record(session, app)
+    after_stop(function_ids)
     return {"name": name, "app_id": deployment.app_id, "version": deployment.version, "state": "stopped"}
 
 

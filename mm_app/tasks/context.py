@@ -186,6 +186,8 @@ class WorkerContext:
         """What a runtime needs to start runners of this function: per user, code version and image."""
         options = spec.options
         key = f"{spec.user_id}:{spec.code_hash}:{spec.image_tag or 'process'}"
+        if spec.source:  # hydrated with this app's function ids: its runners serve this app only
+            key += f":{spec.app_id}"
         width = inputs_per_runner(options)
         batch_wait = options.get("batch_wait_ms", 0) if options.get("batch_max_size") else None
         if width > 1 or batch_wait is not None:  # such a runner serves only functions that ask for the same
@@ -249,7 +251,13 @@ class WorkerContext:
         return self.pools.get("docker" if spec.image_tag else "process")
 
     def keep_warm(self) -> None:
-        """Give each running app's ``min_containers`` functions their floor; drop floors of stopped apps."""
+        """Give each running app's ``min_containers`` functions their floor; drop floors of stopped apps,
+        and stop the runners of stopped apps (idle ones now, busy ones when their input ends)."""
+        retired = {m.decode() for m in self.redis.smembers(protocol.retired_functions_key())}
+        if retired:
+            keys = {key for key, (function_id, _) in list(self._runner_keys.items()) if function_id in retired}
+            for pool in self.pools.values():
+                pool.retire(keys - pool.retired)
         wanted = self.pending.warm_functions()
         for function_id in set(wanted) | set(self._warm):
             spec = self.function(function_id)

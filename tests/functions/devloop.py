@@ -40,3 +40,10 @@ def spawn_and_wait(seconds: float = 60.0) -> None:
     fc = slow.spawn(seconds)
     print("SPAWNED", fc.object_id, flush=True)
     time.sleep(seconds)
+
+
+@app.function()
+def pid() -> int:
+    import os
+
+    return os.getpid()
