@@ -152,6 +152,17 @@ class Dispatcher:
 
     # ---- one pass ----
 
+    def _lent(self, users: set[int], now: int) -> dict[int, int]:
+        """Per user, the inputs now waiting on their children (mm_app/tasks/forward.py), unexpired."""
+        if not users:
+            return {}
+        ordered = sorted(users)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for user in ordered:
+                pipe.zcount(protocol.lent_key(user), now, "+inf")
+            counts = pipe.execute()
+        return {u: int(c) for u, c in zip(ordered, counts, strict=True) if c}
+
     def dispatch_pass(self) -> int:
         """Dispatch until every free slot is used or no waiting user can take one; return tasks sent."""
         pipe = self.redis.pipeline(transaction=False)
@@ -163,8 +174,7 @@ class Dispatcher:
         pipe.zrange(protocol.workers_seen_key(), 0, -1, withscores=True)
         pipe.hgetall(protocol.workers_key())
         pipe.hgetall(protocol.worker_used_key())
-        pipe.hgetall(protocol.lent_key())
-        users_raw, running_raw, quota_raw, weight_raw, now, seen, registered, used_raw, lent_raw = pipe.execute()
+        users_raw, running_raw, quota_raw, weight_raw, now, seen, registered, used_raw = pipe.execute()
         users = {int(u) for u in users_raw}
         self.drr.sync(users)
         live, _ = registry.split_live(now, seen, registered, dead_after=self.policy.dead_after)
@@ -174,7 +184,7 @@ class Dispatcher:
         if not users or free <= 0:
             return 0
         # Slots lent by parents waiting on their children do not count (as in the take script).
-        lent = {int(k): max(0, int(v)) for k, v in lent_raw.items()}
+        lent = self._lent(users, int(now[0]))
         running = {int(k): int(v) - lent.get(int(k), 0) for k, v in running_raw.items()}
         quota = {int(k): int(v) for k, v in quota_raw.items()}
         weight = {int(k): int(v) for k, v in weight_raw.items()}

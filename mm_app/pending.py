@@ -132,7 +132,7 @@ return {'OK'}
 
 # KEYS: 1 pending list, 2 running, 3 quota, 4 pending users, 5 function limits, 6 function running,
 #   7 function needs, 8 workers, 9 workers seen, 10 worker used, 11 worker target, 12 inflight,
-#   13 pending inputs, 14 scale events, 15 dispatch log, 16 dispatch stats, 17 lent slots
+#   13 pending inputs, 14 scale events, 15 dispatch log, 16 dispatch stats, 17 the user's lent slots
 # ARGV: 1 user, 2 default quota, 3 target task us, 4 max inputs per task, 5 function stats key prefix,
 #   6 budget us (-1: none), 7 dead after s, 8 held workers JSON, 9 task id, 10 task overhead us,
 #   11 min slots, 12 dispatcher id, 13 dispatch log length, 14 scale events length
@@ -143,7 +143,8 @@ local user = ARGV[1]
 local running = tonumber(redis.call('HGET', KEYS[2], user) or '0')
 local quota = tonumber(redis.call('HGET', KEYS[3], user) or ARGV[2])
 -- A parent waiting on its children lends them its slot (mm_app/tasks/forward.py): nesting never deadlocks.
-local lent = math.max(0, tonumber(redis.call('HGET', KEYS[17], user) or '0'))
+-- Each waiting request is a member scored by when it expires, so a worker that dies mid-wait lends nothing.
+local lent = redis.call('ZCOUNT', KEYS[17], tonumber(redis.call('TIME')[1]), '+inf')
 if running - lent >= quota then return {'QUOTA'} end
 local raw = redis.call('LINDEX', KEYS[1], 0)
 if not raw then
@@ -465,7 +466,7 @@ class PendingQueues:
                 protocol.scale_events_key(),
                 protocol.dispatch_log_key(),
                 protocol.dispatch_stats_key(),
-                protocol.lent_key(),
+                protocol.lent_key(user_id),
             ],
             args=[
                 user_id,

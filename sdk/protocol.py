@@ -118,9 +118,9 @@ def retired_functions_key() -> str:
     return key("retired")
 
 
-def lent_key() -> str:
-    """Hash user id -> inputs of the user's now waiting on other calls: their quota slots are lent out."""
-    return key("lent")
+def lent_key(user_id: int) -> str:
+    """Sorted set of a user's requests now waiting on other calls, scored by expiry: their slots are lent."""
+    return key("lent", user_id)
 
 
 def scoped_token_key(digest: str) -> str:

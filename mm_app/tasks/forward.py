@@ -6,13 +6,16 @@ host) and holds no credential. Its SDK sends each API request through the runner
 this worker minted in Redis (``scoped_token_key``), refreshes while used, and deletes when it shuts down:
 never the user's own token, never another user's. The request names its parent call, so the API records
 the call graph; and while it waits on other calls (a result, a stream of events, a submit that waits),
-the parent's quota slot is lent to its children (``lent_key``), so nesting never deadlocks on a quota.
+the parent's quota slot is lent to its children (``lent_key``: leases that expire on their own), so
+nesting never deadlocks on a quota.
 """
 
 from __future__ import annotations
 
 import secrets
 import threading
+import time
+import uuid
 from typing import Any
 
 from redis import Redis
@@ -55,8 +58,7 @@ class Forwarder:
         waits = path.endswith(_WAITING_PATHS) or (
             method == "POST" and float((request.get("json") or {}).get("wait", 0) or 0) > 0
         )
-        if waits:
-            self._lend(user_id, 1)
+        lease = self._lend(user_id, float(request.get("timeout") or 60) + 30) if waits else None
         try:
             response = client.request(
                 method,
@@ -68,19 +70,23 @@ class Forwarder:
                 raw=bool(request.get("raw")),
             )
         finally:
-            if waits:
-                self._lend(user_id, -1)
+            if lease is not None:
+                self.redis.zrem(protocol.lent_key(user_id), lease)
         if request.get("raw"):
             return {"raw": protocol.b64(response.content)}
         return {"json": response}
 
-    def _lend(self, user_id: int, by: int) -> None:
-        """A waiting parent does not hold its quota slot: its children may take it meanwhile."""
+    def _lend(self, user_id: int, seconds: float) -> str:
+        """A waiting parent does not hold its quota slot: its children may take it meanwhile. The lease
+        expires on its own if this worker dies mid-wait."""
+        lease = uuid.uuid4().hex
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hincrby(protocol.lent_key(), str(user_id), by)
-            if by > 0:
-                pipe.rpush(protocol.wake_key(), "1")
+            pipe.zadd(protocol.lent_key(user_id), {lease: time.time() + seconds})
+            pipe.zremrangebyscore(protocol.lent_key(user_id), "-inf", time.time())
+            pipe.expire(protocol.lent_key(user_id), int(seconds) + 60)
+            pipe.rpush(protocol.wake_key(), "1")
             pipe.execute()
+        return lease
 
     def close(self) -> None:
         with self._lock:
