@@ -1,6 +1,7 @@
 """``minimodal up`` / ``down``: run the whole stack on this machine, under ``$MINIMODAL_HOME``.
 
-Starts a Redis (a ``redis-server`` child with AOF) when none is configured or reachable, creates the
+Starts a Redis (a ``redis-server`` child with AOF) when none is configured or reachable, the image
+registry when ``MINIMODAL_REGISTRY`` is set and none answers there (``mm_app/image_registry.py``), creates the
 default admin user and writes the profile, then starts the Procfile's processes (API, dispatcher,
 worker, beat, Flower), each in its own process group with its log under ``logs/`` and its pid under
 ``run/``. ``down`` stops everything ``up`` started, Redis last.
@@ -25,7 +26,7 @@ from sqlalchemy import select
 
 from minimodal import config, protocol
 
-from . import credential
+from . import credential, image_registry
 from .api.auth import hash_token
 from .api.users import create_user
 from .database import Database
@@ -102,6 +103,13 @@ class Stack:
             time.sleep(0.1)
         raise SystemExit(f"minimodal up: redis-server did not start; see {self.log_dir / 'redis.log'}")
 
+    def ensure_registry(self) -> None:
+        """Run the image registry when MINIMODAL_REGISTRY is set (a loopback address) and none answers there."""
+        address = config.get("registry")
+        if address and not image_registry.answers(address):
+            storage = self.home / "registry"
+            image_registry.start(address, storage, lambda argv: self._spawn("registry", argv, dict(os.environ)))
+
     def bootstrap_user(self) -> str:
         """The default admin user's token: the profile's if still valid, else a new one."""
         db = Database(config.database_url())
@@ -156,6 +164,7 @@ class Stack:
             print("minimodal up: the stack is already running (`minimodal down` stops it)")
             return 0
         redis_url = self.ensure_redis()
+        self.ensure_registry()
         token = self.bootstrap_user()
         server_url = f"http://{config.get('api_host')}:{config.get('api_port')}"
         profile = config.write_profile({"server_url": server_url, "token": token, "redis_url": redis_url})
@@ -186,7 +195,7 @@ class Stack:
         return 0
 
     def down(self) -> int:
-        names = [*PROCESSES, "redis"]
+        names = [*PROCESSES, "registry", "redis"]
         pids = {}
         for name in names:
             with contextlib.suppress(OSError, ValueError):
