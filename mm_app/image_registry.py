@@ -53,8 +53,8 @@ def command(address: str, config: Path) -> list[str]:
     """The argv that serves a registry at ``address`` with the configuration ``config``."""
     if not is_loopback(address):
         raise SystemExit(
-            f"minimodal: MINIMODAL_REGISTRY={address} is not a loopback address; `minimodal up` runs a registry "
-            "on loopback only (serve one to other machines behind TLS: docs/DEPLOY.md)"
+            f"minimodal: {address} is not a loopback address; MiniModal runs a registry on loopback only "
+            "(serve it to other machines behind TLS: docs/DEPLOY.md)"
         )
     server = shutil.which(SERVER)
     if server is None:

@@ -106,9 +106,13 @@ class Stack:
     def ensure_registry(self) -> None:
         """Run the image registry when MINIMODAL_REGISTRY is set (a loopback address) and none answers there."""
         address = config.get("registry")
-        if address and not image_registry.answers(address):
-            storage = self.home / "registry"
-            image_registry.start(address, storage, lambda argv: self._spawn("registry", argv, dict(os.environ)))
+        if not address or image_registry.answers(address):
+            return
+        if not image_registry.is_loopback(address):  # another machine's: say so, builds will say more
+            print(f"minimodal up: nothing answers at MINIMODAL_REGISTRY={address}; builds cannot push there")
+            return
+        storage = self.home / "registry"
+        image_registry.start(address, storage, lambda argv: self._spawn("registry", argv, dict(os.environ)))
 
     def bootstrap_user(self) -> str:
         """The default admin user's token: the profile's if still valid, else a new one."""

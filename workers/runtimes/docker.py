@@ -189,8 +189,8 @@ class DockerRunner(Runner):
             raise RunnerStartError(
                 f"the image {image} is not on this worker's Docker engine, and its name has no registry to pull "
                 "it from: it was built on another machine's engine (set MINIMODAL_REGISTRY, e.g. 127.0.0.1:5000, "
-                "on the control plane and every worker, so that images are pushed when built and pulled where "
-                "they run), or it is the base image (build it with `make docker-base`)",
+                "on the control plane and every worker, then deploy again: images are pushed when built and "
+                "pulled where they run), or it is the base image (build it with `make docker-base`)",
                 infrastructure=False,
                 error_type="ImageNotFoundError",
             )
@@ -200,8 +200,8 @@ class DockerRunner(Runner):
         except PullError as exc:
             if exc.missing:  # the registry answers and has no such image: trying elsewhere will not help
                 raise RunnerStartError(
-                    f"the image {image} is not on this worker's Docker engine, and {exc}; the image was built "
-                    "before MINIMODAL_REGISTRY pointed there, or the registry lost it: deploy again to rebuild it",
+                    f"the image {image} is not on this worker's Docker engine, and {exc}: the registry lost it "
+                    "(restore its storage from a backup, docs/DEPLOY.md)",
                     infrastructure=False,
                     error_type="ImageNotFoundError",
                 ) from exc
