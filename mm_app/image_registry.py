@@ -65,8 +65,10 @@ def command(address: str, config: Path) -> list[str]:
     return [server, "serve", str(config)]
 
 
-def start(address: str, storage: Path, spawn: Callable[[list[str]], subprocess.Popen[bytes]]) -> None:
-    """Start a registry at ``address`` with ``spawn`` (which records its pid) and wait until it answers."""
+def start(
+    address: str, storage: Path, spawn: Callable[[list[str]], subprocess.Popen[bytes]]
+) -> subprocess.Popen[bytes]:
+    """Start a registry at ``address`` with ``spawn`` (which records its pid); return it once it answers."""
     config = config_file(address, storage)
     try:
         process = spawn(command(address, config))
@@ -79,5 +81,6 @@ def start(address: str, storage: Path, spawn: Callable[[list[str]], subprocess.P
                     process.kill()
                 raise SystemExit(f"minimodal: {SERVER} did not answer at {address} within 30 s")
             time.sleep(0.1)
+        return process
     finally:  # read once at start: the temporary directory is not needed while it runs
         shutil.rmtree(config.parent, ignore_errors=True)

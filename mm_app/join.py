@@ -18,9 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from redis import Redis
-from redis.exceptions import RedisError
-from sqlalchemy.engine import make_url
 
 from minimodal import config
 
@@ -48,6 +45,10 @@ def fetch(server: str, token: str) -> dict[str, Any]:
 
 def resolve(args: argparse.Namespace) -> dict[str, str]:
     """The worker's settings: the API's answer, overridden by the flags, checked where they can be."""
+    from redis import Redis  # the server extra: imported after `python -m mm_app` checked it is there
+    from redis.exceptions import RedisError
+    from sqlalchemy.engine import make_url
+
     cluster = fetch(args.server, args.token)
     values = {
         "server_url": args.server.rstrip("/"),

@@ -48,6 +48,7 @@ class Stack:
         self.home = home or config.home()
         self.run_dir = self.home / "run"
         self.log_dir = self.home / "logs"
+        self.registry: subprocess.Popen[bytes] | None = None  # the image registry, when this process started it
 
     # ---- pieces ----
 
@@ -112,7 +113,9 @@ class Stack:
             print(f"minimodal up: nothing answers at MINIMODAL_REGISTRY={address}; builds cannot push there")
             return
         storage = self.home / "registry"
-        image_registry.start(address, storage, lambda argv: self._spawn("registry", argv, dict(os.environ)))
+        self.registry = image_registry.start(
+            address, storage, lambda argv: self._spawn("registry", argv, dict(os.environ))
+        )
 
     def bootstrap_user(self) -> str:
         """The default admin user's token: the profile's if still valid, else a new one."""
@@ -218,6 +221,8 @@ class Stack:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             self._pid_file(name).unlink(missing_ok=True)
+        if self.registry is not None:
+            self.registry.poll()  # reaped above by its pid; this tells its Popen so
         removed = remove_leftover_containers(self.home)
         print(json.dumps({"stopped": sorted(pids), "containers_removed": removed}))
         return 0

@@ -10,11 +10,14 @@ machines share: the control plane's SQLite file, standing in for a PostgreSQL se
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -28,6 +31,7 @@ import requests
 
 import minimodal
 from minimodal import protocol
+from minimodal.exception import ImageNotFoundError
 from tests.conftest import (
     PYTHON,
     ROOT,
@@ -154,12 +158,12 @@ def start_engine() -> Iterator[Engine]:
         def answers() -> bool:
             if process.poll() is not None:
                 raise AssertionError("the second dockerd exited:\n" + (root / "dockerd.log").read_text()[-3000:])
-            with contextlib.suppress(Exception):
-                client = engine.client()
-                try:
-                    return bool(client.ping())
-                finally:
-                    client.close()
+            # A raw ping: a docker SDK client leaks its socket when it cannot negotiate a version.
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as probe:
+                probe.settimeout(2)
+                probe.connect(str(root / "docker.sock"))
+                probe.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+                return probe.recv(1024).endswith(b"OK")
             return False
 
         wait_for(answers, 60, "the second Docker engine to answer", interval=0.2)
@@ -228,9 +232,8 @@ def test_two_machines_share_images_through_the_registry_volumes_through_the_api_
     control = tmp_path / "machine1"
     stack = start_stack(redis_server, control, runtime="docker", db=11, env={"MINIMODAL_REGISTRY": registry.address})
     machine2: subprocess.Popen[bytes] | None = None
-    built: dict[str, Any] = {}
-    nonce = uuid.uuid4().hex
-    image = minimodal.Image.debian_slim().run_commands(f"echo {nonce} > {fns.MARKER}")
+    nonce = uuid.uuid4().hex  # only in the layer built on machine 2, whose engine the test removes
+    image = minimodal.Image.debian_slim().run_commands(f"echo built-on-machine-1 > {fns.MARKER}")
     try:
         request = type("R", (), {"node": type("N", (), {"nodeid": "cluster"})()})()
         token = use_stack(stack, request, monkeypatch)  # type: ignore[arg-type]
@@ -246,7 +249,7 @@ def test_two_machines_share_images_through_the_registry_volumes_through_the_api_
         with app.run():  # built on machine 1's engine, and pushed (the base too)
             built = _record(stack, token, image)
             assert built["tag"].startswith(f"{registry.address}/minimodal/image:")
-            assert marker.remote("MM_CLUSTER_SECRET") == (nonce, "decrypted on any machine")
+            assert marker.remote("MM_CLUSTER_SECRET") == ("built-on-machine-1", "decrypted on any machine")
             assert write.remote("from-machine-1.txt", "written on machine 1") == 20
 
             # Machine 2 joins with one command; machine 1's worker leaves, so the next calls must go there.
@@ -257,7 +260,7 @@ def test_two_machines_share_images_through_the_registry_volumes_through_the_api_
             wait_for(lambda: worker_ids(stack) == {joined}, 30, "the first worker to leave the registry")
 
             call = marker.spawn("MM_CLUSTER_SECRET")
-            assert call.get(timeout=300) == (nonce, "decrypted on any machine")
+            assert call.get(timeout=300) == ("built-on-machine-1", "decrypted on any machine")
             assert {a["worker"] for a in attempts(stack, token, call.object_id, 1)} == {joined}
             pulled = [tag for i in second.images.list() for tag in i.tags]
             assert any(tag.startswith(f"{registry.address}/minimodal/image:") for tag in pulled), pulled
@@ -265,6 +268,18 @@ def test_two_machines_share_images_through_the_registry_volumes_through_the_api_
             assert write.remote("from-machine-2.txt", "written on machine 2") == 20
             assert b"".join(vol.read_file("from-machine-2.txt")) == b"written on machine 2"
             assert (tmp_path / "machine2" / "volcache" / vol.object_id / "data" / "from-machine-1.txt").exists()
+
+            # Built on machine 2, whose engine had no base: the base and the layers below come from the registry.
+            app2 = minimodal.App("cluster-2")
+            extended = image.env({"MM_CLUSTER_EXTRA": nonce})
+            extra = app2.function(name="variable", image=extended, serialized=True, timeout=120)(fns.variable)
+            with app2.run():
+                assert extra.remote("MM_CLUSTER_EXTRA") == nonce
+            layers = [(e["op"], e["state"]) for e in _record(stack, token, extended)["events"]]
+            assert layers == [("minimodal_runtime", "cached"), ("run_commands", "cached"), ("env", "built")]
+            assert f"python:{sys.version_info[0]}.{sys.version_info[1]}-slim" in [
+                tag for i in second.images.list() for tag in i.tags
+            ]
 
             # Machine 1 gets a worker again; it is killed (SIGKILL) holding work: machine 2 finishes it all.
             stack.spawn("worker1b", "worker")
@@ -285,7 +300,7 @@ def test_two_machines_share_images_through_the_registry_volumes_through_the_api_
         if machine2 is not None:
             stop_process(machine2, timeout=60)
         stack.stop()
-        _remove_leftovers(main, control, registry.address, built)
+        _remove_leftovers(main, control, registry.address)
         main.close()
         second.close()
     log = (tmp_path / "machine2" / "worker.log").read_text(errors="replace")
@@ -310,15 +325,116 @@ def _record(stack: Stack, token: str, image: minimodal.Image) -> dict[str, Any]:
     return dict(reply.json())
 
 
-def _remove_leftovers(main: Any, home: Path, registry: str, built: dict[str, Any]) -> None:
-    """Remove the killed worker's containers, and the tags this test put on the main engine: the registry's
-    copies, and the layer only this run has (its nonce)."""
+def _remove_leftovers(main: Any, home: Path, registry: str) -> None:
+    """Remove the killed worker's containers and the registry's names for images on the main engine (untagged
+    only: the layers stay, as minimodal/image tags other runs reuse)."""
     from workers.runtimes.docker import remove_all_containers
 
     remove_all_containers(main, {"minimodal.home": str(home)})
-    tags = [tag for image in main.images.list() for tag in image.tags if tag.startswith(registry + "/")]
-    if built.get("events"):
-        tags.append(f"minimodal/image:{built['events'][-1]['identity']}")
-    for tag in tags:
+    for tag in [tag for image in main.images.list() for tag in image.tags if tag.startswith(registry + "/")]:
         with contextlib.suppress(Exception):
-            main.images.remove(tag)
+            main.images.remove(tag, noprune=True)
+
+
+@pytest.mark.docker
+def test_a_worker_names_an_image_its_registry_lacks_and_tries_elsewhere_when_the_registry_is_down(
+    registry: Registry,
+) -> None:
+    from workers.runtimes.base import RunnerSpec, RunnerStartError
+    from workers.runtimes.docker import DockerRuntime
+
+    client = docker_engine()
+    try:
+        runtime = DockerRuntime(client)
+        spec = RunnerSpec(key="tests:cluster", code=b"x", timeout=30, scaledown_window=60)
+        lacking = f"{registry.address}/minimodal/image:never-built"
+        with pytest.raises(RunnerStartError, match="has no image") as info:
+            runtime.start(dataclasses.replace(spec, image=lacking))
+        assert lacking in str(info.value)
+        assert info.value.error_type == "ImageNotFoundError" and not info.value.infrastructure  # fails the call
+
+        down = f"127.0.0.1:{free_port()}/minimodal/image:never-built"  # nothing listens there
+        with pytest.raises(RunnerStartError, match="MINIMODAL_REGISTRY") as info:
+            runtime.start(dataclasses.replace(spec, image=down))
+        assert info.value.infrastructure  # the platform failed: the input is queued again for another worker
+        assert client.containers.list(all=True, filters={"label": "minimodal.key=tests:cluster"}) == []
+    finally:
+        client.close()
+
+
+@pytest.mark.docker
+def test_a_call_whose_image_is_not_on_the_workers_engine_fails_with_image_not_found(
+    docker_user: str, docker_stack: Stack
+) -> None:
+    from mm_app.database import Database
+    from mm_app.models import ImageRecord
+
+    image = minimodal.Image.debian_slim().env({"MM_TEST_NONCE": uuid.uuid4().hex})
+    app = minimodal.App("lost-image")
+    f = app.function(image=image, serialized=True, name="variable")(fns.variable)
+    with app.run():  # built on this worker's engine
+        assert f.remote("MM_TEST_NONCE") is not None
+    record = _record(docker_stack, docker_user, image)
+    gone = f"minimodal/image:gone-{uuid.uuid4().hex[:12]}"  # as if built on another machine's engine, no registry
+    db = Database(docker_stack.env["MINIMODAL_DATABASE_URL"])
+    with db.write() as session:
+        session.get(ImageRecord, record["image_id"]).tag = gone
+    db.dispose()
+    with app.run():  # the next deploy's function runs that image
+        with pytest.raises(ImageNotFoundError, match="MINIMODAL_REGISTRY") as info:
+            f.remote("MM_TEST_NONCE")
+    assert gone in str(info.value)
+
+
+def test_the_cluster_route_tells_a_joining_worker_what_the_api_uses(stack: Stack) -> None:
+    reply = requests.get(
+        f"{stack.url}/internal/cluster",
+        headers={"Authorization": f"Bearer {stack.env['MINIMODAL_WORKER_TOKEN']}"},
+        timeout=10,
+    )
+    assert reply.status_code == 200, reply.text
+    settings = reply.json()
+    assert settings["redis_url"] == stack.env["MINIMODAL_REDIS_URL"]
+    assert settings["database_url"] == stack.env["MINIMODAL_DATABASE_URL"]
+    assert settings["registry"] is None
+    assert (stack.home / "secret.key").read_text().strip() == settings["secret_key"]
+
+
+def test_join_refuses_a_user_token_and_names_the_workers_credential(user: str, stack: Stack, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIMODAL_")}
+    env["MINIMODAL_HOME"] = str(tmp_path)
+    joined = subprocess.run(
+        [PYTHON, "-m", "minimodal", "worker", "join", "--server", stack.url, "--token", user],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert joined.returncode != 0
+    assert "workers' credential" in joined.stderr and "MINIMODAL_WORKER_TOKEN" in joined.stderr
+    assert not (tmp_path / "config.toml").exists()  # nothing written, no worker started
+
+
+def test_minimodal_up_runs_the_registry_when_configured_and_down_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mm_app import image_registry
+    from mm_app.stack import Stack as LocalStack
+
+    if shutil.which(image_registry.SERVER) is None:
+        missing("docker-registry is not installed (make system-deps installs it)")
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MINIMODAL_HOME", str(tmp_path))
+    monkeypatch.setenv("MINIMODAL_REGISTRY", address)
+    local = LocalStack(tmp_path)
+    local.run_dir.mkdir()
+    local.log_dir.mkdir()
+    try:
+        local.ensure_registry()
+        assert image_registry.answers(address)
+        assert local.alive("registry") and (tmp_path / "registry").is_dir()
+        local.ensure_registry()  # one answers already: nothing more is started
+    finally:
+        local.down()
+    assert not image_registry.answers(address) and not local.alive("registry")

@@ -17,3 +17,7 @@ def marker(variable: str) -> tuple[str, str | None]:
 def double_slowly(x: int, seconds: float) -> int:
     time.sleep(seconds)
     return 2 * x
+
+
+def variable(name: str) -> str | None:
+    return os.environ.get(name)
