@@ -230,7 +230,7 @@ def test_two_machines_share_images_through_the_registry_volumes_through_the_api_
     second = engine.client()
     assert second.images.list() == []  # machine 2 starts with no image at all, not even the base
     control = tmp_path / "machine1"
-    stack = start_stack(redis_server, control, runtime="docker", db=11, env={"MINIMODAL_REGISTRY": registry.address})
+    stack = start_stack(redis_server, control, runtime="docker", db=11)  # no registry yet: one machine, as today
     machine2: subprocess.Popen[bytes] | None = None
     nonce = uuid.uuid4().hex  # only in the layer built on machine 2, whose engine the test removes
     image = minimodal.Image.debian_slim().run_commands(f"echo built-on-machine-1 > {fns.MARKER}")
@@ -245,10 +245,24 @@ def test_two_machines_share_images_through_the_registry_volumes_through_the_api_
         write = app.function(name="write", **options)(volume_fns.write)
         read = app.function(name="read", **options)(volume_fns.read)
         slow = app.function(name="slow", **options)(fns.double_slowly)
+        with app.run():  # built on machine 1's engine, which alone has it
+            assert _record(stack, token, image)["tag"].startswith("minimodal/image:")
+            assert marker.remote("MM_CLUSTER_SECRET") == ("built-on-machine-1", "decrypted on any machine")
+
+        # The operator sets MINIMODAL_REGISTRY and restarts the API and the worker.
+        (alone,) = worker_ids(stack)
+        for name in ("api", "worker"):
+            stop_process(stack.processes.pop(name))
+        stack.env["MINIMODAL_REGISTRY"] = registry.address
+        stack.spawn("api", "api")
+        stack.spawn("worker", "worker")
+        wait_for(lambda: _answers(stack) and len(worker_ids(stack) - {alone}) == 1, 90, "the restarted stack")
+        wait_for(lambda: alone not in worker_ids(stack), 30, "the old worker to leave the registry")
         (first,) = worker_ids(stack)
-        with app.run():  # built on machine 1's engine, and pushed (the base too)
+        with app.run():  # the next deploy pushes the image (the base too): its layers are cached, nothing is built
             built = _record(stack, token, image)
             assert built["tag"].startswith(f"{registry.address}/minimodal/image:")
+            assert {e["state"] for e in built["events"]} == {"cached"}
             assert marker.remote("MM_CLUSTER_SECRET") == ("built-on-machine-1", "decrypted on any machine")
             assert write.remote("from-machine-1.txt", "written on machine 1") == 20
 
@@ -314,6 +328,12 @@ def _map_on(stack: Stack, worker_id: str) -> protocol.InflightTask | None:
         if task.worker_id == worker_id:
             return task
     return None
+
+
+def _answers(stack: Stack) -> bool:
+    with contextlib.suppress(requests.RequestException):
+        return requests.get(stack.url + "/health", timeout=2).ok
+    return False
 
 
 def _record(stack: Stack, token: str, image: minimodal.Image) -> dict[str, Any]:
