@@ -458,3 +458,15 @@ def test_minimodal_up_runs_the_registry_when_configured_and_down_stops_it(
     finally:
         local.down()
     assert not image_registry.answers(address) and not local.alive("registry")
+
+
+def test_image_names_say_which_registry_they_come_from_and_where_their_copy_goes() -> None:
+    from workers.images import in_registry, registry_of, split_reference
+
+    assert registry_of("127.0.0.1:5000/minimodal/image:ab") == "127.0.0.1:5000"
+    assert registry_of("registry.example.com/minimodal/image:ab") == "registry.example.com"
+    assert registry_of("minimodal/image:ab") is None and registry_of("python:3.11-slim") is None
+    assert in_registry("127.0.0.1:5000", "python:3.11-slim") == "127.0.0.1:5000/python:3.11-slim"
+    assert in_registry("127.0.0.1:5000", "other.example.com/base:1") == "other.example.com/base:1"  # not re-homed
+    assert split_reference("127.0.0.1:5000/minimodal/image:ab") == ("127.0.0.1:5000/minimodal/image", "ab")
+    assert split_reference("127.0.0.1:5000/base") == ("127.0.0.1:5000/base", "latest")

@@ -54,8 +54,8 @@ def registry_of(image: str) -> str | None:
 
 
 def in_registry(registry: str, tag: str) -> str:
-    """The name of ``tag``'s copy in ``registry``."""
-    return f"{registry}/{tag}"
+    """The name of ``tag``'s copy in ``registry`` (``tag`` itself when it names a registry already)."""
+    return tag if registry_of(tag) else f"{registry}/{tag}"
 
 
 def split_reference(image: str) -> tuple[str, str]:
@@ -186,7 +186,8 @@ class ImageBuilder:
             if not exc.missing:
                 raise BuildError(str(exc)) from exc
             return None
-        self.client.images.get(in_registry(self.registry, tag)).tag(*split_reference(tag))
+        if in_registry(self.registry, tag) != tag:
+            self.client.images.get(in_registry(self.registry, tag)).tag(*split_reference(tag))
         if log is not None:
             log(f"=> pulled {tag} from the registry {self.registry}")
         return self._local(tag)
@@ -195,6 +196,8 @@ class ImageBuilder:
         """Push ``tag`` to the registry as ``<registry>/<tag>``; return that name."""
         assert self.registry is not None
         target = in_registry(self.registry, tag)
+        if target == tag:  # a base from another registry: engines pull it from there themselves
+            return tag
         repository, version = split_reference(target)
         self.client.images.get(tag).tag(repository, version)
         for chunk in self.client.api.push(repository, tag=version, stream=True, decode=True):
