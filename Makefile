@@ -20,9 +20,12 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 install: $(VENV)/.installed
 
 # Services the stack and the tests start themselves: redis-server (the tests run their own on a free port);
-# chromium for the dashboard's browser test (driven by Playwright, which downloads no browser here).
+# docker-registry (Distribution 2.8: the cluster's image registry, run by `minimodal up` when
+# MINIMODAL_REGISTRY is set, never as the system service); chromium for the dashboard's browser test
+# (driven by Playwright, which downloads no browser here).
 system-deps:
 	@command -v redis-server >/dev/null || { apt-get update -qq && $(APT) redis-server; }
+	@command -v docker-registry >/dev/null || { apt-get update -qq && $(APT) docker-registry; }
 	@command -v debootstrap >/dev/null || { apt-get update -qq && $(APT) debootstrap; }
 	@command -v chromium >/dev/null || { apt-get update -qq && $(APT) chromium; }
 

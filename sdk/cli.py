@@ -154,6 +154,15 @@ def cmd_down(args: argparse.Namespace) -> int:
     return _server("down")
 
 
+def cmd_worker_join(args: argparse.Namespace) -> int:
+    flags = [
+        f"--{name}={value}"
+        for name in ("server", "token", "redis", "database", "registry", "concurrency")
+        if (value := getattr(args, name)) is not None
+    ]
+    return _server("join", *flags)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     url = config.get("server_url")
     try:
@@ -278,6 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(handler=cmd_up)
     commands.add_parser("down", help="stop what `minimodal up` started").set_defaults(handler=cmd_down)
     commands.add_parser("status", help="exit 0 when the API answers").set_defaults(handler=cmd_status)
+
+    worker = commands.add_parser("worker", help="workers of a cluster")
+    worker_commands = worker.add_subparsers(dest="worker_command", required=True)
+    join = worker_commands.add_parser("join", help="start a worker on this machine for the cluster of --server")
+    join.add_argument("--server", required=True, help="the API's URL")
+    join.add_argument("--token", required=True, help="the workers' credential (MINIMODAL_WORKER_TOKEN)")
+    join.add_argument("--redis", help="Redis URL as this machine reaches it (default: what the API advertises)")
+    join.add_argument("--database", help="database URL as this machine reaches it (default: the API's)")
+    join.add_argument("--registry", help="image registry host:port (default: the API's MINIMODAL_REGISTRY)")
+    join.add_argument("--concurrency", "-c", type=int, help="calls at once")
+    join.set_defaults(handler=cmd_worker_join)
 
     logs = commands.add_parser("logs", help="what a call printed")
     logs.add_argument("call_id")

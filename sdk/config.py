@@ -77,6 +77,15 @@ _SETTINGS: dict[str, Setting] = {
         Setting("worker_concurrency", os.cpu_count() or 2, int, "calls one worker runs at once"),
         Setting("worker_runtime", "auto", help="auto (docker when an engine answers), docker, or process"),
         Setting("debian_slim_image", "python:{python}-slim", help="what Image.debian_slim() builds on"),
+        # A cluster of machines (issue 18): see docs/DEPLOY.md.
+        Setting(
+            "registry",
+            None,
+            help="host:port of the image registry: builders push layers there, workers pull what they lack; "
+            "`minimodal up` runs one when it is a loopback address and nothing answers",
+        ),
+        Setting("advertised_redis_url", None, help="Redis URL the API gives joining workers (default: its own)"),
+        Setting("advertised_database_url", None, help="database URL the API gives joining workers (default: its own)"),
         Setting("map_request_size", defaults.DEFAULT_MAP_REQUEST_SIZE, int),
         Setting("task_target_ms", defaults.DEFAULT_TASK_TARGET_MS, int),
         Setting("max_inputs_per_task", defaults.DEFAULT_MAX_INPUTS_PER_TASK, int),

@@ -11,6 +11,7 @@ The tree::
     │   └── PermissionDeniedError a valid token without the right, e.g. not an admin (HTTP 403)
     ├── RateLimitError            too many call submissions per token; retry after a while (HTTP 429)
     ├── NotFoundError             unknown function, call or user, or another user's (HTTP 404)
+    │   └── ImageNotFoundError    a worker's Docker engine lacks the function's image and cannot pull it
     ├── ServiceError              the control plane or Redis cannot be reached or failed (HTTP 5xx)
     ├── RemoteError               the remote code failed in a way that cannot be re-raised as its own type
     ├── FunctionTimeoutError      a call ran longer than its ``timeout`` (also a builtin ``TimeoutError``)
@@ -64,6 +65,10 @@ class RateLimitError(Error):
 
 class NotFoundError(Error):
     """Raised when a function, call, app or user does not exist or belongs to another user."""
+
+
+class ImageNotFoundError(NotFoundError):
+    """Raised when a worker's Docker engine lacks a function's image and no registry (MINIMODAL_REGISTRY) has it."""
 
 
 class ServiceError(Error):
@@ -131,6 +136,7 @@ BY_NAME: dict[str, type[Error]] = {
         PermissionDeniedError,
         RateLimitError,
         NotFoundError,
+        ImageNotFoundError,
         ServiceError,
         RemoteError,
         FunctionTimeoutError,

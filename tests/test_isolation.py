@@ -116,6 +116,7 @@ ROUTES: dict[str, Route] = {
     "volumes.remove_file": Route("DELETE", lambda a: f"/v1/volumes/{a['volume']}/files/a.txt", HIDDEN),
     "internal.get_volume_blob": Route("GET", lambda a: f"/internal/volume-blobs/{a['volume_sha']}", WORKER),
     "internal.put_volume_blob": Route("PUT", lambda a: f"/internal/volume-blobs/{_sha(b'x')}", WORKER, b"x"),
+    "internal.cluster_settings": Route("GET", lambda a: "/internal/cluster", WORKER),
     "images.has_file": Route("HEAD", lambda a: "/v1/files/" + "0" * 64, SHARED),
     "images.missing_files": Route("POST", lambda a: "/v1/files/missing", SHARED),
     "images.put_file": Route("PUT", lambda a: "/v1/files/" + "0" * 64, SHARED),

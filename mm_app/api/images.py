@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, request
 from sqlalchemy import select
 
-from minimodal import protocol
+from minimodal import config, protocol
 from minimodal.exception import InvalidError, NotFoundError, PayloadTooLargeError
 from minimodal.protocol import ImageStatus
 
@@ -182,8 +182,12 @@ def create_image():  # type: ignore[no-untyped-def]
     build = False
     with svc.db.write() as session:
         record = session.get(ImageRecord, image_id)
-        if record is not None and record.status in (ImageStatus.READY, ImageStatus.BUILDING):
-            return _describe(record)
+        if record is not None:
+            # Built before MINIMODAL_REGISTRY was set: build again (every layer is cached) to push it there.
+            registry = config.get("registry")
+            unpushed = bool(registry) and not (record.tag or "").startswith(f"{registry}/")
+            if record.status == ImageStatus.BUILDING or (record.status == ImageStatus.READY and not unpushed):
+                return _describe(record)
         if record is None:
             record = ImageRecord(id=image_id, spec=spec, status=ImageStatus.BUILDING.value)
             session.add(record)

@@ -390,6 +390,20 @@ def _paths() -> dict[str, dict[str, Any]]:
                 errors=("400", "403"),
             ),
         },
+        "/internal/cluster": {
+            "get": _worker_op(
+                "What a worker joining from another machine needs: Redis, database, registry, secrets' key",
+                reply=_obj(
+                    {
+                        "redis_url": _str(),
+                        "database_url": _str(),
+                        "registry": {"type": ["string", "null"]},
+                        "secret_key": _str(),
+                    }
+                ),
+                errors=("403",),
+            ),
+        },
         "/v1/me": {"get": _op("The token's user", "users", reply=_USER)},
         "/v1/users": {
             "post": _op(

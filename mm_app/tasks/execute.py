@@ -312,7 +312,7 @@ def _run_inputs(task: _Task) -> None:
                     # A cold start is paid by the input that waited for it: the "container start" phase.
                     startup, runner.started_in = runner.started_in, None
                 except RunnerStartError as exc:
-                    outcome = Outcome(ok=False, error_type="RemoteError", message=str(exc), traceback=exc.traceback)
+                    outcome = Outcome(ok=False, error_type=exc.error_type, message=str(exc), traceback=exc.traceback)
                     if exc.infrastructure:
                         ctx.breaker.failure()
                     for rest in task.indexes:
@@ -368,7 +368,7 @@ def _run_shared(
         try:
             runner = pool.acquire(runner_spec)
         except RunnerStartError as exc:
-            outcome = Outcome(ok=False, error_type="RemoteError", message=str(exc), traceback=exc.traceback)
+            outcome = Outcome(ok=False, error_type=exc.error_type, message=str(exc), traceback=exc.traceback)
             if exc.infrastructure:
                 ctx.breaker.failure()
                 return task.requeue(idx, outcome)

@@ -243,12 +243,21 @@ class RunnerStartError(Exception):
     ``infrastructure`` is True when the platform failed (no process or container could be started):
     the worker's circuit breaker counts those, and the inputs are tried elsewhere. False when the
     user's function failed to load in a runner that did start: that is the call's own error.
+    ``error_type`` names the :mod:`minimodal.exception` class the caller gets (e.g. ``ImageNotFoundError``).
     """
 
-    def __init__(self, message: str, traceback: str | None = None, *, infrastructure: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        traceback: str | None = None,
+        *,
+        infrastructure: bool = True,
+        error_type: str = "RemoteError",
+    ) -> None:
         super().__init__(message)
         self.traceback = traceback
         self.infrastructure = infrastructure
+        self.error_type = error_type
 
 
 class Runtime(abc.ABC):
