@@ -32,11 +32,10 @@ import cloudpickle
 
 from . import _clsentry
 from ._aio import aio_iterator, aio_method
-from ._client import Client
 from ._clsentry import _REQUIRED, HOOK_ATTR, METHOD_KEY, PARAMS_KEY, ClsEntry
+from ._variants import FunctionVariant, check_options
 from .exception import InvalidError, UnsupportedOptionError
 from .functions import Function, FunctionCall
-from .retries import Retries
 
 if TYPE_CHECKING:
     from .app import App
@@ -154,10 +153,6 @@ class _Obj:
         return f"{self._owner._tag}({', '.join(f'{k}={v!r}' for k, v in self._params.items())})"
 
 
-_WITH_OPTIONS = {"cpu", "memory", "gpu", "timeout", "retries", "max_containers", "min_containers"}
-_WITH_OPTIONS |= {"buffer_containers", "scaledown_window"}
-
-
 class Cls:
     """What ``@app.cls()`` returns (and ``Cls.from_name``); call it with parameters to get an instance handle."""
 
@@ -175,7 +170,7 @@ class Cls:
         self._parameters = parameters
         self._entry_object = entry
         self._options = options or {}
-        self._variant: tuple[str, Function[..., Any]] | None = None  # (base function id, variant) for with_options
+        self._variant: FunctionVariant | None = None  # the class's function with these options, made on first use
 
     def __repr__(self) -> str:
         return f"Cls({self._tag!r})"
@@ -199,15 +194,9 @@ class Cls:
     def _base_function(self) -> Function[..., Any]:
         if not self._options:
             return self._function
-        base_id = self._function._hydrated_id()
-        if self._variant is None or self._variant[0] != base_id:
-            reply = Client.from_config().request(
-                "POST", f"/v1/functions/{base_id}/variants", json={"options": self._options}
-            )
-            variant = Function(None, self._function._raw_f, self._tag, self._function._options)  # type: ignore[arg-type]
-            variant.object_id = reply["function_id"]
-            self._variant = (base_id, variant)
-        return self._variant[1]
+        if self._variant is None:
+            self._variant = FunctionVariant(self._function, self._options)
+        return self._variant
 
     def _method_function(self, name: str) -> Function[..., Any]:
         base = self._base_function()
@@ -218,14 +207,8 @@ class Cls:
         return clone
 
     def with_options(self, **options: Any) -> Cls:
-        """The same class with other resources or limits (cpu, memory, gpu, timeout, retries, containers)."""
-        unknown = sorted(set(options) - _WITH_OPTIONS)
-        if unknown:
-            raise InvalidError(f"with_options(): unknown options {unknown}; known: {sorted(_WITH_OPTIONS)}")
-        if "retries" in options:
-            policy = Retries.of(options["retries"])
-            options["retries"] = policy.to_json() if policy else None
-        merged = {**self._options, **{k: v for k, v in options.items() if v is not None}}
+        """The same class with other resources, limits, volumes or secrets (as ``Function.with_options``)."""
+        merged = {**self._options, **check_options(f"{self._tag}.with_options()", options)}
         return Cls(self._function, self._methods, self._parameters, self._entry_object, merged)
 
     @classmethod
