@@ -21,6 +21,19 @@ def total(item: dict) -> dict[str, Any]:
     return {"total": sum(item["values"]), "count": len(item["values"])}
 
 
+@app.cls()
+class Greeter:
+    """Its only method is a web endpoint, without @method(): served all the same, as in Modal."""
+
+    @minimodal.enter()
+    def load(self) -> None:
+        self.word = "hi"
+
+    @minimodal.fastapi_endpoint()
+    def hello(self, name: str = "you") -> dict[str, str]:
+        return {"said": f"{self.word} {name}"}
+
+
 @app.function()
 @minimodal.wsgi_app()
 def site() -> Any:
