@@ -77,6 +77,12 @@ def test_a_pip_installed_package_imports_in_a_container(docker_stack: Stack, doc
         assert who.remote() == (True, 1000, "1")
 
 
+def test_import_modal_in_a_container_is_minimodal(docker_stack: Stack, docker_user: str) -> None:
+    app, f = deploy(fns.modal_name, minimodal.Image.debian_slim())
+    with app.run():
+        assert f.remote() == "minimodal"
+
+
 def test_a_uv_pip_installed_package_imports_in_a_container_from_a_requirements_file_too(
     docker_stack: Stack, docker_user: str, built: list[str], tmp_path: Path
 ) -> None:
