@@ -24,6 +24,7 @@ def test_a_variant_runs_in_its_own_runners_with_its_own_timeout_and_secrets(user
         with pytest.raises(FunctionTimeoutError):
             quick.remote(3)
         assert variants.nap.remote(1.5)[1] == "base", "the base function lost its timeout or its secret"
+        assert variants.nap.with_options(cpu=0.25).remote(0)[1] == "base", "a variant keeps the base's secrets"
         again = variants.nap.with_options(timeout=1, secrets=[minimodal.Secret.from_dict({"MM_VARIANT": "quick"})])
         assert again.spawn(0).get()[1] == "quick"
         assert again.object_id == quick.object_id, "the same option set made a second variant"
@@ -44,3 +45,11 @@ def test_a_variant_spawn_maps_and_survives_pickling_with_its_id(user: str) -> No
         assert results[9] in {results[i] for i in range(4)}
     with pytest.raises(InvalidError, match="unknown options"):
         variants.nap.with_options(colour="red")
+
+
+def test_a_function_looked_up_by_name_has_variants_too(user: str) -> None:
+    variants.app.deploy()
+    nap = minimodal.Function.from_name("tests-variants", "nap")
+    with pytest.raises(FunctionTimeoutError):
+        nap.with_options(timeout=1).remote(3)
+    assert nap.with_options(timeout=5).with_options(cpu=0.5).remote(0)[1] == "base"
