@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import cloudpickle
@@ -53,3 +54,11 @@ def test_a_function_looked_up_by_name_has_variants_too(user: str) -> None:
     with pytest.raises(FunctionTimeoutError):
         nap.with_options(timeout=1).remote(3)
     assert nap.with_options(timeout=5).with_options(cpu=0.5).remote(0)[1] == "base"
+
+
+def test_a_function_calls_and_spawn_maps_variants_of_others_from_its_container(user: str) -> None:
+    results = minimodal.Dict.from_name(f"variants-{uuid.uuid4().hex[:8]}", create_if_missing=True).hydrate()
+    with variants.app.run():
+        pid, secret = variants.fan_out.remote(results.name)
+        assert secret == "base" and pid != os.getpid()
+        wait_for(lambda: len(results) == 3, 60, "the inputs spawned from inside a function to run")

@@ -21,3 +21,10 @@ def nap(seconds: float) -> tuple[int, str | None]:
 def record(results_name: str, key: int) -> None:
     """Put this runner's process id in the named Dict under ``key`` (spawn_map has no results)."""
     minimodal.Dict.from_name(results_name)[key] = os.getpid()
+
+
+@app.function()
+def fan_out(results_name: str) -> tuple[int, str | None]:
+    """From inside a function: spawn_map a variant of ``record``, and call a variant of ``nap``."""
+    record.with_options(max_containers=2).spawn_map([results_name] * 3, range(3))
+    return nap.with_options(timeout=5).remote(0)
