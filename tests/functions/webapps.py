@@ -33,6 +33,14 @@ class Greeter:
     def hello(self, name: str = "you") -> dict[str, str]:
         return {"said": f"{self.word} {name}"}
 
+    @minimodal.asgi_app()
+    def words(self) -> Any:
+        from fastapi import FastAPI
+
+        web = FastAPI()
+        web.get("/{n}")(lambda n: {"words": [self.word] * int(n)})
+        return web
+
 
 @app.function()
 @minimodal.wsgi_app()
