@@ -21,7 +21,6 @@ Standard library only, with no imports from the package, so the runner can load 
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
 import sys
 from types import ModuleType
@@ -33,7 +32,7 @@ RENAMED = {
 }
 
 
-class _Loader(importlib.abc.Loader):
+class _Loader:  # duck-typed: importlib.abc costs a container ~0.1 s to import, for nothing
     """Puts the MiniModal module in ``sys.modules`` in place of the one being imported."""
 
     def __init__(self, module: ModuleType) -> None:
@@ -46,7 +45,7 @@ class _Loader(importlib.abc.Loader):
         sys.modules[module.__name__] = self.module
 
 
-class ModalFinder(importlib.abc.MetaPathFinder):
+class ModalFinder:
     """Finds ``modal`` and ``modal.*`` as MiniModal's modules."""
 
     minimodal_modal_alias = True  # how install() recognises one, whichever copy of this file made it
