@@ -441,6 +441,21 @@ def _load(header: dict[str, Any], body: bytes, cloudpickle: Any) -> Any:
     return cloudpickle.loads(body)
 
 
+def _alias_modal() -> None:
+    """``import modal`` in user code gives MiniModal (``_modal_alias.py``, read by path: ``minimodal`` itself
+    is imported only when user code imports ``modal``)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("minimodal")
+    folders = list(found.submodule_search_locations or ()) if found else []
+    path = os.path.join(folders[0], "_modal_alias.py") if folders else ""
+    spec = importlib.util.spec_from_file_location("_minimodal_modal_alias", path) if os.path.isfile(path) else None
+    if spec is not None and spec.loader is not None:
+        alias = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(alias)
+        alias.install()
+
+
 def main() -> None:
     import cloudpickle
 
@@ -457,6 +472,7 @@ def main() -> None:
     sdk_path = os.environ.get("MINIMODAL_SDK_PATH")
     if sdk_path and sdk_path not in sys.path:
         sys.path.append(sdk_path)  # last: a minimodal installed in the image wins
+    _alias_modal()
 
     os.environ.setdefault("MINIMODAL_TASK_ID", f"ta-{socket.gethostname()}-{os.getpid()}")
     frame = read_frame(proto_in)

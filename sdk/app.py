@@ -333,7 +333,7 @@ class App:
 
         def wrapper(user_cls: type) -> Cls:
             tag = options.get("name") or user_cls.__qualname__
-            return make_cls(self, user_cls, tag, self.function(**{**options, "name": tag}))
+            return make_cls(self, user_cls, tag, lambda name: self.function(**{**options, "name": name}))
 
         return wrapper
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import _cli_objects, _deploy_cli, config
+from . import _cli_objects, _deploy_cli, _modal_alias, config
 from ._client import Client
 from ._stream import print_log
 from .app import App, LocalEntrypoint
@@ -29,6 +29,7 @@ def _import_file(path_text: str) -> ModuleType:
     """Import an app file as Modal does: under its stem with its folder on sys.path, or, for a file inside a
     package (folders with ``__init__.py``), as ``pkg.mod`` with the package's parent on sys.path. The same
     name is what the container imports (sdk/_source.py)."""
+    _modal_alias.install()  # a Modal program's `import modal` is MiniModal here, even if modal is installed
     if path_text.startswith("-m=") or (not path_text.endswith(".py") and "/" not in path_text and "." in path_text):
         name = path_text.removeprefix("-m=")
         sys.path.insert(0, os.getcwd())

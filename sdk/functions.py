@@ -233,6 +233,17 @@ class Function(Generic[P, R]):
 
         return lookup_function(app_name, name)
 
+    def with_options(self, **options: Any) -> Function[P, R]:
+        """The same function with other options, run in containers of its own (see ``sdk/_variants.py``).
+
+        Takes ``cpu``, ``memory``, ``gpu``, ``timeout``, ``retries``, ``max_containers``, ``min_containers``,
+        ``buffer_containers``, ``scaledown_window``, ``volumes`` and ``secrets`` (these two replace the
+        function's own): ``f.with_options(timeout=5).spawn_map(xs)``.
+        """
+        from ._variants import with_options
+
+        return with_options(self, options)
+
     def get_web_url(self) -> str | None:
         """The stable URL of a deployed web endpoint (None for other functions)."""
         return self._web_url

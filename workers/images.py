@@ -31,6 +31,7 @@ from minimodal.protocol import sorted_pythons
 
 TAG_REPOSITORY = "minimodal/image"
 DEFAULT_DEBIAN_SLIM = "python:{python}-slim"
+UV_HOME = "/opt/mm/uv"  # uv_pip_install's uv, one folder per uv version, outside the function's environment
 
 Log = Callable[[str], None]
 FetchFile = Callable[[str], bytes]
@@ -128,6 +129,8 @@ def _instructions(layer: dict[str, Any], fetch: FetchFile) -> tuple[str, dict[st
         packages = " ".join(shlex.quote(p) for p in layer["packages"])
         pip = "python -m pip install --no-cache-dir --disable-pip-version-check"
         return f"USER root\nRUN {pip} {' '.join(flags)} {packages}", {}
+    if op == "uv_pip_install":
+        return _uv_pip_install(layer, fetch)
     if op == "run_commands":
         return "USER root\n" + "\n".join(f"RUN {command}" for command in layer["commands"]), {}
     if op == "env":
@@ -170,6 +173,34 @@ def base_pythons(client: Any, template: str = DEFAULT_DEBIAN_SLIM) -> list[str]:
             if match:
                 found.add(match.group(1))
     return sorted_pythons(found)
+
+
+def _uv_pip_install(layer: dict[str, Any], fetch: FetchFile) -> tuple[str, dict[str, bytes]]:
+    """uv from the package index (kept out of the function's environment), then ``uv pip install`` into
+    the Python on PATH: the one the runner runs (``/opt/mm/venv`` in the base image)."""
+    version = layer.get("uv_version")
+    home = f"{UV_HOME}/{version or 'latest'}"
+    pip = "python -m pip install --no-cache-dir --disable-pip-version-check"
+    files = {f"req{i}.txt": fetch(sha) for i, sha in enumerate(layer.get("requirements", []))}
+    flags = [f"-r /tmp/mm-{name}" for name in files]
+    for name in ("index_url", "extra_index_url", "find_links"):
+        if layer.get(name):
+            flags.append(f"--{name.replace('_', '-')} {shlex.quote(layer[name])}")
+    if layer.get("pre"):
+        flags.append("--prerelease allow")  # uv's --pre
+    if layer.get("extra_options"):
+        flags.append(layer["extra_options"])
+    packages = " ".join(shlex.quote(p) for p in layer.get("packages", []))
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in layer.get("env", {}).items())
+    lines = ["USER root", *(f"COPY {name} /tmp/mm-{name}" for name in files)]
+    lines.append(
+        f"RUN test -x {home}/bin/uv || {pip} --target {home} {shlex.quote(f'uv=={version}' if version else 'uv')}"
+    )
+    install = f'{env} {home}/bin/uv pip install --python "$(command -v python)" --compile-bytecode --no-cache'
+    lines.append(
+        f"RUN {install.strip()} {' '.join(flags)} {packages}" + (" && rm -f /tmp/mm-req*.txt" if files else "")
+    )
+    return "\n".join(lines), files
 
 
 class ImageBuilder:

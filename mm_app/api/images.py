@@ -43,6 +43,17 @@ _OPS: dict[str, dict[str, type]] = {
         "find_links": _STR,
         "extra_options": _STR,
     },
+    "uv_pip_install": {
+        "packages": _LIST,
+        "requirements": _LIST,  # sha256 of each uploaded requirements file
+        "index_url": _STR,
+        "extra_index_url": _STR,
+        "pre": _BOOL,
+        "find_links": _STR,
+        "extra_options": _STR,
+        "uv_version": _STR,
+        "env": _DICT,
+    },
     "run_commands": {"commands": _LIST},
     "env": {"vars": _DICT},
     "workdir": {"path": _STR},
@@ -52,6 +63,7 @@ _OPS: dict[str, dict[str, type]] = {
     "run_function": {"sha": _STR, "name": _STR},
 }
 _OPTIONAL = {"index_url", "extra_index_url", "pre", "find_links", "extra_options", "mode", "name"}
+_OPTIONAL |= {"requirements", "uv_version", "env"}
 _BASES = {"debian_slim", "from_registry", "from_dockerfile"}
 
 
@@ -80,6 +92,10 @@ def _validate(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], str, list[str
                 if not _SHA.match(layer[name]):
                     raise InvalidError(f"layer {i} ({op}): {name} must be a sha256 hex digest")
                 files.append(layer[name])
+        for sha in layer.get("requirements", []):
+            if not isinstance(sha, str) or not _SHA.match(sha):
+                raise InvalidError(f"layer {i} ({op}): requirements must be sha256 hex digests")
+            files.append(sha)
     return layers, python, files
 
 
