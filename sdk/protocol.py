@@ -551,3 +551,5 @@ LOG_INDEX = "idx"
 LOG_STREAM = "stream"  # stdout | stderr
 LOG_TEXT = "text"
 LOG_FUNCTION = "fn"
+LOG_SOURCE = "src"  # one attempt of one input: its lines are numbered from 0 in LOG_SEQ
+LOG_SEQ = "seq"  # a client that reads a line from two streams (call and app) shows it once
