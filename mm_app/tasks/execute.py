@@ -403,6 +403,7 @@ def _call(
     ctx = task.ctx
     for volume_id in mounted.values():  # each input starts from the committed contents
         volumes.cache(ctx.redis).sync(volume_id)
+    sinks.container = getattr(getattr(call, "__self__", None), "container_id", None)  # the runner's ct- id
     try:
         outcome = call(
             payload,
@@ -450,6 +451,7 @@ class _Sinks:
         self.budget = LogBudget(ctx.caps)
         self.lines = LineBuffer(self._store, ctx.caps.max_log_line)
         self.source, self.seq = uuid.uuid4().hex[:12], 0  # this attempt's lines, numbered for de-duplication
+        self.container: str | None = None
 
     def log(self, stream: str, text: str) -> None:
         self.lines.write(stream, text)  # whole lines reach _store (mm_app/tasks/lines.py)
@@ -468,6 +470,7 @@ class _Sinks:
                     protocol.LOG_FUNCTION: self.tag,
                     protocol.LOG_SOURCE: self.source,
                     protocol.LOG_SEQ: str(self.seq + len(entries)),
+                    **({protocol.LOG_CONTAINER: self.container} if self.container else {}),
                 }
             )
         self.seq += len(entries)

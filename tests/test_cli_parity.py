@@ -1,0 +1,178 @@
+"""The everyday CLI a Modal user expects (issue 17): apps, dicts, queues, containers and a shell, with --json."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+import uuid
+
+import minimodal
+from tests.conftest import ROOT, Stack, wait_for
+from tests.functions import basic
+
+
+def _cli(stack: Stack, token: str, *argv: str, code: int = 0) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "minimodal", *argv],
+        env={**stack.env, "MINIMODAL_TOKEN": token},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == code, (argv, done.stdout, done.stderr)
+    return done.stdout if code == 0 else done.stderr
+
+
+def test_dict_commands_list_show_clear_and_delete_a_dict(stack: Stack, user: str) -> None:
+    name = f"cli-d-{uuid.uuid4().hex[:6]}"
+    d = minimodal.Dict.from_name(name, create_if_missing=True)
+    d.update({"a": 1, "b": [2, 3]})
+    listed = json.loads(_cli(stack, user, "dict", "list", "--json"))
+    assert {"name": name, "id": d.object_id, "len": 2} in listed
+    assert name in _cli(stack, user, "dict", "list")
+    assert sorted(json.loads(_cli(stack, user, "dict", "items", name, "--json"))) == [["a", 1], ["b", [2, 3]]]
+    assert "'b'" in _cli(stack, user, "dict", "items", name)
+    assert _cli(stack, user, "dict", "get", name, "b") == "[2, 3]\n"
+    _cli(stack, user, "dict", "clear", name)
+    assert d.len() == 0
+    _cli(stack, user, "dict", "delete", name)
+    assert name not in _cli(stack, user, "dict", "list")
+
+
+def test_queue_commands_give_length_peek_clear_and_delete(stack: Stack, user: str) -> None:
+    name = f"cli-q-{uuid.uuid4().hex[:6]}"
+    q = minimodal.Queue.from_name(name, create_if_missing=True)
+    q.put_many(["x", "y", "z"])
+    assert {"name": name, "id": q.object_id, "len": 3} in json.loads(_cli(stack, user, "queue", "list", "--json"))
+    assert _cli(stack, user, "queue", "len", name) == "3\n"
+    assert json.loads(_cli(stack, user, "queue", "peek", name, "2", "--json")) == ["x", "y"]
+    assert _cli(stack, user, "queue", "peek", name) == "'x'\n"
+    assert q.len() == 3  # peeking takes nothing
+    _cli(stack, user, "queue", "clear", name)
+    assert q.len() == 0
+    _cli(stack, user, "queue", "delete", name)
+    assert name not in _cli(stack, user, "queue", "list")
+
+
+def test_app_list_and_history_print_json(stack: Stack, user: str) -> None:
+    with basic.app.run():
+        app_id = basic.app.app_id
+        apps = json.loads(_cli(stack, user, "app", "list", "--json"))
+    assert [a for a in apps if a["app_id"] == app_id][0]["state"] == "ephemeral"
+    error = _cli(stack, user, "app", "history", "no-such-app", "--json", code=1)
+    assert len(error.strip().splitlines()) == 1 and "NotFoundError" in error
+
+
+def test_a_failing_command_prints_one_line_and_no_traceback(stack: Stack, user: str) -> None:
+    error = _cli(stack, user, "dict", "get", "no-such-dict", "k", code=1)
+    assert error.count("\n") == 1 and "Traceback" not in error and "NotFoundError" in error
+    error = _cli(stack, user, "container", "logs", "ct-nosuchthing", code=1)
+    assert error.count("\n") == 1 and "no running container" in error
+
+
+def test_container_commands_list_show_logs_exec_and_stop_a_running_container(stack: Stack, user: str) -> None:
+    with basic.app.run():
+        assert basic.chatty.remote(2, 0) == "done"  # its runner stays warm afterwards
+        app_id = basic.app.app_id
+
+        def mine() -> list[dict]:
+            return [c for c in json.loads(_cli(stack, user, "container", "list", "--json")) if c["app"] == app_id]
+
+        [container] = wait_for(mine, 30, "the warm runner in the container list")
+        assert container["function"] == "chatty" and container["app_name"] == "tests-basic"
+        assert container["id"].startswith("ct-") and container["started_at"] > 0
+        assert container["id"] in _cli(stack, user, "container", "list")
+        assert "line 0\nline 1\n" in _cli(stack, user, "container", "logs", container["id"])
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "minimodal",
+                "container",
+                "exec",
+                container["id"],
+                "--",
+                "sh",
+                "-c",
+                "echo hi; exit 4",
+            ],
+            env={**stack.env, "MINIMODAL_TOKEN": user},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (out.returncode, out.stdout) == (4, "hi\n"), out.stderr
+        _cli(stack, user, "container", "stop", container["id"])
+        wait_for(lambda: not mine(), 30, "the stopped container to leave the list")
+        assert basic.chatty.remote(1, 0) == "done"  # the next call starts a new runner
+
+
+def test_shell_opens_an_interactive_shell_in_a_functions_container_through_a_pseudo_terminal(
+    stack: Stack, user: str
+) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI on a terminal, as a user types it
+        os.chdir(ROOT)
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "minimodal", "shell", "tests/functions/basic.py::square"],
+            {**stack.env, "MINIMODAL_TOKEN": user},
+        )
+    seen = b""
+
+    def read_until(marker: bytes, timeout: float = 60) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while marker not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+        assert marker in seen, seen
+
+    try:
+        deadline = time.monotonic() + 90
+        while b"$ " not in seen and b"# " not in seen and time.monotonic() < deadline:
+            with _quiet():
+                if select.select([fd], [], [], 0.5)[0]:
+                    seen += os.read(fd, 4096)
+        os.write(fd, b"echo $((6 * 7))-ok\n")  # at the prompt
+        read_until(b"42-ok")
+        os.write(fd, b"exit 3\n")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            with _quiet():
+                if select.select([fd], [], [], 0.2)[0]:
+                    seen += os.read(fd, 4096)
+        else:
+            raise AssertionError(f"the shell did not end: {seen!r}")
+        assert os.waitstatus_to_exitcode(status) == 3, seen
+    finally:
+        with _quiet():
+            os.kill(pid, 9)
+        with _quiet():
+            os.waitpid(pid, 0)
+        os.close(fd)
+    wait_for(
+        lambda: not json.loads(_cli(stack, user, "container", "list", "--json")), 30, "the shell's container to go"
+    )
+
+
+class _quiet:  # noqa: N801 - used as a statement
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
