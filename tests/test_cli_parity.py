@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
 import uuid
 
+import pytest
+
 import minimodal
 from tests.conftest import ROOT, Stack, wait_for
-from tests.functions import basic
+from tests.functions import basic, shelly
 
 
 def _cli(stack: Stack, token: str, *argv: str, code: int = 0) -> str:
@@ -114,65 +119,89 @@ def test_container_commands_list_show_logs_exec_and_stop_a_running_container(sta
         assert basic.chatty.remote(1, 0) == "done"  # the next call starts a new runner
 
 
+class _Terminal:
+    """The CLI on a pseudo-terminal, as a user types into it (python's pty module)."""
+
+    def __init__(self, stack: Stack, token: str, *argv: str) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child
+            os.chdir(ROOT)
+            os.execve(
+                sys.executable, [sys.executable, "-m", "minimodal", *argv], {**stack.env, "MINIMODAL_TOKEN": token}
+            )
+        self.seen = b""
+
+    def read_until(self, *markers: bytes, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(m in self.seen for m in markers) and time.monotonic() < deadline:
+            self._read(0.5)
+        assert any(m in self.seen for m in markers), self.seen
+
+    def _read(self, wait: float) -> None:
+        with contextlib.suppress(OSError):  # EIO once the child has gone
+            if select.select([self.fd], [], [], wait)[0]:
+                self.seen += os.read(self.fd, 4096)
+
+    def type(self, text: bytes) -> None:
+        os.write(self.fd, text)
+
+    def exit_code(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            self._read(0.2)
+        raise AssertionError(f"the CLI did not end: {self.seen!r}")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
 def test_shell_opens_an_interactive_shell_in_a_functions_container_through_a_pseudo_terminal(
     stack: Stack, user: str
 ) -> None:
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the CLI on a terminal, as a user types it
-        os.chdir(ROOT)
-        os.execve(
-            sys.executable,
-            [sys.executable, "-m", "minimodal", "shell", "tests/functions/basic.py::square"],
-            {**stack.env, "MINIMODAL_TOKEN": user},
-        )
-    seen = b""
-
-    def read_until(marker: bytes, timeout: float = 60) -> None:
-        nonlocal seen
-        deadline = time.monotonic() + timeout
-        while marker not in seen and time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.5)
-            if ready:
-                try:
-                    seen += os.read(fd, 4096)
-                except OSError:
-                    break
-        assert marker in seen, seen
-
+    term = _Terminal(stack, user, "shell", "tests/functions/basic.py::square")
     try:
-        deadline = time.monotonic() + 90
-        while b"$ " not in seen and b"# " not in seen and time.monotonic() < deadline:
-            with _quiet():
-                if select.select([fd], [], [], 0.5)[0]:
-                    seen += os.read(fd, 4096)
-        os.write(fd, b"echo $((6 * 7))-ok\n")  # at the prompt
-        read_until(b"42-ok")
-        os.write(fd, b"exit 3\n")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            with _quiet():
-                if select.select([fd], [], [], 0.2)[0]:
-                    seen += os.read(fd, 4096)
-        else:
-            raise AssertionError(f"the shell did not end: {seen!r}")
-        assert os.waitstatus_to_exitcode(status) == 3, seen
+        term.read_until(b"$ ", b"# ")  # the remote shell's prompt
+        term.type(b"echo $((6 * 7))-ok\n")
+        term.read_until(b"42-ok")
+        term.type(b"exit 3\n")
+        assert term.exit_code() == 3, term.seen
     finally:
-        with _quiet():
-            os.kill(pid, 9)
-        with _quiet():
-            os.waitpid(pid, 0)
-        os.close(fd)
+        term.close()
     wait_for(
         lambda: not json.loads(_cli(stack, user, "container", "list", "--json")), 30, "the shell's container to go"
     )
 
 
-class _quiet:  # noqa: N801 - used as a statement
-    def __enter__(self) -> None:
-        pass
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
+@pytest.mark.docker
+def test_shell_and_exec_reach_a_container_of_the_functions_image_with_its_volume_and_secrets(
+    docker_stack: Stack, docker_user: str
+) -> None:
+    vol = minimodal.Volume.from_name("shell-vol", create_if_missing=True)
+    with vol.batch_upload(force=True) as batch:
+        batch.put_file(io.BytesIO(b"hello from the volume\n"), "/hello.txt")
+    term = _Terminal(docker_stack, docker_user, "shell", "tests/functions/shelly.py::probe")
+    try:
+        term.read_until(b"$ ", b"# ")
+        term.type(b'cat /data/hello.txt; echo "[$SHELL_SECRET] uid=$(id -u)"\n')
+        term.read_until(b"uid=1000")
+        assert b"hello from the volume" in term.seen and b"[s3cret] uid=1000" in term.seen
+        term.type(b"exit\n")
+        assert term.exit_code() == 0, term.seen
+    finally:
+        term.close()
+    with shelly.app.run():
+        assert shelly.probe.remote() == "hello from the volume\n"
+        [container] = wait_for(
+            lambda: json.loads(_cli(docker_stack, docker_user, "container", "list", "--json")), 30, "the runner"
+        )
+        out = _cli(docker_stack, docker_user, "container", "exec", container["id"], "--", "cat", "/data/hello.txt")
+        assert out == "hello from the volume\n"
+        assert "s3cret" not in _cli(docker_stack, docker_user, "container", "exec", container["id"], "--", "env")
+    minimodal.Volume.delete("shell-vol")

@@ -73,6 +73,8 @@ def describe(ctx: WorkerContext) -> list[dict[str, Any]]:
 
 
 _sandboxes: dict[str, Runner] = {}  # ct id -> runner started for `minimodal shell` (in no pool)
+_attached: set[str] = set()  # sandboxes a terminal was opened in (the others are stopped after a while)
+SANDBOX_ATTACH_SECONDS = 120  # a sandbox no terminal opens in within this long is stopped
 
 
 def _runners(ctx: WorkerContext) -> list[tuple[str, Runner]]:
@@ -151,6 +153,7 @@ class ControlServer:
             session = str(request["session"])
             env = self._secrets(runner) if request.get("secrets") else {}
             opened = _open_tty(runner, list(request["cmd"]), env, request.get("size"))
+            _attached.add(runner.container_id or "")
             threading.Thread(
                 target=_relay,
                 args=(self.ctx, session, opened, runner if request.get("stop_after") else None),
@@ -183,7 +186,16 @@ class ControlServer:
         runner = pool.runtime.start(self.ctx.runner_spec(spec))
         runner.container_id, runner.started_at = protocol.new_id("ct"), time.time()
         _sandboxes[runner.container_id] = runner
+        timer = threading.Timer(SANDBOX_ATTACH_SECONDS, _stop_unattached, args=(runner,))
+        timer.daemon = True
+        timer.start()
         return {"container_id": runner.container_id}
+
+
+def _stop_unattached(runner: Runner) -> None:
+    """A sandbox whose client never opened its terminal (it crashed, say) must not live for ever."""
+    if runner.container_id not in _attached and _sandboxes.pop(runner.container_id or "", None) is not None:
+        runner.stop()
 
 
 def _exec(runner: Runner, cmd: list[str], timeout: float) -> dict[str, Any]:
@@ -337,4 +349,5 @@ def _relay(ctx: WorkerContext, session: str, terminal: _Terminal, sandbox: Runne
         redis.delete(in_key)
         if sandbox is not None:
             _sandboxes.pop(sandbox.container_id or "", None)
+            _attached.discard(sandbox.container_id or "")
             sandbox.stop()
