@@ -179,6 +179,27 @@ def test_shell_opens_an_interactive_shell_in_a_functions_container_through_a_pse
     )
 
 
+def test_container_exec_with_a_tty_is_interactive_and_gives_the_commands_exit_code(stack: Stack, user: str) -> None:
+    with basic.app.run():
+        assert basic.square.remote(3) == 9
+        app_id = basic.app.app_id
+        [container] = wait_for(
+            lambda: [c for c in json.loads(_cli(stack, user, "container", "list", "--json")) if c["app"] == app_id],
+            30,
+            "the warm runner",
+        )
+        term = _Terminal(stack, user, "container", "exec", "-t", container["id"], "--", "/bin/sh")
+        try:
+            term.read_until(b"$ ", b"# ")
+            term.type(b"read name; echo hello-$name\n")
+            term.type(b"world\n")  # read by the remote `read`: stdin is interactive
+            term.read_until(b"hello-world")
+            term.type(b"exit 5\n")
+            assert term.exit_code() == 5, term.seen
+        finally:
+            term.close()
+
+
 @pytest.mark.docker
 def test_shell_and_exec_reach_a_container_of_the_functions_image_with_its_volume_and_secrets(
     docker_stack: Stack, docker_user: str
