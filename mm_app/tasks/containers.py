@@ -74,7 +74,7 @@ def describe(ctx: WorkerContext) -> list[dict[str, Any]]:
 
 _sandboxes: dict[str, Runner] = {}  # ct id -> runner started for `minimodal shell` (in no pool)
 _attached: set[str] = set()  # sandboxes a terminal was opened in (the others are stopped after a while)
-SANDBOX_ATTACH_SECONDS = 120  # a sandbox no terminal opens in within this long is stopped
+SANDBOX_ATTACH_SECONDS = 600  # a sandbox no terminal opens in within this long is stopped
 
 
 def _runners(ctx: WorkerContext) -> list[tuple[str, Runner]]:
