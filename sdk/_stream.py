@@ -182,6 +182,13 @@ class AppLogs:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="minimodal-app-logs", daemon=True)
         self._thread.start()
+        _following.add(self)
+
+    def catch_up(self) -> None:
+        """Show every line already in the stream now (a call whose result is in has all its lines there)."""
+        with contextlib.suppress(Exception):
+            while self._read(follow=False) > 0:
+                pass
 
     def _read(self, follow: bool) -> int:
         """Show what comes after the cursor (waiting for it when ``follow``); how many lines, -1 once stopped."""
@@ -208,8 +215,16 @@ class AppLogs:
 
     def stop(self) -> None:
         """Show the lines still in the stream, then stop following."""
-        with contextlib.suppress(Exception):
-            while self._read(follow=False) > 0:
-                pass
+        self.catch_up()
         with self._lock:
             self._stopped.set()
+        _following.discard(self)
+
+
+_following: set[AppLogs] = set()
+
+
+def catch_up() -> None:
+    """Before a spawned call's result is handed over: show what it printed (and all else printed so far)."""
+    for follower in list(_following):
+        follower.catch_up()

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from . import config, protocol
+from . import _stream, config, protocol
 from ._aclient import arequest
-from ._aio import aio_iterator, aio_method
+from ._aio import aio_iterator, aio_method, in_thread
 from ._client import Client
 from ._progress import Bar
 from ._serialization import deserialize, rebuild_exception, serialize_args
@@ -149,6 +149,7 @@ class FunctionCall(Generic[R]):
         self._outputs: dict[int, dict[str, Any]] = {}
         self._cursor = "0-0"
         self._lock = threading.Lock()
+        self._show_app_logs = True  # False when the caller read this call's own logs (.remote())
 
     def __repr__(self) -> str:
         return f"FunctionCall({self.object_id!r})"
@@ -206,7 +207,10 @@ class FunctionCall(Generic[R]):
 
         A remote exception is re-raised with its original type and the remote traceback attached.
         """
-        ok, value = _decode_output(self._client, self._envelope(index, timeout))
+        envelope = self._envelope(index, timeout)
+        if self._show_app_logs:
+            _stream.catch_up()  # under output, what the call printed shows before its result is used
+        ok, value = _decode_output(self._client, envelope)
         if not ok:
             raise value
         return value
@@ -224,6 +228,8 @@ class FunctionCall(Generic[R]):
         if index not in self._outputs:
             raise TimeoutError(f"{self.object_id} has no result yet (waited {timeout} s)")
         envelope = self._outputs[index]
+        if self._show_app_logs and _stream._following:
+            await in_thread(_stream.catch_up)
         ok, value = _decode_output(self._client, envelope, await _adata(self._client, envelope))
         if not ok:
             raise value
@@ -322,6 +328,7 @@ class Function(Generic[P, R]):
                             fc._outputs[event[protocol.OUT_INDEX]] = event
             finally:
                 events.close()
+        fc._show_app_logs = False  # its lines were read from its own stream above
         return fc.get()
 
     @remote.native
@@ -352,6 +359,7 @@ class Function(Generic[P, R]):
                     print_log(event)
                 else:
                     fc._outputs[event[protocol.OUT_INDEX]] = event
+        fc._show_app_logs = False
         return await fc._get_aio()
 
     @aio_iterator
