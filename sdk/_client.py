@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json as json_module
 import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from . import config
-from .exception import AuthError, RateLimitError, ServiceError, from_response
+from .exception import AuthError, Error, RateLimitError, ServiceError, from_response
 from .protocol import b64, unb64
 
 if TYPE_CHECKING:
@@ -114,19 +115,24 @@ class Client:
         except requests.Timeout as exc:
             raise ServiceError(f"the MiniModal API at {self.server_url} did not answer within {timeout} s") from exc
         if response.status_code >= 400:
-            try:
-                error = response.json()["error"]
-                message, error_type = error["message"], error.get("type")
-            except (ValueError, KeyError, TypeError):
-                message, error_type = f"HTTP {response.status_code}: {response.text[:500]}", None
-            error = from_response(response.status_code, error_type, message)
-            if isinstance(error, RateLimitError):
-                with contextlib.suppress(ValueError):
-                    error.retry_after = float(response.headers.get("Retry-After", ""))
-            raise error
+            raise error_for(response.status_code, response.text, response.headers.get("Retry-After"))
         if raw or stream:
             return response
         return response.json() if response.content else None
+
+
+def error_for(status: int, body: str, retry_after: str | None) -> Error:
+    """The ``minimodal.exception`` error an error reply stands for (its JSON ``error``, else its status)."""
+    try:
+        error = json_module.loads(body)["error"]
+        message, error_type = error["message"], error.get("type")
+    except (ValueError, KeyError, TypeError):
+        message, error_type = f"HTTP {status}: {body[:500]}", None
+    exc = from_response(status, error_type, message)
+    if isinstance(exc, RateLimitError):
+        with contextlib.suppress(ValueError, TypeError):
+            exc.retry_after = float(retry_after or "")
+    return exc
 
 
 CHANNEL_MODULE = "_minimodal_channel"  # registered in sys.modules by the runner (minimodal._runner)

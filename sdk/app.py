@@ -33,6 +33,7 @@ from ._client import Client
 from ._progress import Bar
 from ._serialization import serialize_function
 from ._source import Source, source_of
+from ._stream import AppLogs
 from .concurrency import options_of_function as concurrency_options
 from .exception import ImageBuildError, InvalidError, NotFoundError, UnsupportedOptionError
 from .functions import Function, FunctionOptions
@@ -410,9 +411,13 @@ class App:
         """Create an ephemeral app on the server with the current code of every function; stop it on exit."""
         client = Client.from_config()
         self._register(client, "/v1/apps", {})
+        assert self.app_id is not None
+        logs = AppLogs(client, self.app_id) if output_enabled() else None  # every call's prints, live
         try:
             yield self
         finally:
+            if logs is not None:
+                logs.stop()
             if not detach:
                 with contextlib.suppress(Exception):
                     client.request("POST", f"/v1/apps/{self.app_id}/stop")

@@ -16,7 +16,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import _cli_objects, _deploy_cli, _modal_alias, config
+from . import _cli_containers, _cli_objects, _cli_state, _deploy_cli, _modal_alias, config
+from ._cli_state import print_json
 from ._client import Client
 from ._stream import print_log
 from .app import App, LocalEntrypoint
@@ -216,6 +217,9 @@ def cmd_app(args: argparse.Namespace) -> int:
         return int(args.app_handler(args))  # stop, history: sdk/_deploy_cli.py
     if args.app_command == "list":
         apps = Client.from_config().request("GET", "/v1/apps")["apps"]
+        if args.json:
+            print_json(apps)
+            return 0
         print(f"{'app id':24} {'name':20} {'state':10} {'created':20} functions")
         for app in apps:
             print(
@@ -306,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     app = commands.add_parser("app", help="apps")
     app_commands = app.add_subparsers(dest="app_command", required=True)
-    app_commands.add_parser("list", help="your apps, newest first")
+    app_commands.add_parser("list", help="your apps, newest first").add_argument("--json", action="store_true")
     app_logs = app_commands.add_parser("logs", help="what an app's calls printed")
     app_logs.add_argument("app", help="app id (ap-...) or name (its newest run)")
     app_logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
@@ -343,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--user", help="whose token (admin token needed for another user's)")
     token.set_defaults(handler=cmd_token)
     _cli_objects.add_commands(commands)  # secret, volume
+    _cli_state.add_commands(commands)  # dict, queue
+    _cli_containers.add_commands(commands)  # container, shell
     return parser
 
 
@@ -351,9 +357,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.handler(args)
     except Error as exc:
-        print(f"minimodal: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"minimodal: {type(exc).__name__}: {_one_line(str(exc))}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:  # the app (unless detached) was stopped on the way out, its calls cancelled
         print("minimodal: interrupted", file=sys.stderr)
         code = 130
     sys.exit(code)
+
+
+def _one_line(message: str) -> str:
+    """An error for the terminal: its first line (a remote traceback stays in `minimodal call show`)."""
+    return message.strip().splitlines()[0] if message.strip() else message

@@ -115,6 +115,10 @@ class _BoundMethod:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._function().remote(*args, **self._extra, **kwargs)
 
+    @remote.native
+    async def _remote_aio(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._function().remote.aio(*args, **self._extra, **kwargs)
+
     @aio_iterator
     def remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         return self._function().remote_gen(*args, **self._extra, **kwargs)
@@ -122,6 +126,10 @@ class _BoundMethod:
     @aio_method
     def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall[Any]:
         return self._function().spawn(*args, **self._extra, **kwargs)
+
+    @spawn.native
+    async def _spawn_aio(self, *args: Any, **kwargs: Any) -> FunctionCall[Any]:
+        return await self._function().spawn.aio(*args, **self._extra, **kwargs)
 
     @aio_iterator
     def map(self, *inputs: Iterable[Any], kwargs: dict[str, Any] | None = None, **options: Any) -> Iterator[Any]:

@@ -230,6 +230,26 @@ def worker_key(worker_id: str) -> str:
     return key("worker", worker_id)
 
 
+def control_key(worker_id: str) -> str:
+    """List of control requests to one worker (container stop/exec/tty/sandbox), read by its control thread."""
+    return key("ctl", worker_id)
+
+
+def control_reply_key(request_id: str) -> str:
+    """List holding the one JSON answer to a control request (expires)."""
+    return key("ctlreply", request_id)
+
+
+def tty_in_key(session_id: str) -> str:
+    """List of what a terminal session's client typed (and resizes), for the worker that runs it."""
+    return key("tty", session_id, "in")
+
+
+def tty_out_key(session_id: str) -> str:
+    """Stream of what a terminal session's process wrote, then an ``end`` entry with its exit code."""
+    return key("tty", session_id, "out")
+
+
 def dispatcher_heartbeat_key() -> str:
     return key("dispatcher", "heartbeat")
 
@@ -593,3 +613,6 @@ LOG_INDEX = "idx"
 LOG_STREAM = "stream"  # stdout | stderr
 LOG_TEXT = "text"
 LOG_FUNCTION = "fn"
+LOG_SOURCE = "src"  # one attempt of one input: its lines are numbered from 0 in LOG_SEQ
+LOG_CONTAINER = "ctr"  # the container (ct-...) that printed it: `minimodal container logs`
+LOG_SEQ = "seq"  # a client that reads a line from two streams (call and app) shows it once

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def sdk_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A virtualenv with the project installed without extras: cloudpickle, requests and rich only."""
+    """A virtualenv with the project installed without extras: cloudpickle, requests, httpx and rich only."""
     env = tmp_path_factory.mktemp("sdk-only") / "venv"
     venv.create(env, with_pip=True)
     subprocess.run(

@@ -23,6 +23,8 @@ import threading
 import time
 from collections import defaultdict
 
+from minimodal.protocol import new_id
+
 from .runtimes.base import Runner, RunnerSpec, RunnerStartError, Runtime
 
 logger = logging.getLogger("minimodal.workers.pool")
@@ -172,6 +174,7 @@ class WarmPool:
         began = time.monotonic()
         runner = self.runtime.start(spec)
         runner.started_in = time.monotonic() - began
+        runner.container_id, runner.started_at = new_id("ct"), time.time()
         with self._lock:
             self.started += 1
             self.events.append((time.time(), spec.key, "start"))
@@ -199,6 +202,13 @@ class WarmPool:
                 "busy": sum(len(v) for v in self._busy.values()),
                 "idle": sum(len(v) for v in self._idle.values()),
             }
+
+    def all_runners(self) -> list[Runner]:
+        """Every runner, idle or busy (what `minimodal container list` shows)."""
+        with self._lock:
+            runners = [r for idle in self._idle.values() for _, r in idle]
+            runners += [r for busy in self._busy.values() for r in busy]
+        return [r for r in runners if r.alive]
 
     def runners(self, key: str) -> int:
         with self._lock:

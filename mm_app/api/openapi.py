@@ -83,6 +83,20 @@ def _worker_op(summary: str, **kwargs: Any) -> dict[str, Any]:
 
 
 _SHA = _path("sha", "sha256 hex digest of the content")
+_CONTAINER_ID = _path("container_id", "container id (ct-...)")
+_CONTAINER = _obj(
+    {
+        "id": _str(),
+        "app": _str(),
+        "app_name": _str(),
+        "function": _str(),
+        "function_id": _str(),
+        "runtime": _str(),
+        "worker": _str(),
+        "started_at": _num(),
+        "sandbox": {"type": "boolean"},
+    }
+)
 _CALL = _path("call_id", "function call id (fc-...)")
 _CURSOR = _query("cursor", "stream cursor of the previous reply, `<ms>-<seq>`; `0-0` from the start")
 _ENVELOPE = _obj(
@@ -517,6 +531,73 @@ def _paths() -> dict[str, dict[str, Any]]:
                 "apps",
                 params=[_path("function_id", "function id (fu-...)")],
                 reply=_obj({"function_id": _str(), "app_id": _str(), "tag": _str(), "options": {"type": "object"}}),
+                errors=("404",),
+            )
+        },
+        "/v1/functions/{function_id}/shell": {
+            "post": _op(
+                "Start a container of the function that runs no input, for a terminal (minimodal shell)",
+                "containers",
+                params=[_path("function_id", "function id (fu-...)")],
+                reply=_obj({"container_id": _str(), "worker": _str()}),
+                errors=("404", "503"),
+            )
+        },
+        "/v1/containers": {
+            "get": _op(
+                "The user's running containers (runners): app, function, worker, start time",
+                "containers",
+                reply=_obj({"containers": {"type": "array", "items": _CONTAINER}}),
+            )
+        },
+        "/v1/containers/{container_id}": {
+            "get": _op("One running container", "containers", params=[_CONTAINER_ID], reply=_CONTAINER, errors=("404",))
+        },
+        "/v1/containers/{container_id}/logs": {
+            "get": _op(
+                "What the inputs that ran in the container printed",
+                "containers",
+                params=[_CONTAINER_ID],
+                reply=_obj({"logs": {"type": "array", "items": {"type": "object"}}}),
+                errors=("404",),
+            )
+        },
+        "/v1/containers/{container_id}/stop": {
+            "post": _op(
+                "Stop the container (an input running there is retried by its policy)",
+                "containers",
+                params=[_CONTAINER_ID],
+                reply=_obj({"stopped": _str()}),
+                errors=("404", "503"),
+            )
+        },
+        "/v1/containers/{container_id}/exec": {
+            "post": _op(
+                "Run a command in the container to its end",
+                "containers",
+                params=[_CONTAINER_ID],
+                body=_obj({"cmd": {"type": "array", "items": _str()}, "timeout": _num()}, required=["cmd"]),
+                reply=_obj({"exit_code": _int(), "output": _str(format="byte")}),
+                errors=("404", "503"),
+            )
+        },
+        "/v1/containers/{container_id}/tty": {
+            "get": _op(
+                "WebSocket of a terminal in the container",
+                "containers",
+                params=[
+                    _CONTAINER_ID,
+                    _query("cmd", "JSON list: the command (default a shell)"),
+                    _query("rows", "terminal rows", _int()),
+                    _query("cols", "terminal columns", _int()),
+                    _query("secrets", "1: the function's secrets in its environment"),
+                    _query("stop_after", "1: stop the container when the terminal ends"),
+                ],
+                ok="101",
+                description=(
+                    'Upgrade to a WebSocket. The client sends `{"in": base64}`, `{"resize": [rows, cols]}`, '
+                    '`{"close": true}`; the server sends `{"out": base64}`, then `{"exit": code}`.'
+                ),
                 errors=("404",),
             )
         },

@@ -40,7 +40,7 @@ from ..models import FunctionRecord, FunctionSpecRecord, SourceFileRecord
 from ..payloads import Payloads
 from ..pending import PendingQueues
 from ..registry import inputs_per_runner
-from . import volumes
+from . import containers, volumes
 from .breaker import CircuitBreaker
 from .caps import OutputCaps
 from .forward import Forwarder
@@ -274,6 +274,10 @@ class WorkerContext:
 
     def start_heartbeat(self) -> None:
         threading.Thread(target=self._beat, name="mm-heartbeat", daemon=True).start()
+        from .containers import ControlServer
+
+        self.control = ControlServer(self)  # container stop/exec/tty requests (mm_app/tasks/containers.py)
+        self.control.start()
 
     def _beat(self) -> None:
         interval = config.get("heartbeat_seconds")
@@ -314,6 +318,7 @@ class WorkerContext:
             "active": active_tasks(),
             "runners": runners,
             "draining": self.draining,
+            "containers": containers.describe(self),  # `minimodal container list`
             "at": time.time(),
         }
         ttl = int(interval * 5) + 1
@@ -382,6 +387,8 @@ class WorkerContext:
     def close(self) -> None:
         self._stop.set()
         self._beat_now.set()
+        if getattr(self, "control", None) is not None:
+            self.control.stop()
         self.draining = True
         self.recorder.close()
         if self.forwarder is not None:

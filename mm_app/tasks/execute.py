@@ -32,6 +32,7 @@ from ..celery_app import app
 from . import volumes
 from .caps import LogBudget
 from .context import WorkerContext, close_context, get_context
+from .lines import LineBuffer
 from .recorder import Ended
 
 logger = logging.getLogger("minimodal.worker")
@@ -404,15 +405,19 @@ def _call(
     ctx = task.ctx
     for volume_id in mounted.values():  # each input starts from the committed contents
         volumes.cache(ctx.redis).sync(volume_id)
-    outcome = call(
-        payload,
-        call_id=task.call_id,
-        idx=idx,
-        on_log=sinks.log,
-        on_item=sinks.item,
-        on_request=lambda request: _platform_request(ctx, task.user_id, mounted, request, task.call_id),
-        env=env,
-    )
+    sinks.container = getattr(getattr(call, "__self__", None), "container_id", None)  # the runner's ct- id
+    try:
+        outcome = call(
+            payload,
+            call_id=task.call_id,
+            idx=idx,
+            on_log=sinks.log,
+            on_item=sinks.item,
+            on_request=lambda request: _platform_request(ctx, task.user_id, mounted, request, task.call_id),
+            env=env,
+        )
+    finally:
+        sinks.lines.close()  # a last line without its end is the input's too
     ctx.breaker.success()  # a runner ran the input: whatever the code did, the platform worked
     for volume_id in mounted.values():  # what the input wrote is committed when it ends
         volumes.cache(ctx.redis).commit(volume_id)
@@ -451,20 +456,34 @@ class _Sinks:
         self.ctx, self.call_id, self.app_id, self.tag, self.user_id, self.idx = ctx, call_id, app_id, tag, user_id, idx
         self.items = 0
         self.budget = LogBudget(ctx.caps)
+        self.lines = LineBuffer(self._store, ctx.caps.max_log_line)
+        self.source, self.seq = uuid.uuid4().hex[:12], 0  # this attempt's lines, numbered for de-duplication
+        self.container: str | None = None
 
     def log(self, stream: str, text: str) -> None:
-        capped = self.budget.take(text)
-        if capped is None:
-            return
-        text = capped
-        fields = {
-            protocol.LOG_INDEX: str(self.idx),
-            protocol.LOG_STREAM: stream,
-            protocol.LOG_TEXT: text,
-            protocol.LOG_FUNCTION: self.tag,
-        }
+        self.lines.write(stream, text)  # whole lines reach _store (mm_app/tasks/lines.py)
+
+    def _store(self, lines: list[tuple[str, str]]) -> None:
+        entries = []
+        for stream, line in lines:
+            text = self.budget.take(line)
+            if text is None:
+                break
+            entries.append(
+                {
+                    protocol.LOG_INDEX: str(self.idx),
+                    protocol.LOG_STREAM: stream,
+                    protocol.LOG_TEXT: text,
+                    protocol.LOG_FUNCTION: self.tag,
+                    protocol.LOG_SOURCE: self.source,
+                    protocol.LOG_SEQ: str(self.seq + len(entries)),
+                    **({protocol.LOG_CONTAINER: self.container} if self.container else {}),
+                }
+            )
+        self.seq += len(entries)
         try:
-            self.ctx.payloads.put_log(self.call_id, self.app_id, fields)
+            if entries:
+                self.ctx.payloads.put_logs(self.call_id, self.app_id, entries)
         except Exception:  # noqa: BLE001 - a lost log line must not fail the call
             logger.warning("cannot store a log line of %s", self.call_id, exc_info=True)
 

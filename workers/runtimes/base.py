@@ -173,6 +173,8 @@ _SHARED_LOCK = threading.Lock()
 class Runner(abc.ABC):
     spec: RunnerSpec
     started_in: float | None = None  # seconds its start took, until the first input takes it (then None)
+    container_id: str | None = None  # ct-...: its name in `minimodal container ...` (set by the pool)
+    started_at: float | None = None  # time.time() when it started
 
     @abc.abstractmethod
     def call(
