@@ -68,6 +68,21 @@ async def arequest(
     Errors are those of :meth:`Client.request`; with ``reconnect`` an unreachable server is tried
     again for up to ``RECONNECT_SECONDS``, and a 429 is waited out as the server says.
     """
+    if not client.websocket:  # inside a function: the request goes through the runner's channel, not HTTP
+        from ._aio import in_thread
+
+        reply = await in_thread(
+            client.request,
+            method,
+            path,
+            json=json,
+            data=data,
+            params=params,
+            timeout=timeout,
+            raw=raw,
+            reconnect=reconnect,
+        )
+        return reply.content if raw else reply
     delay, deadline = 0.1, time.monotonic() + RECONNECT_SECONDS
     rate_deadline = time.monotonic() + RATE_LIMIT_WAIT_SECONDS
     while True:
