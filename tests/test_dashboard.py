@@ -68,15 +68,19 @@ def wait_for_polls(page: Any, count: int) -> None:
 
 
 def test_the_dashboard_shows_a_users_counts_as_stats_does_and_the_failed_call_with_its_error(
-    stack: Stack, user: str, browser: Any, tmp_path: Path
+    stack: Stack, user: str, browser: Any, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     from playwright.sync_api import expect
 
-    with basic.app.run():
-        assert [basic.square.remote(x) for x in (1, 2, 3)] == [1, 4, 9]
-        failing = basic.raise_value_error.spawn("the dashboard shows this error")
-        with pytest.raises(ValueError):
-            failing.get()
+    # The app stays up while the page is read: a stopped app stops its runners, and the functions panel
+    # shows the warm ones.
+    running = basic.app.run()
+    running.__enter__()
+    request.addfinalizer(lambda: running.__exit__(None, None, None))
+    assert [basic.square.remote(x) for x in (1, 2, 3)] == [1, 4, 9]
+    failing = basic.raise_value_error.spawn("the dashboard shows this error")
+    with pytest.raises(ValueError):
+        failing.get()
     expected = wait_for(
         lambda: (s := stats(stack, user))["calls"]["completed"] == 3 and s["calls"]["failed"] == 1 and s,
         30,
