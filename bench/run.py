@@ -110,10 +110,14 @@ def _children(pid: int) -> list[int]:
 
 
 def resident(home: Path) -> dict[str, dict[str, float]]:
-    """RSS in MiB of the API, dispatcher and worker processes, and of the runner processes the worker started."""
+    """RSS in MiB of the API, dispatcher and worker processes, and of their children (the API's gunicorn
+    workers, the worker's runner processes)."""
+    from mm_app.stack import Stack
+
     out = {}
+    pids = Stack(home).pids()  # from supervisord
     for name in ("api", "dispatcher", "worker"):
-        pid = int((home / "run" / f"{name}.pid").read_text())
+        pid = pids[name]
         kids = _children(pid)
         out[name] = {
             "rss_mib": round(_rss_kib(pid) / 1024, 1),

@@ -121,6 +121,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if (config.home() / "run" / "supervisor.sock").exists():  # a stack `minimodal up` runs here: list it
+        code = _server("status")
+        if code != 0:
+            return code
     url = config.get("server_url")
     try:
         health = Client(url, None).request("GET", "/health", timeout=5)
@@ -236,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--detach", "-d", action="store_true", help="return once the stack answers")
     up.set_defaults(handler=cmd_up)
     commands.add_parser("down", help="stop what `minimodal up` started").set_defaults(handler=cmd_down)
-    commands.add_parser("status", help="exit 0 when the API answers").set_defaults(handler=cmd_status)
+    commands.add_parser(
+        "status", help="the local stack's processes, and whether the API answers (else exit 1)"
+    ).set_defaults(handler=cmd_status)
 
     logs = commands.add_parser("logs", help="what a call printed")
     logs.add_argument("call_id")

@@ -208,6 +208,7 @@ def start_stack(
         "MINIMODAL_SERVER_URL": f"http://127.0.0.1:{port}",
         "MINIMODAL_MAX_PAYLOAD_SIZE": str(TEST_MAX_PAYLOAD),
         "MINIMODAL_WORKER_CONCURRENCY": "4",
+        "MINIMODAL_API_PROCESSES": "2",  # gunicorn: more than one API process, whatever the machine's cores
         "MINIMODAL_WORKER_RUNTIME": runtime,
         "PYTHONPATH": str(ROOT),
         "MINIMODAL_WORKER_TOKEN": secrets.token_urlsafe(24),  # as `minimodal up`: the API and workers share it
