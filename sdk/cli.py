@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -106,10 +107,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _server(*argv: str) -> int:
     """Run a control-plane command in a separate interpreter: the SDK never imports the server."""
+    child = subprocess.Popen([sys.executable, "-m", "mm_app", *argv])
+    # SIGTERM to this process reaches the server command too (a foreground `up` then stops the stack).
+    previous = signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
     try:
-        return subprocess.call([sys.executable, "-m", "mm_app", *argv])
-    except KeyboardInterrupt:
-        return 130
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # Ctrl-C reached the child as well: let it finish its `down`
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

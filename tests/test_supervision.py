@@ -44,11 +44,9 @@ def _leftovers(home: Path) -> str:
     return subprocess.run(["pgrep", "-af", str(home)], capture_output=True, text=True).stdout
 
 
-@pytest.fixture(scope="module")
-def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]:
+def _stack_env(home: Path) -> dict[str, str]:
     if not any(os.access(Path(p) / "redis-server", os.X_OK) for p in os.environ.get("PATH", "").split(":")):
         missing("redis-server is not installed")
-    home = tmp_path_factory.mktemp("supervised")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINIMODAL_")}
     env.update(
         {
@@ -62,6 +60,13 @@ def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]
             "PYTHONPATH": str(ROOT),
         }
     )
+    return env
+
+
+@pytest.fixture(scope="module")
+def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]:
+    home = tmp_path_factory.mktemp("supervised")
+    env = _stack_env(home)
     up = subprocess.run([*MINIMODAL, "up", "--detach"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     stack = Supervised(home, env)
     try:
@@ -128,3 +133,28 @@ def test_status_exits_non_zero_while_a_process_is_down(supervised: Supervised) -
     finally:
         supervised.supervisorctl("start", "stack:flower")
     assert supervised.status()[0] == 0
+
+
+@pytest.mark.timeout(300)
+def test_a_foreground_up_restarts_a_killed_api_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
+    # Given `minimodal up` in the foreground...
+    home = tmp_path / "home"
+    stack = Supervised(home, _stack_env(home))
+    with open(tmp_path / "up.log", "wb") as log:
+        up = subprocess.Popen([*MINIMODAL, "up"], env=stack.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: b"MiniModal is up" in (tmp_path / "up.log").read_bytes(), 240, "the stack to come up")
+        api = int(stack.status()[1]["api"]["pid"])
+        # ...when its API (gunicorn's master) is killed, supervisord starts it again...
+        os.kill(api, signal.SIGKILL)
+        rows = wait_for(lambda: (r := stack.status())[0] == 0 and r[1], 60, "the API RUNNING again")
+        assert int(rows["api"]["pid"]) != api and rows["api"]["restarts"] == "1"
+        # ...and SIGTERM to `minimodal up` stops the stack: no process of it is left.
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=180) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            subprocess.run([*MINIMODAL, "down"], env=stack.env, cwd=ROOT, capture_output=True, timeout=180)
+    assert _leftovers(home) == ""
+    assert stack.status()[0] == 1
