@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gunicorn import util
+from gunicorn import glogging, util
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import ThreadWorker
 
@@ -55,6 +55,22 @@ class JSONErrorWorker(ThreadWorker):
         super().init_process()
 
 
+class ProcessLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's own log lines (start, stop, worker exits) through the process's logging: text or JSON lines.
+
+    ``python -m mm_app api`` configures the root logger (mm_app/observability.py) before gunicorn starts,
+    and the worker processes inherit it; gunicorn's loggers hand their records up to it.
+    """
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in list(log.handlers):
+                if getattr(handler, "_gunicorn", False):
+                    log.removeHandler(handler)
+            log.propagate = True
+
+
 def _create_tables(server: Any) -> None:
     """Create the database's tables once, in the master, before the workers (each runs create_app) start."""
     from .database import Database
@@ -87,11 +103,16 @@ class APIServer(BaseApplication):  # type: ignore[misc]
             "proc_name": "minimodal-api",
             "accesslog": None,
             "errorlog": "-",
+            "logger_class": f"{__name__}.ProcessLogger",
             "loglevel": str(config.get("log_level")).lower(),
             "on_starting": _create_tables,
         }
+        # gunicorn >= 24's control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl) that every
+        # API on the machine would share; supervisord and signals are how MiniModal controls its API.
+        options["control_socket_disable"] = True
         for key, value in options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # a setting this gunicorn does not have (older): its default is fine
+                self.cfg.set(key, value)
 
     def load(self) -> Any:
         from .api import create_app

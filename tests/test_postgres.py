@@ -40,7 +40,7 @@ from tests.test_schedules import (  # noqa: F401
 )
 from tests.test_secrets import test_a_secret_reaches_the_function_and_appears_in_no_response_or_log  # noqa: F401
 
-REDIS_DB = 6  # this module's stack's Redis database on the session's redis-server
+REDIS_DB = 10  # this module's stack's Redis database on the session's redis-server
 
 
 @pytest.fixture(scope="module")
