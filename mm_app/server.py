@@ -101,7 +101,9 @@ class APIServer(BaseApplication):  # type: ignore[misc]
             "limit_request_fields": LIMIT_REQUEST_FIELDS,
             "limit_request_field_size": LIMIT_REQUEST_FIELD_SIZE,
             "proc_name": "minimodal-api",
-            "accesslog": None,
+            # One line per request, as Werkzeug's server wrote; with JSON lines the app writes its own
+            # (minimodal.api.access, with the call's ids: mm_app/api/observe.py).
+            "accesslog": None if config.get("log_json") else "-",
             "errorlog": "-",
             "logger_class": f"{__name__}.ProcessLogger",
             "loglevel": str(config.get("log_level")).lower(),
