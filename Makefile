@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 APT    := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: install system-deps docker-base test lint format demo bench clean
+.PHONY: install system-deps docker-base test test-postgres lint format demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,12 @@ install: $(VENV)/.installed
 # Services the stack and the tests start themselves: redis-server (the tests run their own on a free port);
 # docker-registry (Distribution 2.8: the cluster's image registry, run by `minimodal up` when
 # MINIMODAL_REGISTRY is set, never as the system service); chromium for the dashboard's browser test
-# (driven by Playwright, which downloads no browser here).
+# (driven by Playwright, which downloads no browser here); postgresql for tests/test_postgres.py (it
+# starts a private cluster with initdb/pg_ctl on a free port).
 system-deps:
 	@command -v redis-server >/dev/null || { apt-get update -qq && $(APT) redis-server; }
 	@command -v docker-registry >/dev/null || { apt-get update -qq && $(APT) docker-registry; }
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { apt-get update -qq && $(APT) postgresql; }
 	@command -v debootstrap >/dev/null || { apt-get update -qq && $(APT) debootstrap; }
 	@command -v chromium >/dev/null || { apt-get update -qq && $(APT) chromium; }
 
@@ -43,6 +45,12 @@ format: install
 
 test: install system-deps docker-base lint
 	$(BIN)/pytest -q -rs
+
+# The database-facing modules whole, with PostgreSQL instead of SQLite under every stack they start.
+PG_TESTS ?= tests/test_remote.py tests/test_deploy.py tests/test_schedules.py tests/test_faults.py \
+	tests/test_secrets.py tests/test_objects.py tests/test_stats.py tests/test_scheduler.py
+test-postgres: install system-deps
+	MINIMODAL_TEST_DATABASE=postgres $(BIN)/pytest -q -rs -m "not docker" $(PG_TESTS)
 
 demo: install system-deps docker-base
 	@export PATH="$(CURDIR)/$(BIN):$$PATH"; \

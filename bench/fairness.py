@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import os
 import signal
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -95,31 +93,17 @@ def stack(slots: int) -> Iterator[tuple[Path, str, requests.Session, Database]]:
 
 
 def stop_dispatcher(home: Path) -> None:
-    pid = int((home / "run" / "dispatcher.pid").read_text())
-    os.killpg(pid, signal.SIGTERM)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
+    """Stop the stack's dispatcher through supervisord (which would otherwise start it again)."""
+    from mm_app.stack import GROUP, Stack
+
+    Stack(home).supervisor().stopProcess(f"{GROUP}:dispatcher", True)
 
 
 def start_dispatcher(home: Path) -> None:
-    """Start a dispatcher as `minimodal up` would (its pid file lets `minimodal down` stop it)."""
-    env = {**os.environ, "MINIMODAL_REDIS_URL": config.read_profile()["redis_url"], "MINIMODAL_HOME": str(home)}
-    with open(home / "logs" / "dispatcher.log", "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mm_app", "dispatcher"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            cwd=home,
-        )
-    (home / "run" / "dispatcher.pid").write_text(str(process.pid))
+    """Start the stack's dispatcher again, as `minimodal up` did."""
+    from mm_app.stack import GROUP, Stack
+
+    Stack(home).supervisor().startProcess(f"{GROUP}:dispatcher", True)
 
 
 def submit_all(jobs: list[tuple[Tenant, str, tuple[Any, ...]]], threads: int = 8) -> list[str]:

@@ -15,6 +15,7 @@ bench/results/latest.json (``--quick``: bench/results/quick.json).
 5. payloads: `.remote()` round trip with 1 KiB, 1 MiB and 64 MiB arguments.
 6. fairness: proportional shares, a newcomer's wait behind a backlog, 100 users against 1 (bench.fairness).
 7. memory: resident set of the API, dispatcher and worker after each of the two maps.
+8. reads: requests/s of `GET /v1/calls/{id}` (a call's status) from 64 concurrent clients (bench.reads).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import minimodal
-from bench import baseline, containers, fairness
+from bench import baseline, containers, fairness, reads
 from bench._harness import HOMES, local_stack, summary_ms, write_results
 from minimodal import config
 
@@ -45,6 +46,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "users": 100,
         "user_calls": 100,
         "backlog": 500,
+        "read_clients": 64,
+        "read_seconds": 15,
     },
     "quick": {
         "calls": 20,
@@ -57,9 +60,11 @@ SIZES: dict[str, dict[str, Any]] = {
         "users": 4,
         "user_calls": 10,
         "backlog": 20,
+        "read_clients": 8,
+        "read_seconds": 1,
     },
 }
-ITEMS = ["baseline", "remote", "map", "cold", "payloads", "fairness"]
+ITEMS = ["baseline", "remote", "map", "cold", "payloads", "fairness", "reads"]
 GOALS = {
     "remote_p50_vs_celery": "warm .remote() p50 within 3x the bare Celery round trip",
     "map_vs_celery": ".map throughput at least 2x bare per-task Celery throughput",
@@ -105,10 +110,14 @@ def _children(pid: int) -> list[int]:
 
 
 def resident(home: Path) -> dict[str, dict[str, float]]:
-    """RSS in MiB of the API, dispatcher and worker processes, and of the runner processes the worker started."""
+    """RSS in MiB of the API, dispatcher and worker processes, and of their children (the API's gunicorn
+    workers, the worker's runner processes)."""
+    from mm_app.stack import Stack
+
     out = {}
+    pids = Stack(home).pids()  # from supervisord
     for name in ("api", "dispatcher", "worker"):
-        pid = int((home / "run" / f"{name}.pid").read_text())
+        pid = pids[name]
         kids = _children(pid)
         out[name] = {
             "rss_mib": round(_rss_kib(pid) / 1024, 1),
@@ -157,6 +166,15 @@ def measure_payloads(sizes: list[int], calls: int) -> dict[str, Any]:
     return out
 
 
+def measure_reads(clients: int, seconds: float) -> dict[str, Any]:
+    """Requests/s of ``GET /v1/calls/{id}`` of one finished call from ``clients`` clients at once."""
+    with app.run():
+        call = noop.spawn(1)
+        call.get()
+        profile = config.read_profile()
+        return reads.measure(profile["server_url"], profile["token"], call.object_id, clients=clients, seconds=seconds)
+
+
 def _size_name(size: int) -> str:
     return f"{size // 1024**2} MiB" if size >= 1024**2 else f"{size // 1024} KiB"
 
@@ -181,6 +199,8 @@ def process_stack(size: dict[str, Any], only: set[str], results: dict[str, Any])
             results["map"] = measure_map(size["map"], home)
         if "payloads" in only:
             results["payloads"] = measure_payloads(size["payloads"], size["payload_calls"])
+        if "reads" in only:
+            results["reads"] = measure_reads(size["read_clients"], size["read_seconds"])
 
 
 def docker_stack(size: dict[str, Any], only: set[str], results: dict[str, Any]) -> None:
@@ -266,6 +286,10 @@ def print_tables(results: dict[str, Any]) -> None:
             print(f"{what:44} {t['tasks']:7} {t['seconds']:8.2f} {t['per_second']:8.1f}")
     for i, run in enumerate(results.get("map", {}).get("runs", []), 1):
         print(f"{f'.map of no-ops, run {i}':44} {run['inputs']:7} {run['seconds']:8.2f} {run['per_second']:8.1f}")
+    if "reads" in results:
+        r = results["reads"]
+        what = f"GET /v1/calls/{{id}}, {r['clients']} clients (requests)"
+        print(f"{what:44} {r['requests']:7} {r['seconds']:8.2f} {r['per_second']:8.1f}")
     if "map" in results:
         print("\n== resident memory (MiB): process (+ its runner processes)")
         memory = results["map"]["memory"]

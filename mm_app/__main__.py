@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import logging
 import os
-import signal
 import socket
 import sys
-import threading
 import uuid
 
 from minimodal import config, protocol
 
 # What every control-plane process imports beyond the SDK: the `server` extra of pyproject.toml.
-SERVER_MODULES = ("flask", "flask_sock", "sqlalchemy", "redis", "celery", "kombu", "docker", "redbeat", "cryptography")
+SERVER_MODULES = (
+    "flask",
+    "flask_sock",
+    "sqlalchemy",
+    "redis",
+    "celery",
+    "kombu",
+    "docker",
+    "redbeat",
+    "cryptography",
+    "gunicorn",
+    "supervisor",
+)
 
 
 def require_server() -> None:
@@ -37,30 +46,10 @@ def _logging(component: str) -> None:
 
 
 def run_api(args: argparse.Namespace) -> None:
-    from werkzeug.serving import WSGIRequestHandler, make_server
+    from .server import serve
 
-    from .api import create_app
-
-    class KeepAliveHandler(WSGIRequestHandler):
-        # HTTP/1.1: a client's connection (and its server thread) lives across requests instead of
-        # one TCP connection and one new thread per call.
-        protocol_version = "HTTP/1.1"
-        # What the HTTP server answers itself, before Flask sees the request (a request line or headers
-        # too long, too many headers): the same JSON error shape as every other reply.
-        error_content_type = "application/json"
-        error_message_format = '{"error": {"type": "InvalidError", "message": "%(message)s (HTTP %(code)d)"}}'
-
-    app = create_app()
-    server = make_server(
-        args.host or config.get("api_host"),
-        args.port or config.get("api_port"),
-        app,
-        threaded=True,
-        request_handler=KeepAliveHandler,
-    )
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    logging.getLogger("minimodal.api").info("API listening on %s:%s", server.host, server.port)
-    server.serve_forever()
+    # gunicorn (mm_app/server.py): MINIMODAL_API_PROCESSES processes of MINIMODAL_API_THREADS threads.
+    serve(args.host or config.get("api_host"), args.port or config.get("api_port"))
 
 
 def _celery(*argv: str) -> None:
@@ -134,6 +123,9 @@ def main() -> None:
     up.set_defaults(handler=lambda a: sys.exit(__import__("mm_app.stack").stack.Stack().up(detach=a.detach)))
     commands.add_parser("down").set_defaults(
         handler=lambda a: sys.exit(__import__("mm_app.stack").stack.Stack().down())
+    )
+    commands.add_parser("status").set_defaults(
+        handler=lambda a: sys.exit(__import__("mm_app.stack").stack.Stack().status())
     )
     args = parser.parse_args()
     require_server()

@@ -14,6 +14,9 @@ from .models import Base
 
 
 def _make_engine(url: str) -> Engine:
+    if url.startswith("postgresql"):
+        # Timestamps come back in UTC whatever the server's TimeZone, as SQLite gives back what was written.
+        return create_engine(url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":

@@ -41,10 +41,10 @@ def answers(address: str, timeout: float = 2) -> bool:
         return False
 
 
-def config_file(address: str, storage: Path) -> Path:
-    """Write the registry's configuration into a new temporary directory; return its path."""
+def config_file(address: str, storage: Path, folder: Path | None = None) -> Path:
+    """Write the registry's configuration into ``folder`` (default: a new temporary directory); return its path."""
     storage.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix="mm-registry-")) / "config.yml"
+    path = (folder or Path(tempfile.mkdtemp(prefix="mm-registry-"))) / "registry.yml"
     path.write_text(Template(CONFIG_TEMPLATE.read_text()).substitute(addr=address, storage=str(storage)))
     return path
 

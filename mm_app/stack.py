@@ -1,10 +1,13 @@
-"""``minimodal up`` / ``down``: run the whole stack on this machine, under ``$MINIMODAL_HOME``.
+"""``minimodal up`` / ``down`` / ``status``: run the whole stack on this machine under supervisord.
 
-Starts a Redis (a ``redis-server`` child with AOF) when none is configured or reachable, the image
-registry when ``MINIMODAL_REGISTRY`` is set and none answers there (``mm_app/image_registry.py``), creates the
-default admin user and writes the profile, then starts the Procfile's processes (API, dispatcher,
-worker, beat, Flower), each in its own process group with its log under ``logs/`` and its pid under
-``run/``. ``down`` stops everything ``up`` started, Redis last.
+``up`` starts supervisord (from PyPI's ``supervisor``) with one program per process: a Redis
+(``redis-server`` with AOF) when none is configured or reachable, the image registry when
+``MINIMODAL_REGISTRY`` is a loopback address and none answers there (``mm_app/image_registry.py``), then the Procfile's processes (API,
+dispatcher, worker, beat, Flower), each in its own process group with its log under ``logs/``.
+supervisord restarts a process that dies (at once; with growing delays if it keeps dying at start)
+and logs it in ``logs/supervisord.log``. ``status`` asks supervisord over its socket in ``run/``;
+``down`` stops supervisord, which stops every process (Redis last), then removes leftover containers.
+Without ``--detach``, ``up`` stays in the foreground until Ctrl-C / SIGTERM, then runs ``down``.
 """
 
 from __future__ import annotations
@@ -12,13 +15,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
+import string
 import subprocess
 import sys
 import time
 import urllib.request
+import xmlrpc.client
 from pathlib import Path
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -34,6 +41,11 @@ from .models import UserRecord
 
 # name -> arguments after `python -m mm_app`; the Procfile lists the same processes for honcho.
 PROCESSES = ["api", "dispatcher", "worker", "beat", "flower"]
+GROUP = "stack"  # supervisord's group of the PROCESSES: `stack:api`, ...
+SOCKET = "supervisor.sock"  # under run/: supervisord's XML-RPC socket (sdk/cli.py looks for it too)
+STOP_SECONDS = {"api": 35, "worker": 30}  # SIGTERM to SIGKILL: the API's graceful 30 s, Celery's warm shutdown
+_CONF = Path(__file__).with_name("supervisord.conf")
+_PROGRAM = Path(__file__).with_name("supervisord-program.conf")
 
 
 def _redis_answers(url: str) -> bool:
@@ -48,29 +60,109 @@ class Stack:
         self.home = home or config.home()
         self.run_dir = self.home / "run"
         self.log_dir = self.home / "logs"
-        self.registry: subprocess.Popen[bytes] | None = None  # the image registry, when this process started it
+        self.socket = self.run_dir / SOCKET
+
+    # ---- supervisord ----
+
+    def supervisor(self) -> Any:
+        """supervisord's XML-RPC interface (``supervisor.*`` methods) over its socket in ``run/``."""
+        from supervisor.xmlrpc import SupervisorTransport
+
+        transport = SupervisorTransport(None, None, f"unix://{self.socket}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+    def supervisor_pid(self) -> int | None:
+        """supervisord's pid while it runs, else None."""
+        try:
+            pid = int((self.run_dir / "supervisord.pid").read_text())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def processes(self) -> list[dict[str, Any]]:
+        """Each supervised process: name, state, pid, restarts, uptime (seconds); [] when supervisord is not up."""
+        if self.supervisor_pid() is None:
+            return []
+        try:
+            infos = self.supervisor().getAllProcessInfo()
+        except (OSError, xmlrpc.client.Error):
+            return []
+        spawns = self._spawns()
+        return [
+            {
+                "name": info["name"],
+                "state": info["statename"],
+                "pid": info["pid"] or None,
+                "restarts": max(0, spawns.get(info["name"], 0) - 1),
+                "uptime": info["now"] - info["start"] if info["statename"] == "RUNNING" else None,
+            }
+            for info in infos
+        ]
+
+    def _spawns(self) -> dict[str, int]:
+        """Starts of each process since supervisord started, from its log (it keeps no count itself)."""
+        counts: dict[str, int] = {}
+        with contextlib.suppress(OSError):
+            for line in (self.log_dir / "supervisord.log").read_text(errors="replace").splitlines():
+                if "supervisord started with pid" in line:
+                    counts.clear()
+                elif " spawned: '" in line:
+                    name = line.split(" spawned: '", 1)[1].split("'", 1)[0]
+                    counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def pids(self) -> dict[str, int]:
+        """name -> pid of each running process."""
+        return {p["name"]: p["pid"] for p in self.processes() if p["pid"]}
+
+    def _write_conf(self, programs: dict[str, list[str]], autostart: set[str]) -> Path:
+        values = {"home": self.home, "log_dir": self.log_dir, "run_dir": self.run_dir, "socket": self.socket}
+        text = string.Template(_CONF.read_text()).substitute(values)
+        for name, argv in programs.items():
+            text += string.Template(_PROGRAM.read_text()).substitute(
+                values,
+                name=name,
+                command=shlex.join(argv),
+                autostart=str(name in autostart).lower(),
+                stopwait=STOP_SECONDS.get(name, 15),
+            )
+        # One group: supervisord stops a group's processes all at once, and groups one after another in
+        # reverse priority, so the stack's processes stop together, then Redis (not in it) last.
+        text += f"\n[group:{GROUP}]\nprograms={','.join(PROCESSES)}\npriority=10\n"
+        path = self.run_dir / "supervisord.conf"
+        path.write_text(text)
+        return path
+
+    def _start_supervisord(self, conf: Path, env: dict[str, str]) -> None:
+        with open(self.log_dir / "supervisord.out", "ab") as out:
+            subprocess.Popen(
+                [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                cwd=self.home,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, xmlrpc.client.Error):
+                if self.supervisor().getState()["statename"] == "RUNNING":
+                    return
+            time.sleep(0.1)
+        raise SystemExit(f"minimodal up: supervisord did not start; see {self.log_dir / 'supervisord.out'}")
 
     # ---- pieces ----
 
-    def _pid_file(self, name: str) -> Path:
-        return self.run_dir / f"{name}.pid"
-
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with open(self.log_dir / f"{name}.log", "ab") as log:
-            process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=self.home
-            )
-        self._pid_file(name).write_text(str(process.pid))
-        return process
-
-    def ensure_redis(self) -> str:
+    def redis_plan(self) -> tuple[str, list[str] | None]:
+        """The Redis URL to use, and the command of the redis-server to run when none answers."""
         configured = config.get("redis_url")
         if configured and _redis_answers(configured):
-            return configured
+            return configured, None
         port = config.get("local_redis_port")
         local = f"redis://127.0.0.1:{port}/0"
         if _redis_answers(local):
-            return local
+            return local, None
         server = shutil.which("redis-server")
         if server is None:
             raise SystemExit(
@@ -79,43 +171,20 @@ class Stack:
             )
         data = self.home / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        self._spawn(
-            "redis",
-            [
-                server,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(data),
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-                "--maxmemory-policy",
-                "noeviction",
-            ],
-            dict(os.environ),
-        )
-        for _ in range(100):
-            if _redis_answers(local):
-                return local
-            time.sleep(0.1)
-        raise SystemExit(f"minimodal up: redis-server did not start; see {self.log_dir / 'redis.log'}")
+        argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--appendonly", "yes"]
+        return local, [*argv, "--save", "", "--maxmemory-policy", "noeviction"]
 
-    def ensure_registry(self) -> None:
-        """Run the image registry when MINIMODAL_REGISTRY is set (a loopback address) and none answers there."""
+    def registry_plan(self) -> list[str] | None:
+        """The image registry's argv when MINIMODAL_REGISTRY is a loopback address and none answers there."""
         address = config.get("registry")
         if not address or image_registry.answers(address):
-            return
+            return None
         if not image_registry.is_loopback(address):  # another machine's: say so, builds will say more
             print(f"minimodal up: nothing answers at MINIMODAL_REGISTRY={address}; builds cannot push there")
-            return
-        storage = self.home / "registry"
-        self.registry = image_registry.start(
-            address, storage, lambda argv: self._spawn("registry", argv, dict(os.environ))
-        )
+            return None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        conf = image_registry.config_file(address, self.home / "registry", self.run_dir)
+        return image_registry.command(address, conf)
 
     def bootstrap_user(self) -> str:
         """The default admin user's token: the profile's if still valid, else a new one."""
@@ -149,29 +218,23 @@ class Stack:
                 with urllib.request.urlopen(server_url + "/health", timeout=2) as reply:
                     if reply.status == 200 and list(redis.scan_iter(protocol.worker_key("*"), count=100)):
                         return
-            for name in ("api", "dispatcher", "worker"):
-                if not self.alive(name):
-                    raise SystemExit(f"minimodal up: {name} exited; see {self.log_dir / (name + '.log')}")
+            for process in self.processes():
+                if process["state"] in ("FATAL", "EXITED", "STOPPED", "UNKNOWN"):
+                    log = self.log_dir / f"{process['name']}.log"
+                    raise SystemExit(f"minimodal up: {process['name']} is {process['state']}; see {log}")
             time.sleep(0.2)
         raise SystemExit(f"minimodal up: the stack did not answer within {timeout:.0f} s; see {self.log_dir}")
-
-    def alive(self, name: str) -> bool:
-        try:
-            os.kill(int(self._pid_file(name).read_text()), 0)
-            return True
-        except (OSError, ValueError):
-            return False
 
     # ---- commands ----
 
     def up(self, *, detach: bool) -> int:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        if any(self.alive(name) for name in PROCESSES):
+        if self.supervisor_pid() is not None:
             print("minimodal up: the stack is already running (`minimodal down` stops it)")
             return 0
-        redis_url = self.ensure_redis()
-        self.ensure_registry()
+        redis_url, redis_argv = self.redis_plan()
+        registry_argv = self.registry_plan()
         token = self.bootstrap_user()
         server_url = f"http://{config.get('api_host')}:{config.get('api_port')}"
         profile = config.write_profile({"server_url": server_url, "token": token, "redis_url": redis_url})
@@ -182,49 +245,81 @@ class Stack:
             "MINIMODAL_SERVER_URL": server_url,  # workers reach the volume store through the API
             "MINIMODAL_WORKER_TOKEN": credential.worker_token(),  # ...with the workers' credential
         }
-        for name in PROCESSES:
-            self._spawn(name, [sys.executable, "-m", "mm_app", name], env)
-        self._wait_ready(server_url, redis_url)
+        programs = {"redis": redis_argv} if redis_argv else {}
+        if registry_argv:  # supervised like the rest; started with Redis, before the processes that build
+            programs["registry"] = registry_argv
+        programs |= {name: [sys.executable, "-m", "mm_app", name] for name in PROCESSES}
+        self._start_supervisord(self._write_conf(programs, autostart={"redis", "registry"}), env)
+        try:
+            for _ in range(100):
+                if _redis_answers(redis_url):
+                    break
+                time.sleep(0.1)
+            else:
+                raise SystemExit(f"minimodal up: redis-server did not start; see {self.log_dir / 'redis.log'}")
+            if registry_argv:
+                address = config.get("registry")
+                for _ in range(300):
+                    if image_registry.answers(address, timeout=1):
+                        break
+                    time.sleep(0.1)
+                else:
+                    raise SystemExit(f"minimodal up: the registry did not answer at {address}; see its log")
+            supervisor = self.supervisor()
+            for name in PROCESSES:
+                supervisor.startProcess(f"{GROUP}:{name}", False)
+            self._wait_ready(server_url, redis_url)
+        except BaseException:
+            self.down()
+            raise
         print(
             f"MiniModal is up: API {server_url}, Redis {redis_url}, Flower http://127.0.0.1:{config.get('flower_port')}"
         )
-        print(f"profile {profile} (token of user 'default'); logs in {self.log_dir}")
+        print(f"profile {profile} (token of user 'default'); logs in {self.log_dir}; `minimodal status` lists them")
         if detach:
             return 0
         stop = {"now": False}
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.update(now=True))
         try:
-            while not stop["now"] and all(self.alive(n) for n in ("api", "dispatcher", "worker")):
+            while not stop["now"] and self.supervisor_pid() is not None:
                 time.sleep(0.5)
         finally:
             self.down()
         return 0
 
+    def status(self) -> int:
+        """Print each process (state, pid, restarts, uptime); 1 when supervisord or any process is not running."""
+        processes = self.processes()
+        if not processes:
+            print(f"down: no stack runs under {self.home} (`minimodal up` starts one)")
+            return 1
+        print(f"{'process':12} {'state':10} {'pid':>8} {'restarts':>9} {'uptime':>10}")
+        for p in processes:
+            uptime = f"{p['uptime']:.0f} s" if p["uptime"] is not None else "-"
+            print(f"{p['name']:12} {p['state']:10} {p['pid'] or '-':>8} {p['restarts']:>9} {uptime:>10}")
+        return 0 if all(p["state"] == "RUNNING" for p in processes) else 1
+
     def down(self) -> int:
-        names = [*PROCESSES, "registry", "redis"]
-        pids = {}
-        for name in names:
-            with contextlib.suppress(OSError, ValueError):
-                pids[name] = int(self._pid_file(name).read_text())
-        for name in names[:-1] + ["redis"]:  # redis last: the others flush to it on the way down
-            pid = pids.get(name)
-            if pid is None:
-                continue
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and self.alive(name):
+        pid = self.supervisor_pid()
+        stopped = sorted(self.pids())
+        groups = list(self.pids().values())
+        if pid is not None:
+            # SIGTERM: supervisord stops each program (its process group) in reverse priority, Redis last.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + sum(STOP_SECONDS.values()) + 60
+            while time.monotonic() < deadline and self.supervisor_pid() is not None:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
                 time.sleep(0.1)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            self._pid_file(name).unlink(missing_ok=True)
-        if self.registry is not None:
-            self.registry.poll()  # reaped above by its pid; this tells its Popen so
+            if self.supervisor_pid() is not None:  # supervisord hung: nothing may outlive `down`
+                for leader in [pid, *groups]:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(leader, signal.SIGKILL)
+        (self.run_dir / "supervisord.pid").unlink(missing_ok=True)
         removed = remove_leftover_containers(self.home)
-        print(json.dumps({"stopped": sorted(pids), "containers_removed": removed}))
+        print(json.dumps({"stopped": stopped, "containers_removed": removed}))
         return 0
 
 

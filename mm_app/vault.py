@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,19 @@ def _load_key() -> tuple[str, bytes]:
         return "setting", setting.encode()
     path = _key_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # O_EXCL: of two processes that start together, one writes the key and both read it
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
+    if not path.exists():
+        # Written whole to a private temp file, then linked: of two processes that start together (the
+        # API's gunicorn workers), one link wins and both read the same complete key, never an empty file.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(Fernet.generate_key())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
     return str(path), path.read_bytes().strip()
 
 

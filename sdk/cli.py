@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import inspect
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -142,10 +143,17 @@ def _serve_cmd(args: argparse.Namespace) -> int:
 
 def _server(*argv: str) -> int:
     """Run a control-plane command in a separate interpreter: the SDK never imports the server."""
+    child = subprocess.Popen([sys.executable, "-m", "mm_app", *argv])
+    # SIGTERM to this process reaches the server command too (a foreground `up` then stops the stack).
+    previous = signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
     try:
-        return subprocess.call([sys.executable, "-m", "mm_app", *argv])
-    except KeyboardInterrupt:
-        return 130
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # Ctrl-C reached the child as well: let it finish its `down`
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -166,6 +174,10 @@ def cmd_worker_join(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if (config.home() / "run" / "supervisor.sock").exists():  # a stack `minimodal up` runs here: list it
+        code = _server("status")
+        if code != 0:
+            return code
     url = config.get("server_url")
     try:
         health = Client(url, None).request("GET", "/health", timeout=5)
@@ -291,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--detach", "-d", action="store_true", help="return once the stack answers")
     up.set_defaults(handler=cmd_up)
     commands.add_parser("down", help="stop what `minimodal up` started").set_defaults(handler=cmd_down)
-    commands.add_parser("status", help="exit 0 when the API answers").set_defaults(handler=cmd_status)
+    commands.add_parser(
+        "status", help="the local stack's processes, and whether the API answers (else exit 1)"
+    ).set_defaults(handler=cmd_status)
 
     worker = commands.add_parser("worker", help="workers of a cluster")
     worker_commands = worker.add_subparsers(dest="worker_command", required=True)

@@ -59,6 +59,8 @@ _SETTINGS: dict[str, Setting] = {
         Setting("database_url", None, help="SQLAlchemy URL; SQLite under MINIMODAL_HOME when unset"),
         Setting("api_host", defaults.DEFAULT_API_HOST),
         Setting("api_port", defaults.DEFAULT_API_PORT, int),
+        Setting("api_processes", os.cpu_count() or 2, int, "API (gunicorn) worker processes (default: the cores)"),
+        Setting("api_threads", defaults.DEFAULT_API_THREADS, int, "threads per API process (requests at once)"),
         Setting("flower_port", 5555, int, "port of Flower under `minimodal up`"),
         Setting("local_redis_port", defaults.DEFAULT_LOCAL_REDIS_PORT, int, "port of the Redis `minimodal up` starts"),
         Setting("inline_payload_size", defaults.DEFAULT_INLINE_PAYLOAD_SIZE, int),

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -198,11 +199,13 @@ def start_stack(
     db: int,
     worker_env: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
+    database_url: str | None = None,
 ) -> Stack:
     """API, dispatcher and one worker of the given runtime, on Redis database ``db``.
 
     ``worker_env`` is set for the worker only (e.g. a data directory of its own, as on another host);
-    ``env`` for every process (e.g. ``MINIMODAL_REGISTRY``).
+    ``env`` for every process (e.g. ``MINIMODAL_REGISTRY``); ``database_url``: the metadata store
+    (default: SQLite under ``home``).
     """
     port = free_port()
     redis_url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
@@ -210,11 +213,12 @@ def start_stack(
         **os.environ,
         "MINIMODAL_HOME": str(home),
         "MINIMODAL_REDIS_URL": redis_url,
-        "MINIMODAL_DATABASE_URL": f"sqlite:///{home / 'mm.db'}",
+        "MINIMODAL_DATABASE_URL": database_url or f"sqlite:///{home / 'mm.db'}",
         "MINIMODAL_API_PORT": str(port),
         "MINIMODAL_SERVER_URL": f"http://127.0.0.1:{port}",
         "MINIMODAL_MAX_PAYLOAD_SIZE": str(TEST_MAX_PAYLOAD),
         "MINIMODAL_WORKER_CONCURRENCY": "4",
+        "MINIMODAL_API_PROCESSES": "2",  # gunicorn: more than one API process, whatever the machine's cores
         "MINIMODAL_WORKER_RUNTIME": runtime,
         "PYTHONPATH": str(ROOT),
         "MINIMODAL_WORKER_TOKEN": secrets.token_urlsafe(24),  # as `minimodal up`: the API and workers share it
@@ -244,9 +248,35 @@ def start_stack(
 
 
 @pytest.fixture(scope="session")
-def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster (Debian's ``postgresql``) on a free port, for the whole session."""
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+def stack_database_url(request: pytest.FixtureRequest, name: str) -> str | None:
+    """PostgreSQL when MINIMODAL_TEST_DATABASE=postgres (`make test-postgres`), else None (SQLite)."""
+    choice = os.environ.get("MINIMODAL_TEST_DATABASE", "sqlite")
+    if choice == "sqlite":
+        return None
+    if choice != "postgres":
+        raise pytest.UsageError(f"MINIMODAL_TEST_DATABASE must be sqlite or postgres, not {choice!r}")
+    return request.getfixturevalue("postgres_server").new_database(name)
+
+
+@pytest.fixture(scope="session")
+def stack(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
     """A stack whose worker runs functions in runner processes (fast; most tests)."""
-    stack = start_stack(redis_server, tmp_path_factory.mktemp("mmhome"), runtime="process", db=0)
+    stack = start_stack(
+        redis_server,
+        tmp_path_factory.mktemp("mmhome"),
+        runtime="process",
+        db=0,
+        database_url=stack_database_url(request, "mm_stack"),
+    )
     yield stack
     stack.stop()
 
@@ -265,6 +295,69 @@ def use_stack(stack: Stack, request: pytest.FixtureRequest, monkeypatch: pytest.
 def user(stack: Stack, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh user per test on the process stack."""
     return use_stack(stack, request, monkeypatch)
+
+
+@dataclass
+class PostgresServer:
+    """A running PostgreSQL cluster in a temporary directory; ``new_database`` makes an empty database."""
+
+    port: int
+    data: Path
+    as_user: list[str]  # runuser prefix when the tests run as root (PostgreSQL refuses to run as root)
+    pg_ctl: str
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        subprocess.run([*self.as_user, self.pg_ctl, "stop", "-D", str(self.data), "-m", "fast", "-w"], check=False)
+        shutil.rmtree(self.data.parent, ignore_errors=True)
+
+
+def start_postgres() -> PostgresServer:
+    """initdb + pg_ctl start of a private cluster on a free port (a skip, or a failure in CI, when missing)."""
+    try:
+        import psycopg  # noqa: F401 - the driver of the `postgres` extra
+    except ImportError:
+        missing("psycopg is not installed (pip install 'minimodal[postgres]'; make install does)")
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    initdb = str(bins[-1]) if bins else shutil.which("initdb")
+    if initdb is None:
+        missing("PostgreSQL is not installed (make system-deps: apt-get install postgresql)")
+    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
+    root = Path(tempfile.mkdtemp(prefix="mm-pg-"))
+    data = root / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses root: run it as the package's `postgres` user
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres", "postgres")
+    port = free_port()
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-instructions"],
+        check=True,
+        capture_output=True,
+    )
+    # A server whose TimeZone is not UTC, as many are: timestamps must still come back in UTC.
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
+    options += " -c timezone=Pacific/Auckland"
+    started = subprocess.run(
+        [*as_user, pg_ctl, "start", "-D", str(data), "-o", options, "-l", str(root / "server.log"), "-w", "-t", "60"],
+        capture_output=True,
+        text=True,
+    )
+    if started.returncode != 0:
+        log = (root / "server.log").read_text(errors="replace") if (root / "server.log").exists() else ""
+        shutil.rmtree(root, ignore_errors=True)
+        raise AssertionError(f"PostgreSQL did not start: {started.stderr}\n{log[-2000:]}")
+    return PostgresServer(port, data, as_user, pg_ctl)
 
 
 def docker_engine() -> Any:

@@ -42,7 +42,17 @@ from mm_app.fairshare import DeficitRoundRobin, jain_index
 from mm_app.models import AppRecord, CallRecord, FunctionRecord, InputRecord, UserRecord, utcnow
 from mm_app.pending import Policy
 from mm_app.scaler import Autoscaler, scaling_stats
-from tests.conftest import PYTHON, ROOT, RedisServer, Stack, bootstrap_admin, free_port, stop_process, wait_for
+from tests.conftest import (
+    PYTHON,
+    ROOT,
+    RedisServer,
+    Stack,
+    bootstrap_admin,
+    free_port,
+    stack_database_url,
+    stop_process,
+    wait_for,
+)
 from tests.functions import sched
 
 IN_PROCESS_DB = 12  # Redis databases of these tests: nobody else's
@@ -700,7 +710,9 @@ def inputs_of(stack: Stack, call_ids: list[str]) -> dict[str, InputRecord]:
 
 
 @pytest.fixture
-def make_stack(redis_server: RedisServer, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+def make_stack(
+    redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Stack]]:
     """Start a stack of an API, ``dispatchers`` dispatchers and the named workers (each with its own env)."""
     stacks: list[Stack] = []
 
@@ -714,7 +726,9 @@ def make_stack(redis_server: RedisServer, tmp_path: Path) -> Iterator[Callable[.
             **os.environ,
             "MINIMODAL_HOME": str(home),
             "MINIMODAL_REDIS_URL": redis_url,
-            "MINIMODAL_DATABASE_URL": f"sqlite:///{home / 'mm.db'}",
+            # PostgreSQL under `make test-postgres`
+            "MINIMODAL_DATABASE_URL": stack_database_url(request, f"mm_sched_{len(stacks)}")
+            or f"sqlite:///{home / 'mm.db'}",
             "MINIMODAL_API_PORT": str(port),
             "MINIMODAL_SERVER_URL": f"http://127.0.0.1:{port}",
             "MINIMODAL_WORKER_RUNTIME": "process",

@@ -18,17 +18,29 @@ import pytest
 import minimodal
 from minimodal._client import Client
 from minimodal.exception import InvalidError
-from tests.conftest import ROOT, Stack, start_redis, start_stack, stop_process, use_stack, wait_for
+from tests.conftest import (
+    ROOT,
+    Stack,
+    stack_database_url,
+    start_redis,
+    start_stack,
+    stop_process,
+    use_stack,
+    wait_for,
+)
 from tests.functions import scheduled
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
-def beat_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def beat_stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
     redis = start_redis(tmp_path_factory.mktemp("beat-redis"))
     try:
-        stack = start_stack(redis, tmp_path_factory.mktemp("beat-home"), runtime="process", db=0)
+        database_url = stack_database_url(request, "mm_beat")  # PostgreSQL under `make test-postgres`
+        stack = start_stack(
+            redis, tmp_path_factory.mktemp("beat-home"), runtime="process", db=0, database_url=database_url
+        )
         try:
             stack.spawn("beat", "beat")
             stack.spawn("beat2", "beat")  # a second beat: RedBeat's lock keeps it standing by

@@ -26,6 +26,24 @@ def _cli(stack: Stack, token: str, *argv: str) -> subprocess.CompletedProcess[st
     )
 
 
+def _stored_bytes(database_url: str) -> bytes:
+    """What the database holds: the SQLite file, or every secrets row of a server database (PostgreSQL)."""
+    if database_url.startswith("sqlite:///"):
+        return Path(database_url.removeprefix("sqlite:///")).read_bytes()
+    from sqlalchemy import select
+
+    from mm_app.database import Database
+    from mm_app.models import SecretRecord
+
+    db = Database(database_url)
+    try:
+        with db.read() as session:
+            rows = session.execute(select(SecretRecord.name, SecretRecord.keys, SecretRecord.data)).all()
+    finally:
+        db.dispose()
+    return b"".join(repr(row).encode() + bytes(row.data) for row in rows)
+
+
 def test_a_secret_reaches_the_function_and_appears_in_no_response_or_log(stack: Stack, user: str) -> None:
     created = _cli(stack, user, "secret", "create", "mm-test-db", f"DB_PASSWORD={VALUE}", "LAYER=named")
     assert created.returncode == 0, created.stderr
@@ -48,7 +66,7 @@ def test_a_secret_reaches_the_function_and_appears_in_no_response_or_log(stack: 
     for log in ("api", "worker", "dispatcher"):
         assert VALUE not in stack.log(log)
     # At rest: the database holds a Fernet token, the key file is private to its owner.
-    assert VALUE.encode() not in Path(stack.env["MINIMODAL_DATABASE_URL"].removeprefix("sqlite:///")).read_bytes()
+    assert VALUE.encode() not in _stored_bytes(stack.env["MINIMODAL_DATABASE_URL"])
     key = Path(stack.home) / "secret.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     # Another user sees nothing of it.

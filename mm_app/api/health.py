@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from flask import Blueprint
@@ -13,4 +14,5 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/health")
 def health():  # type: ignore[no-untyped-def]
-    return {"status": "ok", "uptime": round(time.time() - services().started_at, 3)}
+    # pid: which API process answered (there are several; tests and operators tell them apart by it)
+    return {"status": "ok", "pid": os.getpid(), "uptime": round(time.time() - services().started_at, 3)}

@@ -235,7 +235,14 @@ _STATS = _obj(
 
 def _paths() -> dict[str, dict[str, Any]]:
     return {
-        "/health": {"get": _op("Liveness", "operations", auth=False, reply=_obj({"status": _str(), "uptime": _num()}))},
+        "/health": {
+            "get": _op(
+                "Liveness",
+                "operations",
+                auth=False,
+                reply=_obj({"status": _str(), "pid": _int("the API process that answered"), "uptime": _num()}),
+            )
+        },
         "/ready": {
             "get": _op(
                 "Readiness: database, Redis, a fresh dispatcher heartbeat, a live worker",
