@@ -2,7 +2,8 @@
 
 ``up`` starts supervisord (from PyPI's ``supervisor``) with one program per process: a Redis
 (``redis-server`` with AOF) when none is configured or reachable, the image registry when
-``MINIMODAL_REGISTRY`` is a loopback address and none answers there (``mm_app/image_registry.py``), then the Procfile's processes (API,
+``MINIMODAL_REGISTRY`` is a loopback address and none answers there (``mm_app/image_registry.py``),
+then the Procfile's processes (API,
 dispatcher, worker, beat, Flower), each in its own process group with its log under ``logs/``.
 supervisord restarts a process that dies (at once; with growing delays if it keeps dying at start)
 and logs it in ``logs/supervisord.log``. ``status`` asks supervisord over its socket in ``run/``;
