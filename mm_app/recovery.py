@@ -31,7 +31,7 @@ from sqlalchemy import select
 from minimodal import protocol
 from minimodal.protocol import CallStatus, InflightTask, PendingEntry
 
-from . import registry
+from . import registry, sandboxes
 from .database import Database
 from .models import CallRecord, FunctionRecord, InputRecord, UserRecord, utcnow
 from .pending import PendingQueues
@@ -145,8 +145,12 @@ def rebuild(db: Database, pending: PendingQueues, *, grace: float) -> int:
     return put_back
 
 
-def reclaim_dead_workers(pending: PendingQueues, dead_after: float) -> list[str]:
-    """Reclaim every task of workers that stopped beating, then forget those workers; return their ids."""
+def reclaim_dead_workers(pending: PendingQueues, dead_after: float, db: Database | None = None) -> list[str]:
+    """Reclaim every task of workers that stopped beating, then forget those workers; return their ids.
+
+    A sandbox that had started there ended with its worker (its container with the worker's socket): it is
+    recorded as terminated and not queued again; one that never started is queued again like any input.
+    """
     redis = pending.redis
     _, dead = registry.capacities(redis, dead_after)
     if not dead:
@@ -154,6 +158,8 @@ def reclaim_dead_workers(pending: PendingQueues, dead_after: float) -> list[str]
     for task_id, task in ledger(redis).items():
         if task.worker_id in dead:
             todo = unfinished_runs(redis, task)
+            if protocol.is_sandbox(task.call_id) and sandboxes.lost(db, redis, task.call_id, task.worker_id):
+                todo = []
             if pending.reclaim(task_id, task.user_id, todo, counter="reclaimed"):
                 logger.warning(
                     "worker %s is gone: re-queued %d input(s) of %s",

@@ -14,7 +14,7 @@ from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import ImageStatus
 
-from .. import objects, vault
+from .. import objects, sandboxes, vault
 from ..models import AppRecord, FunctionRecord, FunctionSpecRecord, ImageRecord, utcnow
 from ..registry import check_gpu_option, needs_of, task_limit
 from ..volumes import check_mount_path
@@ -258,6 +258,7 @@ def stop_app(app_id: str):  # type: ignore[no-untyped-def]
             record.state, record.stopped_at = "stopped", utcnow()
         function_ids = [f for (f,) in session.execute(select(FunctionRecord.id).where(FunctionRecord.app_id == app_id))]
     services().pending.forget_warm(function_ids)
+    sandboxes.terminate_app(services().db, services().redis, app_id)  # `app stop` ends the app's sandboxes
     from .deploys import after_change
 
     after_change(g.user.id)  # a stopped deployed app loses its schedules

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 
+from .. import sandboxes
 from ..models import AppRecord, CallRecord, DeploymentRecord, FunctionRecord, FunctionSpecRecord, InputRecord, utcnow
 from ..registry import needs_of, task_limit
 from .apps import parse_options, register_app
@@ -129,6 +130,7 @@ def stop(name: str):  # type: ignore[no-untyped-def]
             app.state, app.stopped_at = "stopped", utcnow()
         function_ids = list(session.scalars(select(FunctionRecord.id).where(FunctionRecord.app_id == app.id)))
     services().pending.forget_warm(function_ids)
+    sandboxes.terminate_app(services().db, services().redis, app.id)  # `app stop` ends the app's sandboxes
     after_change(g.user.id)
     return {"name": name, "app_id": deployment.app_id, "version": deployment.version, "state": "stopped"}
 

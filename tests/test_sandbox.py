@@ -1,0 +1,292 @@
+"""Sandboxes on the real stack: containers created at run time, exec, streams, stdin, files, lifecycle."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import requests
+
+import minimodal
+from minimodal.exception import SandboxFilesystemError, SandboxTerminatedError, SandboxTimeoutError
+from tests.conftest import Stack, wait_for
+
+pytestmark = pytest.mark.docker
+
+
+def sandbox_containers(stack: Stack, sandbox_id: str | None = None) -> list:
+    from tests.conftest import docker_engine
+
+    client = docker_engine()
+    try:
+        found = client.containers.list(all=True, filters={"label": [f"minimodal.home={stack.home}"]})
+        return [
+            c
+            for c in found
+            if c.labels.get("minimodal.sandbox") and sandbox_id in (None, c.labels["minimodal.sandbox"])
+        ]
+    finally:
+        client.close()
+
+
+def test_exec_streams_stdout_line_by_line_while_the_command_runs(docker_stack: Stack, docker_user: str) -> None:
+    sb = minimodal.Sandbox.create(timeout=120)
+    try:
+        flag = "/tmp/go"
+        # The command prints one line, then waits for a file that the test creates only after it read that line.
+        p = sb.exec("sh", "-c", f"echo first; while [ ! -e {flag} ]; do sleep 0.05; done; echo second")
+        lines = iter(p.stdout)
+        assert next(lines) == "first\n"
+        assert p.poll() is None  # the command is still running: the first line came before its end
+        sb.exec("touch", flag).wait()
+        assert next(lines) == "second\n"
+        assert list(lines) == []
+        assert p.wait() == 0
+        assert p.returncode == 0
+    finally:
+        sb.terminate()
+
+
+def test_stdin_round_trips_through_cat(docker_stack: Stack, docker_user: str) -> None:
+    sb = minimodal.Sandbox.create(timeout=120)
+    try:
+        p = sb.exec("cat")
+        p.stdin.write(b"hello ")
+        p.stdin.write("sandbox\n")
+        p.stdin.drain()
+        assert next(iter(p.stdout)) == "hello sandbox\n"
+        p.stdin.write(b"bye")
+        p.stdin.write_eof()
+        p.stdin.drain()
+        assert p.stdout.read() == "bye"
+        assert p.wait() == 0
+    finally:
+        sb.terminate()
+
+
+def test_two_execs_run_at_once_and_exit_codes_come_back(docker_stack: Stack, docker_user: str) -> None:
+    sb = minimodal.Sandbox.create(timeout=120)
+    try:
+        # Each waits for the other's file: they can only both end if they run at the same time.
+        a = sb.exec("sh", "-c", "touch /tmp/a; while [ ! -e /tmp/b ]; do sleep 0.05; done; echo a; exit 3")
+        b = sb.exec("sh", "-c", "touch /tmp/b; while [ ! -e /tmp/a ]; do sleep 0.05; done; echo b >&2; exit 0")
+        assert a.wait() == 3
+        assert b.wait() == 0
+        assert a.stdout.read() == "a\n"
+        assert b.stderr.read() == "b\n"
+        assert b.stdout.read() == ""
+        assert sb.exec("sh", "-c", "exit 42").wait() == 42
+        assert sb.exec("no-such-command").wait() in (126, 127)
+    finally:
+        sb.terminate()
+
+
+def test_the_entrypoint_streams_reads_stdin_and_sets_the_returncode(docker_stack: Stack, docker_user: str) -> None:
+    sb = minimodal.Sandbox.create("sh", "-c", "read name; echo hi $name; echo oops >&2; exit 7", timeout=120)
+    assert sb.poll() is None
+    sb.stdin.write(b"ada\n")
+    sb.stdin.drain()
+    assert sb.stdout.read() == "hi ada\n"
+    assert sb.stderr.read() == "oops\n"
+    sb.wait()
+    assert sb.returncode == 7
+    with pytest.raises(SandboxTerminatedError):
+        sb.exec("true")
+
+
+def test_terminate_ends_the_sandbox_and_removes_its_container(docker_stack: Stack, docker_user: str) -> None:
+    sb = minimodal.Sandbox.create(timeout=120)
+    p = sb.exec("sleep", "100")
+    assert sandbox_containers(docker_stack, sb.object_id)
+    sb.terminate()
+    with pytest.raises(SandboxTerminatedError):
+        sb.wait()
+    assert sb.returncode == 137
+    assert p.wait() == 137
+    wait_for(lambda: not sandbox_containers(docker_stack, sb.object_id), 30, "the container to be removed")
+
+
+def test_the_timeout_ends_a_sandbox(docker_stack: Stack, docker_user: str) -> None:
+    sb = minimodal.Sandbox.create("sleep", "100", timeout=2)
+    with pytest.raises(SandboxTimeoutError, match="timeout of 2"):
+        sb.wait()
+    assert sb.returncode == 124
+
+
+def test_idle_timeout_ends_a_sandbox_nobody_uses_but_not_one_running_an_exec(
+    docker_stack: Stack, docker_user: str
+) -> None:
+    sb = minimodal.Sandbox.create(timeout=120, idle_timeout=2)
+    p = sb.exec("sleep", "3")  # longer than the idle timeout: a running exec keeps the sandbox alive
+    assert p.wait() == 0
+    assert sb.poll() is None
+    started = time.monotonic()
+    with pytest.raises(SandboxTimeoutError, match="idle"):
+        sb.wait()
+    assert time.monotonic() - started < 60
+    assert sb.returncode == 124
+
+
+def test_exec_timeout_kills_the_command(docker_stack: Stack, docker_user: str) -> None:
+    sb = minimodal.Sandbox.create(timeout=120)
+    try:
+        p = sb.exec("sh", "-c", "echo started; sleep 60", timeout=1)
+        assert p.wait() == 124
+        assert p.stdout.read() == "started\n"
+    finally:
+        sb.terminate()
+
+
+def test_files_go_in_and_out(docker_stack: Stack, docker_user: str) -> None:
+    sb = minimodal.Sandbox.create(timeout=120)
+    try:
+        sb.mkdir("/tmp/work/deep", parents=True)
+        with sb.open("/tmp/work/notes.txt", "w") as f:
+            f.write("line one\n")
+        with sb.open("/tmp/work/notes.txt", "a") as f:
+            f.write("line two\n")
+        with sb.open("/tmp/work/notes.txt") as f:
+            assert f.readline() == "line one\n"
+            assert f.read() == "line two\n"
+        blob = bytes(range(256)) * 1000
+        with sb.open("/tmp/work/blob.bin", "wb") as f:
+            f.write(blob)
+        with sb.open("/tmp/work/blob.bin", "rb") as f:
+            assert f.read() == blob
+        assert sb.exec("cat", "/tmp/work/notes.txt").stdout.read() == "line one\nline two\n"
+        assert sb.ls("/tmp/work") == ["blob.bin", "deep", "notes.txt"]
+        sb.rm("/tmp/work/blob.bin")
+        sb.rm("/tmp/work/deep", recursive=True)
+        assert sb.ls("/tmp/work") == ["notes.txt"]
+        with pytest.raises(SandboxFilesystemError, match="no such file"):
+            sb.open("/tmp/work/missing.txt")
+        with pytest.raises(SandboxFilesystemError, match="no such file"):
+            sb.ls("/nowhere")
+    finally:
+        sb.terminate()
+
+
+def test_a_sandbox_of_one_user_is_invisible_to_another(docker_stack: Stack, docker_user: str) -> None:
+    sb = minimodal.Sandbox.create(timeout=120)
+    try:
+        p = sb.exec("echo", "mine")
+        intruder = {"Authorization": f"Bearer {docker_stack.new_user('sandbox-intruder')}"}
+        base = f"{docker_stack.url}/v1/sandboxes/{sb.object_id}"
+        routes = [
+            ("GET", base, None),
+            ("POST", base + "/tags", {"tags": {"a": "b"}}),
+            ("POST", base + "/exec", {"cmd": ["true"]}),
+            ("GET", base + f"/processes/{p.process_id}/output?fd=1", None),
+            ("POST", base + f"/processes/{p.process_id}/stdin", {"data": ""}),
+            ("GET", base + f"/processes/{p.process_id}", None),
+            ("POST", base + "/snapshot", None),
+            ("POST", base + "/terminate", None),
+        ]
+        for method, url, body in routes:
+            reply = requests.request(method, url, json=body, headers=intruder, timeout=30)
+            assert reply.status_code == 404, (method, url, reply.text)
+            assert reply.json()["error"]["type"] == "NotFoundError"
+        listed = requests.get(f"{docker_stack.url}/v1/sandboxes", headers=intruder, timeout=30).json()
+        assert listed == {"sandboxes": []}
+        assert sb.poll() is None  # the intruder's terminate did nothing
+        assert p.stdout.read() == "mine\n"
+    finally:
+        sb.terminate()
+
+
+def test_a_client_that_reconnects_reads_the_rest_of_the_stream(docker_stack: Stack, docker_user: str) -> None:
+    sb = minimodal.Sandbox.create(timeout=120)
+    try:
+        p = sb.exec("sh", "-c", "echo 1; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo 2; echo 3")
+        assert next(iter(p.stdout)) == "1\n"
+        sb.exec("touch", "/tmp/go").wait()
+        # A new connection (another handle, as after a client restart) from the cursor the first one reached.
+        again = minimodal.sandbox.StreamReader(sb._client, sb.object_id, p.process_id, 1)
+        again._cursor = p.stdout._cursor
+        assert again.read() == "2\n3\n"  # the rest, and nothing twice
+        assert again.read() == ""  # past the end: it ends at once
+    finally:
+        sb.terminate()
+
+
+def test_sandboxes_are_listed_by_app_and_tags(docker_stack: Stack, docker_user: str) -> None:
+    app = minimodal.App("sandbox-list")
+    with app.run():
+        sb = minimodal.Sandbox.create(app=app, timeout=120, tags={"kind": "eval"})
+        other = minimodal.Sandbox.create(timeout=120)
+        try:
+            assert [s.object_id for s in minimodal.Sandbox.list(app_id=app.app_id)] == [sb.object_id]
+            assert [s.object_id for s in minimodal.Sandbox.list(tags={"kind": "eval"})] == [sb.object_id]
+            other.set_tags({"kind": "eval"})
+            assert {s.object_id for s in minimodal.Sandbox.list(tags={"kind": "eval"})} == {
+                sb.object_id,
+                other.object_id,
+            }
+            assert minimodal.Sandbox.from_id(sb.object_id).poll() is None
+        finally:
+            other.terminate()
+    # `app stop` (the end of app.run()) terminated the app's sandbox
+    with pytest.raises(SandboxTerminatedError):
+        minimodal.Sandbox.from_id(sb.object_id).wait()
+
+
+def test_the_aio_forms_work(docker_stack: Stack, docker_user: str) -> None:
+    import asyncio
+
+    async def main() -> list[str]:
+        sb = await minimodal.Sandbox.create.aio(timeout=120)
+        try:
+            p = await sb.exec.aio("sh", "-c", "echo a; echo b")
+            lines = [line async for line in p.stdout]
+            assert await p.wait.aio() == 0
+            return lines
+        finally:
+            await sb.terminate.aio()
+
+    assert asyncio.run(main()) == ["a\n", "b\n"]
+
+
+def test_a_snapshot_serves_as_a_functions_image(docker_stack: Stack, docker_user: str) -> None:
+    sb = minimodal.Sandbox.create(timeout=120)
+    try:
+        with sb.open("/opt/answer.txt", "w") as f:
+            f.write("42")
+        image = sb.snapshot_filesystem()
+    finally:
+        sb.terminate()
+    app = minimodal.App("from-snapshot")
+
+    def read_answer() -> str:
+        with open("/opt/answer.txt") as f:
+            return f.read()
+
+    fn = app.function(serialized=True, image=image, name="read_answer")(read_answer)
+    with app.run():
+        assert fn.remote() == "42"
+    other = minimodal.Sandbox.create(image=image, timeout=120)
+    try:
+        assert other.exec("cat", "/opt/answer.txt").stdout.read() == "42"
+    finally:
+        other.terminate()
+
+
+def test_creating_many_sandboxes_at_once_needs_no_lock_step(docker_stack: Stack, docker_user: str) -> None:
+    errors: list[BaseException] = []
+    made: list[minimodal.Sandbox] = []
+
+    def make() -> None:
+        try:
+            made.append(minimodal.Sandbox.create("true", timeout=60))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=make) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for sb in made:
+        sb.wait()
+        assert sb.returncode == 0
