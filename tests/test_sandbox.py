@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
+from redis import Redis
 
 import minimodal
+from minimodal import protocol
 from minimodal.exception import SandboxFilesystemError, SandboxTerminatedError, SandboxTimeoutError
-from tests.conftest import Stack, wait_for
+from tests.conftest import RedisServer, Stack, docker_engine, start_stack, use_stack, wait_for
 
 pytestmark = pytest.mark.docker
 
 
 def sandbox_containers(stack: Stack, sandbox_id: str | None = None) -> list:
-    from tests.conftest import docker_engine
-
     client = docker_engine()
     try:
         found = client.containers.list(all=True, filters={"label": [f"minimodal.home={stack.home}"]})
@@ -290,3 +293,76 @@ def test_creating_many_sandboxes_at_once_needs_no_lock_step(docker_stack: Stack,
     for sb in made:
         sb.wait()
         assert sb.returncode == 0
+
+
+def test_a_worker_killed_under_a_running_sandbox_leaves_no_container(
+    redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docker_engine().close()
+    redis_server.client.connection_pool.reset()
+    Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/11").flushdb()  # database 11 is this test's alone
+    fast = {"MINIMODAL_HEARTBEAT_SECONDS": "0.5"}  # dead after 2.5 s without a beat
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MINIMODAL_HEARTBEAT_SECONDS", "0.5")  # the dispatcher's view of "dead" too
+        stack = start_stack(redis_server, tmp_path / "home", runtime="docker", db=11, worker_env=fast)
+    try:
+        use_stack(stack, request, monkeypatch)
+        sb = minimodal.Sandbox.create(timeout=300)
+        p = sb.exec("sh", "-c", "echo up; sleep 300")
+        assert next(iter(p.stdout)) == "up\n"
+        assert sandbox_containers(stack, sb.object_id)
+        worker = stack.processes["worker"]
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+        with pytest.raises(SandboxTerminatedError, match="was lost"):
+            sb.wait()
+        assert p.wait() == 137
+        wait_for(lambda: not sandbox_containers(stack, sb.object_id), 60, "the sandbox's container to be removed")
+        # The slot it held was released: a new worker takes a new sandbox.
+        stack.spawn("worker", "worker", extra_env=fast)
+        again = minimodal.Sandbox.create("true", timeout=60)
+        again.wait()
+        assert again.returncode == 0
+    finally:
+        stack.stop()
+    assert sandbox_containers(stack) == []
+
+
+def test_twenty_sandboxes_of_two_users_share_the_workers_fairly(docker_stack: Stack, docker_user: str) -> None:
+    from minimodal._client import Client
+    from minimodal.app import _ensure_image
+
+    def create(token: str, *cmd: str) -> str:
+        client = Client(docker_stack.url, token)
+        body = {"image": _ensure_image(client, minimodal.Image.debian_slim()), "cmd": list(cmd), "timeout": 120}
+        return client.request("POST", "/v1/sandboxes", json=body)["sandbox_id"]
+
+    # Another user's sandboxes hold every slot of the worker, so that all twenty wait in the queues at once.
+    slots = docker_stack.workers()[0]["slots"]
+    blocker = docker_stack.new_user("sandbox-blocker", quota=slots)
+    blockers = [create(blocker, "sleep", "300") for _ in range(slots)]
+    client = Client(docker_stack.url, blocker)
+    for sandbox_id in blockers:
+        client.request("GET", f"/v1/sandboxes/{sandbox_id}", params={"wait": 30, "until": "running"}, timeout=60)
+    users = {name: docker_stack.new_user(name) for name in ("sandbox-fair-a", "sandbox-fair-b")}
+    owner = {}
+    for name, token in users.items():
+        for _ in range(10):
+            owner[create(token, "sleep", "0.5")] = name
+    for sandbox_id in blockers:
+        client.request("POST", f"/v1/sandboxes/{sandbox_id}/terminate")
+    for sandbox_id, name in owner.items():
+        user_client = Client(docker_stack.url, users[name])
+
+        def ended(sandbox_id: str = sandbox_id, user_client: Client = user_client) -> bool:
+            reply = user_client.request("GET", f"/v1/sandboxes/{sandbox_id}", params={"wait": 10}, timeout=30)
+            return reply["state"] == "finished"
+
+        wait_for(ended, 120, f"sandbox {sandbox_id} to finish")
+    assert docker_stack.redis_client is not None
+    log = docker_stack.redis_client.xrange(protocol.dispatch_log_key())
+    order = [owner[f[b"call"].decode()] for _, f in log if f[b"call"].decode() in owner]
+    assert len(order) == 20
+    for n in range(1, 21):  # at every point, neither user got more than one sandbox ahead of the other
+        prefix = order[:n]
+        assert abs(prefix.count("sandbox-fair-a") - prefix.count("sandbox-fair-b")) <= 1, order
