@@ -1,7 +1,8 @@
 """The ``minimodal`` command line.
 
 ``minimodal run FILE[::NAME]`` runs a local entrypoint (or a function) of an app file; ``up``,
-``down`` and ``status`` manage a local stack; ``user`` manages users (admin token).
+``down`` and ``status`` manage a local stack; ``user`` manages users (admin token); ``sandbox``
+lists, reads, ends and runs commands in sandboxes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import _cli_objects, _deploy_cli, config
+from . import _cli_objects, _cli_sandbox, _deploy_cli, config
 from ._client import Client
 from ._stream import print_log
 from .app import App, LocalEntrypoint
@@ -281,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--user", help="whose token (admin token needed for another user's)")
     token.set_defaults(handler=cmd_token)
     _cli_objects.add_commands(commands)  # secret, volume
+    _cli_sandbox.add_commands(commands)  # sandbox
     return parser
 
 

@@ -366,3 +366,36 @@ def test_twenty_sandboxes_of_two_users_share_the_workers_fairly(docker_stack: St
     for n in range(1, 21):  # at every point, neither user got more than one sandbox ahead of the other
         prefix = order[:n]
         assert abs(prefix.count("sandbox-fair-a") - prefix.count("sandbox-fair-b")) <= 1, order
+
+
+def test_the_cli_lists_reads_runs_in_and_terminates_sandboxes(docker_stack: Stack, docker_user: str) -> None:
+    import subprocess
+    import sys
+
+    sb = minimodal.Sandbox.create("sh", "-c", "echo booted; echo warned >&2; sleep 300", timeout=120)
+    env = {**docker_stack.env, "MINIMODAL_TOKEN": docker_user}
+
+    def cli(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "minimodal", "sandbox", *argv],
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    listed = cli("list")
+    assert listed.returncode == 0, listed.stderr
+    assert sb.object_id in listed.stdout and "running" in listed.stdout and "sleep 300" in listed.stdout
+    ran = cli("exec", sb.object_id, "cat", stdin="through stdin\n")
+    assert (ran.returncode, ran.stdout) == (0, "through stdin\n"), ran.stderr
+    failed = cli("exec", sb.object_id, "sh", "-c", "echo bad >&2; exit 5", stdin="")
+    assert (failed.returncode, failed.stderr) == (5, "bad\n")
+    wait_for(lambda: "booted" in cli("logs", sb.object_id).stdout, 30, "the entrypoint's output")
+    logs = cli("logs", sb.object_id)
+    assert (logs.stdout, logs.stderr) == ("booted\n", "warned\n")
+    ended = cli("terminate", sb.object_id)
+    assert ended.returncode == 0 and "terminated" in ended.stdout
+    assert sb.object_id not in cli("list").stdout
+    assert "terminated (137)" in cli("list", "--all").stdout
