@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -57,7 +57,9 @@ def view(record: SandboxRecord, live: dict[str, str] | None = None) -> dict[str,
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()  # SQLite gives naive UTC times
 
 
 def end(
