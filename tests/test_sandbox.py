@@ -15,7 +15,7 @@ from redis import Redis
 import minimodal
 from minimodal import protocol
 from minimodal.exception import SandboxFilesystemError, SandboxTerminatedError, SandboxTimeoutError
-from tests.conftest import RedisServer, Stack, docker_engine, start_stack, use_stack, wait_for
+from tests.conftest import RedisServer, Stack, docker_engine, missing, start_stack, use_stack, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -399,3 +399,27 @@ def test_the_cli_lists_reads_runs_in_and_terminates_sandboxes(docker_stack: Stac
     assert ended.returncode == 0 and "terminated" in ended.stdout
     assert sb.object_id not in cli("list").stdout
     assert "terminated (137)" in cli("list", "--all").stdout
+
+
+def test_sandboxes_run_under_the_container_runtime_the_worker_is_configured_with(
+    redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = docker_engine()
+    try:
+        if "runsc" not in (client.info().get("Runtimes") or {}):
+            missing("the Docker engine offers no runsc runtime (gVisor is not installed)")
+    finally:
+        client.close()
+    Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/12").flushdb()  # database 12 is this test's alone
+    worker_env = {"MINIMODAL_CONTAINER_RUNTIME": "runsc"}
+    stack = start_stack(redis_server, tmp_path / "home", runtime="docker", db=12, worker_env=worker_env)
+    try:
+        use_stack(stack, request, monkeypatch)
+        sb = minimodal.Sandbox.create(timeout=120)
+        (container,) = sandbox_containers(stack, sb.object_id)
+        assert container.attrs["HostConfig"]["Runtime"] == "runsc"
+        assert "gVisor" in sb.exec("dmesg").stdout.read()  # the kernel the sandbox sees is gVisor's
+        sb.terminate()
+    finally:
+        stack.stop()
+    assert sandbox_containers(stack) == []
