@@ -33,7 +33,7 @@ from minimodal.protocol import CallStatus, InflightTask, PendingEntry
 
 from . import registry, sandboxes
 from .database import Database
-from .models import CallRecord, FunctionRecord, InputRecord, UserRecord, utcnow
+from .models import CallRecord, FunctionRecord, InputRecord, SandboxRecord, UserRecord, utcnow
 from .pending import PendingQueues
 
 logger = logging.getLogger("minimodal.dispatcher")
@@ -82,7 +82,13 @@ def restore_limits(db: Database, pending: PendingQueues) -> int:
 
 
 def load_needs(db: Database, pending: PendingQueues, function_id: str) -> None:
-    """A function's needs from its database row, for one deployed before Redis knew them."""
+    """A function's needs from its database row, for one deployed before Redis knew them (or a sandbox's)."""
+    if protocol.is_sandbox(function_id):
+        with db.read() as session:
+            record = session.get(SandboxRecord, function_id)
+            spec = dict(record.spec) if record is not None else {}
+        pending.set_needs(function_id, sandboxes.needs(spec))  # an ended one's task does nothing and drops it
+        return
     with db.read() as session:
         found = session.execute(
             select(FunctionRecord.options, FunctionRecord.queue).where(FunctionRecord.id == function_id)

@@ -18,8 +18,8 @@ from typing import Any
 from redis import Redis
 from sqlalchemy import select
 
-from minimodal import config, protocol
-from minimodal.protocol import SandboxState
+from minimodal import config, defaults, protocol
+from minimodal.protocol import FunctionNeeds, SandboxState
 
 from .database import Database
 from .models import SandboxRecord, utcnow
@@ -28,6 +28,18 @@ logger = logging.getLogger("minimodal.sandboxes")
 
 TERMINATED_CODE = 137  # the returncode of a sandbox (or process) ended by terminate(), app stop or a lost worker
 TIMEOUT_CODE = 124  # the returncode of a sandbox ended by its timeout or idle_timeout
+
+
+def needs(spec: dict[str, Any]) -> FunctionNeeds:
+    """What a sandbox holds on its worker while it lives: its cpu, memory and GPUs, and a Docker engine."""
+    gpu, gpu_count = protocol.parse_gpu(spec.get("gpu"))
+    return FunctionNeeds(
+        cpu=max(1, round(float(spec.get("cpu") or defaults.DEFAULT_SANDBOX_CPU) * 1000)),
+        memory=int(spec.get("memory") or defaults.DEFAULT_SANDBOX_MEMORY),
+        gpu=gpu,
+        gpu_count=gpu_count,
+        runtime="docker",
+    )
 
 
 def live_state(redis: Redis, sandbox_id: str) -> dict[str, str]:

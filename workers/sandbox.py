@@ -165,7 +165,7 @@ class ExecProcess:
                 return int(info["ExitCode"])
             if time.monotonic() > deadline:
                 return 137
-            time.sleep(0.02)
+            time.sleep(0.005)
 
 
 class SandboxContainer:

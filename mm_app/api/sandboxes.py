@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from minimodal import defaults, protocol
 from minimodal.exception import InvalidError, NotFoundError, SandboxTerminatedError, ServiceError
-from minimodal.protocol import FunctionNeeds, PendingEntry, SandboxState
+from minimodal.protocol import PendingEntry, SandboxState
 
 from .. import objects, sandboxes, vault
 from ..models import AppRecord, ImageRecord, SandboxRecord
@@ -105,7 +105,7 @@ def create_sandbox():  # type: ignore[no-untyped-def]
     if workdir is not None and not workdir.startswith("/"):
         raise InvalidError(f"workdir={workdir!r} must be an absolute path")
     try:
-        gpu, gpu_count = protocol.parse_gpu(field(body, "gpu", str, required=False))
+        protocol.parse_gpu(field(body, "gpu", str, required=False))
     except ValueError as exc:
         raise InvalidError(f"gpu: {exc}") from None
     svc = services()
@@ -151,13 +151,7 @@ def create_sandbox():  # type: ignore[no-untyped-def]
                 state=SandboxState.QUEUED.value,
             )
         )
-    need = FunctionNeeds(
-        cpu=max(1, round(float(cpu or defaults.DEFAULT_SANDBOX_CPU) * 1000)),
-        memory=int(memory or defaults.DEFAULT_SANDBOX_MEMORY),
-        gpu=gpu,
-        gpu_count=gpu_count,
-        runtime="docker",
-    )
+    need = sandboxes.needs(spec)
     svc.redis.hset(protocol.sandbox_state_key(sandbox_id), mapping={"state": SandboxState.QUEUED.value})
     svc.pending.set_needs(sandbox_id, need)
     try:

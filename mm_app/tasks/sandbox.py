@@ -246,6 +246,7 @@ def run_sandbox(self: Any, sandbox_id: str, user_id: int) -> None:
         if record is None or record.user_id != user_id:
             return
         if SandboxState(live.get("state") or record.state).terminal or record.state != SandboxState.QUEUED.value:
+            ctx.redis.hdel(protocol.function_needs_key(), sandbox_id)
             return  # terminated while queued, or a redelivery of a sandbox that ran already
         life = _Life(ctx, sandbox_id, user_id, record)
         with _lives_lock:
