@@ -282,7 +282,12 @@ def _terminate_all(**_: Any) -> None:
 
 
 @signals.worker_ready.connect
-def _remove_orphans(**_: Any) -> None:
+def _on_worker_ready(**_: Any) -> None:
+    if config.get("worker_runtime") != "process":  # off the start path: the worker takes work meanwhile
+        threading.Thread(target=_remove_orphans, name="mm-sandbox-orphans", daemon=True).start()
+
+
+def _remove_orphans() -> None:
     """A worker restarted after a crash: remove this stack's sandbox containers no live worker owns."""
     ctx = get_context()
     pool = ctx.pools.get("docker")
