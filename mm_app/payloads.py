@@ -105,10 +105,12 @@ class Payloads:
         pipe.expire(key, self.stream_ttl)
         pipe.execute()
 
-    def put_log(self, call_id: str, app_id: str, fields: dict[str, str]) -> None:
+    def put_logs(self, call_id: str, app_id: str, entries: list[dict[str, str]]) -> None:
+        """Append log entries, in order, to the call's stream and the app's, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for key in (protocol.logs_key(call_id), protocol.app_logs_key(app_id)):
-            pipe.xadd(key, fields, maxlen=DEFAULT_LOG_STREAM_LENGTH, approximate=True)
+            for fields in entries:
+                pipe.xadd(key, fields, maxlen=DEFAULT_LOG_STREAM_LENGTH, approximate=True)
             pipe.expire(key, self.ttl)
         pipe.execute()
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json as json_module
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from . import config
-from .exception import AuthError, RateLimitError, ServiceError, from_response
+from .exception import AuthError, Error, RateLimitError, ServiceError, from_response
+from .protocol import b64, unb64
 
 if TYPE_CHECKING:
     import requests
@@ -21,12 +24,18 @@ RATE_LIMIT_WAIT_SECONDS = 60  # how long a request refused by the rate limit (42
 class Client:
     """One user's connection to one MiniModal server. Safe to share across threads."""
 
-    def __init__(self, server_url: str, token: str | None) -> None:
+    websocket = True  # whether CallEvents may open a WebSocket (a container's channel cannot)
+
+    def __init__(self, server_url: str, token: str | None, *, headers: dict[str, str] | None = None) -> None:
         self.server_url = server_url.rstrip("/")
         self.token = token
+        self.headers = dict(headers or {})
 
     @classmethod
     def from_config(cls) -> Client:
+        """The user's client; inside a function, one whose requests go through the worker (the same API)."""
+        if sys.modules.get(CHANNEL_MODULE) is not None:
+            return ChannelClient()
         return cls(config.get("server_url"), config.get("token"))
 
     def _session(self) -> requests.Session:
@@ -91,7 +100,7 @@ class Client:
 
         if not self.token and path != "/health":
             raise AuthError("no MiniModal token: run `minimodal up` (writes a profile) or set MINIMODAL_TOKEN")
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers = {**self.headers, **({"Authorization": f"Bearer {self.token}"} if self.token else {})}
         if data is not None:
             headers["Content-Type"] = "application/octet-stream"
         url = self.server_url + path
@@ -106,16 +115,75 @@ class Client:
         except requests.Timeout as exc:
             raise ServiceError(f"the MiniModal API at {self.server_url} did not answer within {timeout} s") from exc
         if response.status_code >= 400:
-            try:
-                error = response.json()["error"]
-                message, error_type = error["message"], error.get("type")
-            except (ValueError, KeyError, TypeError):
-                message, error_type = f"HTTP {response.status_code}: {response.text[:500]}", None
-            error = from_response(response.status_code, error_type, message)
-            if isinstance(error, RateLimitError):
-                with contextlib.suppress(ValueError):
-                    error.retry_after = float(response.headers.get("Retry-After", ""))
-            raise error
+            raise error_for(response.status_code, response.text, response.headers.get("Retry-After"))
         if raw or stream:
             return response
         return response.json() if response.content else None
+
+
+def error_for(status: int, body: str, retry_after: str | None) -> Error:
+    """The ``minimodal.exception`` error an error reply stands for (its JSON ``error``, else its status)."""
+    try:
+        error = json_module.loads(body)["error"]
+        message, error_type = error["message"], error.get("type")
+    except (ValueError, KeyError, TypeError):
+        message, error_type = f"HTTP {status}: {body[:500]}", None
+    exc = from_response(status, error_type, message)
+    if isinstance(exc, RateLimitError):
+        with contextlib.suppress(ValueError, TypeError):
+            exc.retry_after = float(retry_after or "")
+    return exc
+
+
+CHANNEL_MODULE = "_minimodal_channel"  # registered in sys.modules by the runner (minimodal._runner)
+
+
+class _Raw:
+    """What a raw request answers through the channel: the body, as ``requests.Response.content``."""
+
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+
+
+class ChannelClient(Client):
+    """The client inside a function: each request goes to the worker through the runner's stdio.
+
+    The worker sends it on to the API with a token scoped to the call's user and the running call as its
+    parent (``mm_app/tasks/forward.py``); so the whole SDK works in a container with no network and no
+    credential. Events are long-polled (a WebSocket needs a socket of its own).
+    """
+
+    websocket = False
+
+    def __init__(self) -> None:
+        super().__init__("channel://worker", None)
+
+    def _request_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any,
+        data: Any,
+        params: dict[str, Any] | None,
+        timeout: float,
+        stream: bool,
+        raw: bool,
+    ) -> Any:
+        channel = sys.modules[CHANNEL_MODULE]
+        request: dict[str, Any] = {"kind": "http", "method": method, "path": path, "timeout": timeout}
+        if json is not None:
+            request["json"] = json
+        if params:
+            request["params"] = params
+        if data is not None:
+            request["data"] = b64(data if isinstance(data, bytes) else bytes(data))
+        if raw or stream:
+            request["raw"] = True
+        answer = channel.request(request)
+        error = answer.get("error")
+        if error:
+            raise from_response(500, error.get("type"), error.get("message", "the request failed"))
+        if raw or stream:
+            return _Raw(unb64(answer.get("raw", "")))
+        return answer.get("json")

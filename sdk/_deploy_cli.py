@@ -42,6 +42,11 @@ def cmd_app_stop(args: argparse.Namespace) -> int:
 
 def cmd_app_history(args: argparse.Namespace) -> int:
     reply = Client.from_config().request("GET", f"/v1/deployments/{quote(args.app, safe='')}/history")
+    if args.json:
+        from ._cli_state import print_json
+
+        print_json(reply)
+        return 0
     print(f"{'version':>7}  {'app id':24} {'state':9} deployed")
     for v in reply["versions"]:
         print(f"{v['version']:>7}  {v['app_id']:24} {v['state']:9} {v['deployed_at'][:19]}")
@@ -62,4 +67,5 @@ def add_commands(commands: argparse._SubParsersAction, app_commands: argparse._S
     stop.set_defaults(app_handler=cmd_app_stop)
     history = app_commands.add_parser("history", help="a deployed app's versions and newest calls")
     history.add_argument("app")
+    history.add_argument("--json", action="store_true")
     history.set_defaults(app_handler=cmd_app_history)

@@ -9,14 +9,16 @@ user. The same object therefore works in both places, and pickles into a functio
 from __future__ import annotations
 
 import sys
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import cloudpickle
 
+from ._aio import Steps
 from .exception import InvalidError, NotFoundError, SerializationError, from_response
 from .protocol import b64, unb64
 
 CHANNEL_MODULE = "_minimodal_channel"  # registered in sys.modules by the runner (minimodal._runner)
+T = TypeVar("T")
 HTTP_TIMEOUT = 60.0  # seconds; above the server's longest blocking wait (10 s) with room for load
 
 
@@ -34,6 +36,25 @@ def send(request: dict[str, Any], client: Any = None) -> dict[str, Any]:
 
         client = Client.from_config()
     return client.request("POST", "/v1/objects", json=request, timeout=HTTP_TIMEOUT)
+
+
+async def asend(request: dict[str, Any], client: Any = None) -> dict[str, Any]:
+    """:func:`send` for ``.aio`` forms: the asyncio client outside a function; the one seam to swap.
+
+    Inside a function the runner's channel is blocking: its request runs in a thread of its own.
+    """
+    if sys.modules.get(CHANNEL_MODULE) is not None:
+        from ._aio import in_thread
+
+        return await in_thread(send, request, client)
+    from ._aclient import arequest
+
+    if client is None:
+        from ._client import Client
+
+        client = Client.from_config()
+    answer: dict[str, Any] = await arequest(client, "POST", "/v1/objects", json=request, timeout=HTTP_TIMEOUT)
+    return answer
 
 
 def dumps(value: Any, what: str = "value") -> str:
@@ -110,15 +131,39 @@ class _Object:
         self._request("hydrate")
         return self
 
-    def _request(self, op: str, **fields: Any) -> dict[str, Any]:
+    def _op(self, op: str, **fields: Any) -> dict[str, Any]:
+        """The request for ``op`` on this object (by id once known, else by name)."""
         request: dict[str, Any] = {"kind": self._kind, "op": op, **fields}
         if self._id is not None:
             request["id"] = self._id
         else:
             request["name"], request["create"] = self._name, self._create
-        answer = send(request)
+        return request
+
+    def _absorb(self, answer: dict[str, Any]) -> dict[str, Any]:
         self._id = answer.get("id", self._id)
         return answer
+
+    def _request(self, op: str, **fields: Any) -> dict[str, Any]:
+        return self._absorb(send(self._op(op, **fields)))
+
+    def _run(self, steps: Steps[T]) -> T:
+        """Send the requests ``steps`` yields, one by one, blocking; its return value (see ``aio_steps``)."""
+        try:
+            request = next(steps)
+            while True:
+                request = steps.send(self._absorb(send(request)))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    async def _arun(self, steps: Steps[T]) -> T:
+        """:meth:`_run` with the async client: nothing blocks the event loop."""
+        try:
+            request = next(steps)
+            while True:
+                request = steps.send(self._absorb(await asend(request)))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
 
     @classmethod
     def _names(cls) -> list[dict[str, str]]:
@@ -145,11 +190,13 @@ class EphemeralContext:
                 pass
 
     async def __aenter__(self) -> Any:
-        import asyncio
-
-        return await asyncio.to_thread(self.__enter__)
+        answer = await asend({"kind": self._cls._kind, "op": "ephemeral"})
+        self._obj = self._cls(object_id=answer["id"])
+        return self._obj
 
     async def __aexit__(self, *exc: object) -> None:
-        import asyncio
-
-        await asyncio.to_thread(self.__exit__, *exc)
+        if self._obj is not None:
+            try:
+                await asend(self._obj._op("delete"))
+            except NotFoundError:
+                pass

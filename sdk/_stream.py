@@ -8,12 +8,15 @@ arrives once and in order: anything at or before a cursor is dropped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from . import protocol
 from ._client import Client
 from ._websocket import HandshakeError, WebSocket
 from .exception import ServiceError, from_response
@@ -43,9 +46,9 @@ class CallEvents:
         self.client = client
         self.call_id = call_id
         self.cursors = {kind: (cursors or {}).get(kind, "0-0") for kind in kinds}
-        self.websocket = websocket
+        self.websocket = websocket and client.websocket
         self._ws: WebSocket | None = None
-        self.transport = "websocket" if websocket else "long-poll"
+        self.transport = "websocket" if self.websocket else "long-poll"
 
     def _query(self) -> str:
         return "&".join(f"{kind}={cursor}" for kind, cursor in self.cursors.items())
@@ -123,12 +126,105 @@ class CallEvents:
     close = drop
 
 
+class _Shown:
+    """The last line shown of each input attempt: a line read from two streams (call and app) shows once."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def first_time(self, event: dict[str, Any]) -> bool:
+        source, seq = event.get(protocol.LOG_SOURCE), event.get(protocol.LOG_SEQ)
+        if source is None or seq is None:
+            return True  # written by an older worker: nothing to tell it by
+        with self._lock:
+            if int(seq) <= self._last.get(source, -1):
+                return False
+            self._last[source] = int(seq)
+            return True
+
+
+_shown = _Shown()
+
+
 def print_log(event: dict[str, Any]) -> None:
-    """Show a remote log line locally, on the stream it was written to; coloured per function on a terminal."""
+    """Show a remote log line locally, on the stream it was written to; coloured per function on a terminal.
+
+    A line ends with its own newline, or with ``\r`` (a progress bar redrawing itself): nothing is added.
+    """
+    if not _shown.first_time(event):
+        return
     target = sys.stderr if event.get("stream") == "stderr" else sys.stdout
     text = event.get("text", "")
     if target.isatty():
         colour = _COLOURS[hash(event.get("fn", "")) % len(_COLOURS)]
         text = "".join(f"\x1b[{colour}m{line}\x1b[0m" for line in text.splitlines(keepends=True))
-    target.write(text)
-    target.flush()
+    with _print_lock:  # several threads print (a .map's reader, the app's follower): whole lines each
+        target.write(text)
+        target.flush()
+
+
+_print_lock = threading.Lock()
+
+
+class AppLogs:
+    """Shows what every call of a running app prints, as it prints it: spawned and nested calls too.
+
+    ``with minimodal.enable_output(), app.run():`` follows the app's log stream in a thread; lines that a
+    ``.remote()`` or ``.map`` also reads from its own call's stream are shown once (:class:`_Shown`).
+    ``stop()`` shows what is left in the stream and ends the thread.
+    """
+
+    def __init__(self, client: Client, app_id: str) -> None:
+        self.client, self.app_id = client, app_id
+        self.cursor = "0-0"
+        self._lock = threading.Lock()  # one reader prints at a time, so lines stay in stream order
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="minimodal-app-logs", daemon=True)
+        self._thread.start()
+        _following.add(self)
+
+    def catch_up(self) -> None:
+        """Show every line already in the stream now (a call whose result is in has all its lines there)."""
+        with contextlib.suppress(Exception):
+            while self._read(follow=False) > 0:
+                pass
+
+    def _read(self, follow: bool) -> int:
+        """Show what comes after the cursor (waiting for it when ``follow``); how many lines, -1 once stopped."""
+        reply = self.client.request(
+            "GET", f"/v1/apps/{self.app_id}/logs", params={"cursor": self.cursor, "follow": int(follow)}, timeout=60
+        )
+        with self._lock:
+            if self._stopped.is_set():
+                return -1
+            fresh = [event for event in reply["logs"] if _after(event["cursor"], self.cursor)]
+            for event in fresh:
+                print_log(event)
+                self.cursor = event["cursor"]
+        return len(fresh)
+
+    def _follow(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                if self._read(follow=True) < 0:
+                    return
+            except Exception:  # noqa: BLE001 - the API may be restarting: the cursor makes the retry lossless
+                if self._stopped.wait(0.5):
+                    return
+
+    def stop(self) -> None:
+        """Show the lines still in the stream, then stop following."""
+        self.catch_up()
+        with self._lock:
+            self._stopped.set()
+        _following.discard(self)
+
+
+_following: set[AppLogs] = set()
+
+
+def catch_up() -> None:
+    """Before a spawned call's result is handed over: show what it printed (and all else printed so far)."""
+    for follower in list(_following):
+        follower.catch_up()

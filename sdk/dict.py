@@ -13,10 +13,10 @@ str, bytes, int, and tuples of them). Every blocking method has an async form: `
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
-from ._aio import aio_iterator, aio_method
+from ._aio import Steps, aio_iterator, aio_method, aio_steps
 from ._objects import _Object, dumps, loads
 from .exception import InvalidError
 
@@ -60,58 +60,74 @@ class Dict(_Object):
     def __len__(self) -> int:
         return self.len()
 
-    @aio_method
-    def get(self, key: Any, default: Any = None) -> Any:
-        answer = self._request("get", key=_key(key))
+    @aio_steps
+    def get(self, key: Any, default: Any = None) -> Steps[Any]:
+        answer = yield self._op("get", key=_key(key))
         return _load(answer["value"]) if answer["found"] else default
 
-    @aio_method
-    def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool:
+    @aio_steps
+    def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> Steps[bool]:
         """Set ``key``; with ``skip_if_exists``, only if absent (atomic): returns False when it existed."""
-        answer = self._request("put", key=_key(key), value=dumps(value, "value"), skip_if_exists=skip_if_exists)
+        answer = yield self._op("put", key=_key(key), value=dumps(value, "value"), skip_if_exists=skip_if_exists)
         return bool(answer["created"])
 
-    @aio_method
-    def pop(self, key: Any, default: Any = _MISSING) -> Any:
+    @aio_steps
+    def pop(self, key: Any, default: Any = _MISSING) -> Steps[Any]:
         """Remove ``key`` and return its value (atomic); KeyError when absent and no default is given."""
-        answer = self._request("pop", key=_key(key))
+        answer = yield self._op("pop", key=_key(key))
         if answer["found"]:
             return _load(answer["value"])
         if default is _MISSING:
             raise KeyError(key)
         return default
 
-    @aio_method
-    def contains(self, key: Any) -> bool:
-        return bool(self._request("contains", key=_key(key))["found"])
+    @aio_steps
+    def contains(self, key: Any) -> Steps[bool]:
+        return bool((yield self._op("contains", key=_key(key)))["found"])
 
-    @aio_method
-    def len(self) -> int:
-        return int(self._request("len")["len"])
+    @aio_steps
+    def len(self) -> Steps[int]:
+        return int((yield self._op("len"))["len"])
 
-    @aio_method
-    def update(self, other: Mapping[Any, Any] | None = None, /, **kwargs: Any) -> None:
+    @aio_steps
+    def update(self, other: Mapping[Any, Any] | None = None, /, **kwargs: Any) -> Steps[None]:
         items = {**(dict(other) if other is not None else {}), **kwargs}
-        self._request("update", items=[[_key(k), dumps(v, "value")] for k, v in items.items()])
+        yield self._op("update", items=[[_key(k), dumps(v, "value")] for k, v in items.items()])
 
-    @aio_method
-    def clear(self) -> None:
-        self._request("clear")
+    @aio_steps
+    def clear(self) -> Steps[None]:
+        yield self._op("clear")
 
-    def _items(self) -> list[tuple[Any, Any]]:
-        return [(_load(k), _load(v)) for k, v in self._request("items")["items"]]
+    def _items(self) -> Steps[list[tuple[Any, Any]]]:
+        answer = yield self._op("items")
+        return [(_load(k), _load(v)) for k, v in answer["items"]]
 
     @aio_iterator
     def keys(self) -> Iterator[Any]:
-        return iter([k for k, _ in self._items()])
+        return iter([k for k, _ in self._run(self._items())])
+
+    @keys.native
+    async def _akeys(self) -> AsyncIterator[Any]:
+        for k, _ in await self._arun(self._items()):
+            yield k
 
     @aio_iterator
     def values(self) -> Iterator[Any]:
-        return iter([v for _, v in self._items()])
+        return iter([v for _, v in self._run(self._items())])
+
+    @values.native
+    async def _avalues(self) -> AsyncIterator[Any]:
+        for _, v in await self._arun(self._items()):
+            yield v
 
     @aio_iterator
     def items(self) -> Iterator[tuple[Any, Any]]:
-        return iter(self._items())
+        return iter(self._run(self._items()))
+
+    @items.native
+    async def _aitems(self) -> AsyncIterator[tuple[Any, Any]]:
+        for item in await self._arun(self._items()):
+            yield item
 
     @aio_method
     def info(self) -> dict[str, Any]:

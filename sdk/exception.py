@@ -11,6 +11,7 @@ The tree::
     │   └── PermissionDeniedError a valid token without the right, e.g. not an admin (HTTP 403)
     ├── RateLimitError            too many call submissions per token; retry after a while (HTTP 429)
     ├── NotFoundError             unknown function, call or user, or another user's (HTTP 404)
+    │   └── ImageNotFoundError    a worker's Docker engine lacks the function's image and cannot pull it
     ├── ServiceError              the control plane or Redis cannot be reached or failed (HTTP 5xx)
     ├── RemoteError               the remote code failed in a way that cannot be re-raised as its own type
     ├── FunctionTimeoutError      a call ran longer than its ``timeout`` (also a builtin ``TimeoutError``)
@@ -18,6 +19,7 @@ The tree::
     ├── SandboxTimeoutError       a sandbox ran past its ``timeout`` or ``idle_timeout``
     ├── SandboxTerminatedError    a sandbox was terminated (``terminate()``, ``app stop``, its worker lost)
     ├── SandboxFilesystemError    a file operation in a sandbox failed (a missing path, a directory...)
+    ├── InputCancelledError       the input was cancelled (``FunctionCall.cancel()``, the app stopped)
     ├── ImageBuildError           an image failed to build (the message ends with the build log tail)
     └── SerializationError        a value could not be pickled or unpickled
 
@@ -68,6 +70,10 @@ class NotFoundError(Error):
     """Raised when a function, call, app or user does not exist or belongs to another user."""
 
 
+class ImageNotFoundError(NotFoundError):
+    """Raised when a worker's Docker engine lacks a function's image and no registry (MINIMODAL_REGISTRY) has it."""
+
+
 class ServiceError(Error):
     """Raised when the MiniModal server, Redis or the database cannot be reached or fails."""
 
@@ -101,6 +107,14 @@ class SandboxTerminatedError(Error):
 
 class SandboxFilesystemError(Error):
     """Raised when a file operation in a sandbox fails: a missing path, a directory where a file is needed."""
+
+
+class InputCancelledError(Error):
+    """Raised by ``get()`` (and ``.map``) for an input that was cancelled before it ended."""
+
+
+class InputCancellation(BaseException):  # noqa: N818 - Modal's name
+    """Modal's name for what a cancelled input raises inside its container (not raised by MiniModal yet)."""
 
 
 class ImageBuildError(Error):
@@ -140,6 +154,7 @@ BY_NAME: dict[str, type[Error]] = {
         PermissionDeniedError,
         RateLimitError,
         NotFoundError,
+        ImageNotFoundError,
         ServiceError,
         RemoteError,
         FunctionTimeoutError,
@@ -147,6 +162,7 @@ BY_NAME: dict[str, type[Error]] = {
         SandboxTimeoutError,
         SandboxTerminatedError,
         SandboxFilesystemError,
+        InputCancelledError,
         ImageBuildError,
         SerializationError,
     )

@@ -9,12 +9,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from . import config, protocol
-from ._aio import aio_iterator, aio_method
+from . import _stream, config, protocol
+from ._aclient import arequest
+from ._aio import aio_iterator, aio_method, in_thread
 from ._client import Client
 from ._progress import Bar
 from ._serialization import deserialize, rebuild_exception, serialize_args
-from ._stream import CallEvents, print_log
+from ._stream import CallEvents, _after, print_log
 from .defaults import DEFAULT_LONG_POLL_SECONDS
 from .exception import BY_NAME, InvalidError, PayloadTooLargeError
 from .runtime import output_enabled
@@ -69,6 +70,14 @@ def _encode_input(client: Client, payload: bytes, limits: tuple[int, int] | None
     return {"args": protocol.b64(payload)}
 
 
+async def _aencode_input(client: Client, payload: bytes) -> dict[str, str]:
+    """:func:`_encode_input` with the asyncio client for the upload."""
+    if config.get("inline_payload_size") < len(payload) <= config.get("max_payload_size"):
+        blob = await arequest(client, "PUT", "/v1/blobs", data=payload, timeout=600)
+        return {"blob": blob["blob_id"]}
+    return _encode_input(client, payload)  # inline, or refused as too large: no I/O either way
+
+
 def _data(client: Client, envelope: dict[str, Any]) -> bytes:
     if envelope.get(protocol.OUT_BLOB):
         return client.request("GET", f"/v1/blobs/{envelope[protocol.OUT_BLOB]}", raw=True, timeout=600).content
@@ -77,9 +86,17 @@ def _data(client: Client, envelope: dict[str, Any]) -> bytes:
     return b""
 
 
-def _decode_output(client: Client, envelope: dict[str, Any]) -> tuple[bool, Any]:
-    """``(True, value)`` for a success, ``(False, exception)`` for a failure."""
-    data = _data(client, envelope)
+async def _adata(client: Client, envelope: dict[str, Any]) -> bytes:
+    if envelope.get(protocol.OUT_BLOB):
+        data: bytes = await arequest(client, "GET", f"/v1/blobs/{envelope[protocol.OUT_BLOB]}", raw=True, timeout=600)
+        return data
+    return _data(client, envelope)
+
+
+def _decode_output(client: Client, envelope: dict[str, Any], data: bytes | None = None) -> tuple[bool, Any]:
+    """``(True, value)`` for a success, ``(False, exception)`` for a failure (``data``: the body, if read)."""
+    if data is None:
+        data = _data(client, envelope)
     if envelope[protocol.OUT_STATUS] == protocol.CallStatus.COMPLETED.value:
         return True, deserialize(data)
     error_type = envelope.get(protocol.OUT_ERROR_TYPE)
@@ -132,6 +149,7 @@ class FunctionCall(Generic[R]):
         self._outputs: dict[int, dict[str, Any]] = {}
         self._cursor = "0-0"
         self._lock = threading.Lock()
+        self._show_app_logs = True  # False when the caller read this call's own logs (.remote())
 
     def __repr__(self) -> str:
         return f"FunctionCall({self.object_id!r})"
@@ -149,10 +167,25 @@ class FunctionCall(Generic[R]):
             timeout=wait + 30,
             reconnect=True,
         )
+        return self._take_outputs(reply)
+
+    async def _apoll(self, wait: float) -> list[dict[str, Any]]:
+        reply = await arequest(
+            self._client,
+            "GET",
+            f"/v1/calls/{self.object_id}/outputs",
+            params={"cursor": self._cursor, "timeout": f"{wait:.3f}"},
+            timeout=wait + 30,
+            reconnect=True,
+        )
+        return self._take_outputs(reply)
+
+    def _take_outputs(self, reply: dict[str, Any]) -> list[dict[str, Any]]:
         self._cursor = reply["cursor"]
         for envelope in reply["outputs"]:
             self._outputs[envelope[protocol.OUT_INDEX]] = envelope
-        return reply["outputs"]
+        outputs: list[dict[str, Any]] = reply["outputs"]
+        return outputs
 
     def _envelope(self, index: int, timeout: float | None) -> dict[str, Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -174,15 +207,45 @@ class FunctionCall(Generic[R]):
 
         A remote exception is re-raised with its original type and the remote traceback attached.
         """
-        ok, value = _decode_output(self._client, self._envelope(index, timeout))
+        envelope = self._envelope(index, timeout)
+        if self._show_app_logs:
+            _stream.catch_up()  # under output, what the call printed shows before its result is used
+        ok, value = _decode_output(self._client, envelope)
         if not ok:
             raise value
         return value
+
+    @get.native
+    async def _get_aio(self, timeout: float | None = None, *, index: int = 0) -> R:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while index not in self._outputs:
+            remaining = DEFAULT_LONG_POLL_SECONDS if deadline is None else deadline - time.monotonic()
+            if remaining <= 0 and deadline is not None and timeout != 0:
+                break
+            await self._apoll(max(0.0, min(remaining, DEFAULT_LONG_POLL_SECONDS)))
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        if index not in self._outputs:
+            raise TimeoutError(f"{self.object_id} has no result yet (waited {timeout} s)")
+        envelope = self._outputs[index]
+        if self._show_app_logs and _stream._following:
+            await in_thread(_stream.catch_up)
+        ok, value = _decode_output(self._client, envelope, await _adata(self._client, envelope))
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
 
     @aio_iterator
     def stream(self, *, index: int = 0) -> Iterator[Any]:
         """The items of a spawned generator call, as they are produced (resumes after a dropped connection)."""
         return _stream_items(self._client, self.object_id, index)
+
+    @aio_method
+    def cancel(self, terminate_containers: bool = False) -> None:
+        """Cancel what has not ended of this call (and of the calls it made): ``get()`` then raises
+        :class:`~minimodal.exception.InputCancelledError`. An input already running finishes, but its
+        result is dropped (``terminate_containers`` is accepted for Modal compatibility)."""
+        self._client.request("POST", f"/v1/calls/{self.object_id}/cancel", reconnect=True)
 
     @staticmethod
     def gather(*function_calls: FunctionCall[Any]) -> list[Any]:
@@ -207,6 +270,7 @@ class Function(Generic[P, R]):
         self._is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f)
         self.object_id: str | None = None
         self._web_url: str | None = None
+        self._serialized = False  # serialized=True: pickled by value, never imported by name in the container
         self._extra_spec: dict[str, Any] = {}  # what sdk/cls.py, web.py and schedule.py add
         self.__doc__ = raw_f.__doc__
         self.__name__ = getattr(raw_f, "__name__", tag)
@@ -224,6 +288,17 @@ class Function(Generic[P, R]):
         from ._deploy import lookup_function
 
         return lookup_function(app_name, name)
+
+    def with_options(self, **options: Any) -> Function[P, R]:
+        """The same function with other options, run in containers of its own (see ``sdk/_variants.py``).
+
+        Takes ``cpu``, ``memory``, ``gpu``, ``timeout``, ``retries``, ``max_containers``, ``min_containers``,
+        ``buffer_containers``, ``scaledown_window``, ``volumes`` and ``secrets`` (these two replace the
+        function's own): ``f.with_options(timeout=5).spawn_map(xs)``.
+        """
+        from ._variants import with_options
+
+        return with_options(self, options)
 
     def get_web_url(self) -> str | None:
         """The stable URL of a deployed web endpoint (None for other functions)."""
@@ -272,7 +347,39 @@ class Function(Generic[P, R]):
                             fc._outputs[event[protocol.OUT_INDEX]] = event
             finally:
                 events.close()
+        fc._show_app_logs = False  # its lines were read from its own stream above
         return fc.get()
+
+    @remote.native
+    async def _remote_aio(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """``await f.remote.aio(x)``: the same call, with the asyncio client (holds no thread while it waits)."""
+        self._check_callable_remotely("remote")
+        payloads = [serialize_args(args, kwargs)]
+        if not output_enabled():
+            fc = await self._asubmit(payloads, wait=DEFAULT_LONG_POLL_SECONDS)
+            return await fc._get_aio()
+        fc = await self._asubmit(payloads, wait=QUICK_WAIT_SECONDS, logs=True)
+        cursors = {"outputs": "0-0", "logs": "0-0"}
+        while 0 not in fc._outputs:  # long-poll the call's outputs and logs (lines shown once: _stream._Shown)
+            reply = await arequest(
+                fc._client,
+                "GET",
+                f"/v1/calls/{fc.object_id}/stream",
+                params={**cursors, "timeout": f"{DEFAULT_LONG_POLL_SECONDS}"},
+                timeout=DEFAULT_LONG_POLL_SECONDS + 30,
+                reconnect=True,
+            )
+            for event in reply["events"]:
+                kind = {"log": "logs", "output": "outputs"}.get(event["kind"])
+                if kind is None or not _after(event["cursor"], cursors[kind]):
+                    continue
+                cursors[kind] = event["cursor"]
+                if kind == "logs":
+                    print_log(event)
+                else:
+                    fc._outputs[event[protocol.OUT_INDEX]] = event
+        fc._show_app_logs = False
+        return await fc._get_aio()
 
     @aio_iterator
     def remote_gen(self, *args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
@@ -287,6 +394,11 @@ class Function(Generic[P, R]):
         self._check_callable_remotely("spawn")
         return self._submit([serialize_args(args, kwargs)])
 
+    @spawn.native
+    async def _spawn_aio(self, *args: P.args, **kwargs: P.kwargs) -> FunctionCall[R]:
+        self._check_callable_remotely("spawn")
+        return await self._asubmit([serialize_args(args, kwargs)])
+
     def _submit(self, payloads: list[bytes], wait: float = 0, logs: bool = False) -> FunctionCall[R]:
         client = Client.from_config()
         inputs = [_encode_input(client, payload) for payload in payloads]
@@ -298,6 +410,24 @@ class Function(Generic[P, R]):
             timeout=wait + 60,
             reconnect=True,
         )
+        return self._call_of(client, reply)
+
+    async def _asubmit(self, payloads: list[bytes], wait: float = 0, logs: bool = False) -> FunctionCall[R]:
+        """:meth:`_submit` with the asyncio client."""
+        client = Client.from_config()
+        inputs = [await _aencode_input(client, payload) for payload in payloads]
+        reply = await arequest(
+            client,
+            "POST",
+            f"/v1/functions/{self._hydrated_id()}/calls",
+            json={"inputs": inputs, "more": False, "wait": wait, "logs": logs, "call_id": protocol.new_id("fc")},
+            timeout=wait + 60,
+            reconnect=True,
+        )
+        return self._call_of(client, reply)
+
+    @staticmethod
+    def _call_of(client: Client, reply: dict[str, Any]) -> FunctionCall[R]:
         fc: FunctionCall[R] = FunctionCall(reply["call_id"], client)
         for event in reply.get("logs", []):
             print_log(event)

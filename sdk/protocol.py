@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -80,6 +82,19 @@ def is_sandbox(object_id: str) -> bool:
     return object_id.startswith("sb-")
 
 
+_PYTHON_VERSION = re.compile(r"^3\.\d{1,2}$")
+
+
+def is_python_version(value: object) -> bool:
+    """Whether ``value`` is a Python major.minor string as images carry it (``"3.13"``)."""
+    return isinstance(value, str) and _PYTHON_VERSION.match(value) is not None
+
+
+def sorted_pythons(versions: Iterable[str]) -> list[str]:
+    """Distinct major.minor versions in numeric order (3.9 before 3.11)."""
+    return sorted(set(versions), key=lambda v: tuple(int(p) for p in v.split(".")))
+
+
 def new_id(prefix: str) -> str:
     """A fresh object id such as ``fc-3kT9...`` (Modal's prefixes: ap, fu, fc, bl)."""
     return f"{prefix}-{secrets.token_urlsafe(12).replace('-', 'x').replace('_', 'y')}"
@@ -115,6 +130,33 @@ def running_key() -> str:
 def quota_key() -> str:
     """Hash user id -> concurrency quota (tasks in flight), written by the API, read by the dispatcher."""
     return key("quota")
+
+
+def cancelled_key(call_id: str) -> str:
+    """Set while a call is cancelled: workers run none of its inputs (mm_app/cancel.py)."""
+    return key("cancelled", call_id)
+
+
+def retired_functions_key() -> str:
+    """Set of function ids whose app stopped: workers stop their runners (expires an hour after the last)."""
+    return key("retired")
+
+
+def lent_key(user_id: int) -> str:
+    """Sorted set of a user's requests now waiting on other calls, scored by expiry: their slots are lent."""
+    return key("lent", user_id)
+
+
+def scoped_token_key(digest: str) -> str:
+    """String ``user_id|worker_id``: a token a worker minted for the calls its containers make."""
+    return key("scoped", digest)
+
+
+def token_digest(token: str) -> str:
+    """How tokens are stored: their SHA-256 hex digest."""
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def wake_key() -> str:
@@ -210,6 +252,26 @@ def build_log_key(image_id: str) -> str:
 def worker_key(worker_id: str) -> str:
     """Heartbeat hash of one worker (expires when the worker stops beating)."""
     return key("worker", worker_id)
+
+
+def control_key(worker_id: str) -> str:
+    """List of control requests to one worker (container stop/exec/tty/sandbox), read by its control thread."""
+    return key("ctl", worker_id)
+
+
+def control_reply_key(request_id: str) -> str:
+    """List holding the one JSON answer to a control request (expires)."""
+    return key("ctlreply", request_id)
+
+
+def tty_in_key(session_id: str) -> str:
+    """List of what a terminal session's client typed (and resizes), for the worker that runs it."""
+    return key("tty", session_id, "in")
+
+
+def tty_out_key(session_id: str) -> str:
+    """Stream of what a terminal session's process wrote, then an ``end`` entry with its exit code."""
+    return key("tty", session_id, "out")
 
 
 def dispatcher_heartbeat_key() -> str:
@@ -612,3 +674,8 @@ def sandbox_stdin_key(sandbox_id: str, process_id: str) -> str:
 
 def sandbox_keys_pattern(sandbox_id: str) -> str:
     return key("sb", sandbox_id, "*")
+
+
+LOG_SOURCE = "src"  # one attempt of one input: its lines are numbered from 0 in LOG_SEQ
+LOG_CONTAINER = "ctr"  # the container (ct-...) that printed it: `minimodal container logs`
+LOG_SEQ = "seq"  # a client that reads a line from two streams (call and app) shows it once

@@ -9,7 +9,8 @@ Example::
         q.get(timeout=0.5)      # raises queue.Empty after half a second
 
 Values are cloudpickled. A blocking ``get`` waits in rounds of at most 10 s on the server, so a
-function's ``timeout`` still stops a function that waits forever. Every method has an ``.aio`` form.
+function's ``timeout`` still stops a function that waits forever. Every method has an ``.aio`` form,
+which sends its requests with the asyncio client (``await q.get.aio()`` holds no thread).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ._aio import aio_iterator, aio_method
+from ._aio import Steps, aio_iterator, aio_steps
 from ._objects import _Object, dumps, loads
 
 PARTITION_TTL = 24 * 3600  # seconds a named partition is kept after its last put (Modal's default)
@@ -35,7 +36,7 @@ class Queue(_Object):
 
     _kind = "queue"
 
-    @aio_method
+    @aio_steps
     def put(
         self,
         v: Any,
@@ -44,11 +45,11 @@ class Queue(_Object):
         *,
         partition: str | None = None,
         partition_ttl: int = PARTITION_TTL,
-    ) -> None:
+    ) -> Steps[None]:
         """Append ``v`` (the queue has no size limit here, so it never blocks)."""
-        self.put_many([v], partition=partition, partition_ttl=partition_ttl)
+        yield self._op("put", values=[dumps(v)], partition=partition, partition_ttl=partition_ttl)
 
-    @aio_method
+    @aio_steps
     def put_many(
         self,
         vs: list[Any],
@@ -57,45 +58,46 @@ class Queue(_Object):
         *,
         partition: str | None = None,
         partition_ttl: int = PARTITION_TTL,
-    ) -> None:
+    ) -> Steps[None]:
         """Append every value of ``vs``, in order, in one step."""
-        self._request("put", values=[dumps(v) for v in vs], partition=partition, partition_ttl=partition_ttl)
+        yield self._op("put", values=[dumps(v) for v in vs], partition=partition, partition_ttl=partition_ttl)
 
-    def _take(self, n: int, block: bool, timeout: float | None, partition: str | None) -> list[Any]:
+    def _take(self, n: int, block: bool, timeout: float | None, partition: str | None) -> Steps[list[Any]]:
         if not block:
-            return [_load(v) for v in self._request("get", n=n, timeout=0, partition=partition)["values"]]
+            answer = yield self._op("get", n=n, timeout=0, partition=partition)
+            return [_load(v) for v in answer["values"]]
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = 10.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            values = self._request("get", n=n, timeout=wait, partition=partition)["values"]
+            values = (yield self._op("get", n=n, timeout=wait, partition=partition))["values"]
             if values:
                 return [_load(v) for v in values]
             if deadline is not None and time.monotonic() >= deadline:
                 raise _stdlib_queue.Empty
 
-    @aio_method
-    def get(self, block: bool = True, timeout: float | None = None, *, partition: str | None = None) -> Any:
+    @aio_steps
+    def get(self, block: bool = True, timeout: float | None = None, *, partition: str | None = None) -> Steps[Any]:
         """Take the oldest value; wait for one when ``block`` (raising ``queue.Empty`` after ``timeout``).
 
         Not blocking, an empty queue gives None.
         """
-        values = self._take(1, block, timeout, partition)
+        values = yield from self._take(1, block, timeout, partition)
         return values[0] if values else None
 
-    @aio_method
+    @aio_steps
     def get_many(
         self, n_values: int, block: bool = True, timeout: float | None = None, *, partition: str | None = None
-    ) -> list[Any]:
+    ) -> Steps[list[Any]]:
         """Take up to ``n_values`` values as soon as one is there (``[]`` when not blocking and empty)."""
-        return self._take(n_values, block, timeout, partition)
+        return (yield from self._take(n_values, block, timeout, partition))
 
-    @aio_method
-    def len(self, *, partition: str | None = None, total: bool = False) -> int:
-        return int(self._request("len", partition=partition, total=total)["len"])
+    @aio_steps
+    def len(self, *, partition: str | None = None, total: bool = False) -> Steps[int]:
+        return int((yield self._op("len", partition=partition, total=total))["len"])
 
-    @aio_method
-    def clear(self, *, partition: str | None = None, all: bool = False) -> None:
-        self._request("clear", partition=partition, all=all)
+    @aio_steps
+    def clear(self, *, partition: str | None = None, all: bool = False) -> Steps[None]:
+        yield self._op("clear", partition=partition, all=all)
 
     @aio_iterator
     def iterate(self, *, partition: str | None = None, item_poll_timeout: float = 0.0) -> Iterator[Any]:

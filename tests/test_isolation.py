@@ -76,12 +76,22 @@ ROUTES: dict[str, Route] = {
     "calls.add_inputs": Route("POST", lambda a: f"/v1/calls/{a['call']}/inputs", HIDDEN, {"inputs": []}),
     "calls.get_call": Route("GET", lambda a: f"/v1/calls/{a['call']}", HIDDEN),
     "calls.get_attempts": Route("GET", lambda a: f"/v1/calls/{a['call']}/attempts", HIDDEN),
+    "calls.cancel_call": Route("POST", lambda a: f"/v1/calls/{a['call']}/cancel", HIDDEN),
     "calls.get_outputs": Route("GET", lambda a: f"/v1/calls/{a['call']}/outputs?timeout=0", HIDDEN),
     "calls.put_blob": Route("PUT", lambda a: "/v1/blobs", OWN, b"\x80\x05K\x01."),
     "calls.get_blob": Route("GET", lambda a: f"/v1/blobs/{a['blob']}", HIDDEN),
     "streams.stream": Route("GET", lambda a: f"/v1/calls/{a['call']}/stream", HIDDEN),
     "streams.stream:items": Route("GET", lambda a: f"/v1/calls/{a['item_call']}/stream", HIDDEN),
     "streams.stream_ws": Route("GET", lambda a: f"/v1/calls/{a['call']}/ws", HIDDEN),
+    "containers.list_containers": Route("GET", lambda a: "/v1/containers", OWN),
+    "containers.get_container": Route("GET", lambda a: f"/v1/containers/{a['container']}", HIDDEN),
+    "containers.container_logs": Route("GET", lambda a: f"/v1/containers/{a['container']}/logs", HIDDEN),
+    "containers.stop_container": Route("POST", lambda a: f"/v1/containers/{a['container']}/stop", HIDDEN),
+    "containers.exec_in_container": Route(
+        "POST", lambda a: f"/v1/containers/{a['container']}/exec", HIDDEN, {"cmd": ["true"]}
+    ),
+    "containers.tty": Route("GET", lambda a: f"/v1/containers/{a['container']}/tty", HIDDEN),
+    "containers.start_shell": Route("POST", lambda a: f"/v1/functions/{a['function']}/shell", HIDDEN),
     "streams.call_logs": Route("GET", lambda a: f"/v1/calls/{a['call']}/logs", HIDDEN),
     "streams.app_logs": Route("GET", lambda a: f"/v1/apps/{a['app']}/logs", HIDDEN),
     "streams.app_logs:by-name": Route("GET", lambda a: f"/v1/apps/{a['app_name']}/logs", HIDDEN),
@@ -132,7 +142,9 @@ ROUTES: dict[str, Route] = {
         "POST", lambda a: f"/v1/sandboxes/{a['sandbox']}/processes/ep/stdin", HIDDEN, {"data": "eA=="}
     ),
     "sandboxes.snapshot": Route("POST", lambda a: f"/v1/sandboxes/{a['sandbox']}/snapshot", HIDDEN),
+    "internal.cluster_settings": Route("GET", lambda a: "/internal/cluster", WORKER),
     "images.has_file": Route("HEAD", lambda a: "/v1/files/" + "0" * 64, SHARED),
+    "images.missing_files": Route("POST", lambda a: "/v1/files/missing", SHARED),
     "images.put_file": Route("PUT", lambda a: "/v1/files/" + "0" * 64, SHARED),
     "images.create_image": Route("POST", lambda a: "/v1/images", SHARED),
     "images.get_image": Route("GET", lambda a: "/v1/images/im-x", SHARED),
@@ -161,7 +173,7 @@ def _as_user(stack: Stack, token: str) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def owned(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def owned(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """User A and one of each of its objects: an app, a function, a call with items and logs, a blob, a DLQ entry."""
     name = "iso-owner"
     token = stack.new_user(name)
@@ -205,8 +217,12 @@ def owned(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
         "A's dead letter",
     )
     blob = requests.put(f"{stack.url}/v1/blobs", data=b"\x80\x05K\x07.", headers=headers, timeout=10).json()
-    sandbox = _running_sandbox_of(stack, name)
-    return {
+    my_sandbox = _running_sandbox_of(stack, name)
+    # A running container of A's (one started for a shell: it lives until stopped, whatever the tests take).
+    sandbox = requests.post(f"{stack.url}/v1/functions/{ids['function']}/shell", headers=headers, timeout=180)
+    assert sandbox.status_code == 200, sandbox.text
+    container = sandbox.json()["container_id"]
+    yield {
         **ids,
         "token": token,
         "user": name,
@@ -219,8 +235,10 @@ def owned(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
         "blob": blob["blob_id"],
         "dead_letter": str(letters[0]["id"]),
         "args": _args(),
-        "sandbox": sandbox,
+        "sandbox": my_sandbox,
+        "container": container,
     }
+    requests.post(f"{stack.url}/v1/containers/{container}/stop", headers=headers, timeout=30)
 
 
 def _running_sandbox_of(stack: Stack, user_name: str) -> str:
@@ -258,6 +276,7 @@ def _secrets_of(owned: dict[str, str]) -> list[str]:
     """A's ids and names that must never appear in a reply to B."""
     keys = ("app", "function", "call", "item_call", "blob", "user", "token", "dict", "queue", "volume", "secret")
     keys += ("sandbox",)
+    keys += ("container",)
     return [owned[k] for k in keys] + [
         "iso-dict",
         "iso-queue",
@@ -276,7 +295,7 @@ def test_a_second_users_token_reaches_none_of_the_first_users_objects(
     intruder = stack.new_user(f"iso-b-{abs(hash(endpoint)) % 10**8}")
     path = route.path(owned)
     headers = {} if route.expect == PUBLIC else {"Authorization": f"Bearer {intruder}"}
-    if endpoint == "streams.stream_ws":  # a WebSocket-only rule: plain HTTP gets 400 from routing
+    if endpoint in ("streams.stream_ws", "containers.tty"):  # WebSocket-only rules: plain HTTP gets 400
         with pytest.raises(HandshakeError) as info:
             WebSocket.connect(stack.url + path, headers)
         assert info.value.status == 404 and b"NotFoundError" in info.value.body
@@ -309,7 +328,15 @@ def test_a_second_users_token_reaches_none_of_the_first_users_objects(
 
 def test_the_first_user_still_reaches_its_own_objects(stack: Stack, owned: dict[str, str]) -> None:
     headers = {"Authorization": f"Bearer {owned['token']}"}
-    for endpoint in ("calls.get_call", "streams.call_logs", "apps.get_function", "calls.get_blob", "streams.stream"):
+    for endpoint in (
+        "calls.get_call",
+        "streams.call_logs",
+        "apps.get_function",
+        "calls.get_blob",
+        "streams.stream",
+        "containers.get_container",
+        "containers.container_logs",
+    ):
         path = ROUTES[endpoint].path(owned)
         assert requests.get(stack.url + path, headers=headers, timeout=10).status_code == 200, path
     ws = WebSocket.connect(stack.url + ROUTES["streams.stream_ws"].path(owned), headers)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def sdk_only(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A virtualenv with the project installed without extras: cloudpickle, requests and rich only."""
+    """A virtualenv with the project installed without extras: cloudpickle, requests, httpx and rich only."""
     env = tmp_path_factory.mktemp("sdk-only") / "venv"
     venv.create(env, with_pip=True)
     subprocess.run(
@@ -66,3 +66,15 @@ def test_the_sdk_still_imports_there(sdk_only: Path) -> None:
         check=False,
     )
     assert done.returncode == 0 and done.stdout.strip() == "x", done.stderr
+
+
+def test_a_normal_install_carries_the_pth_file_that_makes_modal_minimodal_only_when_asked(
+    sdk_only: Path, tmp_path: Path
+) -> None:
+    probe = [sdk_only / "bin/python", "-c", "import modal, minimodal; print(modal is minimodal)"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    asked = subprocess.run(probe, env={**env, "MINIMODAL_AS_MODAL": "1"}, capture_output=True, text=True, check=False)
+    assert asked.returncode == 0 and asked.stdout.strip() == "True", asked.stderr
+    plain = subprocess.run(probe, env=env, capture_output=True, text=True, check=False)
+    assert plain.returncode == 1 and "No module named 'modal'" in plain.stderr
+    assert "minimodal_as_modal.pth" in {p.name for p in (sdk_only / "lib").glob("python3*/site-packages/*.pth")}

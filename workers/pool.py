@@ -23,6 +23,8 @@ import threading
 import time
 from collections import defaultdict
 
+from minimodal.protocol import new_id
+
 from .runtimes.base import Runner, RunnerSpec, RunnerStartError, Runtime
 
 logger = logging.getLogger("minimodal.workers.pool")
@@ -39,6 +41,7 @@ class WarmPool:
         self._start_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._retired: set[str] = set()  # keys of stopped apps: their runners stop instead of idling
         self.started = 0  # runners started since the pool was made (cold starts)
         self.events: list[tuple[float, str, str]] = []  # (time, key, "start" | "stop"): scale decisions
         self._reaper = threading.Thread(target=self._reap_loop, args=(reap_interval,), name="mm-reaper", daemon=True)
@@ -113,11 +116,28 @@ class WarmPool:
                 self._shares[runner] = shares
                 return
             self._busy[key].discard(runner)
-            if runner.alive and not runner.broken and not self._closed.is_set():
+            if runner.alive and not runner.broken and not self._closed.is_set() and key not in self._retired:
                 self._idle[key].append((time.monotonic(), runner))
                 return
         runner.stop()
         self._top_up(key)
+
+    @property
+    def retired(self) -> set[str]:
+        return set(self._retired)
+
+    def retire(self, keys: set[str]) -> int:
+        """The app of these runner keys stopped: stop their idle runners now, and busy ones when released."""
+        with self._lock:
+            self._retired |= keys
+            stopping = [runner for key in keys for _, runner in self._idle.pop(key, [])]
+            for key in keys:
+                self._specs.pop(key, None)
+                if stopping:
+                    self.events.append((time.time(), key, "stop"))
+        for runner in stopping:
+            runner.stop()
+        return len(stopping)
 
     def ensure(self, spec: RunnerSpec) -> None:
         """Keep ``spec.min_containers`` runners of this function up from now on."""
@@ -154,6 +174,7 @@ class WarmPool:
         began = time.monotonic()
         runner = self.runtime.start(spec)
         runner.started_in = time.monotonic() - began
+        runner.container_id, runner.started_at = new_id("ct"), time.time()
         with self._lock:
             self.started += 1
             self.events.append((time.time(), spec.key, "start"))
@@ -181,6 +202,13 @@ class WarmPool:
                 "busy": sum(len(v) for v in self._busy.values()),
                 "idle": sum(len(v) for v in self._idle.values()),
             }
+
+    def all_runners(self) -> list[Runner]:
+        """Every runner, idle or busy (what `minimodal container list` shows)."""
+        with self._lock:
+            runners = [r for idle in self._idle.values() for _, r in idle]
+            runners += [r for busy in self._busy.values() for r in busy]
+        return [r for r in runners if r.alive]
 
     def runners(self, key: str) -> int:
         with self._lock:

@@ -16,6 +16,7 @@ from ..database import Database
 from . import (
     apps,
     calls,
+    containers,
     deadletters,
     deploys,
     errors,
@@ -57,5 +58,6 @@ def create_app(
     app.register_blueprint(secrets.bp)
     app.register_blueprint(volumes.bp)
     app.register_blueprint(sandboxes.bp)  # /v1/sandboxes: containers created at run time, exec and streams
+    app.register_blueprint(containers.bp)  # /v1/containers: list, logs, stop, exec, tty; function shells
     app.register_blueprint(internal.bp)  # workers only: the volume store
     return app

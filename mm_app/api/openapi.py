@@ -83,6 +83,20 @@ def _worker_op(summary: str, **kwargs: Any) -> dict[str, Any]:
 
 
 _SHA = _path("sha", "sha256 hex digest of the content")
+_CONTAINER_ID = _path("container_id", "container id (ct-...)")
+_CONTAINER = _obj(
+    {
+        "id": _str(),
+        "app": _str(),
+        "app_name": _str(),
+        "function": _str(),
+        "function_id": _str(),
+        "runtime": _str(),
+        "worker": _str(),
+        "started_at": _num(),
+        "sandbox": {"type": "boolean"},
+    }
+)
 _CALL = _path("call_id", "function call id (fc-...)")
 _CURSOR = _query("cursor", "stream cursor of the previous reply, `<ms>-<seq>`; `0-0` from the start")
 _ENVELOPE = _obj(
@@ -390,6 +404,20 @@ def _paths() -> dict[str, dict[str, Any]]:
                 errors=("400", "403"),
             ),
         },
+        "/internal/cluster": {
+            "get": _worker_op(
+                "What a worker joining from another machine needs: Redis, database, registry, secrets' key",
+                reply=_obj(
+                    {
+                        "redis_url": _str(),
+                        "database_url": _str(),
+                        "registry": {"type": ["string", "null"]},
+                        "secret_key": _str(),
+                    }
+                ),
+                errors=("403",),
+            ),
+        },
         "/v1/me": {"get": _op("The token's user", "users", reply=_USER)},
         "/v1/users": {
             "post": _op(
@@ -465,7 +493,13 @@ def _paths() -> dict[str, dict[str, Any]]:
                         },
                     }
                 ),
-                reply=_obj({"app_id": _str(), "functions": {"type": "object", "additionalProperties": _str()}}),
+                reply=_obj(
+                    {
+                        "app_id": _str(),
+                        "functions": {"type": "object", "additionalProperties": _str()},
+                        "web_urls": {"type": "object", "additionalProperties": _str()},
+                    }
+                ),
                 errors=("400", "404"),
             ),
         },
@@ -497,6 +531,73 @@ def _paths() -> dict[str, dict[str, Any]]:
                 "apps",
                 params=[_path("function_id", "function id (fu-...)")],
                 reply=_obj({"function_id": _str(), "app_id": _str(), "tag": _str(), "options": {"type": "object"}}),
+                errors=("404",),
+            )
+        },
+        "/v1/functions/{function_id}/shell": {
+            "post": _op(
+                "Start a container of the function that runs no input, for a terminal (minimodal shell)",
+                "containers",
+                params=[_path("function_id", "function id (fu-...)")],
+                reply=_obj({"container_id": _str(), "worker": _str()}),
+                errors=("404", "503"),
+            )
+        },
+        "/v1/containers": {
+            "get": _op(
+                "The user's running containers (runners): app, function, worker, start time",
+                "containers",
+                reply=_obj({"containers": {"type": "array", "items": _CONTAINER}}),
+            )
+        },
+        "/v1/containers/{container_id}": {
+            "get": _op("One running container", "containers", params=[_CONTAINER_ID], reply=_CONTAINER, errors=("404",))
+        },
+        "/v1/containers/{container_id}/logs": {
+            "get": _op(
+                "What the inputs that ran in the container printed",
+                "containers",
+                params=[_CONTAINER_ID],
+                reply=_obj({"logs": {"type": "array", "items": {"type": "object"}}}),
+                errors=("404",),
+            )
+        },
+        "/v1/containers/{container_id}/stop": {
+            "post": _op(
+                "Stop the container (an input running there is retried by its policy)",
+                "containers",
+                params=[_CONTAINER_ID],
+                reply=_obj({"stopped": _str()}),
+                errors=("404", "503"),
+            )
+        },
+        "/v1/containers/{container_id}/exec": {
+            "post": _op(
+                "Run a command in the container to its end",
+                "containers",
+                params=[_CONTAINER_ID],
+                body=_obj({"cmd": {"type": "array", "items": _str()}, "timeout": _num()}, required=["cmd"]),
+                reply=_obj({"exit_code": _int(), "output": _str(format="byte")}),
+                errors=("404", "503"),
+            )
+        },
+        "/v1/containers/{container_id}/tty": {
+            "get": _op(
+                "WebSocket of a terminal in the container",
+                "containers",
+                params=[
+                    _CONTAINER_ID,
+                    _query("cmd", "JSON list: the command (default a shell)"),
+                    _query("rows", "terminal rows", _int()),
+                    _query("cols", "terminal columns", _int()),
+                    _query("secrets", "1: the function's secrets in its environment"),
+                    _query("stop_after", "1: stop the container when the terminal ends"),
+                ],
+                ok="101",
+                description=(
+                    'Upgrade to a WebSocket. The client sends `{"in": base64}`, `{"resize": [rows, cols]}`, '
+                    '`{"close": true}`; the server sends `{"out": base64}`, then `{"exit": code}`.'
+                ),
                 errors=("404",),
             )
         },
@@ -540,10 +641,20 @@ def _paths() -> dict[str, dict[str, Any]]:
                         "function_id": _str(),
                         "num_inputs": _int(),
                         "accepting": {"type": "boolean"},
+                        "parent_call_id": {"type": ["string", "null"], "description": "the call that made this one"},
                         "statuses": {"type": "object", "additionalProperties": _int()},
                         "done": {"type": "boolean"},
                     }
                 ),
+                errors=("404",),
+            )
+        },
+        "/v1/calls/{call_id}/cancel": {
+            "post": _op(
+                "Cancel what has not ended of a call and of the calls it made: each such input ends cancelled",
+                "calls",
+                params=[_CALL],
+                reply=_obj({"call_id": _str(), "cancelled": _int()}),
                 errors=("404",),
             )
         },
@@ -645,6 +756,15 @@ def _paths() -> dict[str, dict[str, Any]]:
                 reply=_str(format="binary"),
                 media="application/octet-stream",
                 errors=("404",),
+            )
+        },
+        "/v1/files/missing": {
+            "post": _op(
+                "Which of these files (by sha256) the server lacks: the client uploads only those",
+                "images",
+                body=_obj({"shas": {"type": "array", "items": _str(), "maxItems": 10000}}, ["shas"]),
+                reply=_obj({"missing": {"type": "array", "items": _str()}}),
+                errors=("400",),
             )
         },
         "/v1/files/{sha}": {

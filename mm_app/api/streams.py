@@ -68,7 +68,14 @@ def encode_entry(kind: str, entry_id: str, fields: dict[bytes, bytes]) -> dict[s
         name = raw_name.decode()
         if name == protocol.OUT_DATA:
             event[name] = protocol.b64(value)
-        elif name in (protocol.OUT_INDEX, protocol.ITEM_N, protocol.ITEM_COUNT, protocol.ITEM_DONE, protocol.OUT_ITEMS):
+        elif name in (
+            protocol.OUT_INDEX,
+            protocol.ITEM_N,
+            protocol.ITEM_COUNT,
+            protocol.ITEM_DONE,
+            protocol.OUT_ITEMS,
+            protocol.LOG_SEQ,
+        ):
             event[name] = int(value)
         else:
             event[name] = value.decode("utf-8", "replace")

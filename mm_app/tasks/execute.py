@@ -32,6 +32,7 @@ from ..celery_app import app
 from . import volumes
 from .caps import LogBudget
 from .context import WorkerContext, close_context, get_context
+from .lines import LineBuffer
 from .recorder import Ended
 
 logger = logging.getLogger("minimodal.worker")
@@ -282,6 +283,8 @@ def _run_inputs(task: _Task) -> None:
     if spec is None or spec.user_id != task.user_id:
         message = f"function {task.function_id} does not exist"
         return fail_rest(Outcome(ok=False, error_type="NotFoundError", message=message))
+    if ctx.redis.exists(protocol.cancelled_key(task.call_id)):
+        return  # cancelled (mm_app/cancel.py): its inputs have their cancelled outputs already
     pool = ctx.pool_for(spec)
     if pool is None:
         message = f"{spec.tag} needs a container, and this worker has no Docker engine"
@@ -310,7 +313,7 @@ def _run_inputs(task: _Task) -> None:
                     # A cold start is paid by the input that waited for it: the "container start" phase.
                     startup, runner.started_in = runner.started_in, None
                 except RunnerStartError as exc:
-                    outcome = Outcome(ok=False, error_type="RemoteError", message=str(exc), traceback=exc.traceback)
+                    outcome = Outcome(ok=False, error_type=exc.error_type, message=str(exc), traceback=exc.traceback)
                     if exc.infrastructure:
                         ctx.breaker.failure()
                     for rest in task.indexes:
@@ -366,7 +369,7 @@ def _run_shared(
         try:
             runner = pool.acquire(runner_spec)
         except RunnerStartError as exc:
-            outcome = Outcome(ok=False, error_type="RemoteError", message=str(exc), traceback=exc.traceback)
+            outcome = Outcome(ok=False, error_type=exc.error_type, message=str(exc), traceback=exc.traceback)
             if exc.infrastructure:
                 ctx.breaker.failure()
                 return task.requeue(idx, outcome)
@@ -402,23 +405,32 @@ def _call(
     ctx = task.ctx
     for volume_id in mounted.values():  # each input starts from the committed contents
         volumes.cache(ctx.redis).sync(volume_id)
-    outcome = call(
-        payload,
-        call_id=task.call_id,
-        idx=idx,
-        on_log=sinks.log,
-        on_item=sinks.item,
-        on_request=lambda request: _platform_request(ctx, task.user_id, mounted, request),
-        env=env,
-    )
+    sinks.container = getattr(getattr(call, "__self__", None), "container_id", None)  # the runner's ct- id
+    try:
+        outcome = call(
+            payload,
+            call_id=task.call_id,
+            idx=idx,
+            on_log=sinks.log,
+            on_item=sinks.item,
+            on_request=lambda request: _platform_request(ctx, task.user_id, mounted, request, task.call_id),
+            env=env,
+        )
+    finally:
+        sinks.lines.close()  # a last line without its end is the input's too
     ctx.breaker.success()  # a runner ran the input: whatever the code did, the platform worked
     for volume_id in mounted.values():  # what the input wrote is committed when it ends
         volumes.cache(ctx.redis).commit(volume_id)
     return outcome
 
 
-def _platform_request(ctx: WorkerContext, user_id: int, mounted: dict[str, str], request: Any) -> dict[str, Any]:
-    """A request of the running code: a Dict or Queue operation, or a commit or reload of a mounted volume."""
+def _platform_request(
+    ctx: WorkerContext, user_id: int, mounted: dict[str, str], request: Any, call_id: str
+) -> dict[str, Any]:
+    """A request of the running code: a Dict or Queue operation, a commit or reload of a mounted volume, or an
+    API request of a function calling a function (``mm_app/tasks/forward.py``)."""
+    if isinstance(request, dict) and request.get("kind") == "http":
+        return ctx.forward().forward(user_id, call_id, request)
     if isinstance(request, dict) and request.get("kind") == "volume" and request.get("op") in ("commit", "reload"):
         volume_id = objects.resolve(ctx.redis, user_id, request)
         if volume_id not in mounted.values():
@@ -444,20 +456,34 @@ class _Sinks:
         self.ctx, self.call_id, self.app_id, self.tag, self.user_id, self.idx = ctx, call_id, app_id, tag, user_id, idx
         self.items = 0
         self.budget = LogBudget(ctx.caps)
+        self.lines = LineBuffer(self._store, ctx.caps.max_log_line)
+        self.source, self.seq = uuid.uuid4().hex[:12], 0  # this attempt's lines, numbered for de-duplication
+        self.container: str | None = None
 
     def log(self, stream: str, text: str) -> None:
-        capped = self.budget.take(text)
-        if capped is None:
-            return
-        text = capped
-        fields = {
-            protocol.LOG_INDEX: str(self.idx),
-            protocol.LOG_STREAM: stream,
-            protocol.LOG_TEXT: text,
-            protocol.LOG_FUNCTION: self.tag,
-        }
+        self.lines.write(stream, text)  # whole lines reach _store (mm_app/tasks/lines.py)
+
+    def _store(self, lines: list[tuple[str, str]]) -> None:
+        entries = []
+        for stream, line in lines:
+            text = self.budget.take(line)
+            if text is None:
+                break
+            entries.append(
+                {
+                    protocol.LOG_INDEX: str(self.idx),
+                    protocol.LOG_STREAM: stream,
+                    protocol.LOG_TEXT: text,
+                    protocol.LOG_FUNCTION: self.tag,
+                    protocol.LOG_SOURCE: self.source,
+                    protocol.LOG_SEQ: str(self.seq + len(entries)),
+                    **({protocol.LOG_CONTAINER: self.container} if self.container else {}),
+                }
+            )
+        self.seq += len(entries)
         try:
-            self.ctx.payloads.put_log(self.call_id, self.app_id, fields)
+            if entries:
+                self.ctx.payloads.put_logs(self.call_id, self.app_id, entries)
         except Exception:  # noqa: BLE001 - a lost log line must not fail the call
             logger.warning("cannot store a log line of %s", self.call_id, exc_info=True)
 
