@@ -269,6 +269,11 @@ def test_a_snapshot_serves_as_a_functions_image(docker_stack: Stack, docker_user
         assert other.exec("cat", "/opt/answer.txt").stdout.read() == "42"
     finally:
         other.terminate()
+        client = docker_engine()
+        try:
+            client.images.remove(image.layers[0]["tag"])  # the snapshot's tag (images built on it keep its layers)
+        finally:
+            client.close()
 
 
 def test_creating_many_sandboxes_at_once_needs_no_lock_step(docker_stack: Stack, docker_user: str) -> None:
