@@ -8,6 +8,6 @@ from celery import Celery
 
 from .observability import connect_celery_logging
 
-app = Celery("minimodal", include=["mm_app.tasks.execute", "mm_app.tasks.build"])
+app = Celery("minimodal", include=["mm_app.tasks.execute", "mm_app.tasks.build", "mm_app.tasks.sandbox"])
 app.config_from_object("celeryconfig")
 connect_celery_logging()  # JSON lines with each task's call id when MINIMODAL_LOG_JSON is set

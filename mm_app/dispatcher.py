@@ -291,6 +291,11 @@ class Dispatcher:
 
     def _send(self, take: Any, user: int, task_id: str, producer: Any) -> None:
         entry = take.entry
+        if protocol.is_sandbox(entry.call_id):  # a sandbox: placed like a call, its task is its whole life
+            self.celery_app.send_task(
+                protocol.TASK_SANDBOX, args=[entry.call_id, user], queue=take.queue, task_id=task_id, producer=producer
+            )
+            return
         self.celery_app.send_task(
             protocol.TASK_EXECUTE,
             args=[entry.call_id, entry.function_id, user, entry.start, entry.end],
@@ -374,7 +379,7 @@ class Dispatcher:
         self.redis.set(protocol.dispatcher_heartbeat_key(), str(time.time()), ex=10)
         live, dead = registry.capacities(self.redis, self.policy.dead_after)
         if dead:
-            recovery.reclaim_dead_workers(self.pending, self.policy.dead_after)
+            recovery.reclaim_dead_workers(self.pending, self.policy.dead_after, self.db)
         if now - self._last_lost >= LOST_EVERY:
             self._last_lost = now
             recovery.reclaim_lost_tasks(self.pending, self.lost_after)

@@ -195,3 +195,22 @@ class DeadLetterRecord(Base):
     state: Mapped[str] = mapped_column(String(16), default="open")  # open | retried
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     retried_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class SandboxRecord(Base):
+    """A sandbox: what it runs (``spec``: command, image tag, options, secret ids), where, and how it ended."""
+
+    __tablename__ = "sandboxes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    app_id: Mapped[str | None] = mapped_column(ForeignKey("apps.id"), index=True, nullable=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    tags: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)  # a SandboxState
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    returncode: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

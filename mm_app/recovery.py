@@ -31,9 +31,9 @@ from sqlalchemy import select
 from minimodal import protocol
 from minimodal.protocol import CallStatus, InflightTask, PendingEntry
 
-from . import registry
+from . import registry, sandboxes
 from .database import Database
-from .models import CallRecord, FunctionRecord, InputRecord, UserRecord, utcnow
+from .models import CallRecord, FunctionRecord, InputRecord, SandboxRecord, UserRecord, utcnow
 from .pending import PendingQueues
 
 logger = logging.getLogger("minimodal.dispatcher")
@@ -82,7 +82,13 @@ def restore_limits(db: Database, pending: PendingQueues) -> int:
 
 
 def load_needs(db: Database, pending: PendingQueues, function_id: str) -> None:
-    """A function's needs from its database row, for one deployed before Redis knew them."""
+    """A function's needs from its database row, for one deployed before Redis knew them (or a sandbox's)."""
+    if protocol.is_sandbox(function_id):
+        with db.read() as session:
+            record = session.get(SandboxRecord, function_id)
+            spec = dict(record.spec) if record is not None else {}
+        pending.set_needs(function_id, sandboxes.needs(spec))  # an ended one's task does nothing and drops it
+        return
     with db.read() as session:
         found = session.execute(
             select(FunctionRecord.options, FunctionRecord.queue).where(FunctionRecord.id == function_id)
@@ -145,8 +151,12 @@ def rebuild(db: Database, pending: PendingQueues, *, grace: float) -> int:
     return put_back
 
 
-def reclaim_dead_workers(pending: PendingQueues, dead_after: float) -> list[str]:
-    """Reclaim every task of workers that stopped beating, then forget those workers; return their ids."""
+def reclaim_dead_workers(pending: PendingQueues, dead_after: float, db: Database | None = None) -> list[str]:
+    """Reclaim every task of workers that stopped beating, then forget those workers; return their ids.
+
+    A sandbox that had started there ended with its worker (its container with the worker's socket): it is
+    recorded as terminated and not queued again; one that never started is queued again like any input.
+    """
     redis = pending.redis
     _, dead = registry.capacities(redis, dead_after)
     if not dead:
@@ -154,6 +164,8 @@ def reclaim_dead_workers(pending: PendingQueues, dead_after: float) -> list[str]
     for task_id, task in ledger(redis).items():
         if task.worker_id in dead:
             todo = unfinished_runs(redis, task)
+            if protocol.is_sandbox(task.call_id) and sandboxes.lost(db, redis, task.call_id, task.worker_id):
+                todo = []
             if pending.reclaim(task_id, task.user_id, todo, counter="reclaimed"):
                 logger.warning(
                     "worker %s is gone: re-queued %d input(s) of %s",

@@ -11,6 +11,7 @@ from .image import Image
 from .queue import Queue
 from .retries import Retries
 from .runtime import current_function_call_id, current_input_id, enable_output, is_local
+from .sandbox import ContainerProcess, Sandbox
 from .schedule import Cron, Period
 from .secret import Secret
 from .volume import Volume
@@ -23,6 +24,7 @@ __all__ = [
     "asgi_app",
     "batched",
     "Cls",
+    "ContainerProcess",
     "Cron",
     "Dict",
     "Error",
@@ -32,6 +34,7 @@ __all__ = [
     "LocalEntrypoint",
     "Period",
     "Retries",
+    "Sandbox",
     "cls",
     "concurrency",
     "concurrent",

@@ -1,7 +1,8 @@
 """The ``minimodal`` command line.
 
 ``minimodal run FILE[::NAME]`` runs a local entrypoint (or a function) of an app file; ``up``,
-``down`` and ``status`` manage a local stack; ``user`` manages users (admin token).
+``down`` and ``status`` manage a local stack; ``user`` manages users (admin token); ``sandbox``
+lists, reads, ends and runs commands in sandboxes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import _cli_containers, _cli_objects, _cli_state, _deploy_cli, _modal_alias, config
+from . import _cli_containers, _cli_objects, _cli_sandbox, _cli_state, _deploy_cli, _modal_alias, config
 from ._cli_state import print_json
 from ._client import Client
 from ._stream import print_log
@@ -361,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--user", help="whose token (admin token needed for another user's)")
     token.set_defaults(handler=cmd_token)
     _cli_objects.add_commands(commands)  # secret, volume
+    _cli_sandbox.add_commands(commands)  # sandbox
     _cli_state.add_commands(commands)  # dict, queue
     _cli_containers.add_commands(commands)  # container, shell
     return parser

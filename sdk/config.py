@@ -78,6 +78,9 @@ _SETTINGS: dict[str, Setting] = {
         Setting("default_weight", defaults.DEFAULT_WEIGHT, int),
         Setting("worker_concurrency", os.cpu_count() or 2, int, "calls one worker runs at once"),
         Setting("worker_runtime", "auto", help="auto (docker when an engine answers), docker, or process"),
+        Setting(
+            "container_runtime", "", help="the OCI runtime sandboxes run under, e.g. runsc; empty: Docker's default"
+        ),
         Setting("debian_slim_image", "python:{python}-slim", help="what Image.debian_slim() builds on"),
         # A cluster of machines (issue 18): see docs/DEPLOY.md.
         Setting(

@@ -39,5 +39,9 @@ DEFAULT_CALL_RATE_BURST = 200  # ...and how many may come at once above that rat
 DEFAULT_MAX_ITEM_SIZE = 64 * 1024 * 1024  # bytes of one generator item; a bigger one is replaced by a marker
 DEFAULT_MAX_LOG_LINE = 64 * 1024  # characters of one log entry; the rest is cut with a marker
 DEFAULT_MAX_LOG_BYTES = 16 * 1024 * 1024  # characters one input may print; past them, a marker and then nothing
+DEFAULT_SANDBOX_TIMEOUT = 300  # seconds a sandbox lives when Sandbox.create sets no timeout (Modal's 5 minutes)
+MAX_SANDBOX_TIMEOUT = 86400  # the longest timeout a sandbox may ask for (24 h, as Modal)
+DEFAULT_SANDBOX_CPU = 0.125  # cores a sandbox reserves when it sets no cpu (as a function)
+DEFAULT_SANDBOX_MEMORY = 128  # MiB a sandbox reserves when it sets no memory; its container's limit is 2 GiB then
 # ---- Output (issue 17) ----
 DEFAULT_PARTIAL_LINE_SECONDS = 0.15  # a printed line without its end is delivered after this long (a prompt, a bar)

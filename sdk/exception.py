@@ -16,6 +16,9 @@ The tree::
     ├── RemoteError               the remote code failed in a way that cannot be re-raised as its own type
     ├── FunctionTimeoutError      a call ran longer than its ``timeout`` (also a builtin ``TimeoutError``)
     ├── OutputExpiredError        the call's output is gone (older than the result TTL)
+    ├── SandboxTimeoutError       a sandbox ran past its ``timeout`` or ``idle_timeout``
+    ├── SandboxTerminatedError    a sandbox was terminated (``terminate()``, ``app stop``, its worker lost)
+    ├── SandboxFilesystemError    a file operation in a sandbox failed (a missing path, a directory...)
     ├── InputCancelledError       the input was cancelled (``FunctionCall.cancel()``, the app stopped)
     ├── ImageBuildError           an image failed to build (the message ends with the build log tail)
     └── SerializationError        a value could not be pickled or unpickled
@@ -94,6 +97,18 @@ class OutputExpiredError(Error, TimeoutError):
     """Raised when a call's output was kept for less time than it took to ask for it."""
 
 
+class SandboxTimeoutError(Error, TimeoutError):
+    """Raised when a sandbox ran past its ``timeout`` or its ``idle_timeout`` and was ended."""
+
+
+class SandboxTerminatedError(Error):
+    """Raised when a sandbox was terminated before its command ended, or an operation needs it running."""
+
+
+class SandboxFilesystemError(Error):
+    """Raised when a file operation in a sandbox fails: a missing path, a directory where a file is needed."""
+
+
 class InputCancelledError(Error):
     """Raised by ``get()`` (and ``.map``) for an input that was cancelled before it ended."""
 
@@ -119,6 +134,9 @@ HTTP_STATUS: dict[type[Error], int] = {
     PermissionDeniedError: 403,
     NotFoundError: 404,
     OutputExpiredError: 410,
+    SandboxTerminatedError: 409,
+    SandboxTimeoutError: 409,
+    SandboxFilesystemError: 400,
     PayloadTooLargeError: 413,
     RateLimitError: 429,
     ServiceError: 503,
@@ -141,6 +159,9 @@ BY_NAME: dict[str, type[Error]] = {
         RemoteError,
         FunctionTimeoutError,
         OutputExpiredError,
+        SandboxTimeoutError,
+        SandboxTerminatedError,
+        SandboxFilesystemError,
         InputCancelledError,
         ImageBuildError,
         SerializationError,

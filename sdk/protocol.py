@@ -21,6 +21,7 @@ KEY_PREFIX = "mm"
 # Celery names: the API never sends tasks; the dispatcher sends them by name.
 TASK_EXECUTE = "mm.execute"
 TASK_BUILD_IMAGE = "mm.build_image"
+TASK_SANDBOX = "mm.sandbox"  # one sandbox's whole life, on the worker the dispatcher placed it on
 TASK_SCHEDULED_RUN = "mm.scheduled_run"  # a RedBeat entry's task: beat itself submits the call (mm_app/beat.py)
 REDBEAT_PREFIX = "mm:redbeat:"  # RedBeat's keys (schedule zset, entries, lock) live under this prefix
 QUEUE_CPU = "mm.cpu"  # functions that run in a runner process (no image built: no Docker worker at deploy)
@@ -56,6 +57,29 @@ class ImageStatus(StrEnum):
     READY = "ready"
     FAILED = "failed"
     PROCESS = "process"
+
+
+class SandboxState(StrEnum):
+    """Where a sandbox stands. The last four are terminal."""
+
+    QUEUED = "queued"  # accepted, waiting in its user's pending queue for a worker slot
+    RUNNING = "running"  # its container runs on a worker
+    FINISHED = "finished"  # its entrypoint exited by itself (``returncode`` is its exit code)
+    TERMINATED = "terminated"  # ``terminate()``, ``app stop``, or its worker was lost
+    TIMEOUT = "timeout"  # past its ``timeout`` or ``idle_timeout``
+    FAILED = "failed"  # it could not start (image, Docker, a deleted secret): ``error`` says why
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (SandboxState.QUEUED, SandboxState.RUNNING)
+
+
+SANDBOX_ENTRYPOINT = "ep"  # the process id of a sandbox's entrypoint command (exec'd processes are ``sp-...``)
+
+
+def is_sandbox(object_id: str) -> bool:
+    """A pending entry (or ledger task) whose call id is a sandbox's: placed like a call, run as a sandbox."""
+    return object_id.startswith("sb-")
 
 
 _PYTHON_VERSION = re.compile(r"^3\.\d{1,2}$")
@@ -613,6 +637,45 @@ LOG_INDEX = "idx"
 LOG_STREAM = "stream"  # stdout | stderr
 LOG_TEXT = "text"
 LOG_FUNCTION = "fn"
+
+
+# ---- sandboxes (mm_app/api/sandboxes.py writes, mm_app/tasks/sandbox.py reads; see docs/ARCHITECTURE.md) ----
+
+
+def sandbox_control_key(sandbox_id: str) -> str:
+    """List of JSON requests (exec, terminate, snapshot) to the worker that owns the sandbox."""
+    return key("sb", sandbox_id, "ctl")
+
+
+def sandbox_reply_key(sandbox_id: str, request_id: str) -> str:
+    """List the owning worker pushes one JSON reply to a control request on."""
+    return key("sb", sandbox_id, "reply", request_id)
+
+
+def sandbox_state_key(sandbox_id: str) -> str:
+    """Hash of a sandbox's live state: state, returncode, worker, error, last activity."""
+    return key("sb", sandbox_id, "state")
+
+
+def sandbox_events_key(sandbox_id: str) -> str:
+    """Stream of process ends (``proc``, ``returncode``) and the sandbox's own end (``proc`` = ``""``)."""
+    return key("sb", sandbox_id, "events")
+
+
+def sandbox_output_key(sandbox_id: str, process_id: str, fd: int) -> str:
+    """Stream of one process's stdout (fd 1) or stderr (fd 2) chunks, then an ``eof`` entry."""
+    return key("sb", sandbox_id, "out", process_id, fd)
+
+
+def sandbox_stdin_key(sandbox_id: str, process_id: str) -> str:
+    """List of a process's stdin chunks (an empty chunk is the end of its stdin)."""
+    return key("sb", sandbox_id, "in", process_id)
+
+
+def sandbox_keys_pattern(sandbox_id: str) -> str:
+    return key("sb", sandbox_id, "*")
+
+
 LOG_SOURCE = "src"  # one attempt of one input: its lines are numbered from 0 in LOG_SEQ
 LOG_CONTAINER = "ctr"  # the container (ct-...) that printed it: `minimodal container logs`
 LOG_SEQ = "seq"  # a client that reads a line from two streams (call and app) shows it once

@@ -176,3 +176,33 @@ def test_the_dashboard_page_and_its_files_come_from_the_api_with_no_outside_orig
         assert reply.status_code == 200 and reply.content, name
     chart = requests.get(f"{stack.url}/dashboard/static/chart.umd.min.js", timeout=10).text
     assert "Chart.js v4.6.1" in chart[:200] and "MIT" in chart[:200]
+
+
+@pytest.mark.docker
+def test_the_dashboard_lists_sandboxes_with_their_state_and_age(
+    docker_stack: Stack, docker_user: str, browser: Any
+) -> None:
+    import re
+
+    from playwright.sync_api import expect
+
+    import minimodal
+
+    running = minimodal.Sandbox.create("sleep", "300", timeout=120)
+    ended = minimodal.Sandbox.create("sh", "-c", "exit 3", timeout=120)
+    ended.wait()
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        problems: list[str] = []
+        page.on("console", lambda message: console_error(message, problems))
+        sign_in(page, docker_stack, docker_user)
+        wait_for_polls(page, 2)
+        rows = page.locator("#sandboxes tbody tr")
+        expect(rows.filter(has_text=running.object_id)).to_contain_text("running")
+        expect(rows.filter(has_text=running.object_id)).to_contain_text("sleep 300")
+        expect(rows.filter(has_text=ended.object_id)).to_contain_text("finished (3)")
+        age = rows.filter(has_text=running.object_id).locator("td").nth(2).inner_text()
+        assert re.fullmatch(r"\d+[smhd]", age), age
+        assert problems == []
+    finally:
+        running.terminate()

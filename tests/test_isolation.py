@@ -125,6 +125,23 @@ ROUTES: dict[str, Route] = {
     "volumes.remove_file": Route("DELETE", lambda a: f"/v1/volumes/{a['volume']}/files/a.txt", HIDDEN),
     "internal.get_volume_blob": Route("GET", lambda a: f"/internal/volume-blobs/{a['volume_sha']}", WORKER),
     "internal.put_volume_blob": Route("PUT", lambda a: f"/internal/volume-blobs/{_sha(b'x')}", WORKER, b"x"),
+    "sandboxes.create_sandbox": Route(
+        "POST", lambda a: "/v1/sandboxes", HIDDEN, {"image": "im-x", "volumes": {"/data": "{volume}"}}
+    ),
+    "sandboxes.create_sandbox:app": Route(
+        "POST", lambda a: "/v1/sandboxes", HIDDEN, {"image": "im-x", "app_id": "{app}"}
+    ),
+    "sandboxes.list_sandboxes": Route("GET", lambda a: "/v1/sandboxes", OWN),
+    "sandboxes.get_sandbox": Route("GET", lambda a: f"/v1/sandboxes/{a['sandbox']}", HIDDEN),
+    "sandboxes.set_tags": Route("POST", lambda a: f"/v1/sandboxes/{a['sandbox']}/tags", HIDDEN, {"tags": {"k": "v"}}),
+    "sandboxes.terminate": Route("POST", lambda a: f"/v1/sandboxes/{a['sandbox']}/terminate", HIDDEN),
+    "sandboxes.exec_process": Route("POST", lambda a: f"/v1/sandboxes/{a['sandbox']}/exec", HIDDEN, {"cmd": ["id"]}),
+    "sandboxes.get_process": Route("GET", lambda a: f"/v1/sandboxes/{a['sandbox']}/processes/ep", HIDDEN),
+    "sandboxes.read_output": Route("GET", lambda a: f"/v1/sandboxes/{a['sandbox']}/processes/ep/output", HIDDEN),
+    "sandboxes.write_stdin": Route(
+        "POST", lambda a: f"/v1/sandboxes/{a['sandbox']}/processes/ep/stdin", HIDDEN, {"data": "eA=="}
+    ),
+    "sandboxes.snapshot": Route("POST", lambda a: f"/v1/sandboxes/{a['sandbox']}/snapshot", HIDDEN),
     "internal.cluster_settings": Route("GET", lambda a: "/internal/cluster", WORKER),
     "images.has_file": Route("HEAD", lambda a: "/v1/files/" + "0" * 64, SHARED),
     "images.missing_files": Route("POST", lambda a: "/v1/files/missing", SHARED),
@@ -200,6 +217,7 @@ def owned(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         "A's dead letter",
     )
     blob = requests.put(f"{stack.url}/v1/blobs", data=b"\x80\x05K\x07.", headers=headers, timeout=10).json()
+    my_sandbox = _running_sandbox_of(stack, name)
     # A running container of A's (one started for a shell: it lives until stopped, whatever the tests take).
     sandbox = requests.post(f"{stack.url}/v1/functions/{ids['function']}/shell", headers=headers, timeout=180)
     assert sandbox.status_code == 200, sandbox.text
@@ -217,9 +235,31 @@ def owned(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         "blob": blob["blob_id"],
         "dead_letter": str(letters[0]["id"]),
         "args": _args(),
+        "sandbox": my_sandbox,
         "container": container,
     }
     requests.post(f"{stack.url}/v1/containers/{container}/stop", headers=headers, timeout=30)
+
+
+def _running_sandbox_of(stack: Stack, user_name: str) -> str:
+    """A sandbox of A as the API records one that a worker runs (this stack's worker has no Docker engine;
+    tests/test_sandbox.py checks the same routes against a real one)."""
+    from sqlalchemy import select
+
+    from mm_app.database import Database
+    from mm_app.models import SandboxRecord, UserRecord
+
+    db = Database(stack.env["MINIMODAL_DATABASE_URL"])
+    sandbox_id = protocol.new_id("sb")
+    try:
+        with db.write() as session:
+            user_id = session.scalar(select(UserRecord.id).where(UserRecord.name == user_name))
+            session.add(SandboxRecord(id=sandbox_id, user_id=user_id, spec={"cmd": ["sleep", "1"]}, state="running"))
+    finally:
+        db.dispose()
+    assert stack.redis_client is not None
+    stack.redis_client.hset(protocol.sandbox_state_key(sandbox_id), mapping={"state": "running", "worker": "w"})
+    return sandbox_id
 
 
 def _fill(value: Any, owned: dict[str, str]) -> Any:
@@ -235,6 +275,7 @@ def _fill(value: Any, owned: dict[str, str]) -> Any:
 def _secrets_of(owned: dict[str, str]) -> list[str]:
     """A's ids and names that must never appear in a reply to B."""
     keys = ("app", "function", "call", "item_call", "blob", "user", "token", "dict", "queue", "volume", "secret")
+    keys += ("sandbox",)
     keys += ("container",)
     return [owned[k] for k in keys] + [
         "iso-dict",

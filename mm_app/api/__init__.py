@@ -25,6 +25,7 @@ from . import (
     internal,
     objects,
     observe,
+    sandboxes,
     secrets,
     streams,
     users,
@@ -56,6 +57,7 @@ def create_app(
     app.register_blueprint(objects.bp)  # Dict and Queue
     app.register_blueprint(secrets.bp)
     app.register_blueprint(volumes.bp)
+    app.register_blueprint(sandboxes.bp)  # /v1/sandboxes: containers created at run time, exec and streams
     app.register_blueprint(containers.bp)  # /v1/containers: list, logs, stop, exec, tty; function shells
     app.register_blueprint(internal.bp)  # workers only: the volume store
     return app

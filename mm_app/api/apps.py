@@ -15,7 +15,7 @@ from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import ImageStatus
 
-from .. import objects, vault
+from .. import objects, sandboxes, vault
 from ..cancel import cancel_calls
 from ..models import AppRecord, CallRecord, FunctionRecord, FunctionSpecRecord, ImageRecord, SourceFileRecord, utcnow
 from ..registry import check_gpu_option, needs_of, task_limit
@@ -296,6 +296,7 @@ def stop_app(app_id: str):  # type: ignore[no-untyped-def]
     with services().db.write() as session:
         function_ids, cancelled = stop_record(session, _own_app(session, app_id))
     after_stop(function_ids)
+    sandboxes.terminate_app(services().db, services().redis, app_id)  # `app stop` ends the app's sandboxes
     return {"app_id": app_id, "state": "stopped", "cancelled": cancelled}
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 
-from .. import vault
+from .. import sandboxes, vault
 from ..models import AppRecord, CallRecord, DeploymentRecord, FunctionRecord, FunctionSpecRecord, InputRecord, utcnow
 from ..registry import needs_of, task_limit
 from .apps import after_stop, parse_options, register_app, stop_record
@@ -128,6 +128,7 @@ def stop(name: str):  # type: ignore[no-untyped-def]
         deployment, app = found
         function_ids, _ = stop_record(session, app)
     after_stop(function_ids)
+    sandboxes.terminate_app(services().db, services().redis, app.id)  # `app stop` ends the app's sandboxes
     return {"name": name, "app_id": deployment.app_id, "version": deployment.version, "state": "stopped"}
 
 

@@ -814,6 +814,7 @@ _ERROR_TEXT = {
     "401": "Missing, invalid or revoked token",
     "403": "Not an admin, or not a worker on an internal route",
     "404": "Not found (or not yours)",
+    "409": "The sandbox has ended",
     "410": "Outputs expired",
     "413": "Payload too large",
     "429": "Too many call submissions for this token; see Retry-After",
@@ -822,10 +823,10 @@ _ERROR_TEXT = {
 
 
 def _more_paths() -> dict[str, Any]:
-    """Routes described next to their blueprints (deployments, web endpoints)."""
-    from . import deploys, web
+    """Routes described next to their blueprints (deployments, web endpoints, sandboxes)."""
+    from . import deploys, sandboxes, web
 
-    return {**deploys.openapi_paths(), **web.openapi_paths()}
+    return {**deploys.openapi_paths(), **web.openapi_paths(), **sandboxes.openapi_paths()}
 
 
 def document(server_url: str | None = None) -> dict[str, Any]:

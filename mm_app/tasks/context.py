@@ -417,6 +417,7 @@ class WorkerContext:
 # task its live worker never started (see mm_app.recovery). A task is held from its receipt, which for a
 # retry is the start of its countdown (Celery keeps such a task in a timer, not among reserved requests).
 _active: set[str] = set()
+_HELD_TASKS = (protocol.TASK_EXECUTE, protocol.TASK_SANDBOX)
 _active_lock = threading.Lock()
 
 
@@ -432,14 +433,14 @@ def active_tasks() -> list[str]:
 
 @signals.task_received.connect
 def _task_received(request: Any = None, **_: Any) -> None:
-    if request is not None and request.name == protocol.TASK_EXECUTE:
+    if request is not None and request.name in _HELD_TASKS:
         with _active_lock:
             _active.add(request.id)
 
 
 @signals.task_prerun.connect
 def _task_started(task_id: str | None = None, task: Any = None, **_: Any) -> None:
-    if task_id and getattr(task, "name", None) == protocol.TASK_EXECUTE:
+    if task_id and getattr(task, "name", None) in _HELD_TASKS:
         with _active_lock:
             _active.add(task_id)
 

@@ -209,9 +209,31 @@
     });
   }
 
+  function age(iso) {
+    if (!iso) return "-";
+    const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+    if (s >= 86400) return `${Math.floor(s / 86400)}d`;
+    if (s >= 3600) return `${Math.floor(s / 3600)}h`;
+    if (s >= 60) return `${Math.floor(s / 60)}m`;
+    return `${s}s`;
+  }
+
+  async function sandboxes() {
+    const reply = await api("/v1/sandboxes");
+    fill("sandboxes", (reply.sandboxes || []).slice(0, 20), (row, s) => {
+      cell(row, s.sandbox_id, "call-id");
+      const code = s.returncode === null || s.returncode === undefined ? "" : ` (${s.returncode})`;
+      cell(row, s.state + code, `state-${s.state}`);
+      cell(row, age(s.created_at));
+      cell(row, s.worker);
+      cell(row, (s.command || []).join(" ") || "-");
+    });
+  }
+
   async function poll() {
     try {
       render(await api("/stats"));
+      await sandboxes();
       await deadLetters();
       show($("poll-error"), false);
     } catch (error) {
