@@ -28,8 +28,10 @@ system-deps:
 
 # A Docker engine (Debian's docker.io, started when none answers) and the base image, built locally
 # with debootstrap because no registry can be reached; also tagged python:X.Y-slim for Image.debian_slim().
+# Then gVisor: runsc installed and registered in the engine (reloaded by SIGHUP, never restarted).
 docker-base: install system-deps
 	docker/base/build.sh
+	docker/runsc/setup.sh
 
 lint: install
 	$(BIN)/ruff check .
