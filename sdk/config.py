@@ -76,6 +76,11 @@ _SETTINGS: dict[str, Setting] = {
         Setting("default_weight", defaults.DEFAULT_WEIGHT, int),
         Setting("worker_concurrency", os.cpu_count() or 2, int, "calls one worker runs at once"),
         Setting("worker_runtime", "auto", help="auto (docker when an engine answers), docker, or process"),
+        Setting(
+            "container_runtime",
+            defaults.DEFAULT_CONTAINER_RUNTIME,
+            help="runc, or runsc (gVisor; `make docker-base` registers it): what this worker's containers run under",
+        ),
         Setting("debian_slim_image", "python:{python}-slim", help="what Image.debian_slim() builds on"),
         Setting("map_request_size", defaults.DEFAULT_MAP_REQUEST_SIZE, int),
         Setting("task_target_ms", defaults.DEFAULT_TASK_TARGET_MS, int),

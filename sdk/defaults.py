@@ -36,3 +36,4 @@ DEFAULT_CALL_RATE_BURST = 200  # ...and how many may come at once above that rat
 DEFAULT_MAX_ITEM_SIZE = 64 * 1024 * 1024  # bytes of one generator item; a bigger one is replaced by a marker
 DEFAULT_MAX_LOG_LINE = 64 * 1024  # characters of one log entry; the rest is cut with a marker
 DEFAULT_MAX_LOG_BYTES = 16 * 1024 * 1024  # characters one input may print; past them, a marker and then nothing
+DEFAULT_CONTAINER_RUNTIME = "runc"  # a worker's containers: runc (host kernel) or runsc (gVisor); see SECURITY.md

@@ -9,6 +9,7 @@ tests/test_docker_runtime.py).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -24,9 +25,10 @@ import docker
 import pytest
 
 import minimodal
-from minimodal.exception import InvalidError, RemoteError
+from minimodal import protocol
+from minimodal.exception import InsufficientResourcesError, InvalidError, RemoteError
 from tests import test_docker_runtime as base
-from tests.conftest import missing
+from tests.conftest import RedisServer, Stack, docker_engine, missing, start_stack, use_stack
 from tests.functions import hardening
 from tests.test_docker_runtime import StartRunner, payload
 from workers import network
@@ -392,3 +394,52 @@ def test_removing_a_network_removes_its_firewall_rules_and_only_those(client: do
 
     assert ours(bridge) == []
     assert all(r in ours() for r in others)  # other networks' rules stay
+
+
+# ---- The container runtime as a worker's setting and a function's placement ------------------------------
+
+
+@pytest.fixture(scope="module")
+def gvisor_stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack whose one worker runs its containers under gVisor (MINIMODAL_CONTAINER_RUNTIME=runsc)."""
+    client = docker_engine()
+    client.close()
+    home = tmp_path_factory.mktemp("mmgvisor")
+    stack = start_stack(
+        redis_server, home, runtime="docker", db=11, worker_env={"MINIMODAL_CONTAINER_RUNTIME": "runsc"}
+    )
+    yield stack
+    stack.stop()
+
+
+def test_a_runsc_worker_runs_every_function_under_gvisor_and_registers_it(
+    gvisor_stack: Stack, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_stack(gvisor_stack, request, monkeypatch)
+    app = minimodal.App("gvisor")
+    image = minimodal.Image.debian_slim()
+    plain = app.function(image=image, serialized=True, name="plain")(hardening.kernel)
+    asks = app.function(
+        image=image, serialized=True, name="asks", experimental_options={"container_runtime": "gvisor"}
+    )(hardening.kernel)
+
+    with app.run():
+        assert plain.remote() == "4.4.0"  # gVisor's kernel, not the host's
+        assert asks.remote() == "4.4.0"
+    assert gvisor_stack.redis_client is not None
+    registered = gvisor_stack.redis_client.hvals(protocol.workers_key())
+    assert [json.loads(raw)["sandbox"] for raw in registered] == ["runsc"]
+
+
+def test_a_function_asking_for_gvisor_is_refused_where_no_worker_offers_it(docker_user: str) -> None:
+    app = minimodal.App("wants-gvisor")
+    image = minimodal.Image.debian_slim()
+    asks = app.function(image=image, serialized=True, name="asks", experimental_options={"container_runtime": "runsc"})(
+        hardening.kernel
+    )
+    plain = app.function(image=image, serialized=True, name="plain")(hardening.kernel)
+
+    with app.run():
+        assert plain.remote() == os.uname().release  # the runc worker: the host's kernel
+        with pytest.raises(InsufficientResourcesError, match="run under runsc"):
+            asks.remote()

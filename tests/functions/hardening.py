@@ -335,3 +335,8 @@ def network_view() -> dict[str, object]:
     except OSError as exc:
         resolved = f"unresolved: {exc}"
     return {"address": address, "gateway": gateway, "resolved": resolved}
+
+
+def kernel() -> str:
+    """The kernel release the function sees: the host's under runc, gVisor's ``4.4.0`` under runsc."""
+    return os.uname().release
