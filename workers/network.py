@@ -138,7 +138,7 @@ def _host_subnets() -> list[str]:
 def firewall_rules(bridge: str) -> list[tuple[str, list[str]]]:
     """The iptables rules (chain, rule) that confine containers on ``bridge``, first match first.
 
-    INPUT refuses everything from the bridge to the host itself: any of its addresses (the gateway,
+    INPUT refuses every connection from the bridge to the host itself: any of its addresses (the gateway,
     the host's LAN address, a published Redis or API port). DOCKER-USER (traffic the host forwards)
     lets DNS through to the host's resolvers (Docker's embedded DNS forwards queries from the
     container), then refuses private, link-local and multicast ranges and the host's own networks, so
@@ -147,7 +147,9 @@ def firewall_rules(bridge: str) -> list[tuple[str, list[str]]]:
     """
     tag = ["-m", "comment", "--comment", _COMMENT]
     rules: list[tuple[str, list[str]]] = [
-        ("INPUT", ["-i", bridge, *tag, "-j", "REJECT", "--reject-with", "icmp-port-unreachable"])
+        # Replies to what the host opened (a worker reaching a container's port) still come in; nothing else.
+        ("INPUT", ["-i", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", *tag, "-j", "ACCEPT"]),
+        ("INPUT", ["-i", bridge, *tag, "-j", "REJECT", "--reject-with", "icmp-port-unreachable"]),
     ]
     for server in _nameservers():
         for proto in ("udp", "tcp"):
