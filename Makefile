@@ -13,21 +13,25 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
+$(VENV)/.installed: $(BIN)/python pyproject.toml setup.py
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
 
 # Services the stack and the tests start themselves: redis-server (the tests run their own on a free port);
-# chromium for the dashboard's browser test (driven by Playwright, which downloads no browser here).
+# docker-registry (Distribution 2.8: the cluster's image registry, run by `minimodal up` when
+# MINIMODAL_REGISTRY is set, never as the system service); chromium for the dashboard's browser test
+# (driven by Playwright, which downloads no browser here).
 system-deps:
 	@command -v redis-server >/dev/null || { apt-get update -qq && $(APT) redis-server; }
+	@command -v docker-registry >/dev/null || { apt-get update -qq && $(APT) docker-registry; }
 	@command -v debootstrap >/dev/null || { apt-get update -qq && $(APT) debootstrap; }
 	@command -v chromium >/dev/null || { apt-get update -qq && $(APT) chromium; }
 
-# A Docker engine (Debian's docker.io, started when none answers) and the base image, built locally
-# with debootstrap because no registry can be reached; also tagged python:X.Y-slim for Image.debian_slim().
+# A Docker engine (Debian's docker.io, started when none answers) and the base images (Debian bookworm's
+# Python 3.11, trixie's 3.13), built locally with debootstrap because no registry can be reached; also
+# tagged python:3.11-slim and python:3.13-slim for Image.debian_slim(python_version=). A no-op once built.
 # Then gVisor: runsc installed and registered in the engine (reloaded by SIGHUP, never restarted).
 docker-base: install system-deps
 	docker/base/build.sh

@@ -10,6 +10,11 @@ def square(x):
     return x * x
 
 
+@app.function()
+def sum_of_squares(n):
+    return sum(square.map(range(n)))  # a function calling a function, on a worker
+
+
 @app.local_entrypoint()
 def main():
     print("local  ", square.local(3))  # 9, runs here
@@ -19,6 +24,7 @@ def main():
     print("map    ", list(square.map(range(10))))  # ordered results
     print("starmap", list(square.starmap([(1,), (2,)])))
     print("gather ", minimodal.FunctionCall.gather(square.spawn(6), square.spawn(7)))
+    print("nested ", sum_of_squares.remote(4))  # 0 + 1 + 4 + 9 = 14
 
 
 if __name__ == "__main__":

@@ -152,6 +152,17 @@ class Dispatcher:
 
     # ---- one pass ----
 
+    def _lent(self, users: set[int], now: int) -> dict[int, int]:
+        """Per user, the inputs now waiting on their children (mm_app/tasks/forward.py), unexpired."""
+        if not users:
+            return {}
+        ordered = sorted(users)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for user in ordered:
+                pipe.zcount(protocol.lent_key(user), now, "+inf")
+            counts = pipe.execute()
+        return {u: int(c) for u, c in zip(ordered, counts, strict=True) if c}
+
     def dispatch_pass(self) -> int:
         """Dispatch until every free slot is used or no waiting user can take one; return tasks sent."""
         pipe = self.redis.pipeline(transaction=False)
@@ -172,7 +183,9 @@ class Dispatcher:
         free = sum(max(0, c.open_slots - used.get(w, {}).get("slots", 0)) for w, c in live.items())
         if not users or free <= 0:
             return 0
-        running = {int(k): int(v) for k, v in running_raw.items()}
+        # Slots lent by parents waiting on their children do not count (as in the take script).
+        lent = self._lent(users, int(now[0]))
+        running = {int(k): int(v) - lent.get(int(k), 0) for k, v in running_raw.items()}
         quota = {int(k): int(v) for k, v in quota_raw.items()}
         weight = {int(k): int(v) for k, v in weight_raw.items()}
         blocked = {u for u in users if running.get(u, 0) >= quota.get(u, self.policy.default_quota)}

@@ -89,6 +89,17 @@ class FunctionSpecRecord(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class SourceFileRecord(Base):
+    """One file of a user's shipped source (content-addressed): pinned when an app refers to it, so a
+    deployed app imports in its containers for as long as it lives (uploads in Redis expire)."""
+
+    __tablename__ = "source_files"
+
+    sha: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class SecretRecord(Base):
     """A user's secret: its values as one Fernet token (see mm_app/vault.py), never stored in clear.
 
@@ -131,6 +142,8 @@ class CallRecord(Base):
     num_inputs: Mapped[int] = mapped_column(Integer, default=0)
     accepting: Mapped[bool] = mapped_column(Boolean, default=False)  # a .map still sending inputs
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The call whose code made this one (a function calling a function): the edges of the call graph.
+    parent_call_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
 
 
 class InputRecord(Base):

@@ -98,7 +98,8 @@ end
 """
 
 # KEYS: pending list, pending users, wake, function needs, workers, workers seen, pending inputs, inputs hash
-# ARGV: user, entry, function id, input count, ttl, dead after, then field/value pairs of payloads
+# ARGV: user, entry, function id, input count, ttl, dead after, front (1: a nested call, taken before the
+#   queue's other entries), then field/value pairs of payloads
 _ENQUEUE = (
     _LUA_LIB
     + """
@@ -118,11 +119,11 @@ if need_raw then
     end
   end
 end
-for i = 7, #ARGV, 1000 do
+for i = 8, #ARGV, 1000 do
   redis.call('HSET', KEYS[8], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
-if #ARGV >= 7 then redis.call('EXPIRE', KEYS[8], ARGV[5]) end
-redis.call('RPUSH', KEYS[1], ARGV[2])
+if #ARGV >= 8 then redis.call('EXPIRE', KEYS[8], ARGV[5]) end
+if ARGV[7] == '1' then redis.call('LPUSH', KEYS[1], ARGV[2]) else redis.call('RPUSH', KEYS[1], ARGV[2]) end
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[7], ARGV[1], tonumber(ARGV[4]))
 redis.call('RPUSH', KEYS[3], '1')
@@ -132,7 +133,7 @@ return {'OK'}
 
 # KEYS: 1 pending list, 2 running, 3 quota, 4 pending users, 5 function limits, 6 function running,
 #   7 function needs, 8 workers, 9 workers seen, 10 worker used, 11 worker target, 12 inflight,
-#   13 pending inputs, 14 scale events, 15 dispatch log, 16 dispatch stats
+#   13 pending inputs, 14 scale events, 15 dispatch log, 16 dispatch stats, 17 the user's lent slots
 # ARGV: 1 user, 2 default quota, 3 target task us, 4 max inputs per task, 5 function stats key prefix,
 #   6 budget us (-1: none), 7 dead after s, 8 held workers JSON, 9 task id, 10 task overhead us,
 #   11 min slots, 12 dispatcher id, 13 dispatch log length, 14 scale events length
@@ -142,7 +143,10 @@ _TAKE = (
 local user = ARGV[1]
 local running = tonumber(redis.call('HGET', KEYS[2], user) or '0')
 local quota = tonumber(redis.call('HGET', KEYS[3], user) or ARGV[2])
-if running >= quota then return {'QUOTA'} end
+-- A parent waiting on its children lends them its slot (mm_app/tasks/forward.py): nesting never deadlocks.
+-- Each waiting request is a member scored by when it expires, so a worker that dies mid-wait lends nothing.
+local lent = redis.call('ZCOUNT', KEYS[17], tonumber(redis.call('TIME')[1]), '+inf')
+if running - lent >= quota then return {'QUOTA'} end
 local raw = redis.call('LINDEX', KEYS[1], 0)
 if not raw then
   redis.call('SREM', KEYS[4], user)
@@ -388,9 +392,18 @@ class PendingQueues:
         self._reclaim = redis.register_script(_RECLAIM)
 
     def enqueue(
-        self, user_id: int, entry: PendingEntry, *, inputs: dict[str, bytes] | None = None, ttl: int = 0
+        self,
+        user_id: int,
+        entry: PendingEntry,
+        *,
+        inputs: dict[str, bytes] | None = None,
+        ttl: int = 0,
+        front: bool = False,
     ) -> None:
         """Queue a run of inputs (storing their payloads in the same step) and wake the dispatcher.
+
+        ``front``: the inputs of a call made by a running call (its parent waits on them) go before the
+        user's other queued work, so that parents finish before new top-level calls start.
 
         Raises:
             InsufficientResourcesError: no live worker could ever hold one task of the function
@@ -403,6 +416,7 @@ class PendingQueues:
             entry.end - entry.start,
             ttl,
             self.policy.dead_after,
+            1 if front else 0,
         ]
         for name, payload in (inputs or {}).items():
             args += [name, payload]
@@ -453,6 +467,7 @@ class PendingQueues:
                 protocol.scale_events_key(),
                 protocol.dispatch_log_key(),
                 protocol.dispatch_stats_key(),
+                protocol.lent_key(user_id),
             ],
             args=[
                 user_id,

@@ -1,7 +1,9 @@
-"""Schedules of deployed functions: the database says what should run, RedBeat holds when.
+"""Schedules of deployed functions (and of running ephemeral apps): the database says what should run,
+RedBeat holds when.
 
-The source of truth is the ``function_specs`` table: every function of a ``deployed`` app whose spec
-has a ``schedule``. :func:`reconcile` makes RedBeat's entries (under ``mm:redbeat``) match it: it adds
+The source of truth is the ``function_specs`` table: every function of a ``deployed`` or running
+``ephemeral`` app whose spec has a ``schedule`` (an ephemeral app's stop ends them, as a deployed one's).
+:func:`reconcile` makes RedBeat's entries (under ``mm:redbeat``) match it: it adds
 what is missing (a new deploy, or everything after a Redis flush), removes what is no longer
 deployed (a redeploy replaced it, or ``app stop``), and leaves alone entries that match, so their
 last run time survives. Beat (mm_app/beat.py) runs it on start, when the API marks the schedules
@@ -46,7 +48,7 @@ def desired(db: Database) -> dict[str, dict[str, Any]]:
             select(FunctionRecord.id, FunctionRecord.user_id, FunctionSpecRecord.spec)
             .join(FunctionSpecRecord, FunctionSpecRecord.function_id == FunctionRecord.id)
             .join(AppRecord, AppRecord.id == FunctionRecord.app_id)
-            .where(AppRecord.state == "deployed")
+            .where(AppRecord.state.in_(("deployed", "ephemeral")))  # a running ephemeral app's too
         ).all()
     return {
         ENTRY_PREFIX + function_id: {"function_id": function_id, "user_id": user_id, "schedule": spec["schedule"]}

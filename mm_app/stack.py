@@ -1,6 +1,7 @@
 """``minimodal up`` / ``down``: run the whole stack on this machine, under ``$MINIMODAL_HOME``.
 
-Starts a Redis (a ``redis-server`` child with AOF) when none is configured or reachable, creates the
+Starts a Redis (a ``redis-server`` child with AOF) when none is configured or reachable, the image
+registry when ``MINIMODAL_REGISTRY`` is set and none answers there (``mm_app/image_registry.py``), creates the
 default admin user and writes the profile, then starts the Procfile's processes (API, dispatcher,
 worker, beat, Flower), each in its own process group with its log under ``logs/`` and its pid under
 ``run/``. ``down`` stops everything ``up`` started, Redis last.
@@ -25,7 +26,7 @@ from sqlalchemy import select
 
 from minimodal import config, protocol
 
-from . import credential
+from . import credential, image_registry
 from .api.auth import hash_token
 from .api.users import create_user
 from .database import Database
@@ -47,6 +48,7 @@ class Stack:
         self.home = home or config.home()
         self.run_dir = self.home / "run"
         self.log_dir = self.home / "logs"
+        self.registry: subprocess.Popen[bytes] | None = None  # the image registry, when this process started it
 
     # ---- pieces ----
 
@@ -102,6 +104,19 @@ class Stack:
             time.sleep(0.1)
         raise SystemExit(f"minimodal up: redis-server did not start; see {self.log_dir / 'redis.log'}")
 
+    def ensure_registry(self) -> None:
+        """Run the image registry when MINIMODAL_REGISTRY is set (a loopback address) and none answers there."""
+        address = config.get("registry")
+        if not address or image_registry.answers(address):
+            return
+        if not image_registry.is_loopback(address):  # another machine's: say so, builds will say more
+            print(f"minimodal up: nothing answers at MINIMODAL_REGISTRY={address}; builds cannot push there")
+            return
+        storage = self.home / "registry"
+        self.registry = image_registry.start(
+            address, storage, lambda argv: self._spawn("registry", argv, dict(os.environ))
+        )
+
     def bootstrap_user(self) -> str:
         """The default admin user's token: the profile's if still valid, else a new one."""
         db = Database(config.database_url())
@@ -156,6 +171,7 @@ class Stack:
             print("minimodal up: the stack is already running (`minimodal down` stops it)")
             return 0
         redis_url = self.ensure_redis()
+        self.ensure_registry()
         token = self.bootstrap_user()
         server_url = f"http://{config.get('api_host')}:{config.get('api_port')}"
         profile = config.write_profile({"server_url": server_url, "token": token, "redis_url": redis_url})
@@ -186,7 +202,7 @@ class Stack:
         return 0
 
     def down(self) -> int:
-        names = [*PROCESSES, "redis"]
+        names = [*PROCESSES, "registry", "redis"]
         pids = {}
         for name in names:
             with contextlib.suppress(OSError, ValueError):
@@ -205,6 +221,8 @@ class Stack:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             self._pid_file(name).unlink(missing_ok=True)
+        if self.registry is not None:
+            self.registry.poll()  # reaped above by its pid; this tells its Popen so
         removed = remove_leftover_containers(self.home)
         print(json.dumps({"stopped": sorted(pids), "containers_removed": removed}))
         return 0

@@ -53,6 +53,11 @@ def _load_key() -> tuple[str, bytes]:
     return str(path), path.read_bytes().strip()
 
 
+def key() -> str:
+    """The secret key, for a worker joining from another machine (``GET /internal/cluster``)."""
+    return _load_key()[1].decode()
+
+
 def fernet() -> Fernet:
     """This process's Fernet, from the setting or the key file (read once)."""
     global _fernet

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from . import config
 from .exception import AuthError, RateLimitError, ServiceError, from_response
+from .protocol import b64, unb64
 
 if TYPE_CHECKING:
     import requests
@@ -21,12 +23,18 @@ RATE_LIMIT_WAIT_SECONDS = 60  # how long a request refused by the rate limit (42
 class Client:
     """One user's connection to one MiniModal server. Safe to share across threads."""
 
-    def __init__(self, server_url: str, token: str | None) -> None:
+    websocket = True  # whether CallEvents may open a WebSocket (a container's channel cannot)
+
+    def __init__(self, server_url: str, token: str | None, *, headers: dict[str, str] | None = None) -> None:
         self.server_url = server_url.rstrip("/")
         self.token = token
+        self.headers = dict(headers or {})
 
     @classmethod
     def from_config(cls) -> Client:
+        """The user's client; inside a function, one whose requests go through the worker (the same API)."""
+        if sys.modules.get(CHANNEL_MODULE) is not None:
+            return ChannelClient()
         return cls(config.get("server_url"), config.get("token"))
 
     def _session(self) -> requests.Session:
@@ -91,7 +99,7 @@ class Client:
 
         if not self.token and path != "/health":
             raise AuthError("no MiniModal token: run `minimodal up` (writes a profile) or set MINIMODAL_TOKEN")
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers = {**self.headers, **({"Authorization": f"Bearer {self.token}"} if self.token else {})}
         if data is not None:
             headers["Content-Type"] = "application/octet-stream"
         url = self.server_url + path
@@ -119,3 +127,57 @@ class Client:
         if raw or stream:
             return response
         return response.json() if response.content else None
+
+
+CHANNEL_MODULE = "_minimodal_channel"  # registered in sys.modules by the runner (minimodal._runner)
+
+
+class _Raw:
+    """What a raw request answers through the channel: the body, as ``requests.Response.content``."""
+
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+
+
+class ChannelClient(Client):
+    """The client inside a function: each request goes to the worker through the runner's stdio.
+
+    The worker sends it on to the API with a token scoped to the call's user and the running call as its
+    parent (``mm_app/tasks/forward.py``); so the whole SDK works in a container with no network and no
+    credential. Events are long-polled (a WebSocket needs a socket of its own).
+    """
+
+    websocket = False
+
+    def __init__(self) -> None:
+        super().__init__("channel://worker", None)
+
+    def _request_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any,
+        data: Any,
+        params: dict[str, Any] | None,
+        timeout: float,
+        stream: bool,
+        raw: bool,
+    ) -> Any:
+        channel = sys.modules[CHANNEL_MODULE]
+        request: dict[str, Any] = {"kind": "http", "method": method, "path": path, "timeout": timeout}
+        if json is not None:
+            request["json"] = json
+        if params:
+            request["params"] = params
+        if data is not None:
+            request["data"] = b64(data if isinstance(data, bytes) else bytes(data))
+        if raw or stream:
+            request["raw"] = True
+        answer = channel.request(request)
+        error = answer.get("error")
+        if error:
+            raise from_response(500, error.get("type"), error.get("message", "the request failed"))
+        if raw or stream:
+            return _Raw(unb64(answer.get("raw", "")))
+        return answer.get("json")

@@ -40,6 +40,7 @@ import io
 import json
 import os
 import queue
+import socket
 import struct
 import sys
 import threading
@@ -108,20 +109,59 @@ CHANNEL_MODULE = "_minimodal_channel"  # sys.modules name the SDK looks for (min
 
 
 class _Channel:
-    """Requests of the running input to the worker: one ``Q`` out, one ``A`` back, one at a time."""
+    """Requests of the running input to the worker: each ``Q`` carries an ``rid``, its ``A`` echoes it.
+
+    Several threads of one input may wait at once (a ``.map`` sends inputs while it reads results):
+    whichever finds no reader reads frames for all of them and hands each answer to its owner.
+    """
 
     def __init__(self, inp: IO[bytes], out: IO[bytes], lock: threading.Lock) -> None:
         self._inp, self._out, self._lock = inp, out, lock
-        self._busy = threading.Lock()
+        self._reading = threading.Lock()
+        self._boxes: dict[int, queue.SimpleQueue[dict[str, Any] | None]] = {}
+        self._ids = iter(range(1, 1 << 62))
+        self._gone = False
 
     def request(self, header: dict[str, Any]) -> dict[str, Any]:
-        with self._busy:
-            with self._lock:
-                write_frame(self._out, b"Q", header)
-            frame = read_frame(self._inp)
-        if frame is None or frame[0] != b"A":
+        box: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        with self._lock:
+            rid = next(self._ids)
+            self._boxes[rid] = box
+            write_frame(self._out, b"Q", {**header, "rid": rid})
+        try:
+            while True:
+                try:
+                    answer = box.get(timeout=0.02)
+                    break
+                except queue.Empty:
+                    pass
+                if self._gone:
+                    answer = None
+                    break
+                if self._reading.acquire(blocking=False):
+                    try:
+                        self._read_until(box)
+                    finally:
+                        self._reading.release()
+        finally:
+            self._boxes.pop(rid, None)
+        if answer is None:
             raise ConnectionError("the worker did not answer a platform request")
-        return frame[1]
+        answer.pop("rid", None)
+        return answer
+
+    def _read_until(self, mine: queue.SimpleQueue[dict[str, Any] | None]) -> None:
+        while mine.empty():
+            frame = read_frame(self._inp)
+            if frame is None:
+                self._gone = True
+                for box in list(self._boxes.values()):
+                    box.put(None)
+                return
+            if frame[0] == b"A":
+                box = self._boxes.get(frame[1].get("rid"))
+                if box is not None:
+                    box.put(frame[1])
 
 
 def _install_channel(channel: _Channel) -> None:
@@ -204,7 +244,8 @@ class _Concurrent:
         self.threads = concurrent.futures.ThreadPoolExecutor(int(width), thread_name_prefix="mm-input")
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="mm-loop", daemon=True).start()
-        self.answers: dict[Any, queue.SimpleQueue[dict[str, Any] | None]] = {}
+        self.answers: dict[tuple[Any, int], queue.SimpleQueue[dict[str, Any] | None]] = {}
+        self.rids = 0
         self.batch = batch
         self.pending: queue.SimpleQueue[tuple[dict[str, Any], bytes]] = queue.SimpleQueue()
         if batch:
@@ -217,12 +258,19 @@ class _Concurrent:
     def request(self, header: dict[str, Any]) -> dict[str, Any]:
         """The running input's request to the platform (the ``_minimodal_channel`` of this runner)."""
         tag = _TAG.get()
-        box = self.answers.setdefault(tag, queue.SimpleQueue())
-        self.send(b"Q", {**header, "tag": tag})
-        answer = box.get()
+        box: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        with self.lock:
+            rid = self.rids = self.rids + 1
+            self.answers[(tag, rid)] = box
+            write_frame(self.out, b"Q", {**header, "tag": tag, "rid": rid})
+        try:
+            answer = box.get()
+        finally:
+            self.answers.pop((tag, rid), None)
         if answer is None:
             raise ConnectionError("the worker did not answer a platform request")
         answer.pop("tag", None)
+        answer.pop("rid", None)
         return answer
 
     def serve(self) -> None:
@@ -233,7 +281,7 @@ class _Concurrent:
                 break
             kind, header, body = frame
             if kind == b"A":
-                box = self.answers.get(header.get("tag"))
+                box = self.answers.get((header.get("tag"), header.get("rid")))
                 if box is not None:
                     box.put(header)
             elif kind == b"C":
@@ -373,6 +421,41 @@ def _batch_error(message: str) -> Exception:
     return InvalidError(message)
 
 
+def _unpack_source(bundle: bytes) -> None:
+    """Extract the app's shipped source (a zip) into a private folder at the head of ``sys.path``."""
+    import tempfile
+    import zipfile
+
+    folder = tempfile.mkdtemp(prefix="mm-src-")
+    with zipfile.ZipFile(io.BytesIO(bundle)) as archive:
+        archive.extractall(folder)
+    sys.path.insert(0, folder)
+
+
+def _load(header: dict[str, Any], body: bytes, cloudpickle: Any) -> Any:
+    """The function to run: imported by name from the app's module (``import`` in the header), or unpickled."""
+    if header.get("import"):
+        from minimodal._container import load_function  # the SDK is on sys.path (MINIMODAL_SDK_PATH)
+
+        return load_function(header, body)
+    return cloudpickle.loads(body)
+
+
+def _alias_modal() -> None:
+    """``import modal`` in user code gives MiniModal (``_modal_alias.py``, read by path: ``minimodal`` itself
+    is imported only when user code imports ``modal``)."""
+    import importlib.util
+
+    found = importlib.util.find_spec("minimodal")
+    folders = list(found.submodule_search_locations or ()) if found else []
+    path = os.path.join(folders[0], "_modal_alias.py") if folders else ""
+    spec = importlib.util.spec_from_file_location("_minimodal_modal_alias", path) if os.path.isfile(path) else None
+    if spec is not None and spec.loader is not None:
+        alias = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(alias)
+        alias.install()
+
+
 def main() -> None:
     import cloudpickle
 
@@ -389,12 +472,17 @@ def main() -> None:
     sdk_path = os.environ.get("MINIMODAL_SDK_PATH")
     if sdk_path and sdk_path not in sys.path:
         sys.path.append(sdk_path)  # last: a minimodal installed in the image wins
+    _alias_modal()
 
+    os.environ.setdefault("MINIMODAL_TASK_ID", f"ta-{socket.gethostname()}-{os.getpid()}")
     frame = read_frame(proto_in)
+    if frame is not None and frame[0] == b"S":
+        _unpack_source(frame[2])
+        frame = read_frame(proto_in)
     if frame is None or frame[0] != b"F":
         return
     try:
-        fn = cloudpickle.loads(frame[2])
+        fn = _load(frame[1], frame[2], cloudpickle)
     except BaseException as exc:  # noqa: BLE001 - report anything, the worker decides
         with lock:
             write_frame(proto_out, b"E", _describe(exc))

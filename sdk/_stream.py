@@ -43,9 +43,9 @@ class CallEvents:
         self.client = client
         self.call_id = call_id
         self.cursors = {kind: (cursors or {}).get(kind, "0-0") for kind in kinds}
-        self.websocket = websocket
+        self.websocket = websocket and client.websocket
         self._ws: WebSocket | None = None
-        self.transport = "websocket" if websocket else "long-poll"
+        self.transport = "websocket" if self.websocket else "long-poll"
 
     def _query(self) -> str:
         return "&".join(f"{kind}={cursor}" for kind, cursor in self.cursors.items())

@@ -19,15 +19,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import inspect
+import itertools
 import logging
+import pickle
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ._client import Client
 from ._progress import Bar
 from ._serialization import serialize_function
+from ._source import Source, source_of
 from .concurrency import options_of_function as concurrency_options
 from .exception import ImageBuildError, InvalidError, NotFoundError, UnsupportedOptionError
 from .functions import Function, FunctionOptions
@@ -46,6 +51,16 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 logger = logging.getLogger("minimodal")
+_LIVE_APPS: weakref.WeakSet[App] = weakref.WeakSet()  # every App made in this process (found by tag in containers)
+
+
+_SERIALS = itertools.count()
+
+
+def live_apps() -> list[App]:
+    """The App objects of this process, oldest first."""
+    return sorted(_LIVE_APPS, key=lambda app: app._serial)
+
 
 # Options that Modal accepts and MiniModal will implement; until then a non-default value is refused.
 _DEPRECATED = {
@@ -134,6 +149,16 @@ def _ensure_image(client: Client, image: Image) -> str:
     return reply["image_id"]
 
 
+def _upload_files(client: Client, files: dict[str, bytes]) -> None:
+    """Upload the files the server lacks (content-addressed: an unchanged file never travels again)."""
+    by_sha = {hashlib.sha256(data).hexdigest(): data for data in files.values()}
+    if not by_sha:
+        return
+    missing = client.request("POST", "/v1/files/missing", json={"shas": sorted(by_sha)})["missing"]
+    for sha in missing:
+        client.request("PUT", f"/v1/files/{sha}", data=by_sha[sha], timeout=600)
+
+
 class LocalEntrypoint:
     """A function that runs locally under ``minimodal run``; calling it calls the raw function."""
 
@@ -171,6 +196,8 @@ class App:
         self.deployed_version: int | None = None  # set by deploy()
         self._functions: dict[str, Function[Any, Any]] = {}
         self._entrypoints: dict[str, LocalEntrypoint] = {}
+        self._serial = next(_SERIALS)
+        _LIVE_APPS.add(self)
 
     def __repr__(self) -> str:
         return f"App({self.name!r})"
@@ -299,6 +326,7 @@ class App:
                 raise InvalidError(f"{tag}: a web endpoint cannot be @minimodal.batched")
             with_inputs = dataclasses.replace(options, **inputs) if inputs else options
             function: Function[P, R] = Function(self, web[0] if web else raw_f, tag, with_inputs, image)
+            function._serialized = serialized
             if web:
                 function._extra_spec["web"], function._is_generator = web[1], True  # the response streams
             if schedule is not None:
@@ -321,7 +349,7 @@ class App:
 
         def wrapper(user_cls: type) -> Cls:
             tag = options.get("name") or user_cls.__qualname__
-            return make_cls(self, user_cls, tag, self.function(**{**options, "name": tag}))
+            return make_cls(self, user_cls, tag, lambda name: self.function(**{**options, "name": name}))
 
         return wrapper
 
@@ -347,21 +375,41 @@ class App:
         mounts = {**self._volumes, **self._function_volumes.get(tag, {})}
         return {"volumes": {path: vol.object_id for path, vol in mounts.items()}} if mounts else {}
 
+    def _code(self, client: Client, f: Function[Any, Any], sources: dict[str, Source | None]) -> tuple[bytes, dict]:
+        """The function's code and the spec it adds: a reference into its module's shipped source (import by
+        name, as Modal does), or the function pickled by value where its module cannot be imported remotely."""
+        module = getattr(f._raw_f, "__module__", None) or ""
+        if module not in sources:
+            sources[module] = None if f._serialized else source_of(f._raw_f)
+            if sources[module] is not None:
+                _upload_files(client, sources[module].files)  # type: ignore[union-attr]
+        source = sources[module]
+        if f._serialized or source is None:
+            return serialize_function(f._raw_f), {}
+        manifest = source.manifest()
+        qualname = getattr(f._raw_f, "__qualname__", None)  # tells apart two apps of one name in one module
+        ref = {"module": source.module, "app": self.name, "tag": f._tag, "qualname": qualname, "files": manifest}
+        return pickle.dumps({"minimodal_ref": 1, **ref}, protocol=4), {
+            "source": {"module": source.module, "files": manifest}
+        }
+
     def _register(self, client: Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """Build the images and store every function (code, image, options, spec) at ``path``; hydrate them."""
         image_ids: dict[str, str] = {}
         functions = []
+        sources: dict[str, Source | None] = {}
         for tag, f in self._functions.items():
             image = f._image or self.image or Image.debian_slim()
             if image.digest() not in image_ids:
                 image_ids[image.digest()] = _ensure_image(client, image)
+            code, source_spec = self._code(client, f, sources)
             functions.append(
                 {
                     "tag": tag,
-                    "code": b64(serialize_function(f._raw_f)),
+                    "code": b64(code),
                     "options": {**f._options.to_json(), **self._volume_option(tag)},
                     "image": image_ids[image.digest()],
-                    "spec": f._spec(),
+                    "spec": {**f._spec(), **source_spec},
                     # App-level secrets first: the function's own override them.
                     "secrets": [s._spec() for s in self._secrets + self._function_secrets.get(tag, [])],
                 }

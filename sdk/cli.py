@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import _cli_objects, _deploy_cli, config
+from . import _cli_objects, _deploy_cli, _modal_alias, config
 from ._client import Client
 from ._stream import print_log
 from .app import App, LocalEntrypoint
@@ -25,16 +26,33 @@ from .runtime import enable_output
 
 
 def _import_file(path_text: str) -> ModuleType:
-    """Import an app file under its stem, as Modal does, with its folder on sys.path."""
+    """Import an app file as Modal does: under its stem with its folder on sys.path, or, for a file inside a
+    package (folders with ``__init__.py``), as ``pkg.mod`` with the package's parent on sys.path. The same
+    name is what the container imports (sdk/_source.py)."""
+    _modal_alias.install()  # a Modal program's `import modal` is MiniModal here, even if modal is installed
+    if path_text.startswith("-m=") or (not path_text.endswith(".py") and "/" not in path_text and "." in path_text):
+        name = path_text.removeprefix("-m=")
+        sys.path.insert(0, os.getcwd())
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            raise InvalidError(f"cannot import the module {name}: {exc}") from None
     path = Path(path_text).resolve()
     if not path.is_file():
         raise InvalidError(f"no such file: {path_text}")
-    sys.path.insert(0, str(path.parent))
-    spec = importlib.util.spec_from_file_location(path.stem, path)
+    parts, folder = [path.stem], path.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    sys.path.insert(0, str(folder))
+    name = ".".join(parts)
+    if len(parts) > 1:
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise InvalidError(f"cannot import {path_text}: not a Python file")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -86,11 +104,22 @@ def _parse_entrypoint_args(fn: Any, argv: list[str]) -> dict[str, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     file_part, _, name = args.ref.partition("::")
-    module = _import_file(file_part)
+    module = _import_file(f"-m={file_part}" if args.as_module else file_part)
     app, target = _pick_target(module, name or None)
     raw = target.raw_f if isinstance(target, LocalEntrypoint) else target._raw_f
     kwargs = _parse_entrypoint_args(raw, args.args)
-    with enable_output(), app.run():
+    with enable_output(), app.run(detach=args.detach):
+        for tag, function in sorted(app.registered_functions.items()):
+            if function.get_web_url():
+                auth = " (needs proxy auth)" if function._extra_spec.get("web", {}).get("requires_proxy_auth") else ""
+                print(f"=> {tag}: {function.get_web_url()}{auth}", file=sys.stderr, flush=True)
+        if args.detach:
+            print(
+                f"detached: {app.app_id} goes on after this run; `minimodal app logs {app.app_id} --follow`, "
+                f"`minimodal app stop {app.app_id}`",
+                file=sys.stderr,
+                flush=True,
+            )
         if isinstance(target, LocalEntrypoint):
             result = target(**kwargs)
             if inspect.iscoroutine(result):
@@ -102,6 +131,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             if result is not None:
                 print(result)
     return 0
+
+
+def _serve_cmd(args: argparse.Namespace) -> int:
+    from ._serve import cmd_serve
+
+    return cmd_serve(args)
 
 
 def _server(*argv: str) -> int:
@@ -118,6 +153,15 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     return _server("down")
+
+
+def cmd_worker_join(args: argparse.Namespace) -> int:
+    flags = [
+        f"--{name}={value}"
+        for name in ("server", "token", "redis", "database", "registry", "concurrency")
+        if (value := getattr(args, name)) is not None
+    ]
+    return _server("join", *flags)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -228,15 +272,33 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a local entrypoint or function of an app file")
-    run.add_argument("ref", help="FILE.py or FILE.py::NAME")
+    run.add_argument("ref", help="FILE.py or FILE.py::NAME, or with -m: MODULE[::NAME]")
+    run.add_argument("-m", dest="as_module", action="store_true", help="REF names a module (pkg.mod), as python -m")
     run.add_argument("args", nargs=argparse.REMAINDER, help="options for the entrypoint")
+    run.add_argument("--detach", "-d", action="store_true", help="the app outlives the entrypoint (`app stop` ends it)")
     run.set_defaults(handler=cmd_run)
+
+    serve = commands.add_parser("serve", help="serve an app's web endpoints, reloading when its source changes")
+    serve.add_argument("ref", help="FILE.py or FILE.py::APP")
+    serve.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    serve.set_defaults(handler=_serve_cmd)
 
     up = commands.add_parser("up", help="start a local stack (Redis, API, dispatcher, worker, beat, Flower)")
     up.add_argument("--detach", "-d", action="store_true", help="return once the stack answers")
     up.set_defaults(handler=cmd_up)
     commands.add_parser("down", help="stop what `minimodal up` started").set_defaults(handler=cmd_down)
     commands.add_parser("status", help="exit 0 when the API answers").set_defaults(handler=cmd_status)
+
+    worker = commands.add_parser("worker", help="workers of a cluster")
+    worker_commands = worker.add_subparsers(dest="worker_command", required=True)
+    join = worker_commands.add_parser("join", help="start a worker on this machine for the cluster of --server")
+    join.add_argument("--server", required=True, help="the API's URL")
+    join.add_argument("--token", required=True, help="the workers' credential (MINIMODAL_WORKER_TOKEN)")
+    join.add_argument("--redis", help="Redis URL as this machine reaches it (default: what the API advertises)")
+    join.add_argument("--database", help="database URL as this machine reaches it (default: the API's)")
+    join.add_argument("--registry", help="image registry host:port (default: the API's MINIMODAL_REGISTRY)")
+    join.add_argument("--concurrency", "-c", type=int, help="calls at once")
+    join.set_defaults(handler=cmd_worker_join)
 
     logs = commands.add_parser("logs", help="what a call printed")
     logs.add_argument("call_id")
@@ -291,4 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     except Error as exc:
         print(f"minimodal: {type(exc).__name__}: {exc}", file=sys.stderr)
         code = 1
+    except KeyboardInterrupt:  # the app (unless detached) was stopped on the way out, its calls cancelled
+        print("minimodal: interrupted", file=sys.stderr)
+        code = 130
     sys.exit(code)

@@ -24,24 +24,28 @@ keyword arguments), and the container keeps one instance per parameter set (see 
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from . import _clsentry
+from . import _clsentry, _clsweb
 from ._aio import aio_iterator, aio_method
-from ._client import Client
 from ._clsentry import _REQUIRED, HOOK_ATTR, METHOD_KEY, PARAMS_KEY, ClsEntry
+from ._clsweb import MethodWebEntry
+from ._variants import FunctionVariant, check_options
+from ._webentry import WEB_ATTR
+from .concurrency import BATCHED_ATTR, CONCURRENT_ATTR
 from .exception import InvalidError, UnsupportedOptionError
 from .functions import Function, FunctionCall
-from .retries import Retries
 
 if TYPE_CHECKING:
     from .app import App
 
 cloudpickle.register_pickle_by_value(_clsentry)  # containers have cloudpickle, not minimodal
+cloudpickle.register_pickle_by_value(_clsweb)
 
 
 def _marker(kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -144,7 +148,9 @@ class _Obj:
     def __init__(self, owner: Cls, params: dict[str, Any]) -> None:
         self._owner, self._params = owner, params
 
-    def __getattr__(self, name: str) -> _BoundMethod:
+    def __getattr__(self, name: str) -> _BoundMethod | Function[..., Any]:
+        if name in self._owner._web_functions:
+            return self._owner._web_functions[name]  # a web endpoint: .get_web_url()
         if name.startswith("_") or name not in self._owner._methods:
             known = ", ".join(sorted(self._owner._methods)) or "none"
             raise AttributeError(f"{self._owner._tag} has no @minimodal.method() {name!r} (methods: {known})")
@@ -152,10 +158,6 @@ class _Obj:
 
     def __repr__(self) -> str:
         return f"{self._owner._tag}({', '.join(f'{k}={v!r}' for k, v in self._params.items())})"
-
-
-_WITH_OPTIONS = {"cpu", "memory", "gpu", "timeout", "retries", "max_containers", "min_containers"}
-_WITH_OPTIONS |= {"buffer_containers", "scaledown_window"}
 
 
 class Cls:
@@ -175,7 +177,8 @@ class Cls:
         self._parameters = parameters
         self._entry_object = entry
         self._options = options or {}
-        self._variant: tuple[str, Function[..., Any]] | None = None  # (base function id, variant) for with_options
+        self._web_functions: dict[str, Function[..., Any]] = {}  # web endpoint methods, each its own function
+        self._variant: FunctionVariant | None = None  # the class's function with these options, made on first use
 
     def __repr__(self) -> str:
         return f"Cls({self._tag!r})"
@@ -199,15 +202,9 @@ class Cls:
     def _base_function(self) -> Function[..., Any]:
         if not self._options:
             return self._function
-        base_id = self._function._hydrated_id()
-        if self._variant is None or self._variant[0] != base_id:
-            reply = Client.from_config().request(
-                "POST", f"/v1/functions/{base_id}/variants", json={"options": self._options}
-            )
-            variant = Function(None, self._function._raw_f, self._tag, self._function._options)  # type: ignore[arg-type]
-            variant.object_id = reply["function_id"]
-            self._variant = (base_id, variant)
-        return self._variant[1]
+        if self._variant is None:
+            self._variant = FunctionVariant(self._function, self._options)
+        return self._variant
 
     def _method_function(self, name: str) -> Function[..., Any]:
         base = self._base_function()
@@ -218,14 +215,8 @@ class Cls:
         return clone
 
     def with_options(self, **options: Any) -> Cls:
-        """The same class with other resources or limits (cpu, memory, gpu, timeout, retries, containers)."""
-        unknown = sorted(set(options) - _WITH_OPTIONS)
-        if unknown:
-            raise InvalidError(f"with_options(): unknown options {unknown}; known: {sorted(_WITH_OPTIONS)}")
-        if "retries" in options:
-            policy = Retries.of(options["retries"])
-            options["retries"] = policy.to_json() if policy else None
-        merged = {**self._options, **{k: v for k, v in options.items() if v is not None}}
+        """The same class with other resources, limits, volumes or secrets (as ``Function.with_options``)."""
+        merged = {**self._options, **check_options(f"{self._tag}.with_options()", options)}
         return Cls(self._function, self._methods, self._parameters, self._entry_object, merged)
 
     @classmethod
@@ -240,18 +231,48 @@ class Cls:
         return Cls(function, spec["methods"], spec["parameters"])
 
 
-def make_cls(app: App, user_cls: type, tag: str, function_decorator: Callable[[Any], Function[..., Any]]) -> Cls:
-    """Register ``user_cls`` on ``app`` as one function (options from ``@app.cls``) and return its handle."""
+def _members(user_cls: type, attr: str) -> dict[str, Any]:
+    """The class's members (base classes first) that carry ``attr``, by name."""
+    found: dict[str, Any] = {}
+    for klass in reversed(user_cls.__mro__):
+        found.update({name: m for name, m in vars(klass).items() if hasattr(m, attr)})
+    return found
+
+
+def _web_methods(user_cls: type, tag: str, parameters: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``@fastapi_endpoint``/``@asgi_app``/``@wsgi_app`` methods: remote without ``@method()``, as in Modal."""
+    webs = {name: getattr(member, WEB_ATTR) for name, member in _members(user_cls, WEB_ATTR).items()}
+    for name in webs:
+        if getattr(getattr(user_cls, name), HOOK_ATTR, None) is not None:
+            raise InvalidError(f"{tag}.{name}: a web endpoint method takes no @minimodal.method()/@enter()/@exit()")
+    required = [name for name, default in parameters.items() if default == _REQUIRED]
+    if webs and required:
+        raise InvalidError(f"{tag} has web endpoints, so its parameters need defaults ({', '.join(required)})")
+    return webs
+
+
+def make_cls(
+    app: App, user_cls: type, tag: str, decorator_for: Callable[[str], Callable[[Any], Function[..., Any]]]
+) -> Cls:
+    """Register ``user_cls`` on ``app`` and return its handle.
+
+    The class is one function (``decorator_for(tag)``: ``@app.function`` with the class's options); each
+    web endpoint method is one more, ``Class.method``, with the same options.
+    """
     if not inspect.isclass(user_cls):
         raise TypeError("@app.cls() is for classes; decorate functions with @app.function()")
     parameters = _parameters(user_cls)
+    for member in _members(user_cls, BATCHED_ATTR).values():
+        if getattr(member, HOOK_ATTR, None) is None:
+            setattr(member, HOOK_ATTR, "method")  # @batched alone makes a method remote, as in Modal
+    webs = _web_methods(user_cls, tag, parameters)
     entry = ClsEntry(user_cls, parameters)
     methods = {
         name: inspect.isgeneratorfunction(getattr(user_cls, name))
         or inspect.isasyncgenfunction(getattr(user_cls, name))
         for name in entry.hooks("method")
     }
-    if not methods:
+    if not methods and not webs:
         raise InvalidError(f"{tag} has no @minimodal.method(): mark the methods to call remotely")
     if parameters and "__init__" in vars(user_cls):
         raise InvalidError(f"{tag} declares minimodal.parameter() fields: it cannot define __init__ too")
@@ -262,6 +283,14 @@ def make_cls(app: App, user_cls: type, tag: str, function_decorator: Callable[[A
                 delattr(user_cls, name)
         else:
             setattr(user_cls, name, default)
-    function = function_decorator(entry)
+    function = decorator_for(tag)(entry)
     function._extra_spec["cls"] = {"methods": methods, "parameters": parameters}
-    return Cls(function, methods, parameters, entry)
+    if not methods:  # web endpoints only: no warm runner for a function nobody calls
+        function._options = dataclasses.replace(function._options, min_containers=None, buffer_containers=None)
+    handle = Cls(function, methods, parameters, entry)
+    for name, web in webs.items():
+        served = MethodWebEntry(entry, name, dict(web))
+        if hasattr(user_cls, CONCURRENT_ATTR):
+            setattr(served, CONCURRENT_ATTR, getattr(user_cls, CONCURRENT_ATTR))  # @concurrent on the class
+        handle._web_functions[name] = decorator_for(f"{tag}.{name}")(served)
+    return handle

@@ -82,6 +82,15 @@ _SETTINGS: dict[str, Setting] = {
             help="runc, or runsc (gVisor; `make docker-base` registers it): what this worker's containers run under",
         ),
         Setting("debian_slim_image", "python:{python}-slim", help="what Image.debian_slim() builds on"),
+        # A cluster of machines (issue 18): see docs/DEPLOY.md.
+        Setting(
+            "registry",
+            None,
+            help="host:port of the image registry: builders push layers there, workers pull what they lack; "
+            "`minimodal up` runs one when it is a loopback address and nothing answers",
+        ),
+        Setting("advertised_redis_url", None, help="Redis URL the API gives joining workers (default: its own)"),
+        Setting("advertised_database_url", None, help="database URL the API gives joining workers (default: its own)"),
         Setting("map_request_size", defaults.DEFAULT_MAP_REQUEST_SIZE, int),
         Setting("task_target_ms", defaults.DEFAULT_TASK_TARGET_MS, int),
         Setting("max_inputs_per_task", defaults.DEFAULT_MAX_INPUTS_PER_TASK, int),

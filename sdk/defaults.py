@@ -19,6 +19,7 @@ DEFAULT_TASK_TARGET_MS = 50  # the dispatcher packs fast inputs into tasks of ab
 DEFAULT_MAX_INPUTS_PER_TASK = 100  # ...but never more inputs than this in one Celery task
 DEFAULT_LONG_POLL_SECONDS = 25  # one output long-poll waits at most this long before answering empty
 DEFAULT_HEARTBEAT_SECONDS = 2  # workers and the dispatcher refresh their heartbeat this often
+DEFAULT_BASE_IMAGES_SECONDS = 30  # a Docker worker lists its engine's python:X.Y-slim bases this often (heartbeat)
 # ---- Scheduling and placement (issue 4) ----
 DEFAULT_FUNCTION_CPU = 0.125  # cores a function holds when it does not say (Modal's default)
 DEFAULT_FUNCTION_MEMORY = 128  # MiB a function holds when it does not say (Modal's default)

@@ -11,10 +11,12 @@ The tree::
     │   └── PermissionDeniedError a valid token without the right, e.g. not an admin (HTTP 403)
     ├── RateLimitError            too many call submissions per token; retry after a while (HTTP 429)
     ├── NotFoundError             unknown function, call or user, or another user's (HTTP 404)
+    │   └── ImageNotFoundError    a worker's Docker engine lacks the function's image and cannot pull it
     ├── ServiceError              the control plane or Redis cannot be reached or failed (HTTP 5xx)
     ├── RemoteError               the remote code failed in a way that cannot be re-raised as its own type
     ├── FunctionTimeoutError      a call ran longer than its ``timeout`` (also a builtin ``TimeoutError``)
     ├── OutputExpiredError        the call's output is gone (older than the result TTL)
+    ├── InputCancelledError       the input was cancelled (``FunctionCall.cancel()``, the app stopped)
     ├── ImageBuildError           an image failed to build (the message ends with the build log tail)
     └── SerializationError        a value could not be pickled or unpickled
 
@@ -65,6 +67,10 @@ class NotFoundError(Error):
     """Raised when a function, call, app or user does not exist or belongs to another user."""
 
 
+class ImageNotFoundError(NotFoundError):
+    """Raised when a worker's Docker engine lacks a function's image and no registry (MINIMODAL_REGISTRY) has it."""
+
+
 class ServiceError(Error):
     """Raised when the MiniModal server, Redis or the database cannot be reached or fails."""
 
@@ -86,6 +92,14 @@ class FunctionTimeoutError(Error, TimeoutError):
 
 class OutputExpiredError(Error, TimeoutError):
     """Raised when a call's output was kept for less time than it took to ask for it."""
+
+
+class InputCancelledError(Error):
+    """Raised by ``get()`` (and ``.map``) for an input that was cancelled before it ended."""
+
+
+class InputCancellation(BaseException):  # noqa: N818 - Modal's name
+    """Modal's name for what a cancelled input raises inside its container (not raised by MiniModal yet)."""
 
 
 class ImageBuildError(Error):
@@ -122,10 +136,12 @@ BY_NAME: dict[str, type[Error]] = {
         PermissionDeniedError,
         RateLimitError,
         NotFoundError,
+        ImageNotFoundError,
         ServiceError,
         RemoteError,
         FunctionTimeoutError,
         OutputExpiredError,
+        InputCancelledError,
         ImageBuildError,
         SerializationError,
     )

@@ -185,6 +185,13 @@ class FunctionCall(Generic[R]):
         """The items of a spawned generator call, as they are produced (resumes after a dropped connection)."""
         return _stream_items(self._client, self.object_id, index)
 
+    @aio_method
+    def cancel(self, terminate_containers: bool = False) -> None:
+        """Cancel what has not ended of this call (and of the calls it made): ``get()`` then raises
+        :class:`~minimodal.exception.InputCancelledError`. An input already running finishes, but its
+        result is dropped (``terminate_containers`` is accepted for Modal compatibility)."""
+        self._client.request("POST", f"/v1/calls/{self.object_id}/cancel", reconnect=True)
+
     @staticmethod
     def gather(*function_calls: FunctionCall[Any]) -> list[Any]:
         """Wait for all calls; results in argument order; the first failure is raised."""
@@ -208,6 +215,7 @@ class Function(Generic[P, R]):
         self._is_generator = inspect.isgeneratorfunction(raw_f) or inspect.isasyncgenfunction(raw_f)
         self.object_id: str | None = None
         self._web_url: str | None = None
+        self._serialized = False  # serialized=True: pickled by value, never imported by name in the container
         self._extra_spec: dict[str, Any] = {}  # what sdk/cls.py, web.py and schedule.py add
         self.__doc__ = raw_f.__doc__
         self.__name__ = getattr(raw_f, "__name__", tag)
@@ -225,6 +233,17 @@ class Function(Generic[P, R]):
         from ._deploy import lookup_function
 
         return lookup_function(app_name, name)
+
+    def with_options(self, **options: Any) -> Function[P, R]:
+        """The same function with other options, run in containers of its own (see ``sdk/_variants.py``).
+
+        Takes ``cpu``, ``memory``, ``gpu``, ``timeout``, ``retries``, ``max_containers``, ``min_containers``,
+        ``buffer_containers``, ``scaledown_window``, ``volumes`` and ``secrets`` (these two replace the
+        function's own): ``f.with_options(timeout=5).spawn_map(xs)``.
+        """
+        from ._variants import with_options
+
+        return with_options(self, options)
 
     def get_web_url(self) -> str | None:
         """The stable URL of a deployed web endpoint (None for other functions)."""

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import io
 import json
+import re
 import sys
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .exception import InvalidError
+from .exception import InvalidError, UnsupportedOptionError
+from .protocol import is_python_version
+
+_VERSION = re.compile(r"^[0-9][0-9A-Za-z.+-]*$")
 
 
 def client_python() -> str:
@@ -62,12 +66,15 @@ class Image:
 
     @classmethod
     def debian_slim(cls, python_version: str | None = None) -> Image:
-        """Debian slim with Python ``python_version`` (default: this interpreter's major.minor)."""
-        version = python_version or client_python()
-        if version != client_python():
+        """Debian slim with Python ``python_version`` (default: this interpreter's major.minor).
+
+        The cluster builds the versions its Docker workers have a base image for (``make docker-base``
+        gives 3.11 and 3.13); any other fails the deploy with an InvalidError naming those.
+        """
+        version = client_python() if python_version is None else python_version
+        if not is_python_version(version):
             raise InvalidError(
-                f"Image.debian_slim(python_version={version!r}): this client runs Python {client_python()}, and "
-                "cloudpickle needs the same major.minor on both sides; use the default"
+                f"Image.debian_slim(python_version={version!r}): give a major.minor string such as '3.13'"
             )
         return cls(({"op": "debian_slim", "python": version},), {}, version)
 
@@ -121,6 +128,68 @@ class Image:
             "extra_options": extra_options,
         }
         return self._with({k: v for k, v in spec.items() if v not in (None, "", False)})
+
+    def uv_pip_install(
+        self,
+        *packages: str | list[str],
+        requirements: Sequence[str | Path] | None = None,
+        find_links: str | None = None,
+        index_url: str | None = None,
+        extra_index_url: str | None = None,
+        pre: bool = False,
+        extra_options: str = "",
+        force_build: bool = False,
+        uv_version: str | None = None,
+        env: dict[str, str] | None = None,
+        secrets: Any = None,
+        gpu: Any = None,
+    ) -> Image:
+        """Install packages with uv into the image's Python (what the runner imports).
+
+        uv itself is installed in the build from the package index (``pip install uv``, at ``uv_version``
+        when given) under ``/opt/mm/uv``, outside the function's environment. ``requirements`` are local
+        files (uploaded like any local file); ``env`` is set for the install only.
+
+        Example::
+
+            image = minimodal.Image.debian_slim().uv_pip_install("numpy", requirements=["requirements.txt"])
+        """
+        if force_build or secrets or gpu:
+            given = [n for n, v in (("force_build", force_build), ("secrets", secrets), ("gpu", gpu)) if v]
+            raise UnsupportedOptionError(f"uv_pip_install: {', '.join(given)} is not implemented in MiniModal yet")
+        names = _flatten(packages)
+        options = [p for p in names if p.startswith("-")]
+        if options:
+            raise InvalidError(f"uv_pip_install: {options} look like options; pass them as extra_options=")
+        if uv_version is not None and not _VERSION.match(uv_version):
+            raise InvalidError(f"uv_pip_install(uv_version={uv_version!r}): give a version such as '0.8.4'")
+        if env is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise InvalidError("uv_pip_install: env keys and values must be strings")
+        files: dict[str, bytes] = {}
+        shas = []
+        for path in requirements or ():
+            if not Path(path).is_file():
+                raise InvalidError(f"uv_pip_install: no such requirements file {path}")
+            sha, data = self._file(Path(path).read_bytes())
+            shas.append(sha)
+            files.update(data)
+        if not names and not shas:
+            return self  # nothing to install, as in Modal
+        spec = {
+            "op": "uv_pip_install",
+            "packages": sorted(names),
+            "requirements": shas,
+            "index_url": index_url,
+            "extra_index_url": extra_index_url,
+            "find_links": find_links,
+            "pre": pre,
+            "extra_options": extra_options,
+            "uv_version": uv_version,
+            "env": dict(sorted((env or {}).items())),
+        }
+        return self._with(
+            {k: v for k, v in spec.items() if k == "packages" or v not in (None, "", False, [], {})}, files
+        )
 
     def run_commands(self, *commands: str | list[str]) -> Image:
         return self._with({"op": "run_commands", "commands": _flatten(commands)})

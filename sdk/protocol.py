@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -56,6 +58,19 @@ class ImageStatus(StrEnum):
     PROCESS = "process"
 
 
+_PYTHON_VERSION = re.compile(r"^3\.\d{1,2}$")
+
+
+def is_python_version(value: object) -> bool:
+    """Whether ``value`` is a Python major.minor string as images carry it (``"3.13"``)."""
+    return isinstance(value, str) and _PYTHON_VERSION.match(value) is not None
+
+
+def sorted_pythons(versions: Iterable[str]) -> list[str]:
+    """Distinct major.minor versions in numeric order (3.9 before 3.11)."""
+    return sorted(set(versions), key=lambda v: tuple(int(p) for p in v.split(".")))
+
+
 def new_id(prefix: str) -> str:
     """A fresh object id such as ``fc-3kT9...`` (Modal's prefixes: ap, fu, fc, bl)."""
     return f"{prefix}-{secrets.token_urlsafe(12).replace('-', 'x').replace('_', 'y')}"
@@ -91,6 +106,33 @@ def running_key() -> str:
 def quota_key() -> str:
     """Hash user id -> concurrency quota (tasks in flight), written by the API, read by the dispatcher."""
     return key("quota")
+
+
+def cancelled_key(call_id: str) -> str:
+    """Set while a call is cancelled: workers run none of its inputs (mm_app/cancel.py)."""
+    return key("cancelled", call_id)
+
+
+def retired_functions_key() -> str:
+    """Set of function ids whose app stopped: workers stop their runners (expires an hour after the last)."""
+    return key("retired")
+
+
+def lent_key(user_id: int) -> str:
+    """Sorted set of a user's requests now waiting on other calls, scored by expiry: their slots are lent."""
+    return key("lent", user_id)
+
+
+def scoped_token_key(digest: str) -> str:
+    """String ``user_id|worker_id``: a token a worker minted for the calls its containers make."""
+    return key("scoped", digest)
+
+
+def token_digest(token: str) -> str:
+    """How tokens are stored: their SHA-256 hex digest."""
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def wake_key() -> str:

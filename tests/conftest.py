@@ -191,11 +191,18 @@ TEST_MAX_PAYLOAD = 8 * 1024 * 1024  # small, so that the 413 path is cheap to ex
 
 
 def start_stack(
-    redis_server: RedisServer, home: Path, *, runtime: str, db: int, worker_env: dict[str, str] | None = None
+    redis_server: RedisServer,
+    home: Path,
+    *,
+    runtime: str,
+    db: int,
+    worker_env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Stack:
     """API, dispatcher and one worker of the given runtime, on Redis database ``db``.
 
-    ``worker_env`` is set for the worker only (e.g. a data directory of its own, as on another host).
+    ``worker_env`` is set for the worker only (e.g. a data directory of its own, as on another host);
+    ``env`` for every process (e.g. ``MINIMODAL_REGISTRY``).
     """
     port = free_port()
     redis_url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
@@ -211,6 +218,7 @@ def start_stack(
         "MINIMODAL_WORKER_RUNTIME": runtime,
         "PYTHONPATH": str(ROOT),
         "MINIMODAL_WORKER_TOKEN": secrets.token_urlsafe(24),  # as `minimodal up`: the API and workers share it
+        **(env or {}),
     }
     env.pop("MINIMODAL_TOKEN", None)
     stack = Stack(home, env, f"http://127.0.0.1:{port}", redis_server, bootstrap_admin(env))

@@ -33,6 +33,7 @@ def test_minimodal_run_runs_the_local_entrypoint_of_the_example(stack: Stack, us
     assert "map     [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in lines
     assert "starmap [1, 4]" in lines
     assert "gather  [36, 49]" in lines
+    assert "nested  14" in lines  # a function calling a function
 
 
 def test_python_file_with_app_run_works_too(stack: Stack, user: str) -> None:

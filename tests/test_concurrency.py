@@ -93,6 +93,14 @@ def test_a_batched_class_method(user: str) -> None:
     assert all(len(r[1]) <= 4 for r in results)
 
 
+def test_a_class_whose_only_remote_method_is_batched_takes_remote_and_map(user: str) -> None:
+    with inputs.app.run():
+        assert inputs.Tally().add.remote(1) == (1001, 1)
+        results = list(inputs.Tally().add.map(range(6)))
+    assert [r[0] for r in results] == [1000 + i for i in range(6)]
+    assert all(1 <= size <= 4 for _, size in results)
+
+
 def test_an_exception_fails_every_input_of_its_batch(user: str) -> None:
     def call(x: int) -> Any:
         try:

@@ -245,8 +245,11 @@ def test_a_function_that_cannot_be_loaded_fails_to_start_and_leaves_no_container
 def test_a_missing_image_fails_to_start_with_a_hint(client: docker.DockerClient) -> None:
     runtime = DockerRuntime(client, image="minimodal/no-such-image:never")
 
-    with pytest.raises(RunnerStartError, match="build it with docker/base/build.sh"):
+    with pytest.raises(RunnerStartError, match="MINIMODAL_REGISTRY.*make docker-base") as info:
         runtime.start(spec_for(containers.noop))
+
+    assert "minimodal/no-such-image:never" in str(info.value)
+    assert info.value.error_type == "ImageNotFoundError" and not info.value.infrastructure
 
 
 def test_stop_removes_the_container_and_is_safe_twice(client: docker.DockerClient, start: StartRunner) -> None:

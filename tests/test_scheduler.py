@@ -771,9 +771,14 @@ def test_bob_starts_before_alices_next_three_calls_on_two_worker_slots(make_stac
     # Then his call started before the third of Alice's calls that started after he submitted
     bob_started = inputs_of(stack, [bob_call])[bob_call].started_at
     assert bob_started < alice_started_since_bob()[2]
-    # And her backlog waited in her pending queue: the broker never held more than the free slots
-    assert int(stack.redis_client.hget(protocol.pending_inputs_key(), alice.user_id())) > 400
-    assert stack.redis_client.llen(protocol.worker_queue("w")) <= 2
+    # And her backlog waited in her pending queue: the broker never held more than the free slots.
+    # (Pending is read first: what started after it only makes the right-hand side smaller. A slow machine
+    # drains more of her calls before this line, so the count of started ones, not a fixed number, bounds it.)
+    pending = int(stack.redis_client.hget(protocol.pending_inputs_key(), alice.user_id()) or 0)
+    in_broker = stack.redis_client.llen(protocol.worker_queue("w"))
+    started = sum(1 for r in inputs_of(stack, alice_calls).values() if r.started_at is not None)
+    assert in_broker <= 2
+    assert pending > 0 and pending + started + 2 >= len(alice_calls), (pending, started)
 
 
 @pytest.mark.timeout(180)

@@ -123,3 +123,18 @@ def test_a_cron_entry_is_in_redbeat_and_the_reconciler_rebuilds_it_after_a_flush
 
 def test_beat_is_in_the_procfile() -> None:
     assert "beat: python -m mm_app beat" in Path(ROOT, "Procfile").read_text()
+
+
+def test_an_ephemeral_app_runs_its_schedule_while_it_lives_and_never_after(beat_stack: Stack, beat_user: str) -> None:
+    ticks = minimodal.Queue.from_name("ephemeral-ticks", create_if_missing=True)
+    with scheduled.ephemeral.run():
+        started = time.time()
+        wait_for(lambda: ticks.len() >= 3, 30, "three runs of a Period(seconds=1) of a running ephemeral app")
+        took = time.time() - started
+    stopped_at = time.time()
+    fired = sorted(ticks.get_many(100, block=False))
+    assert len(fired) >= 3
+    assert fired[2] - fired[0] <= 5, f"three runs took {fired[2] - fired[0]:.1f} s (a Period of 1 s)"
+    time.sleep(4)
+    late = [t for t in ticks.get_many(100, block=False) if t > stopped_at + 1.5]
+    assert late == [], f"runs went on after the app stopped ({took:.1f} s to the third)"

@@ -66,3 +66,15 @@ def test_the_sdk_still_imports_there(sdk_only: Path) -> None:
         check=False,
     )
     assert done.returncode == 0 and done.stdout.strip() == "x", done.stderr
+
+
+def test_a_normal_install_carries_the_pth_file_that_makes_modal_minimodal_only_when_asked(
+    sdk_only: Path, tmp_path: Path
+) -> None:
+    probe = [sdk_only / "bin/python", "-c", "import modal, minimodal; print(modal is minimodal)"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    asked = subprocess.run(probe, env={**env, "MINIMODAL_AS_MODAL": "1"}, capture_output=True, text=True, check=False)
+    assert asked.returncode == 0 and asked.stdout.strip() == "True", asked.stderr
+    plain = subprocess.run(probe, env=env, capture_output=True, text=True, check=False)
+    assert plain.returncode == 1 and "No module named 'modal'" in plain.stderr
+    assert "minimodal_as_modal.pth" in {p.name for p in (sdk_only / "lib").glob("python3*/site-packages/*.pth")}

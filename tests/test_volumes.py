@@ -180,6 +180,19 @@ def test_functions_read_and_write_the_mounted_volume_and_commits_merge(docker_us
 
 
 @pytest.mark.docker
+def test_a_with_options_variant_mounts_its_own_volumes_in_place_of_the_functions(docker_user: str) -> None:
+    with minimodal.Volume.ephemeral() as first, minimodal.Volume.ephemeral() as second:
+        for vol, text in ((first, b"first"), (second, b"second")):
+            with vol.batch_upload() as batch:
+                batch.put_file(io.BytesIO(text), "which.txt")
+        app = minimodal.App("volumes-variant")
+        read = app.function(serialized=True, name="read", volumes={"/data": first}, timeout=120)(fns.read)
+        with app.run():
+            assert read.remote("which.txt") == "first"
+            assert read.with_options(volumes={"/data": second}).remote("which.txt") == "second"
+
+
+@pytest.mark.docker
 def test_workers_with_their_own_data_dirs_share_commits_through_the_api_alone(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -35,6 +35,16 @@ def test_a_fastapi_endpoint_answers_get_with_query_and_post_with_json(deployed: 
     assert requests.get(webapps.total.get_web_url(), timeout=60).status_code == 405
 
 
+def test_a_class_whose_only_methods_are_web_endpoints_answers_over_http(deployed: str) -> None:
+    url = webapps.Greeter().hello.get_web_url()
+    assert url is not None and url.endswith("/tests-web/Greeter.hello")
+    reply = requests.get(url, params={"name": "ann"}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"said": "hi ann"}
+    words = requests.get(webapps.Greeter().words.get_web_url() + "/2", timeout=60)
+    assert words.status_code == 200 and words.json() == {"words": ["hi", "hi"]}, words.text
+
+
 def test_a_flask_wsgi_app_serves_its_routes_with_headers_status_and_streaming(deployed: str) -> None:
     base = webapps.site.get_web_url()
     reply = requests.get(base + "/", headers={"X-Who": "bob"}, timeout=60)

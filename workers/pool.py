@@ -39,6 +39,7 @@ class WarmPool:
         self._start_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._retired: set[str] = set()  # keys of stopped apps: their runners stop instead of idling
         self.started = 0  # runners started since the pool was made (cold starts)
         self.events: list[tuple[float, str, str]] = []  # (time, key, "start" | "stop"): scale decisions
         self._reaper = threading.Thread(target=self._reap_loop, args=(reap_interval,), name="mm-reaper", daemon=True)
@@ -113,11 +114,28 @@ class WarmPool:
                 self._shares[runner] = shares
                 return
             self._busy[key].discard(runner)
-            if runner.alive and not runner.broken and not self._closed.is_set():
+            if runner.alive and not runner.broken and not self._closed.is_set() and key not in self._retired:
                 self._idle[key].append((time.monotonic(), runner))
                 return
         runner.stop()
         self._top_up(key)
+
+    @property
+    def retired(self) -> set[str]:
+        return set(self._retired)
+
+    def retire(self, keys: set[str]) -> int:
+        """The app of these runner keys stopped: stop their idle runners now, and busy ones when released."""
+        with self._lock:
+            self._retired |= keys
+            stopping = [runner for key in keys for _, runner in self._idle.pop(key, [])]
+            for key in keys:
+                self._specs.pop(key, None)
+                if stopping:
+                    self.events.append((time.time(), key, "stop"))
+        for runner in stopping:
+            runner.stop()
+        return len(stopping)
 
     def ensure(self, spec: RunnerSpec) -> None:
         """Keep ``spec.min_containers`` runners of this function up from now on."""

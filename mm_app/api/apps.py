@@ -5,6 +5,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, g
@@ -15,7 +16,8 @@ from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import ImageStatus
 
 from .. import objects, vault
-from ..models import AppRecord, FunctionRecord, FunctionSpecRecord, ImageRecord, utcnow
+from ..cancel import cancel_calls
+from ..models import AppRecord, CallRecord, FunctionRecord, FunctionSpecRecord, ImageRecord, SourceFileRecord, utcnow
 from ..registry import check_gpu_option, needs_of, task_limit
 from ..volumes import check_mount_path
 from .auth import authenticate, check_fields, field, json_body
@@ -122,7 +124,18 @@ def create_app_record():  # type: ignore[no-untyped-def]
     name = field(body, "name", str, required=False)
     specs = field(body, "functions", list, required=False, default=[])
     app_id, ids = register_app(name, specs)
-    return {"app_id": app_id, "functions": ids}, 201
+    from .deploys import after_change, web_url
+
+    webs = {}
+    scheduled = False
+    for spec in specs:
+        extra = spec.get("spec") or {}
+        if extra.get("web"):
+            webs[spec["tag"]] = web_url(g.user.name, app_id, spec["tag"])  # live while the app runs
+        scheduled = scheduled or bool(extra.get("schedule"))
+    if scheduled:
+        after_change(g.user.id)  # an ephemeral app runs its schedules while it lives
+    return {"app_id": app_id, "functions": ids, "web_urls": webs}, 201
 
 
 def register_app(
@@ -163,7 +176,9 @@ def register_app(
                 image_id=image_id,
             )
         )
+    shas = {sha for extra in extras.values() for sha in (extra.get("source") or {}).get("files", {}).values()}
     with svc.db.write() as session:
+        _pin_source_files(session, shas)
         for record in records:
             _attach_image(session, record)
             if record.options.get("container_runtime") and record.queue != protocol.QUEUE_CONTAINER:
@@ -193,7 +208,8 @@ def register_app(
     return app_id, ids
 
 
-MAX_SPEC_BYTES = 16 * 1024
+MAX_SPEC_BYTES = 256 * 1024  # a source manifest names every file of the app's local package
+_SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
 def parse_spec(tag: str, raw: Any) -> dict[str, Any]:
@@ -202,7 +218,32 @@ def parse_spec(tag: str, raw: Any) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict) or len(json.dumps(raw)) > MAX_SPEC_BYTES:
         raise InvalidError(f"function {tag!r}: spec must be a JSON object under {MAX_SPEC_BYTES} bytes")
+    source = raw.get("source")
+    if source is not None:
+        files = source.get("files") if isinstance(source, dict) else None
+        if (
+            not isinstance(source.get("module"), str)
+            or not isinstance(files, dict)
+            or not all(isinstance(p, str) and isinstance(s, str) and _SHA.match(s) for p, s in files.items())
+        ):
+            raise InvalidError(f"function {tag!r}: spec.source must be {{module, files: {{path: sha256}}}}")
+        for path in files:
+            if path.startswith("/") or ".." in path.split("/") or not path.endswith(".py"):
+                raise InvalidError(f"function {tag!r}: source file {path!r} must be a relative path to a .py file")
     return raw
+
+
+def _pin_source_files(session: Any, shas: set[str]) -> None:
+    """Keep the app's source files for as long as the database lives: uploads in Redis expire after a week."""
+    if not shas:
+        return
+    pinned = set(session.scalars(select(SourceFileRecord.sha).where(SourceFileRecord.sha.in_(shas))))
+    redis = services().redis
+    for sha in sorted(shas - pinned):
+        data = redis.get(protocol.file_key(sha))
+        if data is None:
+            raise InvalidError(f"source file {sha} was not uploaded: PUT /v1/files/{sha} first")
+        session.add(SourceFileRecord(sha=sha, data=data))
 
 
 def _attach_image(session: Any, record: FunctionRecord) -> None:
@@ -261,15 +302,38 @@ def list_apps():  # type: ignore[no-untyped-def]
 @bp.post("/apps/<app_id>/stop")
 def stop_app(app_id: str):  # type: ignore[no-untyped-def]
     with services().db.write() as session:
-        record = _own_app(session, app_id)
-        if record.state != "stopped":
-            record.state, record.stopped_at = "stopped", utcnow()
-        function_ids = [f for (f,) in session.execute(select(FunctionRecord.id).where(FunctionRecord.app_id == app_id))]
-    services().pending.forget_warm(function_ids)
+        function_ids, cancelled = stop_record(session, _own_app(session, app_id))
+    after_stop(function_ids)
+    return {"app_id": app_id, "state": "stopped", "cancelled": cancelled}
+
+
+def stop_record(session: Any, record: AppRecord) -> tuple[list[str], int]:
+    """Stop an app (ephemeral or a deployed version) in this transaction: what its calls left running ends
+    cancelled (`minimodal run` without --detach, Ctrl-C, `app stop`). Returns its function ids and how many
+    inputs were cancelled; :func:`after_stop` does the rest once the transaction is in."""
+    if record.state != "stopped":
+        record.state, record.stopped_at = "stopped", utcnow()
+    function_ids = list(session.scalars(select(FunctionRecord.id).where(FunctionRecord.app_id == record.id)))
+    calls = list(session.scalars(select(CallRecord.id).where(CallRecord.function_id.in_(function_ids))))
+    svc = services()
+    cancelled = cancel_calls(
+        session, svc.redis, svc.payloads, calls, ttl=svc.settings["result_ttl"], why="the app was stopped"
+    )
+    return function_ids, cancelled
+
+
+def after_stop(function_ids: list[str]) -> None:
+    """A stopped app keeps no runner warm, and the workers stop its runners; its schedules end."""
+    svc = services()
+    svc.pending.forget_warm(function_ids)
+    if function_ids:  # mm_app/tasks/context.py keep_warm
+        with svc.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(protocol.retired_functions_key(), *function_ids)
+            pipe.expire(protocol.retired_functions_key(), 3600)
+            pipe.execute()
     from .deploys import after_change
 
-    after_change(g.user.id)  # a stopped deployed app loses its schedules
-    return {"app_id": app_id, "state": "stopped"}
+    after_change(g.user.id)
 
 
 @bp.get("/functions/<function_id>")

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 from flask import g, request
 from sqlalchemy import select
 
+from minimodal import protocol
 from minimodal.exception import AuthError, InvalidError, PermissionDeniedError
 
 from ..models import UserRecord
@@ -29,6 +30,7 @@ class User(NamedTuple):
         return {"name": self.name, "quota": self.quota, "weight": self.weight, "is_admin": self.is_admin}
 
 
+SCOPED_PREFIX = "mms-"  # tokens workers mint for their containers' calls
 MAX_INT = 2**63 - 1  # what the database stores: a larger number is refused, not an overflow error
 
 
@@ -42,12 +44,19 @@ def authenticate() -> None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("missing bearer token: send `Authorization: Bearer <token>` (see `minimodal up`)")
+    digest = hash_token(token.strip())
+    columns = [getattr(UserRecord, c) for c in User._fields]
+    g.scoped = False
     with services().db.read_core() as connection:
-        user = connection.execute(
-            select(*(getattr(UserRecord, c) for c in User._fields)).where(
-                UserRecord.token_hash == hash_token(token.strip())
-            )
-        ).first()
+        user = connection.execute(select(*columns).where(UserRecord.token_hash == digest)).first()
+        if user is None and token.startswith(SCOPED_PREFIX):
+            # A token a worker minted for the calls its containers make (mm_app/tasks/forward.py): that
+            # user's, while the worker lives; revoking the user's token refuses it too.
+            scoped = services().redis.get(protocol.scoped_token_key(digest))
+            if scoped is not None:
+                user_id = int(scoped.decode().partition("|")[0])
+                user = connection.execute(select(*columns).where(UserRecord.id == user_id)).first()
+                g.scoped = user is not None
     if user is None or user.revoked_at is not None:
         raise AuthError("invalid or revoked token")
     g.user = User(*user)

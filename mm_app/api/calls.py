@@ -14,6 +14,7 @@ from minimodal.defaults import DEFAULT_LONG_POLL_SECONDS
 from minimodal.exception import InvalidError, NotFoundError, OutputExpiredError, PayloadTooLargeError
 from minimodal.protocol import TERMINAL, CallStatus, PendingEntry
 
+from ..cancel import cancel_calls
 from ..models import AppRecord, AttemptRecord, CallRecord, FunctionRecord, InputRecord, utcnow
 from .auth import authenticate, field, json_body, seconds
 from .services import services
@@ -69,6 +70,7 @@ def _enqueue(call_id: str, function_id: str, first: int, payloads: list[bytes]) 
         PendingEntry(call_id, function_id, first, first + len(payloads)),
         inputs={str(first + i): p for i, p in enumerate(payloads)},
         ttl=svc.settings["result_ttl"],
+        front=bool(getattr(g, "scoped", False) and request.headers.get(PARENT_HEADER)),
     )
 
 
@@ -154,6 +156,7 @@ def create_call(function_id: str):  # type: ignore[no-untyped-def]
                     num_inputs=len(payloads),
                     accepting=more,
                     created_at=utcnow(),
+                    parent_call_id=_parent_call(session),
                 )
             )
             _add_inputs(session, call_id, 0, len(payloads))
@@ -174,6 +177,19 @@ def create_call(function_id: str):  # type: ignore[no-untyped-def]
             entries = svc.payloads.read_streams({protocol.logs_key(call_id): "0-0"}, 0, count=5000)
             reply["logs"] = [encode_entry("logs", entry_id, fields) for _, entry_id, fields in entries]
     return reply, 201
+
+
+PARENT_HEADER = "X-MiniModal-Parent-Call"  # sent by a worker forwarding a function's call (mm_app/tasks/forward.py)
+
+
+def _parent_call(session: Any) -> str | None:
+    """The call whose code makes this one: named by the worker, believed only from a worker-scoped token
+    and only when that call is the same user's."""
+    parent = request.headers.get(PARENT_HEADER)
+    if not parent or not getattr(g, "scoped", False) or not _CALL_ID.match(parent):
+        return None
+    owner = session.execute(select(CallRecord.user_id).where(CallRecord.id == parent)).scalar()
+    return parent if owner == g.user.id else None
 
 
 def _own_call(session: Any, call_id: str) -> CallRecord:
@@ -236,6 +252,7 @@ def get_call(call_id: str):  # type: ignore[no-untyped-def]
             "created_at": call.created_at.isoformat(),
             "num_inputs": call.num_inputs,
             "accepting": call.accepting,
+            "parent_call_id": call.parent_call_id,
             "statuses": counts,
             "done": not call.accepting and done == call.num_inputs,
             "inputs": [
@@ -252,6 +269,18 @@ def get_call(call_id: str):  # type: ignore[no-untyped-def]
                 for i in inputs
             ],
         }
+
+
+@bp.post("/calls/<call_id>/cancel")
+def cancel_call(call_id: str):  # type: ignore[no-untyped-def]
+    """``FunctionCall.cancel()``: what has not ended of the call (and of the calls it made) ends ``cancelled``."""
+    svc = services()
+    with svc.db.write() as session:
+        _own_call(session, call_id)
+        count = cancel_calls(
+            session, svc.redis, svc.payloads, [call_id], ttl=svc.settings["result_ttl"], why="the call was cancelled"
+        )
+    return {"call_id": call_id, "cancelled": count}
 
 
 @bp.get("/calls/<call_id>/attempts")

@@ -20,9 +20,10 @@ from sqlalchemy import func, select
 from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 
+from .. import vault
 from ..models import AppRecord, CallRecord, DeploymentRecord, FunctionRecord, FunctionSpecRecord, InputRecord, utcnow
 from ..registry import needs_of, task_limit
-from .apps import parse_options, register_app
+from .apps import after_stop, parse_options, register_app, stop_record
 from .auth import authenticate, field, json_body
 from .services import services
 
@@ -125,11 +126,8 @@ def stop(name: str):  # type: ignore[no-untyped-def]
         if found is None:
             raise NotFoundError(f"no deployed app {name!r}")
         deployment, app = found
-        if app.state != "stopped":
-            app.state, app.stopped_at = "stopped", utcnow()
-        function_ids = list(session.scalars(select(FunctionRecord.id).where(FunctionRecord.app_id == app.id)))
-    services().pending.forget_warm(function_ids)
-    after_change(g.user.id)
+        function_ids, _ = stop_record(session, app)
+    after_stop(function_ids)
     return {"name": name, "app_id": deployment.app_id, "version": deployment.version, "state": "stopped"}
 
 
@@ -239,11 +237,14 @@ def openapi_paths() -> dict[str, Any]:
         },
         "/v1/functions/{function_id}/variants": {
             "post": _op(
-                "The same function with other options (Cls.with_options); one variant per option set",
+                "The same function with other options (with_options); one variant per option set",
                 "deployments",
                 ok="201",
                 params=[_path("function_id", "function id (fu-...)")],
-                body=_obj({"options": {"type": "object"}}, ["options"]),
+                body=_obj(
+                    {"options": {"type": "object"}, "secrets": {"type": "array", "items": {"type": "object"}}},
+                    ["options"],
+                ),
                 reply=_obj({"function_id": _str(), "tag": _str(), "options": {"type": "object"}}),
                 errors=("400", "404"),
             )
@@ -262,21 +263,34 @@ def openapi_paths() -> dict[str, Any]:
 
 @bp.post("/functions/<function_id>/variants")
 def variant(function_id: str):  # type: ignore[no-untyped-def]
-    """The same code with other options (``Cls.with_options``): one function per distinct option set, reused."""
-    body = json_body()
+    """The same code with other options (``with_options``): one function per distinct option set, reused.
+
+    ``secrets`` (deploy specs, as in ``POST /v1/apps``), when given, replace the base function's.
+    """
+    body = json_body("options", "secrets")
     overrides = field(body, "options", dict)
+    secret_specs = field(body, "secrets", list, required=False)
     with services().db.write() as session:
         base = session.get(FunctionRecord, function_id)
         if base is None or base.user_id != g.user.id:
             raise NotFoundError(f"no function {function_id!r}")
-        options = parse_options(base.tag, {**base.options, **overrides})
-        digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
+        inherited = {k: v for k, v in base.options.items() if k != "secrets"}  # resolved ids, not an option
+        options = parse_options(base.tag, {**inherited, **overrides})
+        secrets_of = {"specs": secret_specs} if secret_specs is not None else {"ids": base.options.get("secrets")}
+        identity = {**options, "secrets": secrets_of} if secret_specs or base.options.get("secrets") else options
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
         tag = f"{base.tag.split('@')[0]}@{digest}"
         found = session.scalars(
             select(FunctionRecord).where(FunctionRecord.app_id == base.app_id, FunctionRecord.tag == tag)
         ).first()
         if found is not None:
-            return {"function_id": found.id, "tag": tag, "options": found.options}
+            return {"function_id": found.id, "tag": tag, "options": _shown(found.options)}
+        # Its own pool: runners are kept per code hash, and the hash covers the option set and its secrets.
+        code_hash = hashlib.sha256(base.code + json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        if secret_specs:
+            options["secrets"] = vault.attach(session, g.user.id, tag, secret_specs)
+        elif secret_specs is None and base.options.get("secrets"):
+            options["secrets"] = base.options["secrets"]
         spec = session.get(FunctionSpecRecord, base.id)
         record = FunctionRecord(
             id=protocol.new_id("fu"),
@@ -284,7 +298,7 @@ def variant(function_id: str):  # type: ignore[no-untyped-def]
             user_id=g.user.id,
             tag=tag,
             code=base.code,
-            code_hash=hashlib.sha256(base.code + json.dumps(options, sort_keys=True).encode()).hexdigest(),
+            code_hash=code_hash,
             options=options,
             image_id=base.image_id,
             image_tag=base.image_tag,
@@ -302,4 +316,9 @@ def variant(function_id: str):  # type: ignore[no-untyped-def]
         warm={new_id: options["min_containers"]} if options.get("min_containers") else {},
         needs={new_id: needs_of(options, queue)},
     )
-    return {"function_id": new_id, "tag": tag, "options": options}, 201
+    return {"function_id": new_id, "tag": tag, "options": _shown(options)}, 201
+
+
+def _shown(options: dict[str, Any]) -> dict[str, Any]:
+    """A function's options as its owner sees them: secret ids stay on the server."""
+    return {k: v for k, v in options.items() if k != "secrets"}

@@ -13,14 +13,15 @@ import re
 from typing import Any
 
 from flask import Blueprint, request
+from sqlalchemy import select
 
-from minimodal import protocol
+from minimodal import config, protocol
 from minimodal.exception import InvalidError, NotFoundError, PayloadTooLargeError
 from minimodal.protocol import ImageStatus
 
-from ..models import ImageRecord
-from ..registry import docker_workers
-from .auth import authenticate, json_body, seconds
+from ..models import ImageRecord, SourceFileRecord
+from ..registry import docker_workers, live_workers
+from .auth import authenticate, field, json_body, seconds
 from .services import services
 
 bp = Blueprint("images", __name__, url_prefix="/v1")
@@ -42,6 +43,17 @@ _OPS: dict[str, dict[str, type]] = {
         "find_links": _STR,
         "extra_options": _STR,
     },
+    "uv_pip_install": {
+        "packages": _LIST,
+        "requirements": _LIST,  # sha256 of each uploaded requirements file
+        "index_url": _STR,
+        "extra_index_url": _STR,
+        "pre": _BOOL,
+        "find_links": _STR,
+        "extra_options": _STR,
+        "uv_version": _STR,
+        "env": _DICT,
+    },
     "run_commands": {"commands": _LIST},
     "env": {"vars": _DICT},
     "workdir": {"path": _STR},
@@ -51,6 +63,7 @@ _OPS: dict[str, dict[str, type]] = {
     "run_function": {"sha": _STR, "name": _STR},
 }
 _OPTIONAL = {"index_url", "extra_index_url", "pre", "find_links", "extra_options", "mode", "name"}
+_OPTIONAL |= {"requirements", "uv_version", "env"}
 _BASES = {"debian_slim", "from_registry", "from_dockerfile"}
 
 
@@ -72,12 +85,47 @@ def _validate(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], str, list[str
         missing = [n for n in _OPS[op] if n not in layer and n not in _OPTIONAL]
         if missing:
             raise InvalidError(f"layer {i} ({op}): missing {missing}")
+        if op == "debian_slim" and not protocol.is_python_version(layer["python"]):
+            raise InvalidError(f"layer {i} ({op}): python must be a major.minor such as '3.13'")
         for name in ("sha", "context"):
             if name in layer:
                 if not _SHA.match(layer[name]):
                     raise InvalidError(f"layer {i} ({op}): {name} must be a sha256 hex digest")
                 files.append(layer[name])
+        for sha in layer.get("requirements", []):
+            if not isinstance(sha, str) or not _SHA.match(sha):
+                raise InvalidError(f"layer {i} ({op}): requirements must be sha256 hex digests")
+            files.append(sha)
     return layers, python, files
+
+
+def check_python(version: str, workers: list[dict[str, Any]]) -> None:
+    """Refuse ``Image.debian_slim(python_version=version)`` when no live worker can give that Python.
+
+    Docker workers report the versions their engine has a base image for (``pythons``); without one,
+    functions run in the workers' runner processes, which have one Python each (``python``). A worker
+    that reports neither is not counted against the version; with none reporting, nothing is checked
+    (the builder then fails naming what its engine has).
+    """
+    docker = [w for w in workers if "docker" in w.get("runtimes", [])]
+    if docker:
+        if not any("pythons" in w for w in docker):
+            return
+        offered = protocol.sorted_pythons(v for w in docker for v in w.get("pythons") or [])
+        if version not in offered:
+            raise InvalidError(
+                f"Image.debian_slim(python_version={version!r}): this cluster builds Python "
+                f"{', '.join(offered) or 'of no version'} (the base images its Docker workers have); use one of "
+                "those, or add the base image with docker/base/build.sh on the workers"
+            )
+        return
+    offered = protocol.sorted_pythons(w["python"] for w in workers if w.get("python"))
+    if offered and version not in offered:
+        raise InvalidError(
+            f"Image.debian_slim(python_version={version!r}): no worker has a Docker engine, so functions run in "
+            f"the workers' runner processes, with Python {', '.join(offered)}; use that version, or start a worker "
+            "with Docker to build images of another"
+        )
 
 
 def image_id_for(spec: dict[str, Any]) -> str:
@@ -93,6 +141,28 @@ def _describe(record: ImageRecord) -> dict[str, Any]:
         "events": record.events or [],
         "built_at": record.built_at.isoformat() if record.built_at else None,
     }
+
+
+MAX_FILES_ASKED = 10_000  # shas in one /files/missing request
+
+
+@bp.post("/files/missing")
+def missing_files():  # type: ignore[no-untyped-def]
+    """Which of the named files are not stored (neither uploaded recently nor pinned by an app's source)."""
+    shas = field(json_body("shas"), "shas", list)
+    if len(shas) > MAX_FILES_ASKED or not all(isinstance(sha, str) and _SHA.match(sha) for sha in shas):
+        raise InvalidError(f"shas must be a list of at most {MAX_FILES_ASKED} sha256 hex digests")
+    svc = services()
+    with svc.redis.pipeline(transaction=False) as pipe:
+        for sha in shas:
+            pipe.exists(protocol.file_key(sha))
+        present = pipe.execute()
+    unknown = [sha for sha, here in zip(shas, present, strict=True) if not here]
+    if unknown:
+        with svc.db.read() as session:
+            pinned = set(session.scalars(select(SourceFileRecord.sha).where(SourceFileRecord.sha.in_(unknown))))
+        unknown = [sha for sha in unknown if sha not in pinned]
+    return {"missing": unknown}
 
 
 @bp.route("/files/<sha>", methods=["HEAD"])
@@ -123,11 +193,17 @@ def create_image():  # type: ignore[no-untyped-def]
     spec = {"layers": layers, "python": python}
     image_id = image_id_for(spec)
     svc = services()
+    if layers[0]["op"] == "debian_slim":
+        check_python(layers[0]["python"], live_workers(svc.redis))
     build = False
     with svc.db.write() as session:
         record = session.get(ImageRecord, image_id)
-        if record is not None and record.status in (ImageStatus.READY, ImageStatus.BUILDING):
-            return _describe(record)
+        if record is not None:
+            # Built before MINIMODAL_REGISTRY was set: build again (every layer is cached) to push it there.
+            registry = config.get("registry")
+            unpushed = bool(registry) and not (record.tag or "").startswith(f"{registry}/")
+            if record.status == ImageStatus.BUILDING or (record.status == ImageStatus.READY and not unpushed):
+                return _describe(record)
         if record is None:
             record = ImageRecord(id=image_id, spec=spec, status=ImageStatus.BUILDING.value)
             session.add(record)

@@ -3,16 +3,19 @@
 The API process alone owns the volume store (``mm_app/volumes.py``); workers on any host read and
 write it here. ``GET /internal/volume-blobs/{sha}`` streams a stored file version out (``HEAD`` asks
 whether it is stored); ``PUT`` streams one in, in 1 MiB chunks, and keeps it only if it hashes to
-``{sha}``. A user's token, an admin's too, gets 403; no token or an unknown one, 401.
+``{sha}``. ``GET /internal/cluster`` tells a worker joining from another machine (``minimodal worker
+join``) the rest of what it needs: Redis, the database, the image registry and the secrets' key. A
+user's token, an admin's too, gets 403; no token or an unknown one, 401.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
+from minimodal import config
 from minimodal.exception import AuthError, NotFoundError, PermissionDeniedError
 
-from .. import credential, volumes
+from .. import credential, vault, volumes
 from .auth import authenticate
 
 bp = Blueprint("internal", __name__, url_prefix="/internal")
@@ -45,3 +48,18 @@ def put_volume_blob(sha: str):  # type: ignore[no-untyped-def]
     request.max_content_length = 1 << 50  # a volume file may be larger than call payloads: it streams to disk
     stored, size = store.put_stream(request.stream, expect=sha)
     return {"sha": stored, "size": size}, 201
+
+
+@bp.get("/cluster")
+def cluster_settings():  # type: ignore[no-untyped-def]
+    """The settings a worker on another machine needs: what this API uses, unless advertised otherwise.
+
+    The control plane often reaches Redis and the database on loopback; ``MINIMODAL_ADVERTISED_REDIS_URL``
+    and ``MINIMODAL_ADVERTISED_DATABASE_URL`` give the addresses other machines use instead.
+    """
+    return {
+        "redis_url": config.get("advertised_redis_url") or config.get("redis_url"),
+        "database_url": config.get("advertised_database_url") or config.database_url(),
+        "registry": config.get("registry"),
+        "secret_key": vault.key(),  # secrets are decrypted on the worker that runs the call
+    }

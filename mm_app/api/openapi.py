@@ -390,6 +390,20 @@ def _paths() -> dict[str, dict[str, Any]]:
                 errors=("400", "403"),
             ),
         },
+        "/internal/cluster": {
+            "get": _worker_op(
+                "What a worker joining from another machine needs: Redis, database, registry, secrets' key",
+                reply=_obj(
+                    {
+                        "redis_url": _str(),
+                        "database_url": _str(),
+                        "registry": {"type": ["string", "null"]},
+                        "secret_key": _str(),
+                    }
+                ),
+                errors=("403",),
+            ),
+        },
         "/v1/me": {"get": _op("The token's user", "users", reply=_USER)},
         "/v1/users": {
             "post": _op(
@@ -465,7 +479,13 @@ def _paths() -> dict[str, dict[str, Any]]:
                         },
                     }
                 ),
-                reply=_obj({"app_id": _str(), "functions": {"type": "object", "additionalProperties": _str()}}),
+                reply=_obj(
+                    {
+                        "app_id": _str(),
+                        "functions": {"type": "object", "additionalProperties": _str()},
+                        "web_urls": {"type": "object", "additionalProperties": _str()},
+                    }
+                ),
                 errors=("400", "404"),
             ),
         },
@@ -540,10 +560,20 @@ def _paths() -> dict[str, dict[str, Any]]:
                         "function_id": _str(),
                         "num_inputs": _int(),
                         "accepting": {"type": "boolean"},
+                        "parent_call_id": {"type": ["string", "null"], "description": "the call that made this one"},
                         "statuses": {"type": "object", "additionalProperties": _int()},
                         "done": {"type": "boolean"},
                     }
                 ),
+                errors=("404",),
+            )
+        },
+        "/v1/calls/{call_id}/cancel": {
+            "post": _op(
+                "Cancel what has not ended of a call and of the calls it made: each such input ends cancelled",
+                "calls",
+                params=[_CALL],
+                reply=_obj({"call_id": _str(), "cancelled": _int()}),
                 errors=("404",),
             )
         },
@@ -645,6 +675,15 @@ def _paths() -> dict[str, dict[str, Any]]:
                 reply=_str(format="binary"),
                 media="application/octet-stream",
                 errors=("404",),
+            )
+        },
+        "/v1/files/missing": {
+            "post": _op(
+                "Which of these files (by sha256) the server lacks: the client uploads only those",
+                "images",
+                body=_obj({"shas": {"type": "array", "items": _str(), "maxItems": 10000}}, ["shas"]),
+                reply=_obj({"missing": {"type": "array", "items": _str()}}),
+                errors=("400",),
             )
         },
         "/v1/files/{sha}": {

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,7 @@ from sqlalchemy import select
 from minimodal import protocol
 from minimodal.exception import AuthError, NotFoundError, PayloadTooLargeError
 
-from ..models import FunctionRecord, FunctionSpecRecord, UserRecord
+from ..models import AppRecord, FunctionRecord, FunctionSpecRecord, UserRecord
 from ..submit import submit_call
 from .auth import hash_token
 from .deploys import current
@@ -35,6 +36,7 @@ bp = Blueprint("web", __name__)
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
+_APP_ID = re.compile(r"^ap-[A-Za-z0-9]{16}$")  # a URL naming an ephemeral app by its id
 START_WAIT_SECONDS = 60  # beyond the function's timeout: time for a runner to start and the request to queue
 
 
@@ -50,14 +52,24 @@ def _plain(data: bytes) -> Any:
 
 
 def _resolve(user_name: str, app_name: str, tag: str) -> tuple[int, FunctionRecord, dict[str, Any]]:
+    """The function behind a web URL: of the named app's current deployed version, or, when the name is an
+    app id, of that running ephemeral app (``minimodal run``, ``app.run()``)."""
     svc = services()
     with svc.db.read() as session:
         user = session.scalars(select(UserRecord).where(UserRecord.name == user_name)).first()
-        found = current(session, user.id, app_name) if user is not None and user.revoked_at is None else None
-        if user is None or found is None or found[1].state != "deployed":
+        app_id = None
+        if user is not None and user.revoked_at is None:
+            if _APP_ID.match(app_name):
+                ephemeral = session.get(AppRecord, app_name)
+                if ephemeral is not None and ephemeral.user_id == user.id and ephemeral.state == "ephemeral":
+                    app_id = ephemeral.id
+            else:
+                found = current(session, user.id, app_name)
+                app_id = found[1].id if found is not None and found[1].state == "deployed" else None
+        if user is None or app_id is None:
             raise NotFoundError(f"no deployed app {app_name!r} of {user_name!r}")
         record = session.scalars(
-            select(FunctionRecord).where(FunctionRecord.app_id == found[1].id, FunctionRecord.tag == tag)
+            select(FunctionRecord).where(FunctionRecord.app_id == app_id, FunctionRecord.tag == tag)
         ).first()
         spec = session.get(FunctionSpecRecord, record.id) if record is not None else None
         if record is None or spec is None or not spec.spec.get("web"):

@@ -46,6 +46,7 @@ def build_image(image_id: str) -> None:
             docker.runtime.client,
             cloudpickle_version=cloudpickle.__version__,  # type: ignore[attr-defined]
             debian_slim=config.get("debian_slim_image"),
+            registry=config.get("registry"),
         )
         result = builder.build(spec, fetch, log)
         status, tag, events = ImageStatus.READY.value, result.tag, result.events

@@ -5,7 +5,10 @@ Built once per worker process on first use, and torn down on worker shutdown (no
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import io
 import json
 import logging
 import os
@@ -13,16 +16,19 @@ import socket
 import threading
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery import signals
 from redis import Redis
+from sqlalchemy import select
 
 from minimodal import config, protocol
-from minimodal.defaults import DEFAULT_SCALEDOWN_WINDOW
+from minimodal.defaults import DEFAULT_BASE_IMAGES_SECONDS, DEFAULT_SCALEDOWN_WINDOW
 from minimodal.exception import InvalidError, ServiceError
 from minimodal.protocol import WorkerCapacity
+from workers.images import base_pythons
 from workers.pool import WarmPool
 from workers.runtimes import docker_client
 from workers.runtimes.base import RunnerSpec, Runtime
@@ -30,13 +36,14 @@ from workers.runtimes.process import ProcessRuntime
 
 from .. import recovery, registry, scaler
 from ..database import Database
-from ..models import FunctionRecord
+from ..models import FunctionRecord, FunctionSpecRecord, SourceFileRecord
 from ..payloads import Payloads
 from ..pending import PendingQueues
 from ..registry import inputs_per_runner
 from . import volumes
 from .breaker import CircuitBreaker
 from .caps import OutputCaps
+from .forward import Forwarder
 from .recorder import Recorder
 
 logger = logging.getLogger("minimodal.worker")
@@ -52,6 +59,8 @@ class FunctionSpec:
     options: dict[str, Any]
     image_tag: str | None
     app_id: str
+    source: dict[str, Any] | None = None  # {"module", "files": {path: sha}}: imported by name in the runner
+    app_functions: dict[str, str] = field(default_factory=dict)  # tag -> function id, for the whole app
 
 
 def make_runtimes(setting: str) -> dict[str, Runtime]:
@@ -92,11 +101,14 @@ class WorkerContext:
     _warm: set[str] = field(default_factory=set)  # functions this worker keeps a floor of runners for
     capacity: WorkerCapacity | None = None  # what it offers the scheduler (set by from_config)
     draining: bool = False  # shutting down: takes no new placements
+    forwarder: Forwarder | None = None  # API requests of functions calling functions (made on first use)
+    _bundles: dict[str, bytes] = field(default_factory=dict)  # manifest digest -> zip of the source files
     _runner_keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # runner key -> (function id, tag)
     _events_seen: dict[str, int] = field(default_factory=dict)  # runtime -> pool events forwarded so far
     _beat_now: threading.Event = field(default_factory=threading.Event)  # beat at once (offered slots changed)
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker.from_config)  # platform failures stop intake
     caps: OutputCaps = field(default_factory=OutputCaps.from_config)  # item size and log volume per input
+    _base_pythons: tuple[float, list[str] | None] = (0.0, None)  # when listed, what debian_slim can build here
 
     @classmethod
     def from_config(cls) -> WorkerContext:
@@ -151,6 +163,11 @@ class WorkerContext:
                 record = session.get(FunctionRecord, function_id)
                 if record is None:
                     return None
+                extra = session.get(FunctionSpecRecord, function_id)
+                source = (extra.spec or {}).get("source") if extra is not None else None
+                siblings = session.execute(
+                    select(FunctionRecord.tag, FunctionRecord.id).where(FunctionRecord.app_id == record.app_id)
+                ).all()
                 spec = FunctionSpec(
                     record.id,
                     record.user_id,
@@ -160,6 +177,8 @@ class WorkerContext:
                     dict(record.options),
                     record.image_tag,
                     record.app_id,
+                    source,
+                    {tag: fid for tag, fid in siblings if "@" not in tag},  # not the with_options variants
                 )
             self._functions[function_id] = spec
         return spec
@@ -168,12 +187,19 @@ class WorkerContext:
         """What a runtime needs to start runners of this function: per user, code version and image."""
         options = spec.options
         key = f"{spec.user_id}:{spec.code_hash}:{spec.image_tag or 'process'}"
+        if spec.source:  # hydrated with this app's function ids: its runners serve this app only
+            key += f":{spec.app_id}"
         width = inputs_per_runner(options)
         batch_wait = options.get("batch_wait_ms", 0) if options.get("batch_max_size") else None
         if width > 1 or batch_wait is not None:  # such a runner serves only functions that ask for the same
             key += f":x{width}" + (f":b{batch_wait}" if batch_wait is not None else "")
         self._runner_keys[key] = (spec.id, spec.tag)  # to name the function in scale events
+        load: dict[str, Any] = {"app": {"app_id": spec.app_id, "functions": spec.app_functions}}
+        if spec.source:
+            load["import"] = {"module": spec.source["module"]}
         return RunnerSpec(
+            source=self.source_bundle(spec.source["files"]) if spec.source else None,
+            load=load,
             key=key,
             code=spec.code,
             timeout=float(options.get("timeout", 300)),
@@ -196,6 +222,32 @@ class WorkerContext:
             },
         )
 
+    def source_bundle(self, files: dict[str, str]) -> bytes:
+        """The zip of an app's shipped source files (pinned in the database), cached by its manifest."""
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        bundle = self._bundles.get(digest)
+        if bundle is None:
+            with self.db.read() as session:
+                rows = dict(
+                    session.execute(
+                        select(SourceFileRecord.sha, SourceFileRecord.data).where(
+                            SourceFileRecord.sha.in_(set(files.values()))
+                        )
+                    ).all()
+                )
+            missing = sorted(set(files.values()) - set(rows))
+            if missing:
+                raise InvalidError(f"the app's source files {missing[:3]} are not stored: deploy or run the app again")
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+                for path, sha in sorted(files.items()):
+                    archive.writestr(path, rows[sha])
+            bundle = buffer.getvalue()
+            while len(self._bundles) >= 32:  # the most recent apps' sources only
+                self._bundles.pop(next(iter(self._bundles)))
+            self._bundles[digest] = bundle
+        return bundle
+
     def pool_for(self, spec: FunctionSpec) -> WarmPool | None:
         pool = self.pools.get("docker" if spec.image_tag else "process")
         wanted = spec.options.get("container_runtime")
@@ -204,7 +256,13 @@ class WorkerContext:
         return pool
 
     def keep_warm(self) -> None:
-        """Give each running app's ``min_containers`` functions their floor; drop floors of stopped apps."""
+        """Give each running app's ``min_containers`` functions their floor; drop floors of stopped apps,
+        and stop the runners of stopped apps (idle ones now, busy ones when their input ends)."""
+        retired = {m.decode() for m in self.redis.smembers(protocol.retired_functions_key())}
+        if retired:
+            keys = {key for key, (function_id, _) in list(self._runner_keys.items()) if function_id in retired}
+            for pool in self.pools.values():
+                pool.retire(keys - pool.retired)
         wanted = self.pending.warm_functions()
         for function_id in set(wanted) | set(self._warm):
             spec = self.function(function_id)
@@ -255,6 +313,7 @@ class WorkerContext:
             "cpu": capacity.cpu / 1000,
             "memory": capacity.memory,
             "gpus": capacity.gpus,
+            **self._pythons(),
             "busy": sum(c["busy"] for c in counts),
             "idle": sum(c["idle"] for c in counts),
             "active": active_tasks(),
@@ -268,6 +327,28 @@ class WorkerContext:
         else:
             registry.beat(self.redis, capacity, info, ttl)
         self._forward_pool_events()
+
+    def _pythons(self) -> dict[str, Any]:
+        """What the API checks an image's Python against: the runner processes' version and, with Docker,
+        the versions Image.debian_slim(python_version=) can build here (the engine's base images)."""
+        info: dict[str, Any] = {}
+        process = self.pools["process"].runtime if "process" in self.pools else None
+        if isinstance(process, ProcessRuntime):
+            info["python"] = process.python_version
+        if "docker" in self.pools:
+            at, pythons = self._base_pythons
+            if pythons is None or time.monotonic() - at >= DEFAULT_BASE_IMAGES_SECONDS:
+                client = self.pools["docker"].runtime.client  # type: ignore[attr-defined]
+                try:
+                    # Not at every beat: a slow engine must not delay the heartbeat often. A base built
+                    # while the worker runs counts within that period.
+                    pythons = base_pythons(client, config.get("debian_slim_image"))
+                except Exception:  # noqa: BLE001 - the engine may be restarting; keep what it had
+                    logger.warning("cannot list the base images of the Docker engine", exc_info=True)
+                self._base_pythons = (time.monotonic(), pythons)
+            if pythons is not None:
+                info["pythons"] = pythons
+        return info
 
     def _forward_pool_events(self) -> None:
         """Each runner start or stop of the warm pools, as a ``runners`` scale event."""
@@ -298,11 +379,19 @@ class WorkerContext:
         except Exception:  # noqa: BLE001 - Redis may be gone; the dispatcher will find the worker dead
             logger.warning("cannot unregister worker %s", self.worker_id, exc_info=True)
 
+    def forward(self) -> Forwarder:
+        if self.forwarder is None:
+            self.forwarder = Forwarder(self.redis, self.worker_id)
+        return self.forwarder
+
     def close(self) -> None:
         self._stop.set()
         self._beat_now.set()
         self.draining = True
         self.recorder.close()
+        if self.forwarder is not None:
+            with contextlib.suppress(Exception):
+                self.forwarder.close()
         for pool in self.pools.values():
             pool.shutdown()
             client = getattr(pool.runtime, "client", None)

@@ -282,6 +282,8 @@ def _run_inputs(task: _Task) -> None:
     if spec is None or spec.user_id != task.user_id:
         message = f"function {task.function_id} does not exist"
         return fail_rest(Outcome(ok=False, error_type="NotFoundError", message=message))
+    if ctx.redis.exists(protocol.cancelled_key(task.call_id)):
+        return  # cancelled (mm_app/cancel.py): its inputs have their cancelled outputs already
     pool = ctx.pool_for(spec)
     if pool is None:
         message = f"{spec.tag} needs a container, and this worker has no Docker engine"
@@ -310,7 +312,7 @@ def _run_inputs(task: _Task) -> None:
                     # A cold start is paid by the input that waited for it: the "container start" phase.
                     startup, runner.started_in = runner.started_in, None
                 except RunnerStartError as exc:
-                    outcome = Outcome(ok=False, error_type="RemoteError", message=str(exc), traceback=exc.traceback)
+                    outcome = Outcome(ok=False, error_type=exc.error_type, message=str(exc), traceback=exc.traceback)
                     if exc.infrastructure:
                         ctx.breaker.failure()
                     for rest in task.indexes:
@@ -366,7 +368,7 @@ def _run_shared(
         try:
             runner = pool.acquire(runner_spec)
         except RunnerStartError as exc:
-            outcome = Outcome(ok=False, error_type="RemoteError", message=str(exc), traceback=exc.traceback)
+            outcome = Outcome(ok=False, error_type=exc.error_type, message=str(exc), traceback=exc.traceback)
             if exc.infrastructure:
                 ctx.breaker.failure()
                 return task.requeue(idx, outcome)
@@ -408,7 +410,7 @@ def _call(
         idx=idx,
         on_log=sinks.log,
         on_item=sinks.item,
-        on_request=lambda request: _platform_request(ctx, task.user_id, mounted, request),
+        on_request=lambda request: _platform_request(ctx, task.user_id, mounted, request, task.call_id),
         env=env,
     )
     ctx.breaker.success()  # a runner ran the input: whatever the code did, the platform worked
@@ -417,8 +419,13 @@ def _call(
     return outcome
 
 
-def _platform_request(ctx: WorkerContext, user_id: int, mounted: dict[str, str], request: Any) -> dict[str, Any]:
-    """A request of the running code: a Dict or Queue operation, or a commit or reload of a mounted volume."""
+def _platform_request(
+    ctx: WorkerContext, user_id: int, mounted: dict[str, str], request: Any, call_id: str
+) -> dict[str, Any]:
+    """A request of the running code: a Dict or Queue operation, a commit or reload of a mounted volume, or an
+    API request of a function calling a function (``mm_app/tasks/forward.py``)."""
+    if isinstance(request, dict) and request.get("kind") == "http":
+        return ctx.forward().forward(user_id, call_id, request)
     if isinstance(request, dict) and request.get("kind") == "volume" and request.get("op") in ("commit", "reload"):
         volume_id = objects.resolve(ctx.redis, user_id, request)
         if volume_id not in mounted.values():

@@ -165,7 +165,11 @@ class Recorder:
         )
         session.execute(
             _inputs.update()
-            .where(_inputs.c.call_id == start.call_id, _inputs.c.idx == bindparam("i"))
+            .where(
+                _inputs.c.call_id == start.call_id,
+                _inputs.c.idx == bindparam("i"),
+                _inputs.c.status != CallStatus.CANCELLED.value,  # a cancelled input stays cancelled
+            )
             .values(
                 status=bindparam("s"),
                 error=bindparam("e"),

@@ -20,6 +20,12 @@ def six_version() -> str:
     return six.__version__
 
 
+def modal_name() -> str:
+    import modal  # a Modal program's import, in a container
+
+    return modal.__name__
+
+
 def read(path: str) -> str:
     with open(path) as f:
         return f.read()

@@ -93,6 +93,19 @@ class Embedder:
         return [(f"{self.prefix}{x}", xs) for x in xs]
 
 
+@app.cls()
+class Tally:
+    """Its only remote method is @batched, without @method(): remote all the same, as in Modal."""
+
+    @minimodal.enter()
+    def start(self) -> None:
+        self.base = 1000
+
+    @minimodal.batched(max_batch_size=4, wait_ms=300)
+    def add(self, xs: list[int]) -> list[tuple[int, int]]:
+        return [(self.base + x, len(xs)) for x in xs]
+
+
 @app.function(timeout=2, scaledown_window=60)
 @minimodal.concurrent(max_inputs=2)
 def maybe_stuck(seconds: float) -> float:

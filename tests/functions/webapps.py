@@ -21,6 +21,27 @@ def total(item: dict) -> dict[str, Any]:
     return {"total": sum(item["values"]), "count": len(item["values"])}
 
 
+@app.cls()
+class Greeter:
+    """Its only method is a web endpoint, without @method(): served all the same, as in Modal."""
+
+    @minimodal.enter()
+    def load(self) -> None:
+        self.word = "hi"
+
+    @minimodal.fastapi_endpoint()
+    def hello(self, name: str = "you") -> dict[str, str]:
+        return {"said": f"{self.word} {name}"}
+
+    @minimodal.asgi_app()
+    def words(self) -> Any:
+        from fastapi import FastAPI
+
+        web = FastAPI()
+        web.get("/{n}")(lambda n: {"words": [self.word] * int(n)})
+        return web
+
+
 @app.function()
 @minimodal.wsgi_app()
 def site() -> Any:

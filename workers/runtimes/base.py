@@ -29,6 +29,10 @@ class RunnerSpec:
     mounts: dict[str, str] = field(default_factory=dict)  # container path -> host directory (volumes)
     max_inputs: int = 1  # inputs the runner takes at once (@concurrent; @batched: its max_batch_size)
     batch_wait_ms: int | None = None  # set for a @batched function: the runner groups inputs into calls
+    # Import by name: the app's shipped source (a zip, sent as an ``S`` frame before ``F``), and what the
+    # ``F`` header adds (``import``: module and tag; ``app``: the app's id and every function's id by tag).
+    source: bytes | None = field(default=None, repr=False, compare=False)
+    load: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def shared(self) -> bool:
@@ -36,10 +40,11 @@ class RunnerSpec:
         return self.max_inputs > 1 or self.batch_wait_ms is not None
 
     def load_header(self) -> dict[str, Any]:
-        """The header of the ``F`` frame: how the runner takes inputs (empty: one at a time)."""
+        """The header of the ``F`` frame: how to load the function, how the runner takes inputs."""
+        header: dict[str, Any] = dict(self.load)
         if not self.shared:
-            return {}
-        header: dict[str, Any] = {"max_inputs": self.max_inputs}
+            return header
+        header["max_inputs"] = self.max_inputs
         if self.batch_wait_ms is not None:
             header["batch"] = {"max_batch_size": self.max_inputs, "wait_ms": self.batch_wait_ms}
         return header
@@ -96,8 +101,50 @@ def serve_frames(
     """Read a runner's frames for one input until its output; None if the runner went away first.
 
     Log and item frames go to the sinks as they come; neither the frames nor the output are unpickled.
-    A ``Q`` frame (a request of the function's code) is answered with an ``A`` frame through ``send``.
+    A ``Q`` frame (a request of the function's code) is answered with an ``A`` frame through ``send``,
+    echoing its ``rid``; a request that may wait (an API call of a function calling a function: ``kind``
+    ``http``) is answered from a thread, so the input's logs and its other requests flow meanwhile. An
+    answer that comes after the input ended is dropped.
     """
+    answers = _Answers(send, on_request)
+    try:
+        return _serve(read, started, on_log, on_item, answers)
+    finally:
+        answers.close()
+
+
+class _Answers:
+    """Answers a runner's ``Q`` frames for one input; the waiting ones from threads, under one lock."""
+
+    def __init__(self, send: Send | None, handler: RequestHandler | None) -> None:
+        self.send, self.handler = send, handler
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def answer(self, header: dict[str, Any]) -> None:
+        if header.get("kind") == "http":
+            threading.Thread(target=self._reply, args=(header,), name="mm-request", daemon=True).start()
+        else:
+            self._reply(header)
+
+    def _reply(self, header: dict[str, Any]) -> None:
+        answer = {**answer_request(self.handler, header), **({"rid": header["rid"]} if "rid" in header else {})}
+        with self.lock:
+            if not self.closed and self.send is not None:
+                self.send(b"A", answer, b"")
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+
+
+def _serve(
+    read: Callable[[], Frame | None],
+    started: float,
+    on_log: LogSink | None,
+    on_item: ItemSink | None,
+    answers: _Answers,
+) -> Outcome | None:
     while True:
         frame = read()
         if frame is None:
@@ -109,8 +156,8 @@ def serve_frames(
         elif kind == b"Y":
             if on_item is not None:
                 on_item(int(header["n"]), body)
-        elif kind == b"Q" and send is not None:
-            send(b"A", answer_request(on_request, header), b"")
+        elif kind == b"Q" and answers.send is not None:
+            answers.answer(header)
         elif kind == b"O":
             duration = time.monotonic() - started
             if header.get("ok"):
@@ -196,12 +243,21 @@ class RunnerStartError(Exception):
     ``infrastructure`` is True when the platform failed (no process or container could be started):
     the worker's circuit breaker counts those, and the inputs are tried elsewhere. False when the
     user's function failed to load in a runner that did start: that is the call's own error.
+    ``error_type`` names the :mod:`minimodal.exception` class the caller gets (e.g. ``ImageNotFoundError``).
     """
 
-    def __init__(self, message: str, traceback: str | None = None, *, infrastructure: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        traceback: str | None = None,
+        *,
+        infrastructure: bool = True,
+        error_type: str = "RemoteError",
+    ) -> None:
         super().__init__(message)
         self.traceback = traceback
         self.infrastructure = infrastructure
+        self.error_type = error_type
 
 
 class Runtime(abc.ABC):

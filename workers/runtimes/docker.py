@@ -55,6 +55,7 @@ from minimodal._runner import write_frame
 from minimodal.exception import InvalidError, ServiceError
 from workers.network import DEFAULT_NETWORK, FirewallError, ensure_network
 
+from ..images import PullError, pull, registry_of
 from .base import (
     ItemSink,
     LogSink,
@@ -196,13 +197,43 @@ class DockerRunner(Runner):
             self.stop()
             raise
 
+    def _create(self, image: str, **options: Any) -> docker.models.containers.Container:
+        """Create the container, pulling its image first when this engine lacks it and a registry has it."""
+        try:
+            return self._client.containers.create(image, **options)
+        except docker.errors.ImageNotFound:
+            pass
+        registry = registry_of(image)
+        if registry is None:
+            raise RunnerStartError(
+                f"the image {image} is not on this worker's Docker engine, and its name has no registry to pull "
+                "it from: it was built on another machine's engine (set MINIMODAL_REGISTRY, e.g. 127.0.0.1:5000, "
+                "on the control plane and every worker, then deploy again: images are pushed when built and "
+                "pulled where they run), or it is the base image (build it with `make docker-base`)",
+                infrastructure=False,
+                error_type="ImageNotFoundError",
+            )
+        logger.info("pulling %s from the registry %s", image, registry)
+        try:
+            pull(self._client, image)
+        except PullError as exc:
+            if exc.missing:  # the registry answers and has no such image: trying elsewhere will not help
+                raise RunnerStartError(
+                    f"the image {image} is not on this worker's Docker engine, and {exc}: the registry lost it "
+                    "(restore its storage from a backup, docs/DEPLOY.md)",
+                    infrastructure=False,
+                    error_type="ImageNotFoundError",
+                ) from exc
+            raise RunnerStartError(str(exc)) from exc
+        return self._client.containers.create(image, **options)
+
     def _start(self, runtime: DockerRuntime, spec: RunnerSpec, image: str) -> None:
         memory = f"{spec.memory or runtime.default_memory}m"
         try:
             network = "none" if spec.block_network else runtime.network_name()
-            self.container = self._client.containers.create(
+            self.container = self._create(
                 image,
-                ["python", "-u", RUNNER_PATH],
+                command=["python", "-u", RUNNER_PATH],
                 name=f"mm-{uuid.uuid4().hex[:12]}",
                 stdin_open=True,
                 tty=False,
@@ -236,10 +267,6 @@ class DockerRunner(Runner):
             self._sock = getattr(self._attach, "_sock", self._attach)
             stream = self._stream = _AttachStream(self._sock, self._take_stderr)
             self.container.start()
-        except docker.errors.ImageNotFound as exc:
-            raise RunnerStartError(
-                f"the image {image} does not exist on this worker; build it with docker/base/build.sh"
-            ) from exc
         except docker.errors.NotFound as exc:  # the network was removed meanwhile (`minimodal down` elsewhere)
             runtime.forget_network()
             raise RunnerStartError(f"Docker refused to start a runner container: {exc.explanation or exc}") from exc
@@ -250,6 +277,8 @@ class DockerRunner(Runner):
 
         deadline = time.monotonic() + runtime.startup_timeout
         try:
+            if spec.source:
+                self._send(b"S", {}, spec.source, deadline)
             self._send(b"F", spec.load_header(), spec.code, deadline)
             frame = stream.read_frame(deadline)
         except TimeoutError as exc:
@@ -272,7 +301,8 @@ class DockerRunner(Runner):
                 infrastructure=False,
             )
         python = f"{sys.version_info[0]}.{sys.version_info[1]}"
-        if header.get("python", python) != python:
+        # Imported by name, a function runs on any Python; pickled by value, only on the worker's own.
+        if not spec.load.get("import") and header.get("python", python) != python:
             raise RunnerStartError(
                 f"the image {image} has Python {header['python']} but this worker runs Python {python}; "
                 "cloudpickled functions only load in the same major.minor version",

@@ -133,6 +133,8 @@ class ProcessRunner(Runner):
         self._busy = False  # inside call(): a stop then is a kill (timeout), not a graceful exit
         self._reader = _FrameReader(self.process.stdout.fileno(), self.process.stderr.fileno(), self._stderr_text)
         try:
+            if spec.source:
+                write_frame(self._stdin, b"S", {}, spec.source)
             write_frame(self._stdin, b"F", spec.load_header(), spec.code)
             frame = self._reader.read(time.monotonic() + startup_timeout)
         except (TimeoutError, BrokenPipeError) as exc:
@@ -259,6 +261,26 @@ class ProcessRuntime(Runtime):
     def __init__(self, python: str | None = None, startup_timeout: float = 60.0) -> None:
         self.python = python or sys.executable
         self.startup_timeout = startup_timeout
+        self._python_version: str | None = None
+
+    @property
+    def python_version(self) -> str:
+        """The runners' Python major.minor (asked once of ``python`` when it is not this interpreter)."""
+        if self._python_version is None:
+            version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+            if self.python != sys.executable:
+                try:
+                    version = subprocess.run(
+                        [self.python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                        capture_output=True,
+                        text=True,
+                        timeout=30,
+                        check=True,
+                    ).stdout.strip()
+                except (OSError, subprocess.SubprocessError):
+                    version = ""  # unknown: the runners will not start either, and their start says why
+            self._python_version = version
+        return self._python_version
 
     def start(self, spec: RunnerSpec) -> Runner:
         if spec.block_network:
