@@ -34,8 +34,10 @@ system-deps:
 # A Docker engine (Debian's docker.io, started when none answers) and the base images (Debian bookworm's
 # Python 3.11, trixie's 3.13), built locally with debootstrap because no registry can be reached; also
 # tagged python:3.11-slim and python:3.13-slim for Image.debian_slim(python_version=). A no-op once built.
+# Then gVisor: runsc installed and registered in the engine (reloaded by SIGHUP, never restarted).
 docker-base: install system-deps
 	docker/base/build.sh
+	docker/runsc/setup.sh
 
 lint: install
 	$(BIN)/ruff check .

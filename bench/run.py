@@ -1,6 +1,6 @@
 """`make bench`: every figure of the suite in one run, each next to a bare-Celery baseline of the same run.
 
-    .venv/bin/python -m bench [--quick] [--runtimes process,docker] [--only baseline,remote,map,cold,payloads,fairness]
+    .venv/bin/python -m bench [--quick] [--runtimes process,docker] [--only baseline,remote,map,cold,...,sandboxes]
 
 The machine is shared, so absolute times drift between runs; the ratios are taken within one run.
 It starts everything it needs on free ports (a `minimodal up` stack per runtime with its own Redis, a
@@ -16,6 +16,8 @@ bench/results/latest.json (``--quick``: bench/results/quick.json).
 6. fairness: proportional shares, a newcomer's wait behind a backlog, 100 users against 1 (bench.fairness).
 7. memory: resident set of the API, dispatcher and worker after each of the two maps.
 8. reads: requests/s of `GET /v1/calls/{id}` (a call's status) from 64 concurrent clients (bench.reads).
+9. sandboxes: runc against runsc (gVisor), a stack each: cold start, warm `.remote()`, `.map`, a CPU-bound
+   and a syscall-heavy call (bench.sandboxes).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import minimodal
-from bench import baseline, containers, fairness, reads
+from bench import baseline, containers, fairness, reads, sandboxes
 from bench._harness import HOMES, local_stack, summary_ms, write_results
 from minimodal import config
 
@@ -64,7 +66,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "read_seconds": 1,
     },
 }
-ITEMS = ["baseline", "remote", "map", "cold", "payloads", "fairness", "reads"]
+ITEMS = ["baseline", "remote", "map", "cold", "payloads", "fairness", "reads", "sandboxes"]
 GOALS = {
     "remote_p50_vs_celery": "warm .remote() p50 within 3x the bare Celery round trip",
     "map_vs_celery": ".map throughput at least 2x bare per-task Celery throughput",
@@ -308,6 +310,7 @@ def print_tables(results: dict[str, Any]) -> None:
               f"{s['alice_starts_before_bob']} backlog calls started first")  # fmt: skip
         print(f"{f['many_users']['users']} users: {f['many_users']['per_second']:.1f}/s; 1 user: "
               f"{f['one_user']['per_second']:.1f}/s; ratio {f['scale_ratio']:.1%}")  # fmt: skip
+    sandboxes.print_table(results.get("sandboxes", {}))
     print("\n== goals" + (" (quick size: too small to say anything about them)" if results["size"] == "quick" else ""))
     for key, g in results["goals"].items():
         verdict = "met" if g["met"] else "NOT met"
@@ -336,6 +339,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         docker_stack(size, only, results)
     if "fairness" in only:
         results["fairness"] = measure_fairness(size)
+    if "docker" in runtimes and "sandboxes" in only:
+        results["sandboxes"] = sandboxes.measure(quick=args.quick)
     results["goals"] = goals(results)
     results["seconds"] = round(time.monotonic() - began, 1)
     results["homes"] = [str(home) for home in HOMES]

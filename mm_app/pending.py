@@ -87,6 +87,7 @@ end
 -- Could this worker run the task when idle?
 local function can_ever_hold(w, need)
   if need.runtime == 'docker' and not w.docker then return false end
+  if need.sandbox ~= nil and need.sandbox ~= '' and w.sandbox ~= need.sandbox then return false end
   if w.cpu < need.cpu or w.memory < need.memory or w.slots < 1 then return false end
   if need.gpu == '' then return true end
   for label, n in pairs(w.gpus) do

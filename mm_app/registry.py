@@ -9,8 +9,10 @@ dispatcher placed there (``mm:wused``), changed atomically by the take and finis
 active tasks and runners per function) stays for operators and ``/stats``.
 
 A function's needs (:class:`~minimodal.protocol.FunctionNeeds`) are written at deploy from its
-options: ``cpu`` (default 0.125 cores), ``memory`` (default 128 MiB), ``gpu`` and whether it runs in a
-container of a built image (then only a worker with the Docker runtime can run it).
+options: ``cpu`` (default 0.125 cores), ``memory`` (default 128 MiB), ``gpu``, whether it runs in a
+container of a built image (then only a worker with the Docker runtime can run it), and the container
+runtime it asks for (``experimental_options={"container_runtime": "runsc"}``: only a worker whose
+containers run under gVisor, which it registers as ``sandbox``).
 """
 
 from __future__ import annotations
@@ -189,6 +191,7 @@ def needs_of(options: dict[str, Any], queue: str) -> FunctionNeeds:
         gpu=gpu,
         gpu_count=gpu_count,
         runtime="docker" if queue == protocol.QUEUE_CONTAINER else "process",
+        sandbox=str(options.get("container_runtime") or ""),
     )
 
 
@@ -197,6 +200,8 @@ def shortfall(need: FunctionNeeds, worker: WorkerCapacity) -> list[str]:
     missing = []
     if need.runtime == "docker" and not worker.docker:
         missing.append("runtime")
+    if need.sandbox and worker.sandbox != need.sandbox:
+        missing.append("sandbox")
     if worker.cpu < need.cpu:
         missing.append("cpu")
     if worker.memory < need.memory:
@@ -227,6 +232,8 @@ def unschedulable(function_tag: str, need: FunctionNeeds, workers: list[WorkerCa
             parts.append(f"gpu={need.gpu}:{need.gpu_count} (workers offer {', '.join(offered)})")
         elif resource == "runtime":
             parts.append("a worker with the Docker runtime (for its built image)")
+        elif resource == "sandbox":
+            parts.append(f"a worker whose containers run under {need.sandbox} (MINIMODAL_CONTAINER_RUNTIME)")
         else:
             parts.append(resource)
     together = "" if alone else "; no single worker has all of these together"

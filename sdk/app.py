@@ -80,6 +80,21 @@ def _refuse_unimplemented(where: str, options: dict[str, Any]) -> None:
             )
 
 
+def _container_runtime_option(experimental_options: dict[str, Any] | None) -> str | None:
+    """``experimental_options={"container_runtime": "runsc"}``: run only on a worker whose containers use gVisor.
+
+    Modal runs every container under gVisor and ignores keys it does not know here, so the same code runs
+    on both; MiniModal places the function by the workers' ``MINIMODAL_CONTAINER_RUNTIME``.
+    """
+    value = (experimental_options or {}).get("container_runtime")
+    aliases = {"gvisor": "runsc", "runsc": "runsc", "runc": "runc"}
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.lower() not in aliases:
+        raise InvalidError(f"container_runtime={value!r}: give 'runsc' (or 'gvisor') or 'runc'")
+    return aliases[value.lower()]
+
+
 def _gpu_option(gpu: Any) -> str | None:
     """Check ``gpu=`` ("T4", "A100:2", "any"); the scheduler places the function on a worker with that GPU."""
     if gpu is None:
@@ -270,6 +285,7 @@ class App:
             retries=retry_policy.to_json() if retry_policy and retry_policy.max_retries else None,
             gpu=_gpu_option(gpu),
             block_network=True if block_network else None,
+            container_runtime=_container_runtime_option(experimental_options),
         )
         # Accepted for Modal compatibility, refused until implemented: never silently ignored.
         if schedule is not None and not isinstance(schedule, Schedule):
@@ -288,7 +304,7 @@ class App:
             "max_inputs": max_inputs,
             "i6pn": i6pn,
             "startup_timeout": startup_timeout,
-            "experimental_options": experimental_options,
+            "experimental_options": {k: v for k, v in (experimental_options or {}).items() if k != "container_runtime"},
             "network_file_systems": network_file_systems,
         }
 

@@ -79,7 +79,9 @@ _SETTINGS: dict[str, Setting] = {
         Setting("worker_concurrency", os.cpu_count() or 2, int, "calls one worker runs at once"),
         Setting("worker_runtime", "auto", help="auto (docker when an engine answers), docker, or process"),
         Setting(
-            "container_runtime", "", help="the OCI runtime sandboxes run under, e.g. runsc; empty: Docker's default"
+            "container_runtime",
+            defaults.DEFAULT_CONTAINER_RUNTIME,
+            help="runc, or runsc (gVisor; `make docker-base` registers it): what this worker's containers (and sandboxes) run under",
         ),
         Setting("debian_slim_image", "python:{python}-slim", help="what Image.debian_slim() builds on"),
         # A cluster of machines (issue 18): see docs/DEPLOY.md.

@@ -45,3 +45,4 @@ DEFAULT_SANDBOX_CPU = 0.125  # cores a sandbox reserves when it sets no cpu (as 
 DEFAULT_SANDBOX_MEMORY = 128  # MiB a sandbox reserves when it sets no memory; its container's limit is 2 GiB then
 # ---- Output (issue 17) ----
 DEFAULT_PARTIAL_LINE_SECONDS = 0.15  # a printed line without its end is delivered after this long (a prompt, a bar)
+DEFAULT_CONTAINER_RUNTIME = "runc"  # a worker's containers: runc (host kernel) or runsc (gVisor); see SECURITY.md

@@ -45,6 +45,7 @@ class FunctionOptions:
     retries: dict[str, float] | None = None  # Retries.to_json()
     gpu: str | None = None  # "T4", "A100:2" or "any": placed only on a worker with that GPU
     block_network: bool | None = None  # True: the container has no network (Docker runtime)
+    container_runtime: str | None = None  # "runc" or "runsc" (gVisor): placed on a worker that runs it
     concurrent_inputs: int | None = None  # @minimodal.concurrent(max_inputs=)
     batch_max_size: int | None = None  # @minimodal.batched(max_batch_size=, wait_ms=)
     batch_wait_ms: int | None = None

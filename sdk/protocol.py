@@ -471,6 +471,7 @@ class FunctionNeeds:
     gpu: str = ""  # "" none, GPU_ANY, or a model label such as "T4"
     gpu_count: int = 0
     runtime: str = "process"  # "process", or "docker" for a function with a built image
+    sandbox: str = ""  # "" any worker; "runsc": only a worker whose containers run under gVisor
 
     def to_json(self) -> str:
         return json.dumps(
@@ -480,17 +481,26 @@ class FunctionNeeds:
                 "gpu": self.gpu,
                 "gpu_count": self.gpu_count,
                 "runtime": self.runtime,
+                "sandbox": self.sandbox,
             }
         )
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> FunctionNeeds:
         d = json.loads(raw)
-        return cls(int(d["cpu"]), int(d["memory"]), d.get("gpu", ""), int(d.get("gpu_count", 0)), d["runtime"])
+        return cls(
+            int(d["cpu"]),
+            int(d["memory"]),
+            d.get("gpu", ""),
+            int(d.get("gpu_count", 0)),
+            d["runtime"],
+            d.get("sandbox", ""),
+        )
 
     def describe(self) -> str:
         gpu = f", gpu={self.gpu}:{self.gpu_count}" if self.gpu else ""
-        return f"cpu={self.cpu / 1000:g}, memory={self.memory} MiB{gpu}, runtime={self.runtime}"
+        sandbox = f", container_runtime={self.sandbox}" if self.sandbox else ""
+        return f"cpu={self.cpu / 1000:g}, memory={self.memory} MiB{gpu}, runtime={self.runtime}{sandbox}"
 
 
 @dataclass(frozen=True)
@@ -505,6 +515,7 @@ class WorkerCapacity:
     gpus: dict[str, int]  # model label -> devices
     docker: bool  # has the Docker runtime (can run functions with a built image)
     offered: int | None = None  # slots it takes work into now (its circuit breaker); None: all of them
+    sandbox: str = ""  # what its containers run under: "runc", "runsc" (gVisor), "" without Docker
 
     @property
     def open_slots(self) -> int:
@@ -521,6 +532,7 @@ class WorkerCapacity:
                 "memory": self.memory,
                 "gpus": self.gpus,
                 "docker": self.docker,
+                "sandbox": self.sandbox,
             },
             sort_keys=True,
         )
@@ -537,6 +549,7 @@ class WorkerCapacity:
             dict(d["gpus"]),
             d["docker"],
             d.get("offered"),
+            d.get("sandbox", ""),
         )
 
 

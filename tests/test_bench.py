@@ -82,3 +82,20 @@ def test_the_bench_measures_warm_calls_and_cold_starts_in_containers(tmp_path: P
             assert client.containers.list(all=True, filters={"label": f"minimodal.home={home}"}) == []
     finally:
         client.close()
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(900)
+def test_the_bench_measures_runc_against_runsc_in_the_same_run(tmp_path: Path) -> None:
+    client = docker_engine()
+    try:
+        results = run_bench(tmp_path, "--runtimes", "docker", "--only", "sandboxes")
+        figures = results["sandboxes"]
+        assert figures.get("skipped") is None, figures["skipped"]  # make docker-base registers runsc
+        for runtime in ("runc", "runsc"):
+            assert set(figures[runtime]) == {"cold_start", "warm_remote", "map", "cpu_call", "syscall_call"}
+            assert figures[runtime]["warm_remote"]["n"] == 5 and figures[runtime]["map"]["inputs"] == 20
+        for home in results["homes"]:
+            assert client.containers.list(all=True, filters={"label": f"minimodal.home={home}"}) == []
+    finally:
+        client.close()

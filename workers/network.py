@@ -1,4 +1,8 @@
-"""What a Docker network's description says about addresses, read so that it holds on every engine version.
+"""Runners' networking: what a Docker network's description says about addresses, and the runners' own network.
+
+Every networked runner container joins one bridge network (:data:`DEFAULT_NETWORK`) with traffic between
+containers off (``enable_icc=false``), so no container (of any user) reaches another, and iptables rules
+on its bridge keep containers off the host and private ranges (:func:`firewall_rules`).
 
 Engines differ in what they report: Debian's freshly started engine describes the default bridge's IPAM
 config as ``{"Subnet": "172.17.0.0/16"}`` with no ``Gateway`` key (the gateway is the address on
@@ -8,11 +12,16 @@ give it the exact dict an engine returns, and never assumes a key exists.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
+import os
+import shutil
 import socket
 import struct
-from collections.abc import Callable, Mapping
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 DEFAULT_BRIDGE_INTERFACE = "docker0"  # the interface of Docker's default "bridge" network
@@ -65,3 +74,180 @@ def bridge_gateway(attrs: Mapping[str, Any], interface_address: Callable[[str], 
     for entry in configs:
         return str(next(ipaddress.ip_network(entry["Subnet"], strict=False).hosts()))
     raise ValueError(f"network {attrs.get('Name')!r} reports no gateway, bridge interface or IPv4 subnet")
+
+
+# ---- The runners' network: one bridge, no traffic between containers, none to the host or private ranges ----
+
+DEFAULT_NETWORK = "minimodal"  # the Docker network every networked runner container joins
+BLOCKED_RANGES = (  # what a container may never reach (besides the host itself), whatever the address it finds
+    "10.0.0.0/8",
+    "172.16.0.0/12",  # Docker's own bridges (172.17.0.0/16 ...) among them
+    "192.168.0.0/16",
+    "100.64.0.0/10",  # carrier-grade NAT, used by some clouds' internal networks
+    "169.254.0.0/16",  # link-local: the metadata address 169.254.169.254
+    "224.0.0.0/4",  # multicast
+)
+_COMMENT = "minimodal"  # every rule we add carries this comment, so only ours are ever removed
+_ICC = "com.docker.network.bridge.enable_icc"
+_BRIDGE_NAME = "com.docker.network.bridge.name"
+
+
+class FirewallError(RuntimeError):
+    """Raised when the rules that keep containers off the host and private ranges cannot be put in place."""
+
+
+def bridge_interface(network: str) -> str:
+    """The host interface name of a MiniModal network's bridge (at most 15 characters, as Linux allows)."""
+    return f"mmbr-{network}"[:15]
+
+
+def _nameservers(path: str = "/etc/resolv.conf") -> list[str]:
+    """The host's IPv4 resolvers: Docker's embedded DNS forwards containers' queries to them."""
+    found = []
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            with contextlib.suppress(ValueError):
+                if ipaddress.ip_address(parts[1]).version == 4:
+                    found.append(parts[1])
+    return found
+
+
+def _host_subnets() -> list[str]:
+    """The IPv4 networks of the host's interfaces (its local network, wherever that is)."""
+    try:
+        out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    subnets = set()
+    for line in out.splitlines():
+        words = line.split()
+        if "inet" in words:
+            with contextlib.suppress(ValueError, IndexError):
+                net = ipaddress.ip_network(words[words.index("inet") + 1], strict=False)
+                if not net.is_loopback:
+                    subnets.add(str(net))
+    return sorted(subnets)
+
+
+def firewall_rules(bridge: str) -> list[tuple[str, list[str]]]:
+    """The iptables rules (chain, rule) that confine containers on ``bridge``, first match first.
+
+    INPUT refuses every connection from the bridge to the host itself: any of its addresses (the gateway,
+    the host's LAN address, a published Redis or API port). DOCKER-USER (traffic the host forwards)
+    lets DNS through to the host's resolvers (Docker's embedded DNS forwards queries from the
+    container), then refuses private, link-local and multicast ranges and the host's own networks, so
+    neither other workers' containers nor a metadata service can be reached; the rest (the internet)
+    goes out through Docker's NAT.
+    """
+    tag = ["-m", "comment", "--comment", _COMMENT]
+    rules: list[tuple[str, list[str]]] = [
+        # Replies to what the host opened (a worker reaching a container's port) still come in; nothing else.
+        ("INPUT", ["-i", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", *tag, "-j", "ACCEPT"]),
+        ("INPUT", ["-i", bridge, *tag, "-j", "REJECT", "--reject-with", "icmp-port-unreachable"]),
+    ]
+    for server in _nameservers():
+        for proto in ("udp", "tcp"):
+            rules.append(
+                ("DOCKER-USER", ["-i", bridge, "-d", server, "-p", proto, "--dport", "53", *tag, "-j", "RETURN"])
+            )
+    for cidr in (*BLOCKED_RANGES, *_host_subnets()):
+        rules.append(
+            ("DOCKER-USER", ["-i", bridge, "-d", cidr, *tag, "-j", "REJECT", "--reject-with", "icmp-net-unreachable"])
+        )
+    return rules
+
+
+def _iptables(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["iptables", "-w", "5", *args], capture_output=True, text=True, check=False)
+
+
+def add_firewall(bridge: str) -> None:
+    """Put :func:`firewall_rules` in place for ``bridge``, each once (running it again changes nothing)."""
+    if shutil.which("iptables") is None:
+        raise FirewallError("iptables is not installed: containers would reach the host; install iptables")
+    if _iptables("-n", "-L", "DOCKER-USER").returncode != 0:  # an engine started before the chain existed
+        _iptables("-N", "DOCKER-USER")
+        _iptables("-A", "FORWARD", "-j", "DOCKER-USER")
+    rules = firewall_rules(bridge)
+    position = {"INPUT": 1, "DOCKER-USER": 1}
+    for chain, rule in rules:
+        if _iptables("-C", chain, *rule).returncode != 0:
+            done = _iptables("-I", chain, str(position[chain]), *rule)
+            if done.returncode != 0:
+                raise FirewallError(f"iptables refused a rule for {bridge} in {chain}: {done.stderr.strip()}")
+        position[chain] += 1
+
+
+def remove_firewall(bridge: str) -> None:
+    """Remove every rule :func:`add_firewall` put in place for ``bridge`` (rules of other bridges stay)."""
+    if shutil.which("iptables") is None:
+        return
+    for chain in ("INPUT", "DOCKER-USER"):
+        listing = _iptables("-S", chain).stdout.splitlines()
+        for line in listing:
+            words = line.split()
+            if words[:2] == ["-A", chain] and f"--comment {_COMMENT} " in line and f" -i {bridge} " in line:
+                _iptables("-D", chain, *words[2:])
+
+
+@contextlib.contextmanager
+def _network_lock(name: str) -> Iterator[None]:
+    """Serialise creating and removing one network and its rules among the processes of this host."""
+    path = os.path.join(tempfile.gettempdir(), f"minimodal-network-{name}.lock")
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_network(client: Any, name: str = DEFAULT_NETWORK) -> str:
+    """Create the runners' bridge network ``name`` if missing, with traffic between containers off, and its
+    firewall; returns the bridge interface. Safe to call from many workers at once on one host."""
+    import docker
+
+    bridge = bridge_interface(name)
+    with _network_lock(name):
+        try:
+            network = client.networks.get(name)
+        except docker.errors.NotFound:
+            network = client.networks.create(
+                name,
+                driver="bridge",
+                options={_ICC: "false", _BRIDGE_NAME: bridge},
+                labels={"minimodal": "1"},
+                check_duplicate=True,
+            )
+            network.reload()
+        options = network.attrs.get("Options") or {}
+        if options.get(_ICC) != "false" or options.get(_BRIDGE_NAME) != bridge:
+            raise FirewallError(
+                f"the Docker network {name!r} exists without MiniModal's settings ({_ICC}=false, {_BRIDGE_NAME}="
+                f"{bridge}); remove it (docker network rm {name}) and start the worker again"
+            )
+        add_firewall(bridge)
+    return bridge
+
+
+def remove_network(client: Any, name: str = DEFAULT_NETWORK) -> bool:
+    """Remove the network ``name`` and its firewall rules; False (and nothing changed) while containers use it."""
+    import docker
+
+    with _network_lock(name):
+        try:
+            client.networks.get(name).remove()
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code in (403, 409):  # it still has containers
+                return False
+            raise
+        remove_firewall(bridge_interface(name))
+    return True

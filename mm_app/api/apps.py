@@ -38,6 +38,7 @@ _OPTIONS: dict[str, type | tuple[type, ...]] = {
     "buffer_containers": int,
     "gpu": str,  # "T4", "A100:2", "any": placement only (see mm_app/registry.py)
     "block_network": bool,  # the runner's container gets network_mode=none
+    "container_runtime": str,  # "runc" or "runsc": placed only on a worker whose containers run under it
     "volumes": dict,  # mount path -> volume id (vo-...) of the user
     "concurrent_inputs": int,  # @minimodal.concurrent(max_inputs=): inputs one runner takes at once
     "batch_max_size": int,  # @minimodal.batched(max_batch_size=, wait_ms=)
@@ -81,11 +82,13 @@ def parse_options(tag: str, raw: Any) -> dict[str, Any]:
         options["gpu"] = check_gpu_option(tag, options["gpu"])
     if options.get("volumes") is not None:
         options["volumes"] = _parse_volumes(options["volumes"])
+    if options.get("container_runtime") not in (None, "runc", "runsc"):
+        raise InvalidError(f"function {tag!r}: container_runtime must be 'runc' or 'runsc' (gVisor)")
     for name, most in _AT_MOST.items():
         if options.get(name) is not None and options[name] > most:
             raise InvalidError(f"function {tag!r}: option {name} must be at most {most}")
     for name, value in options.items():
-        if name in ("retries", "gpu", "block_network", "volumes"):
+        if name in ("retries", "gpu", "block_network", "volumes", "container_runtime"):
             continue
         if value is not None and (value < 0 or (value == 0 and name not in _MAY_BE_ZERO)):
             raise InvalidError(
@@ -178,6 +181,11 @@ def register_app(
         _pin_source_files(session, shas)
         for record in records:
             _attach_image(session, record)
+            if record.options.get("container_runtime") and record.queue != protocol.QUEUE_CONTAINER:
+                raise InvalidError(
+                    f"function {record.tag!r} asks for the container runtime {record.options['container_runtime']}, "
+                    "but its image runs in runner processes: start a worker with Docker first"
+                )
             if secrets[record.tag]:  # a named secret that does not exist fails the deploy, naming it
                 record.options = {
                     **record.options,

@@ -81,7 +81,7 @@ def make_runtimes(setting: str) -> dict[str, Runtime]:
         return runtimes
     from workers.runtimes.docker import DockerRuntime
 
-    runtimes["docker"] = DockerRuntime(client)
+    runtimes["docker"] = DockerRuntime(client, container_runtime=config.get("container_runtime"))
     return runtimes
 
 
@@ -136,6 +136,7 @@ class WorkerContext:
             memory=config.get("worker_memory"),
             gpus=gpus,
             docker="docker" in pools,
+            sandbox=getattr(pools["docker"].runtime, "container_runtime", "") if "docker" in pools else "",
         )
         return cls(
             worker_id=worker_id,
@@ -248,7 +249,11 @@ class WorkerContext:
         return bundle
 
     def pool_for(self, spec: FunctionSpec) -> WarmPool | None:
-        return self.pools.get("docker" if spec.image_tag else "process")
+        pool = self.pools.get("docker" if spec.image_tag else "process")
+        wanted = spec.options.get("container_runtime")
+        if wanted and (pool is None or getattr(pool.runtime, "container_runtime", None) != wanted):
+            return None  # never run a function asking for gVisor under anything else (placement avoids it)
+        return pool
 
     def keep_warm(self) -> None:
         """Give each running app's ``min_containers`` functions their floor; drop floors of stopped apps,

@@ -12,6 +12,15 @@ no-new-privileges, on a read-only root file system (``/tmp`` is a tmpfs; mounts 
 Docker socket, and with ``network_mode=none`` when the function says ``block_network=True``. It is
 removed by :meth:`DockerRunner.stop` (not auto-removed, so that an OOM kill can be inspected).
 
+A networked container joins the runners' bridge network (:func:`workers.network.ensure_network`):
+traffic between containers is off and iptables rules keep it off the host and private ranges, so no
+user reaches another's container, the host's Redis or API, or a metadata address.
+
+The container runtime is the worker's choice (``MINIMODAL_CONTAINER_RUNTIME``): ``runc`` (Linux
+namespaces on the host kernel) or ``runsc`` (gVisor: a user-space kernel between the function and the
+host's). ``docker/runsc/setup.sh`` registers gVisor twice in the engine: ``runsc`` without any network
+(for ``block_network=True``) and ``runsc-net`` for the networked ones. See SECURITY.md.
+
 Example::
 
     client = docker.from_env()
@@ -43,6 +52,8 @@ import requests
 
 import minimodal._runner
 from minimodal._runner import write_frame
+from minimodal.exception import InvalidError, ServiceError
+from workers.network import DEFAULT_NETWORK, FirewallError, ensure_network
 
 from ..images import PullError, pull, registry_of
 from .base import (
@@ -68,6 +79,14 @@ RUNNER_PATH = "/opt/mm/runner/minimodal_runner.py"  # its own directory: sys.pat
 SDK_PATH = "/opt/mm/lib/minimodal"  # this installation's minimodal package, read-only, last on sys.path
 RUNNER_UID = "1000:1000"  # the mm user of the base image
 LABEL = "minimodal"  # every container we start carries minimodal=1
+CONTAINER_RUNTIMES = ("runc", "runsc")  # what MINIMODAL_CONTAINER_RUNTIME may name
+# The engine's runtime for (container runtime, block_network): docker/runsc/setup.sh registers both gVisor ones.
+_ENGINE_RUNTIMES = {
+    ("runc", False): "runc",
+    ("runc", True): "runc",
+    ("runsc", False): "runsc-net",
+    ("runsc", True): "runsc",
+}
 
 _PREFIX = struct.Struct(">cII")  # a runner frame: kind, header length, body length
 _MUX = struct.Struct(">BxxxL")  # a Docker attach chunk without a TTY: stream (1 stdout, 2 stderr), length
@@ -211,6 +230,7 @@ class DockerRunner(Runner):
     def _start(self, runtime: DockerRuntime, spec: RunnerSpec, image: str) -> None:
         memory = f"{spec.memory or runtime.default_memory}m"
         try:
+            network = "none" if spec.block_network else runtime.network_name()
             self.container = self._create(
                 image,
                 command=["python", "-u", RUNNER_PATH],
@@ -227,7 +247,8 @@ class DockerRunner(Runner):
                 security_opt=["no-new-privileges"],
                 read_only=True,  # the image's files cannot be changed; /tmp and mounts are the writable places
                 tmpfs={"/tmp": f"rw,nosuid,nodev,size={TMP_SIZE}"},  # counted in the memory limit
-                network_mode="none" if spec.block_network else None,  # else the default bridge: outbound allowed
+                network_mode=network,  # else the runners' bridge: no other container, host or private range
+                runtime=runtime.engine_runtime(spec.block_network),
                 labels=_labels(spec, runtime.id),
                 volumes={
                     str(runtime.runner_file): {"bind": RUNNER_PATH, "mode": "ro"},
@@ -246,6 +267,9 @@ class DockerRunner(Runner):
             self._sock = getattr(self._attach, "_sock", self._attach)
             stream = self._stream = _AttachStream(self._sock, self._take_stderr)
             self.container.start()
+        except docker.errors.NotFound as exc:  # the network was removed meanwhile (`minimodal down` elsewhere)
+            runtime.forget_network()
+            raise RunnerStartError(f"Docker refused to start a runner container: {exc.explanation or exc}") from exc
         except docker.errors.APIError as exc:
             raise RunnerStartError(f"Docker refused to start a runner container: {exc.explanation or exc}") from exc
         except _DOCKER_ERRORS as exc:
@@ -479,6 +503,11 @@ class DockerRuntime(Runtime):
         pids_limit: processes and threads per container.
         runner_file: the runner script to bind-mount; by default this installation's ``minimodal/_runner.py``.
             It must be a path on the Docker host, so the worker and the engine share a filesystem.
+        container_runtime: ``runc`` or ``runsc`` (gVisor, registered by ``docker/runsc/setup.sh``).
+        network: the bridge network of networked runners, made by :func:`workers.network.ensure_network`.
+
+    Raises:
+        InvalidError: for an unknown ``container_runtime``, or ``runsc`` on an engine without it.
     """
 
     name = "docker"
@@ -492,8 +521,25 @@ class DockerRuntime(Runtime):
         pids_limit: int = DEFAULT_PIDS_LIMIT,
         runner_file: str | Path | None = None,
         default_memory: int = DEFAULT_MEMORY_LIMIT,
+        container_runtime: str = "runc",
+        network: str = DEFAULT_NETWORK,
     ) -> None:
+        if container_runtime not in CONTAINER_RUNTIMES:
+            raise InvalidError(f"container runtime {container_runtime!r}: give one of {', '.join(CONTAINER_RUNTIMES)}")
         self.client = client
+        self.container_runtime = container_runtime
+        self.network = network
+        self._network_ready = False
+        if container_runtime == "runsc":
+            try:
+                registered = set(client.info().get("Runtimes") or {})
+            except _DOCKER_ERRORS as exc:
+                raise ServiceError(f"cannot reach the Docker engine ({exc}); is dockerd running?") from exc
+            if not {"runsc", "runsc-net"} <= registered:
+                raise InvalidError(
+                    "MINIMODAL_CONTAINER_RUNTIME=runsc, but the Docker engine has no runsc and runsc-net runtimes "
+                    f"(it has {', '.join(sorted(registered)) or 'none'}); run docker/runsc/setup.sh (make docker-base)"
+                )
         self.default_memory = default_memory
         self.image = image
         self.startup_timeout = startup_timeout
@@ -513,6 +559,25 @@ class DockerRuntime(Runtime):
             except _DOCKER_ERRORS as exc:
                 raise RunnerStartError(f"cannot reach the Docker engine ({exc}); is dockerd running?") from exc
         return int(min(cpu, self._engine_cpus) * 1e9)
+
+    def engine_runtime(self, block_network: bool) -> str:
+        """The engine's runtime name for a container of this runtime (gVisor has one per network mode)."""
+        return _ENGINE_RUNTIMES[self.container_runtime, bool(block_network)]
+
+    def network_name(self) -> str:
+        """The runners' network, created with its firewall on first use (and again if it was removed)."""
+        if not self._network_ready:
+            try:
+                ensure_network(self.client, self.network)
+            except FirewallError as exc:
+                raise RunnerStartError(f"cannot isolate the runner's network: {exc}") from exc
+            except _DOCKER_ERRORS as exc:
+                raise RunnerStartError(f"cannot create the runners' network {self.network!r}: {exc}") from exc
+            self._network_ready = True
+        return self.network
+
+    def forget_network(self) -> None:
+        self._network_ready = False
 
     def start(self, spec: RunnerSpec) -> Runner:
         return DockerRunner(self, spec, spec.image or self.image)
