@@ -81,7 +81,7 @@ _SETTINGS: dict[str, Setting] = {
         Setting(
             "container_runtime",
             defaults.DEFAULT_CONTAINER_RUNTIME,
-            help="runc, or runsc (gVisor; `make docker-base` registers it): what this worker's containers (and sandboxes) run under",
+            help="runc, or runsc (gVisor; `make docker-base` registers it): this worker's containers and sandboxes",
         ),
         Setting("debian_slim_image", "python:{python}-slim", help="what Image.debian_slim() builds on"),
         # A cluster of machines (issue 18): see docs/DEPLOY.md.
