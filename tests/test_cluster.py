@@ -436,28 +436,26 @@ def test_join_refuses_a_user_token_and_names_the_workers_credential(user: str, s
     assert not (tmp_path / "config.toml").exists()  # nothing written, no worker started
 
 
-def test_minimodal_up_runs_the_registry_when_configured_and_down_stops_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.timeout(300)
+def test_minimodal_up_runs_the_registry_when_configured_and_down_stops_it(tmp_path: Path) -> None:
     from mm_app import image_registry
-    from mm_app.stack import Stack as LocalStack
+    from tests.test_supervision import MINIMODAL, _leftovers, _stack_env
 
     if shutil.which(image_registry.SERVER) is None:
         missing("docker-registry is not installed (make system-deps installs it)")
     address = f"127.0.0.1:{free_port()}"
-    monkeypatch.setenv("MINIMODAL_HOME", str(tmp_path))
-    monkeypatch.setenv("MINIMODAL_REGISTRY", address)
-    local = LocalStack(tmp_path)
-    local.run_dir.mkdir()
-    local.log_dir.mkdir()
+    env = {**_stack_env(tmp_path), "MINIMODAL_REGISTRY": address}
+    up = subprocess.run([*MINIMODAL, "up", "--detach"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     try:
-        local.ensure_registry()
-        assert image_registry.answers(address)
-        assert local.alive("registry") and (tmp_path / "registry").is_dir()
-        local.ensure_registry()  # one answers already: nothing more is started
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert image_registry.answers(address) and (tmp_path / "registry").is_dir()
+        status = subprocess.run([*MINIMODAL, "status"], env=env, cwd=ROOT, capture_output=True, text=True)
+        assert any(line.split()[:2] == ["registry", "RUNNING"] for line in status.stdout.splitlines()), status.stdout
     finally:
-        local.down()
-    assert not image_registry.answers(address) and not local.alive("registry")
+        down = subprocess.run([*MINIMODAL, "down"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert down.returncode == 0, down.stderr
+    assert not image_registry.answers(address)
+    assert _leftovers(tmp_path) == ""
 
 
 def test_image_names_say_which_registry_they_come_from_and_where_their_copy_goes() -> None:
