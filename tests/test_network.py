@@ -60,3 +60,12 @@ def test_a_description_with_nothing_to_go_on_is_a_clear_error() -> None:
 def test_the_loopback_interface_address_is_read_from_the_kernel() -> None:
     assert interface_ipv4("lo") == "127.0.0.1"
     assert interface_ipv4("no-such-if0") is None
+
+
+def test_a_bridge_left_with_another_subnets_address_is_stale() -> None:
+    from workers.network import _stale_bridge
+
+    attrs = {"Name": "minimodal", "IPAM": {"Config": [{"Subnet": "172.19.0.0/16", "Gateway": "172.19.0.1"}]}}
+    assert _stale_bridge(attrs, "mmbr-minimodal", interface_address=lambda name: "172.18.0.1")
+    assert not _stale_bridge(attrs, "mmbr-minimodal", interface_address=lambda name: "172.19.0.1")
+    assert not _stale_bridge(attrs, "mmbr-minimodal", interface_address=no_interface)  # not made yet

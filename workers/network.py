@@ -226,6 +226,24 @@ def ensure_network(client: Any, name: str = DEFAULT_NETWORK) -> str:
                 check_duplicate=True,
             )
             network.reload()
+        if _stale_bridge(network.attrs, bridge):
+            # The bridge interface kept another subnet's address (left by an earlier network of this name
+            # across an engine restart): containers would get no route out. Make both anew while unused.
+            if (network.attrs.get("Containers") or {}) != {}:
+                raise FirewallError(
+                    f"the bridge {bridge} has another address than the network {name!r} says; stop its "
+                    f"containers, then `docker network rm {name}` and `ip link delete {bridge}`"
+                )
+            network.remove()
+            subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
+            network = client.networks.create(
+                name,
+                driver="bridge",
+                options={_ICC: "false", _BRIDGE_NAME: bridge},
+                labels={"minimodal": "1"},
+                check_duplicate=True,
+            )
+            network.reload()
         options = network.attrs.get("Options") or {}
         if options.get(_ICC) != "false" or options.get(_BRIDGE_NAME) != bridge:
             raise FirewallError(
@@ -234,6 +252,17 @@ def ensure_network(client: Any, name: str = DEFAULT_NETWORK) -> str:
             )
         add_firewall(bridge)
     return bridge
+
+
+def _stale_bridge(
+    attrs: Mapping[str, Any], bridge: str, interface_address: Callable[[str], str | None] = interface_ipv4
+) -> bool:
+    """True when the bridge interface exists with an address outside the network's IPv4 subnet."""
+    address = interface_address(bridge)
+    configs = _ipv4_configs(attrs)
+    if address is None or not configs:
+        return False
+    return not any(ipaddress.ip_address(address) in ipaddress.ip_network(c["Subnet"], strict=False) for c in configs)
 
 
 def remove_network(client: Any, name: str = DEFAULT_NETWORK) -> bool:
