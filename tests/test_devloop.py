@@ -170,7 +170,11 @@ def test_serve_reloads_the_endpoint_within_seconds_of_a_save(user: str, tmp_path
         print(f"serve reload: {reload_seconds:.2f} s")  # the figure for the note; not asserted
     finally:
         process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=60)[0]
+        try:
+            output = process.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output = process.communicate()[0]
     assert "stopped" in output
     assert requests.get(url, timeout=30).status_code == 404  # Ctrl-C stopped the dev app
 

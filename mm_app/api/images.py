@@ -109,8 +109,8 @@ def check_python(version: str, workers: list[dict[str, Any]]) -> None:
     """
     docker = [w for w in workers if "docker" in w.get("runtimes", [])]
     if docker:
-        if not any("pythons" in w for w in docker):
-            return
+        if not any(w.get("pythons") for w in docker):
+            return  # none has a base image yet (a new engine, or one that pulls its bases from the registry)
         offered = protocol.sorted_pythons(v for w in docker for v in w.get("pythons") or [])
         if version not in offered:
             raise InvalidError(
