@@ -97,7 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         stop.set()
         try:
-            Client.from_config().request("POST", f"/v1/deployments/{quote(name, safe='')}/stop")
+            Client.from_config().request("POST", f"/v1/deployments/{quote(name, safe='')}/stop", timeout=120)
             print(f"serve: stopped {name}", flush=True)
         except Error as exc:
             print(f"serve: could not stop {name}: {exc}", file=sys.stderr)

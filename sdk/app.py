@@ -436,7 +436,7 @@ class App:
                 logs.stop()
             if not detach:
                 with contextlib.suppress(Exception):
-                    client.request("POST", f"/v1/apps/{self.app_id}/stop")
+                    client.request("POST", f"/v1/apps/{self.app_id}/stop", timeout=120)
             for f in self._functions.values():
                 f.object_id = None
             self.app_id = None
