@@ -83,7 +83,8 @@ def test_ctrl_c_stops_the_app_and_cancels_its_calls(stack: Stack, user: str) -> 
             assert line or process.poll() is None, process.stderr.read() if process.stderr else ""
         call_id = line.split()[1]
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=150) == 130  # the app's stop (a request of up to 120 s) comes first
+        # It ends (130, or 0 when the interrupt lands as the entrypoint returns); the app's stop comes first.
+        assert process.wait(timeout=150) in (0, 130)
     finally:
         if process.poll() is None:
             process.kill()
