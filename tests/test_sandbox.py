@@ -440,3 +440,66 @@ def test_a_running_sandbox_counts_against_its_users_quota(docker_stack: Stack, m
             call.get(timeout=3)  # the sandbox holds the user's only slot
         sb.terminate()
         assert call.get(timeout=60) == 42
+
+
+def test_exec_with_pty_runs_the_command_on_a_terminal(docker_stack: Stack, docker_user: str) -> None:
+    sb = minimodal.Sandbox.create(timeout=120)
+    try:
+        p = sb.exec("sh", "-c", "test -t 0 && test -t 1 && tty", pty=True)
+        assert p.wait() == 0  # stdin and stdout are terminals
+        assert p.stdout.read().strip().startswith("/dev/pts/")
+        assert sb.exec("test", "-t", "1").wait() == 1  # without pty: a pipe
+    finally:
+        sb.terminate()
+
+
+def test_terminating_a_queued_sandbox_ends_it_before_any_container_starts(
+    docker_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from minimodal._client import Client
+    from minimodal.app import _ensure_image
+
+    token = docker_stack.new_user("sandbox-queued-one", quota=1)
+    monkeypatch.setenv("MINIMODAL_TOKEN", token)
+    for key in ("MINIMODAL_HOME", "MINIMODAL_SERVER_URL"):
+        monkeypatch.setenv(key, docker_stack.env[key])
+    since = int(time.time()) - 1
+    first = minimodal.Sandbox.create(timeout=120)  # holds the user's only slot
+    client = Client(docker_stack.url, token)
+    body = {"image": _ensure_image(client, minimodal.Image.debian_slim()), "cmd": ["sleep", "100"], "timeout": 120}
+    queued_id = client.request("POST", "/v1/sandboxes", json=body)["sandbox_id"]
+    queued = minimodal.Sandbox.from_id(queued_id)
+    assert queued.poll() is None and queued._info["state"] == "queued"  # waiting for the user's quota
+    queued.terminate()
+    assert queued.poll() == 137
+    with pytest.raises(SandboxTerminatedError, match="before it started"):
+        queued.wait()
+    first.terminate()  # the slot frees: the queued entry may now be taken, and its task must do nothing
+    assert docker_stack.redis_client is not None
+    redis = docker_stack.redis_client
+
+    def settled() -> bool:  # the queued entry has left the user's queue, and no task of it is in flight
+        queues = [e for k in redis.scan_iter(protocol.pending_key("*")) for e in redis.lrange(k, 0, -1)]
+        return not any(queued_id.encode() in raw for raw in [*queues, *redis.hvals(protocol.inflight_key())])
+
+    wait_for(settled, 60, "the queued entry to leave the queue and the in-flight ledger")
+    record = client.request("GET", f"/v1/sandboxes/{queued_id}")
+    assert (record["state"], record["returncode"], record["started_at"], record["worker"]) == (
+        "terminated",
+        137,
+        None,
+        None,
+    )
+    docker = docker_engine()
+    try:
+        events = docker.events(
+            since=since,
+            until=int(time.time()) + 1,
+            decode=True,
+            filters={"type": "container", "label": f"minimodal.sandbox={queued_id}"},
+        )
+        assert [e.get("Action") for e in events] == []  # no container of it was ever created
+    finally:
+        docker.close()
