@@ -104,6 +104,7 @@ def end(
     fields = {"state": state.value, "returncode": "" if returncode is None else str(returncode), "error": error or ""}
     pipe = redis.pipeline(transaction=True)
     pipe.hset(key, mapping=fields)
+    pipe.hdel(key, "tunnels")  # its ports ended with it
     pipe.expire(key, ttl)
     pipe.xadd(protocol.sandbox_events_key(sandbox_id), {"proc": "", **fields})
     pipe.expire(protocol.sandbox_events_key(sandbox_id), ttl)

@@ -556,6 +556,12 @@ def test_a_server_in_the_sandbox_is_reached_through_its_tunnels(docker_stack: St
     assert requests.get(encrypted.url + "/hi.txt", headers=mine, timeout=10).status_code == 404
     with pytest.raises(InvalidError, match="block_network"):
         minimodal.Sandbox.create(block_network=True, encrypted_ports=[8000])
+    from minimodal._client import Client
+
+    body = {"image": "im-x", "block_network": True, "unencrypted_ports": [8001]}
+    with pytest.raises(InvalidError, match="block_network"):  # the API refuses it too
+        Client(docker_stack.url, docker_user).request("POST", "/v1/sandboxes", json=body)
+    assert sb._info["tunnels"] == {}  # an ended sandbox shows no ports
 
 
 def test_a_process_printing_without_end_keeps_only_the_cap_in_redis_then_a_marker(

@@ -428,6 +428,11 @@ def openapi_paths() -> dict[str, Any]:
             "worker": {"type": ["string", "null"]},
             "tags": tags,
             "command": strings,
+            "tunnels": {
+                "type": "object",
+                "description": "container port -> {encrypted}; an unencrypted one also {host, port} on the worker",
+                "additionalProperties": {"type": "object"},
+            },
         }
     )
     create = _obj(
@@ -444,6 +449,8 @@ def openapi_paths() -> dict[str, Any]:
             "memory": _int("MiB"),
             "gpu": _str(),
             "block_network": {"type": "boolean"},
+            "encrypted_ports": {"type": "array", "items": _int(), "description": "served at .../tunnels/{port}/"},
+            "unencrypted_ports": {"type": "array", "items": _int(), "description": "also published on the worker"},
             "tags": tags,
         },
         ["image"],
