@@ -8,8 +8,9 @@ to callbacks chunk by chunk as it arrives (nothing waits for a line or for the e
 
 Unlike function runners, a sandbox's root file system is writable (``pip install`` in a sandbox is the
 point) and its processes run as root, but with every capability dropped, no-new-privileges, a pids and
-memory limit, and under the runtime the worker is configured with (``MINIMODAL_CONTAINER_RUNTIME``, e.g.
-``runsc`` for gVisor; Docker's default otherwise).
+memory limit, and under the engine runtime the task names (``runc``; ``runsc`` or ``runsc-net`` for gVisor).
+A networked sandbox joins the runners' bridge (workers/network.py) and its ports are published on the
+host at ``publish_address``; a snapshot can be pushed to the cluster's registry.
 """
 
 from __future__ import annotations
