@@ -629,6 +629,10 @@ def test_a_snapshot_goes_to_the_registry_and_runs_on_another_machines_engine(
         stop_process(stack.processes.pop("worker"))
         wait_for(lambda: worker_ids(stack) == {joined}, 30, "the first worker to leave")
 
+        # The default image was built on machine 1: machine 2's worker pulls it to start the sandbox.
+        plain = minimodal.Sandbox.create("sh", "-c", "exit 3", timeout=300)
+        plain.wait(raise_on_termination=False)
+        assert (plain.returncode, plain._info["worker"]) == (3, joined)
         other = minimodal.Sandbox.create(image=image, timeout=300)
         try:
             assert other.exec("cat", "/opt/answer.txt").stdout.read() == "42"
