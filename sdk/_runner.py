@@ -221,7 +221,7 @@ class _Concurrent:
         if batch:
             threading.Thread(target=self._batch_loop, name="mm-batcher", daemon=True).start()
 
-    def send(self, kind: bytes, header: dict[str, Any], body: bytes = b"") -> None:
+    def send(self, kind: Kind, header: dict[str, Any], body: bytes = b"") -> None:
         with self.lock:
             write_frame(self.out, kind, header, body)
 
