@@ -91,3 +91,4 @@ class WebSocket:
             return
         self.closed = True
         self._ws.close(timeout=0)  # a close frame, without waiting for the server's
+        self._ws.shutdown()  # the socket, also when the server closed first (then close() sends nothing)

@@ -1,4 +1,4 @@
-"""The SDK's WebSocket (sdk/_websocket.py): through the HTTP proxy the environment names, and past it for NO_PROXY."""
+"""The SDK's WebSocket (sdk/_websocket.py): through the proxy HTTP(S)_PROXY names, and past it for NO_PROXY."""
 
 from __future__ import annotations
 
@@ -149,3 +149,14 @@ def test_a_refused_handshake_through_the_proxy_keeps_its_status_and_error_body(
     assert refused.value.status == 401
     assert b'"error"' in refused.value.body
     assert len(proxy.tunnels) == 1
+
+
+def test_an_https_url_goes_through_the_proxy_that_https_proxy_names(
+    stack: Stack, proxy: ConnectProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # for http URLs only: not taken here
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    target = stack.url.split("://", 1)[1]
+    with pytest.raises(OSError):  # the test API speaks no TLS: the handshake through the tunnel fails
+        WebSocket.connect(f"https://{target}/v1/calls/fc-nothing/ws", {}, timeout=10)
+    assert proxy.tunnels == [target]
