@@ -11,11 +11,12 @@ from sqlalchemy import func, select
 
 from minimodal import protocol
 from minimodal.defaults import DEFAULT_LONG_POLL_SECONDS
-from minimodal.exception import InvalidError, NotFoundError, OutputExpiredError, PayloadTooLargeError
+from minimodal.exception import InvalidError, OutputExpiredError, PayloadTooLargeError
 from minimodal.protocol import TERMINAL, CallStatus
 
 from ..cancel import cancel_calls
 from ..models import AttemptRecord, CallRecord, FunctionRecord, InputRecord
+from ..ownership import check_owner, owned
 from ..submit import add_input_records, queue_inputs, submit_call
 from .auth import authenticate, field, json_body, seconds
 from .services import services
@@ -42,8 +43,8 @@ def _parse_inputs(body: dict[str, Any]) -> list[bytes]:
             raise InvalidError(f"input {i}: give exactly one of 'args' (base64 pickle) or 'blob' (blob id)")
         if "blob" in item:
             blob_id = item["blob"]
-            if not isinstance(blob_id, str) or svc.payloads.blob_owner(blob_id) != g.user.id:
-                raise NotFoundError(f"input {i}: no blob {blob_id!r}")
+            owner = svc.payloads.blob_owner(blob_id) if isinstance(blob_id, str) else None
+            check_owner(owner, g.user.id, f"blob (input {i})", blob_id)
             payloads.append(protocol.blob_ref(blob_id))
             continue
         if not isinstance(item["args"], str):
@@ -130,10 +131,7 @@ def _parent_call() -> str | None:
 
 
 def _own_call(session: Any, call_id: str) -> CallRecord:
-    call = session.get(CallRecord, call_id)
-    if call is None or call.user_id != g.user.id:
-        raise NotFoundError(f"no function call {call_id!r}")
-    return call
+    return owned(session, CallRecord, call_id, g.user.id, "function call")
 
 
 @bp.post("/calls/<call_id>/inputs")
@@ -288,6 +286,5 @@ def put_blob():  # type: ignore[no-untyped-def]
 @bp.get("/blobs/<blob_id>")
 def get_blob(blob_id: str):  # type: ignore[no-untyped-def]
     svc = services()
-    if svc.payloads.blob_owner(blob_id) != g.user.id:
-        raise NotFoundError(f"no blob {blob_id!r}")
+    check_owner(svc.payloads.blob_owner(blob_id), g.user.id, "blob", blob_id)
     return Response(svc.payloads.iter_blob(blob_id), mimetype="application/octet-stream")

@@ -25,6 +25,7 @@ from minimodal.protocol import PendingEntry, SandboxState
 
 from .. import objects, sandboxes, vault
 from ..models import AppRecord, ImageRecord, SandboxRecord
+from ..ownership import owned
 from .auth import authenticate, field, json_body
 from .services import services
 
@@ -52,9 +53,7 @@ _CREATE_FIELDS = (
 
 
 def _own(session: Any, sandbox_id: str) -> SandboxRecord:
-    record = session.get(SandboxRecord, sandbox_id)
-    if record is None or record.user_id != g.user.id:
-        raise NotFoundError(f"sandbox {sandbox_id} does not exist")
+    record = owned(session, SandboxRecord, sandbox_id, g.user.id, "sandbox")
     session.expunge(record)
     return record
 
@@ -119,9 +118,7 @@ def create_sandbox():  # type: ignore[no-untyped-def]
     with svc.db.write() as session:
         app_id = field(body, "app_id", str, required=False)
         if app_id is not None:
-            app = session.get(AppRecord, app_id)
-            if app is None or app.user_id != g.user.id:
-                raise NotFoundError(f"app {app_id} does not exist")
+            app = owned(session, AppRecord, app_id, g.user.id, "app")
             if app.state in ("stopped", "replaced"):
                 raise InvalidError(f"app {app_id} is {app.state}; sandboxes need a running app")
         image_tag = _image_tag(session, field(body, "image", str, required=False))
