@@ -69,7 +69,10 @@ def resolve(redis: Redis, user_id: int, request: Request) -> str:
     fresh = _new_object(redis, user_id, kind, name)
     if not redis.hsetnx(names, name, fresh):  # another caller created it first: use theirs
         redis.delete(protocol.object_key(fresh))
-    return redis.hget(names, name).decode()
+    winner = redis.hget(names, name)
+    if winner is None:  # deleted by name between the two steps
+        raise NotFoundError(f"{kind} {name!r} was deleted while it was being created; try again")
+    return winner.decode()
 
 
 def _new_object(redis: Redis, user_id: int, kind: str, name: str) -> str:
@@ -169,7 +172,7 @@ def _d_update(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
             raise InvalidError("items must be [key, value] pairs of base64 strings")
         mapping[protocol.unb64(pair[0])] = protocol.unb64(pair[1])
     if mapping:
-        redis.hset(protocol.dict_data_key(oid), mapping=mapping)
+        redis.hset(protocol.dict_data_key(oid), mapping=mapping)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
     return {}
 
 

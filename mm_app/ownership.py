@@ -37,4 +37,4 @@ def owned(session: Any, model: type[R], object_id: object, user_id: int, noun: s
     """
     record = session.get(model, object_id)
     check_owner(record.user_id if record is not None else None, user_id, noun, object_id, admin=admin)
-    return record  # type: ignore[no-any-return]  # session.get of a mapped class answers that class
+    return record

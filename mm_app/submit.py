@@ -9,9 +9,9 @@ rather than stay queued forever.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
 
 from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
@@ -114,7 +114,7 @@ def add_input_records(session: Any, call_id: str, first: int, count: int) -> Non
     if count:
         now = utcnow()
         session.execute(
-            insert(InputRecord.__table__),
+            insert(cast(Table, InputRecord.__table__)),  # Core: one executemany, no ORM objects
             [
                 {
                     "call_id": call_id,

@@ -217,10 +217,9 @@ def get_sandbox(sandbox_id: str):  # type: ignore[no-untyped-def]
 def set_tags(sandbox_id: str):  # type: ignore[no-untyped-def]
     tags = _tags(json_body("tags").get("tags"))
     with services().db.write() as session:
-        record = _own(session, sandbox_id)
-        record = session.get(SandboxRecord, record.id)
-        assert record is not None
-        record.tags = tags
+        owned_record = session.get(SandboxRecord, _own(session, sandbox_id).id)
+        assert owned_record is not None
+        owned_record.tags = tags
     return {"sandbox_id": sandbox_id, "tags": tags}
 
 

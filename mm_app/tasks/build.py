@@ -46,9 +46,12 @@ def build(ctx: WorkerContext, image_id: str) -> None:
     try:
         if docker is None:
             raise BuildError("this worker has no Docker engine")
+        from workers.runtimes.docker import DockerRuntime  # the docker SDK: only where it builds
+
+        assert isinstance(docker.runtime, DockerRuntime)
         builder = ImageBuilder(
             docker.runtime.client,
-            cloudpickle_version=cloudpickle.__version__,  # type: ignore[attr-defined]
+            cloudpickle_version=cloudpickle.__version__,
             debian_slim=config.get("debian_slim_image"),
             registry=config.get("registry"),
         )

@@ -263,8 +263,8 @@ class WorkerContext:
         retired = {m.decode() for m in self.redis.smembers(protocol.retired_functions_key())}
         if retired:
             keys = {key for key, (function_id, _) in list(self._runner_keys.items()) if function_id in retired}
-            for pool in self.pools.values():
-                pool.retire(keys - pool.retired)
+            for each in self.pools.values():
+                each.retire(keys - each.retired)
         wanted = self.pending.warm_functions()
         for function_id in set(wanted) | set(self._warm):
             spec = self.function(function_id)

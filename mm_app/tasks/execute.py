@@ -471,7 +471,7 @@ class _Sinks:
         self.lines.write(stream, text)  # whole lines reach _store (mm_app/tasks/lines.py)
 
     def _store(self, lines: list[tuple[str, str]]) -> None:
-        entries = []
+        entries: list[dict[str, str]] = []
         for stream, line in lines:
             text = self.budget.take(line)
             if text is None:
