@@ -824,9 +824,9 @@ _ERROR_TEXT = {
 
 def _more_paths() -> dict[str, Any]:
     """Routes described next to their blueprints (deployments, web endpoints, sandboxes)."""
-    from . import deploys, sandboxes, web
+    from . import deploys, sandboxes, tunnels, web
 
-    return {**deploys.openapi_paths(), **web.openapi_paths(), **sandboxes.openapi_paths()}
+    return {**deploys.openapi_paths(), **web.openapi_paths(), **sandboxes.openapi_paths(), **tunnels.openapi_paths()}
 
 
 def document(server_url: str | None = None) -> dict[str, Any]:

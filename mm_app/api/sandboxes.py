@@ -48,6 +48,8 @@ _CREATE_FIELDS = (
     "memory",
     "gpu",
     "block_network",
+    "encrypted_ports",
+    "unencrypted_ports",
     "tags",
 )
 
@@ -86,6 +88,15 @@ def _number(body: dict[str, Any], name: str, *, low: float, high: float) -> floa
     return value
 
 
+def _ports(body: dict[str, Any], name: str) -> list[int]:
+    value = body.get(name) or []
+    if not isinstance(value, list) or not all(
+        isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in value
+    ):
+        raise InvalidError(f"{name} must be a list of TCP port numbers (1 to 65535)")
+    return sorted(set(value))
+
+
 def _tags(value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise InvalidError('tags must be an object of strings, e.g. {"purpose": "eval"}')
@@ -107,6 +118,9 @@ def create_sandbox():  # type: ignore[no-untyped-def]
         protocol.parse_gpu(field(body, "gpu", str, required=False))
     except ValueError as exc:
         raise InvalidError(f"gpu: {exc}") from None
+    encrypted, unencrypted = _ports(body, "encrypted_ports"), _ports(body, "unencrypted_ports")
+    if (encrypted or unencrypted) and body.get("block_network"):
+        raise InvalidError("block_network=True takes no encrypted_ports or unencrypted_ports: nothing could reach them")
     svc = services()
     volumes = field(body, "volumes", dict, required=False, default={})
     mounted = {}
@@ -137,6 +151,8 @@ def create_sandbox():  # type: ignore[no-untyped-def]
             "memory": memory,
             "gpu": body.get("gpu"),
             "block_network": bool(body.get("block_network", False)),
+            "encrypted_ports": encrypted,
+            "unencrypted_ports": unencrypted,
         }
         session.add(
             SandboxRecord(
@@ -408,6 +424,11 @@ def openapi_paths() -> dict[str, Any]:
             "worker": {"type": ["string", "null"]},
             "tags": tags,
             "command": strings,
+            "tunnels": {
+                "type": "object",
+                "description": "container port -> {encrypted}; an unencrypted one also {host, port} on the worker",
+                "additionalProperties": {"type": "object"},
+            },
         }
     )
     create = _obj(
@@ -424,6 +445,8 @@ def openapi_paths() -> dict[str, Any]:
             "memory": _int("MiB"),
             "gpu": _str(),
             "block_network": {"type": "boolean"},
+            "encrypted_ports": {"type": "array", "items": _int(), "description": "served at .../tunnels/{port}/"},
+            "unencrypted_ports": {"type": "array", "items": _int(), "description": "also published on the worker"},
             "tags": tags,
         },
         ["image"],
