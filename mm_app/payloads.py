@@ -116,7 +116,7 @@ class Payloads:
 
     def read_streams(
         self, cursors: dict[str, str], block_ms: int, count: int = 1000
-    ) -> list[tuple[str, str, dict[str, bytes]]]:
+    ) -> list[tuple[str, str, dict[bytes, bytes]]]:
         """Entries after each key's cursor, waiting up to ``block_ms`` for the first: (key, id, fields)."""
         if block_ms > 0:
             reply = self.redis.xread(cursors, count=count, block=block_ms) or []

@@ -577,11 +577,11 @@ class PendingQueues:
     ) -> None:
         """At deploy: each function's Celery queue, max_containers, min_containers and resource needs."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(protocol.function_queue_key(), mapping=queues)
+        pipe.hset(protocol.function_queue_key(), mapping=queues)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
         if limits:
-            pipe.hset(protocol.function_limit_key(), mapping=limits)
+            pipe.hset(protocol.function_limit_key(), mapping=limits)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
         if warm:
-            pipe.hset(protocol.warm_key(), mapping=warm)
+            pipe.hset(protocol.warm_key(), mapping=warm)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
         if needs:
             pipe.hset(protocol.function_needs_key(), mapping={f: n.to_json() for f, n in needs.items()})
         pipe.execute()

@@ -15,6 +15,7 @@ from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import CallStatus, PendingEntry
 
 from ..models import DeadLetterRecord, FunctionRecord, InputRecord, utcnow
+from ..ownership import owned
 from .auth import MAX_INT, authenticate
 from .services import services
 
@@ -76,9 +77,9 @@ def list_dead_letters():  # type: ignore[no-untyped-def]
 def retry_dead_letter(dead_letter_id: int):  # type: ignore[no-untyped-def]
     svc = services()
     with svc.db.write() as session:
-        record = session.get(DeadLetterRecord, dead_letter_id) if dead_letter_id <= MAX_INT else None
-        if record is None or (record.user_id != g.user.id and not g.user.is_admin):
-            raise NotFoundError(f"no dead letter {dead_letter_id}")
+        if dead_letter_id > MAX_INT:  # the database's integers end there
+            raise NotFoundError(f"no dead letter {dead_letter_id!r}")
+        record = owned(session, DeadLetterRecord, dead_letter_id, g.user.id, "dead letter", admin=g.user.is_admin)
         if record.state != "open":
             raise InvalidError(f"dead letter {dead_letter_id} was retried already")
         if not svc.redis.hexists(protocol.inputs_key(record.call_id), str(record.idx)):

@@ -22,6 +22,7 @@ from minimodal.exception import InvalidError, NotFoundError
 
 from .. import sandboxes, vault
 from ..models import AppRecord, CallRecord, DeploymentRecord, FunctionRecord, FunctionSpecRecord, InputRecord, utcnow
+from ..ownership import owned
 from ..registry import needs_of, task_limit
 from .apps import after_stop, parse_options, register_app, stop_record
 from .auth import authenticate, field, json_body
@@ -272,9 +273,7 @@ def variant(function_id: str):  # type: ignore[no-untyped-def]
     overrides = field(body, "options", dict)
     secret_specs = field(body, "secrets", list, required=False)
     with services().db.write() as session:
-        base = session.get(FunctionRecord, function_id)
-        if base is None or base.user_id != g.user.id:
-            raise NotFoundError(f"no function {function_id!r}")
+        base = owned(session, FunctionRecord, function_id, g.user.id, "function")
         inherited = {k: v for k, v in base.options.items() if k != "secrets"}  # resolved ids, not an option
         options = parse_options(base.tag, {**inherited, **overrides})
         secrets_of = {"specs": secret_specs} if secret_specs is not None else {"ids": base.options.get("secrets")}

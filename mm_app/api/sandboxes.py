@@ -25,6 +25,7 @@ from minimodal.protocol import PendingEntry, SandboxState
 
 from .. import objects, sandboxes, vault
 from ..models import AppRecord, ImageRecord, SandboxRecord
+from ..ownership import owned
 from .auth import authenticate, field, json_body
 from .services import services
 
@@ -54,9 +55,7 @@ _CREATE_FIELDS = (
 
 
 def _own(session: Any, sandbox_id: str) -> SandboxRecord:
-    record = session.get(SandboxRecord, sandbox_id)
-    if record is None or record.user_id != g.user.id:
-        raise NotFoundError(f"sandbox {sandbox_id} does not exist")
+    record = owned(session, SandboxRecord, sandbox_id, g.user.id, "sandbox")
     session.expunge(record)
     return record
 
@@ -133,9 +132,7 @@ def create_sandbox():  # type: ignore[no-untyped-def]
     with svc.db.write() as session:
         app_id = field(body, "app_id", str, required=False)
         if app_id is not None:
-            app = session.get(AppRecord, app_id)
-            if app is None or app.user_id != g.user.id:
-                raise NotFoundError(f"app {app_id} does not exist")
+            app = owned(session, AppRecord, app_id, g.user.id, "app")
             if app.state in ("stopped", "replaced"):
                 raise InvalidError(f"app {app_id} is {app.state}; sandboxes need a running app")
         image_tag = _image_tag(session, field(body, "image", str, required=False))
@@ -236,10 +233,9 @@ def get_sandbox(sandbox_id: str):  # type: ignore[no-untyped-def]
 def set_tags(sandbox_id: str):  # type: ignore[no-untyped-def]
     tags = _tags(json_body("tags").get("tags"))
     with services().db.write() as session:
-        record = _own(session, sandbox_id)
-        record = session.get(SandboxRecord, record.id)
-        assert record is not None
-        record.tags = tags
+        owned_record = session.get(SandboxRecord, _own(session, sandbox_id).id)
+        assert owned_record is not None
+        owned_record.tags = tags
     return {"sandbox_id": sandbox_id, "tags": tags}
 
 

@@ -25,6 +25,7 @@ from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 
 from ..models import AppRecord, CallRecord
+from ..ownership import check_owner
 from .auth import authenticate, seconds, token_revoked
 from .services import services
 
@@ -57,8 +58,7 @@ def _cursor(name: str, default: str | None) -> str | None:
 def _own_call(call_id: str) -> None:
     with services().db.read_core() as connection:
         owner = connection.execute(select(CallRecord.user_id).where(CallRecord.id == call_id)).scalar()
-    if owner is None or owner != g.user.id:
-        raise NotFoundError(f"no function call {call_id!r}")
+    check_owner(owner, g.user.id, "function call", call_id)
 
 
 def encode_entry(kind: str, entry_id: str, fields: dict[bytes, bytes]) -> dict[str, Any]:

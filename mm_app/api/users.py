@@ -7,6 +7,7 @@ every request authenticates against the database, so the next request with it an
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from flask import Blueprint, g, request
 from sqlalchemy import select
@@ -36,7 +37,7 @@ def create_user(session: Session, name: str, *, quota: int, weight: int, is_admi
     return token
 
 
-def _positive(body: dict, name: str) -> int | None:  # type: ignore[type-arg]
+def _positive(body: dict[str, Any], name: str) -> int | None:
     value = field(body, name, int, required=False)
     if value is not None and value < 1:
         raise InvalidError(f"{name} must be at least 1")
