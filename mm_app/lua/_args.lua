@@ -10,31 +10,43 @@ local function fail(script, message)
   error({err = script .. ': ' .. message})
 end
 
+local type, floor, pairs = type, math.floor, pairs
+
 local function type_of(v)
   if v == cjson.null then return 'null' end
-  if type(v) == 'number' and v == math.floor(v) then return 'integer' end
+  if type(v) == 'number' and v == floor(v) then return 'integer' end
   return type(v)
 end
 
 local function has_type(v, t)
-  local actual = type_of(v)
-  return actual == t or (t == 'number' and actual == 'integer')
+  local lt = type(v)
+  if t == 'integer' then return lt == 'number' and v == floor(v) end
+  return lt == t
 end
 
 -- Check the fields of a decoded JSON object against types ('integer', 'number', 'string', 'table',
 -- 'boolean'); with exact, a field not in types is an error too. `what` names the object in errors.
+-- One pass over the object; the slow pass that names a missing field runs only when one is missing.
 local function check_fields(script, what, obj, types, exact)
   if type(obj) ~= 'table' then fail(script, what .. ' must be a JSON object, got ' .. type_of(obj)) end
-  for name, t in pairs(types) do
-    local v = obj[name]
-    if v == nil then fail(script, what .. ': missing "' .. name .. '" (' .. t .. ')') end
-    if not has_type(v, t) then
-      fail(script, what .. ': "' .. name .. '" must be ' .. t .. ', got ' .. type_of(v) .. ' ' .. tostring(v))
+  local matched, expected = 0, 0
+  for _ in pairs(types) do expected = expected + 1 end
+  for name, v in pairs(obj) do
+    local t = types[name]
+    if t == nil then
+      if exact then fail(script, what .. ': unknown "' .. tostring(name) .. '"') end
+    else
+      if not has_type(v, t) then
+        local shown = type_of(v)
+        if type(v) ~= 'table' and v ~= cjson.null then shown = shown .. ' ' .. tostring(v) end
+        fail(script, what .. ': "' .. name .. '" must be ' .. t .. ', got ' .. shown)
+      end
+      matched = matched + 1
     end
   end
-  if exact then
-    for name, _ in pairs(obj) do
-      if types[name] == nil then fail(script, what .. ': unknown "' .. tostring(name) .. '"') end
+  if matched ~= expected then
+    for name, t in pairs(types) do
+      if obj[name] == nil then fail(script, what .. ': missing "' .. name .. '" (' .. t .. ')') end
     end
   end
   return obj
