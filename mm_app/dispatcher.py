@@ -41,7 +41,7 @@ from redis import Redis
 from minimodal import config, protocol
 from minimodal.protocol import WorkerCapacity
 
-from . import recovery, registry
+from . import lua, recovery, registry
 from .database import Database
 from .fairshare import DeficitRoundRobin
 from .pending import Hold, PendingQueues, Policy
@@ -53,15 +53,6 @@ REBUILD_EVERY = 300.0  # seconds between rebuilds from the database while leadin
 LOST_EVERY = 5.0  # seconds between sweeps for tasks that were dispatched and never started
 MAX_STEPS = 100_000  # ring visits in one pass, a guard: a pass ends long before in practice
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
 
 class Lease:
     """Leadership among dispatchers: a Redis key with an expiry, renewed by its holder (no lease when ttl <= 0)."""
@@ -72,8 +63,8 @@ class Lease:
         self.ttl = ttl
         self.held = False
         self._renewed = 0.0
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._renew = lua.Script(redis, "lease_renew")
+        self._release = lua.Script(redis, "lease_release")
 
     def hold(self) -> bool:
         """Keep or take the lease; True while this dispatcher leads."""
@@ -84,7 +75,9 @@ class Lease:
             return True
         ms = int(self.ttl * 1000)
         if self.held:
-            self.held = bool(self._renew(keys=[protocol.dispatch_leader_key()], args=[self.holder, ms]))
+            self.held = bool(
+                self._renew({"lease": protocol.dispatch_leader_key()}, {"holder": self.holder, "ttl_ms": ms})
+            )
         else:
             self.held = bool(self.redis.set(protocol.dispatch_leader_key(), self.holder, nx=True, px=ms))
         if self.held:
@@ -94,7 +87,7 @@ class Lease:
     def release(self) -> None:
         if self.ttl > 0 and self.held:
             with contextlib.suppress(Exception):
-                self._release(keys=[protocol.dispatch_leader_key()], args=[self.holder])
+                self._release({"lease": protocol.dispatch_leader_key()}, {"holder": self.holder})
         self.held = False
 
 
