@@ -183,10 +183,15 @@ class Dispatcher:
         free = sum(max(0, c.open_slots - used.get(w, {}).get("slots", 0)) for w, c in live.items())
         if not users or free <= 0:
             return 0
-        # Slots lent by parents waiting on their children do not count (as in the take script).
-        lent = self._lent(users, int(now[0]))
-        running = {int(k): int(v) - lent.get(int(k), 0) for k, v in running_raw.items()}
         quota = {int(k): int(v) for k, v in quota_raw.items()}
+        running = {int(k): int(v) for k, v in running_raw.items()}
+        # Slots lent by parents waiting on their children do not count (as in the take script). They can
+        # matter only to a user this pass could bring to its quota (at most `free` takes): asking every
+        # waiting user cost one ZCOUNT each per pass, the most of a pass with 1,000 users (bench.curves).
+        near = {u for u in users if running.get(u, 0) + free >= quota.get(u, self.policy.default_quota)}
+        for user, n in self._lent(near, int(now[0])).items():
+            if user in running:
+                running[user] -= n
         weight = {int(k): int(v) for k, v in weight_raw.items()}
         blocked = {u for u in users if running.get(u, 0) >= quota.get(u, self.policy.default_quota)}
         waiting = users - blocked  # users in the ring that may still be served in this pass
