@@ -62,7 +62,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "dispatch_calls": 2000,
         "depths": [1000, 100_000, 1_000_000],
         "depth_drain": 20_000,
-        "depth_http_max": 100_000,  # above it the filler goes straight into the pending queue (bench.curves)
+        "depth_http_max": 1_000_000,  # above it the filler goes straight into the pending queue (bench.curves)
         "worker_counts": [1, 4],
         "worker_inputs": 4000,
     },
