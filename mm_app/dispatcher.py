@@ -34,6 +34,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from redis import Redis
@@ -373,9 +374,33 @@ class Dispatcher:
         if not self.redis.set(protocol.rebuild_lock_key(), self.id, nx=True, ex=120):
             return 0
         try:
-            return recovery.rebuild(self.db, self.pending, grace=self.rebuild_grace)
+            with self._keeping_lease():
+                return recovery.rebuild(self.db, self.pending, grace=self.rebuild_grace)
         finally:
             self.redis.delete(protocol.rebuild_lock_key())
+
+    @contextlib.contextmanager
+    def _keeping_lease(self) -> Iterator[None]:
+        """Renew the lease from a thread while a long step runs. A rebuild reads every queued input row (with
+        a million queued, longer than the 5 s lease on a busy machine): without this the lease expired during
+        it, the dispatcher took it again, led again, rebuilt again, and never dispatched (bench.curves)."""
+        if self.lease.ttl <= 0:
+            yield
+            return
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.lease.ttl / 3) and self.lease.held:
+                with contextlib.suppress(Exception):  # Redis may restart; the main loop notices a lost lease
+                    self.lease.hold()
+
+        thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def tick(self) -> None:
         """Once a second while leading: heartbeat, dead workers, lost tasks, autoscaler, state for failover."""
