@@ -235,6 +235,7 @@ def drain(home: Path, redis: Redis, inputs: int, section: str, timeout: float) -
     first = tenth = end = None
     tenth_done = end_done = 0
     cpu_tenth = cpu_end = 0.0
+    machine_tenth = machine_end = (0.0, 0.0)
     deadline = began + timeout
     last_said = began
     while time.monotonic() < deadline:
@@ -246,9 +247,9 @@ def drain(home: Path, redis: Redis, inputs: int, section: str, timeout: float) -
         if first is None and taken > 0:
             first = now
         if tenth is None and done >= inputs * 0.1:
-            tenth, tenth_done, cpu_tenth = now, done, _cpu_seconds(pid)
+            tenth, tenth_done, cpu_tenth, machine_tenth = now, done, _cpu_seconds(pid), _machine_cpu()
         if done >= inputs:
-            end, end_done, cpu_end = now, done, _cpu_seconds(pid)
+            end, end_done, cpu_end, machine_end = now, done, _cpu_seconds(pid), _machine_cpu()
             break
         if now - last_said >= 5:
             last_said = now
@@ -263,7 +264,21 @@ def drain(home: Path, redis: Redis, inputs: int, section: str, timeout: float) -
         "seconds": round(end - began, 3),
         "per_second": round((end_done - tenth_done) / span, 1) if span > 0 else None,
         "dispatcher_cpu_share": round((cpu_end - cpu_tenth) / span, 3) if span > 0 else None,
+        # every process on the machine (other helpers' included), as a share of all its cores
+        "machine_cpu_busy": round(
+            (machine_end[0] - machine_tenth[0]) / max(machine_end[1] - machine_tenth[1], 1e-9), 3
+        ),
     }
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return float(sum(values[:8]) - idle), float(sum(values[:8]))
 
 
 def _in_flight(redis: Redis) -> int:

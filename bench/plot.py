@@ -56,7 +56,7 @@ def _dispatch(ax: Any, d: dict[str, Any]) -> None:
 def _depth(ax: Any, d: dict[str, Any]) -> None:
     queued = [p["queued"] for p in d["points"]]
     ax.plot(queued, [p["submit_per_second"] for p in d["points"]], "o-", label="submit (HTTP, 100/request)")
-    ax.plot(queued, [p["drain"]["per_second"] or 0 for p in d["points"]], "s-", label="drain (taken by dispatcher)")
+    ax.plot(queued, [p["drain"]["per_second"] or 0 for p in d["points"]], "s-", label="drain (inputs ended)")
     for p in d["points"]:
         if p["filler_path"] == "direct":
             ax.annotate("filler via Lua", (p["queued"], p["submit_per_second"]), fontsize=7)
@@ -73,8 +73,9 @@ def _workers(ax: Any, d: dict[str, Any]) -> None:
     ax.plot(workers, [p["per_second"] or 0 for p in d["points"]], "o-", label="drain, measured")
     ax.plot(workers, [p["ceiling_per_second"] for p in d["points"]], "k:", label="slots / call time")
     for p in d["points"]:
-        share = p["dispatcher_cpu_share"] or 0
-        ax.annotate(f"dispatcher CPU {share:.0%}", (p["workers"], p["per_second"] or 0), fontsize=7)
+        share, busy = p["dispatcher_cpu_share"] or 0, p.get("machine_cpu_busy", 0)
+        text = f"dispatcher CPU {share:.0%}, machine {busy:.0%}"
+        ax.annotate(text, (p["workers"], p["per_second"] or 0), fontsize=7)
     ax.set_xlabel("worker processes")
     ax.set_ylabel("calls/s")
     ax.set_ylim(bottom=0)

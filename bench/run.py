@@ -397,11 +397,11 @@ def print_curves(results: dict[str, Any]) -> None:
     if "workers" in results:
         w = results["workers"]
         print(f"\n== workers ({w['slots_per_worker']} slots each, {w['call_seconds'] * 1000:g} ms sleeps; calls/s)")
-        print(f"{'workers':>7} {'inputs':>7} {'drain':>8} {'ceiling':>8} {'disp cpu':>8}")
+        print(f"{'workers':>7} {'inputs':>7} {'drain':>8} {'ceiling':>8} {'disp cpu':>8} {'machine cpu':>11}")
         for p in w["points"]:
             print(
                 f"{p['workers']:7} {p['inputs']:7} {p['per_second'] or 0:8.1f} {p['ceiling_per_second']:8.0f} "
-                f"{p['dispatcher_cpu_share'] or 0:8.0%}"
+                f"{p['dispatcher_cpu_share'] or 0:8.0%} {p['machine_cpu_busy']:11.0%}"
             )
         if w["ratio"]:
             print(f"{w['points'][-1]['workers']} workers against 1: {w['ratio']:.2f}x")
