@@ -55,7 +55,8 @@ def _dispatch(ax: Any, d: dict[str, Any]) -> None:
 
 def _depth(ax: Any, d: dict[str, Any]) -> None:
     queued = [p["queued"] for p in d["points"]]
-    ax.plot(queued, [p["submit_per_second"] for p in d["points"]], "o-", label="submit (HTTP, 100/request)")
+    ax.plot(queued, [p["submit_per_second"] for p in d["points"]], "o-", label="submit, tail probe (HTTP, 100/request)")
+    ax.plot(queued, [p["submit_filler_per_second"] for p in d["points"]], "^:", label="submit, the whole filler")
     ax.plot(queued, [p["drain"]["per_second"] or 0 for p in d["points"]], "s-", label="drain (inputs ended)")
     for p in d["points"]:
         if p["filler_path"] == "direct":
