@@ -183,9 +183,9 @@ class Dispatcher:
         # matter only to a user this pass could bring to its quota (at most `free` takes): asking every
         # waiting user cost one ZCOUNT each per pass, the most of a pass with 1,000 users (bench.curves).
         near = {u for u in users if running.get(u, 0) + free >= quota.get(u, self.policy.default_quota)}
-        for user, n in self._lent(near, int(now[0])).items():
-            if user in running:
-                running[user] -= n
+        for lender, n in self._lent(near, int(now[0])).items():
+            if lender in running:
+                running[lender] -= n
         weight = {int(k): int(v) for k, v in weight_raw.items()}
         blocked = {u for u in users if running.get(u, 0) >= quota.get(u, self.policy.default_quota)}
         waiting = users - blocked  # users in the ring that may still be served in this pass
