@@ -582,7 +582,9 @@ def test_a_process_printing_without_end_keeps_only_the_cap_in_redis_then_a_marke
         key = protocol.sandbox_output_key(sb.object_id, p.process_id, 1)
         kept = sum(len(fields[b"d"]) for _, fields in stack.redis_client.xrange(key) if b"d" in fields)
         assert cap < kept < cap + 300  # the cap, then the marker
-        assert stack.redis_client.memory_usage(key) < 2 * cap
+        # Bounded against the 100 MiB written; each entry's overhead depends on how small the chunks
+        # were read (smaller on a busy machine), so the bound on Redis's own figure is loose.
+        assert stack.redis_client.memory_usage(key) < 8 * cap
         out = p.stdout.read()
         assert out[:cap] == (line * (cap // len(line) + 1))[:cap]
         assert out[cap:] == (
