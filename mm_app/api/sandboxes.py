@@ -14,7 +14,7 @@ import base64
 import json
 import re
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from flask import Blueprint, g
 from pydantic import Field
@@ -38,6 +38,7 @@ MAX_CHUNKS = 1000  # stream entries one output read returns
 _CURSOR = re.compile(r"^\d+-\d+$")
 doc = Doc("sandboxes")
 Tags = dict[str, str]
+Port = Annotated[int, Field(ge=1, le=65535)]  # a TCP port number
 
 
 class NewSandbox(Body):
@@ -53,6 +54,8 @@ class NewSandbox(Body):
     memory: float | None = Field(None, description="MiB")
     gpu: str | None = None
     block_network: bool = False
+    encrypted_ports: list[Port] = Field([], description="served at .../tunnels/{port}/")
+    unencrypted_ports: list[Port] = Field([], description="also published on the worker")
     tags: Tags | None = None
 
 
@@ -70,6 +73,9 @@ class SandboxView(Reply):
     worker: str | None
     tags: Tags
     command: list[str]
+    tunnels: dict[str, dict[str, Any]] = Field(
+        description="container port -> {encrypted}; an unencrypted one also {host, port} on the worker"
+    )
 
 
 class Sandboxes(Reply):
@@ -171,6 +177,10 @@ def _number(value: float | None, name: str, *, low: float, high: float) -> float
     return value
 
 
+def _ports(value: list[int]) -> list[int]:
+    return sorted(set(value))
+
+
 def _tags(value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise InvalidError('tags must be an object of strings, e.g. {"purpose": "eval"}')
@@ -199,6 +209,9 @@ def create_sandbox(body: NewSandbox):  # type: ignore[no-untyped-def]
         protocol.parse_gpu(body.gpu)
     except ValueError as exc:
         raise InvalidError(f"gpu: {exc}") from None
+    encrypted, unencrypted = _ports(body.encrypted_ports), _ports(body.unencrypted_ports)
+    if (encrypted or unencrypted) and body.block_network:
+        raise InvalidError("block_network=True takes no encrypted_ports or unencrypted_ports: nothing could reach them")
     svc = services()
     volumes = body.volumes
     mounted = {}
@@ -229,6 +242,8 @@ def create_sandbox(body: NewSandbox):  # type: ignore[no-untyped-def]
             "memory": memory,
             "gpu": body.gpu,
             "block_network": body.block_network,
+            "encrypted_ports": encrypted,
+            "unencrypted_ports": unencrypted,
         }
         session.add(
             SandboxRecord(

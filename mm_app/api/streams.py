@@ -126,7 +126,12 @@ def _read(call_id: str, cursors: dict[str, str], block_ms: int) -> list[dict[str
 
 
 @bp.get("/calls/<call_id>/stream")
-@doc("Generator items, outputs and logs after per-kind cursors (long-poll)", query=CursorsWait, reply=Events, errors=(404,))
+@doc(
+    "Generator items, outputs and logs after per-kind cursors (long-poll)",
+    query=CursorsWait,
+    reply=Events,
+    errors=(404,),
+)
 def stream(call_id: str, query: CursorsWait):  # type: ignore[no-untyped-def]
     _own_call(call_id)
     wait = seconds(query.timeout, "timeout", high=60, clamp=True)
