@@ -103,7 +103,7 @@ def end(
         return False
     fields = {"state": state.value, "returncode": "" if returncode is None else str(returncode), "error": error or ""}
     pipe = redis.pipeline(transaction=True)
-    pipe.hset(key, mapping=fields)
+    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
     pipe.hdel(key, "tunnels")  # its ports ended with it
     pipe.expire(key, ttl)
     pipe.xadd(protocol.sandbox_events_key(sandbox_id), {"proc": "", **fields})

@@ -102,6 +102,12 @@ class Client:
         except requests.Timeout as exc:
             raise ServiceError(f"the MiniModal API at {self.server_url} did not answer within {timeout} s") from exc
         if response.status_code >= 400:
+            if data is not None:
+                # An upload refused before its body was read (413, 401, ...): the server may drop that
+                # connection at any moment, and a POST that lands on it is not sent again. Start afresh.
+                response.close()
+                self._session().close()
+                _local.session = None
             raise error_for(response.status_code, response.text, response.headers.get("Retry-After"))
         if raw or stream:
             return response

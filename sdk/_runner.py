@@ -129,9 +129,9 @@ class _Channel:
                     box.put(None)
                 return
             if frame[0] == Kind.ANSWER:
-                box = self._boxes.get(frame[1].get("rid"))
-                if box is not None:
-                    box.put(frame[1])
+                waiting = self._boxes.get(frame[1].get("rid", -1))
+                if waiting is not None:
+                    waiting.put(frame[1])
 
 
 def _install_channel(channel: _Channel) -> None:
@@ -251,7 +251,7 @@ class _Concurrent:
                 break
             kind, header, body = frame
             if kind == Kind.ANSWER:
-                box = self.answers.get((header.get("tag"), header.get("rid")))
+                box = self.answers.get((header.get("tag"), header.get("rid", -1)))
                 if box is not None:
                     box.put(header)
             elif kind == Kind.CALL:
@@ -436,8 +436,8 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.dup2(2, 1)  # text written straight to fd 1 (C extensions) joins stderr, which the runtime reads
     lock = threading.Lock()
-    sys.stdout = _LogStream("stdout", proto_out, lock)  # type: ignore[assignment]
-    sys.stderr = _LogStream("stderr", proto_out, lock)  # type: ignore[assignment]
+    sys.stdout = _LogStream("stdout", proto_out, lock)
+    sys.stderr = _LogStream("stderr", proto_out, lock)
     os.environ["MINIMODAL_IS_REMOTE"] = "1"
     sdk_path = os.environ.get("MINIMODAL_SDK_PATH")
     if sdk_path and sdk_path not in sys.path:

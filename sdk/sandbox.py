@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import builtins
 import codecs
 import json
 import time
@@ -346,7 +347,8 @@ class _FileIO:
 def _secret_specs(where: str, secrets: Any, env: dict[str, str] | None) -> list[dict[str, Any]]:
     specs = [s._spec() for s in check_secrets(where, list(secrets or []))]
     if env:
-        specs.append(Secret.from_dict(env)._spec())
+        values: dict[str, str | None] = dict(env)
+        specs.append(Secret.from_dict(values)._spec())
     return specs
 
 
@@ -368,7 +370,7 @@ class Sandbox:
 
     @_AioClassMethod
     def create(
-        cls,
+        cls: type[Sandbox],
         *cmd: str,
         app: Any = None,
         image: Image | None = None,
@@ -452,14 +454,14 @@ class Sandbox:
         return sandbox
 
     @_AioClassMethod
-    def from_id(cls, sandbox_id: str) -> Sandbox:
+    def from_id(cls: type[Sandbox], sandbox_id: str) -> Sandbox:
         """The sandbox ``sandbox_id`` (yours); ``NotFoundError`` for anything else."""
         sandbox = cls(sandbox_id)
         sandbox._refresh(0)
         return sandbox
 
     @_AioClassMethod
-    def list(cls, *, app_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[Sandbox]:
+    def list(cls: type[Sandbox], *, app_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[Sandbox]:
         """Your running sandboxes, newest first (of one app, and with all of ``tags``)."""
         client = Client.from_config()
         params: dict[str, Any] = {"state": "running", "tag": [f"{k}={v}" for k, v in (tags or {}).items()]}
@@ -626,7 +628,7 @@ class Sandbox:
         return _FileIO(self, path, mode)
 
     @aio_method
-    def ls(self, path: str) -> list[str]:
+    def ls(self, path: str) -> builtins.list[str]:  # `list` in this class is Sandbox.list
         """The names in a directory of the sandbox."""
         return json.loads(self._helper("ls", path))
 

@@ -360,8 +360,9 @@ class ImageBuilder:
                 log(f"=> {layer['op']}: cached {tag}")
             else:
                 log(f"=> {layer['op']}: building {tag}")
+                files: dict[str, bytes] = {}
                 if layer["op"] == "minimodal_runtime":
-                    lines, files = self._runtime_layer(python), {}
+                    lines = self._runtime_layer(python)
                 else:
                     lines, files = _instructions(layer, fetch)
                 self._build(tag, f"FROM {parent}\n{lines}\n", files, log)

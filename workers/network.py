@@ -103,7 +103,7 @@ def bridge_interface(network: str) -> str:
 
 def _nameservers(path: str = "/etc/resolv.conf") -> list[str]:
     """The host's IPv4 resolvers: Docker's embedded DNS forwards containers' queries to them."""
-    found = []
+    found: list[str] = []
     try:
         with open(path) as f:
             lines = f.read().splitlines()

@@ -19,6 +19,7 @@ from minimodal.protocol import ImageStatus
 from .. import objects, sandboxes, vault
 from ..cancel import cancel_calls
 from ..models import AppRecord, CallRecord, FunctionRecord, FunctionSpecRecord, ImageRecord, SourceFileRecord, utcnow
+from ..ownership import owned
 from ..registry import check_gpu_option, needs_of, task_limit
 from ..volumes import check_mount_path
 from .auth import authenticate
@@ -325,10 +326,7 @@ def _attach_image(session: Any, record: FunctionRecord) -> None:
 
 
 def _own_app(session: Any, app_id: str) -> AppRecord:
-    record = session.get(AppRecord, app_id)
-    if record is None or record.user_id != g.user.id:
-        raise NotFoundError(f"no app {app_id!r}")
-    return record
+    return owned(session, AppRecord, app_id, g.user.id, "app")
 
 
 @bp.get("/apps")
@@ -411,7 +409,5 @@ def web_url(user: str, app: str, tag: str) -> str:
 @doc("A function's app, tag and options", reply=FunctionView, errors=(404,))
 def get_function(function_id: str):  # type: ignore[no-untyped-def]
     with services().db.read() as session:
-        record = session.get(FunctionRecord, function_id)
-        if record is None or record.user_id != g.user.id:
-            raise NotFoundError(f"no function {function_id!r}")
+        record = owned(session, FunctionRecord, function_id, g.user.id, "function")
         return {"function_id": record.id, "app_id": record.app_id, "tag": record.tag, "options": record.options}

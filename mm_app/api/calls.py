@@ -8,15 +8,17 @@ from typing import Any, Literal
 
 from flask import Blueprint, Response, g, request
 from pydantic import Field
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select
 
 from minimodal import protocol
 from minimodal.defaults import DEFAULT_LONG_POLL_SECONDS
-from minimodal.exception import InvalidError, NotFoundError, OutputExpiredError, PayloadTooLargeError
-from minimodal.protocol import TERMINAL, CallStatus, PendingEntry
+from minimodal.exception import InvalidError, OutputExpiredError, PayloadTooLargeError
+from minimodal.protocol import TERMINAL, CallStatus
 
 from ..cancel import cancel_calls
-from ..models import AppRecord, AttemptRecord, CallRecord, FunctionRecord, InputRecord, utcnow
+from ..models import AttemptRecord, CallRecord, FunctionRecord, InputRecord
+from ..ownership import check_owner, owned
+from ..submit import add_input_records, queue_inputs, submit_call
 from .auth import authenticate, seconds
 from .schema import Body, Doc, Int, Query, Reply, Timestamp
 from .services import services
@@ -125,8 +127,8 @@ def _parse_inputs(inputs: list[dict[str, Any]]) -> list[bytes]:
             raise InvalidError(f"input {i}: give exactly one of 'args' (base64 pickle) or 'blob' (blob id)")
         if "blob" in item:
             blob_id = item["blob"]
-            if not isinstance(blob_id, str) or svc.payloads.blob_owner(blob_id) != g.user.id:
-                raise NotFoundError(f"input {i}: no blob {blob_id!r}")
+            owner = svc.payloads.blob_owner(blob_id) if isinstance(blob_id, str) else None
+            check_owner(owner, g.user.id, f"blob (input {i})", blob_id)
             payloads.append(protocol.blob_ref(blob_id))
             continue
         if not isinstance(item["args"], str):
@@ -143,47 +145,6 @@ def _parse_inputs(inputs: list[dict[str, Any]]) -> list[bytes]:
             raise InvalidError(f"input {i}: 'args' is not a pickle (expected a protocol 2-5 header and STOP byte)")
         payloads.append(data)
     return payloads
-
-
-def _enqueue(call_id: str, function_id: str, first: int, payloads: list[bytes]) -> None:
-    if not payloads:
-        return
-    svc = services()
-    svc.pending.enqueue(
-        g.user.id,
-        PendingEntry(call_id, function_id, first, first + len(payloads)),
-        inputs={str(first + i): p for i, p in enumerate(payloads)},
-        ttl=svc.settings["result_ttl"],
-        front=bool(getattr(g, "scoped", False) and request.headers.get(PARENT_HEADER)),
-    )
-
-
-def _add_inputs(session: Any, call_id: str, first: int, count: int) -> None:
-    if count:
-        now = utcnow()
-        session.execute(
-            insert(InputRecord.__table__),
-            [
-                {
-                    "call_id": call_id,
-                    "idx": first + i,
-                    "status": CallStatus.QUEUED.value,
-                    "attempts": 0,
-                    "created_at": now,
-                }
-                for i in range(count)
-            ],
-        )
-
-
-def _fail_unqueued(call_id: str, first: int, count: int, why: str) -> None:
-    """Redis refused the inputs after the database took them: end them visibly rather than leave them."""
-    with services().db.write() as session:
-        session.execute(
-            update(InputRecord)
-            .where(InputRecord.call_id == call_id, InputRecord.idx >= first, InputRecord.idx < first + count)
-            .values(status=CallStatus.FAILED.value, error=why, finished_at=utcnow())
-        )
 
 
 def _encode_envelope(fields: dict[str, bytes]) -> dict[str, Any]:
@@ -216,41 +177,19 @@ def create_call(function_id: str, body: NewCall):  # type: ignore[no-untyped-def
     call_id = body.call_id or protocol.new_id("fc")
     if not _CALL_ID.match(call_id):
         raise InvalidError("call_id must look like 'fc-' and 16 letters or digits (or be left out)")
-    with svc.db.write_core() as session:
-        # Core statements: this is every call's path, and the ORM would load the function's code too.
-        found = session.execute(
-            select(FunctionRecord.user_id, AppRecord.state)
-            .join(AppRecord, AppRecord.id == FunctionRecord.app_id)
-            .where(FunctionRecord.id == function_id)
-        ).first()
-        if found is None or found.user_id != g.user.id:
-            raise NotFoundError(f"no function {function_id!r}")
-        if found.state == "stopped":
-            raise NotFoundError(f"the app of function {function_id!r} is stopped; run it again")
-        owner = session.execute(select(CallRecord.user_id).where(CallRecord.id == call_id)).scalar()
-        if owner is not None and owner != g.user.id:
-            raise InvalidError(f"the call id {call_id} is taken; leave call_id out to get a fresh one")
-        accepted_before = owner is not None  # the client retried a request whose answer it never got
-        if not accepted_before:
-            session.execute(
-                insert(CallRecord).values(
-                    id=call_id,
-                    function_id=function_id,
-                    user_id=g.user.id,
-                    num_inputs=len(payloads),
-                    accepting=more,
-                    created_at=utcnow(),
-                    parent_call_id=_parent_call(session),
-                )
-            )
-            _add_inputs(session, call_id, 0, len(payloads))
-    # A retry enqueues only if the first try stopped between the database and Redis (no payload stored).
-    if not accepted_before or not svc.redis.hexists(protocol.inputs_key(call_id), "0"):
-        try:
-            _enqueue(call_id, function_id, 0, payloads)
-        except Exception:
-            _fail_unqueued(call_id, 0, len(payloads), "Redis refused the inputs at submission")
-            raise
+    parent = _parent_call()
+    submit_call(
+        svc.db,
+        svc.pending,
+        user_id=g.user.id,
+        function_id=function_id,
+        payloads=payloads,
+        ttl=svc.settings["result_ttl"],
+        call_id=call_id,
+        more=more,
+        parent_call_id=parent,
+        front=parent is not None,
+    )
     reply: dict[str, Any] = {"call_id": call_id, "first": 0, "count": len(payloads)}
     if wait > 0:
         envelopes, cursor = svc.payloads.read_outputs(call_id, "0-0", int(wait * 1000))
@@ -266,21 +205,17 @@ def create_call(function_id: str, body: NewCall):  # type: ignore[no-untyped-def
 PARENT_HEADER = "X-MiniModal-Parent-Call"  # sent by a worker forwarding a function's call (mm_app/tasks/forward.py)
 
 
-def _parent_call(session: Any) -> str | None:
+def _parent_call() -> str | None:
     """The call whose code makes this one: named by the worker, believed only from a worker-scoped token
-    and only when that call is the same user's."""
+    (and recorded only when that call is the same user's, by submit_call)."""
     parent = request.headers.get(PARENT_HEADER)
     if not parent or not getattr(g, "scoped", False) or not _CALL_ID.match(parent):
         return None
-    owner = session.execute(select(CallRecord.user_id).where(CallRecord.id == parent)).scalar()
-    return parent if owner == g.user.id else None
+    return parent
 
 
 def _own_call(session: Any, call_id: str) -> CallRecord:
-    call = session.get(CallRecord, call_id)
-    if call is None or call.user_id != g.user.id:
-        raise NotFoundError(f"no function call {call_id!r}")
-    return call
+    return owned(session, CallRecord, call_id, g.user.id, "function call")
 
 
 @bp.post("/calls/<call_id>/inputs")
@@ -304,12 +239,19 @@ def add_inputs(call_id: str, body: MoreInputs):  # type: ignore[no-untyped-def]
         call.num_inputs += len(payloads)
         call.accepting = more
         function_id = call.function_id
-        _add_inputs(session, call_id, first, len(payloads))
-    try:
-        _enqueue(call_id, function_id, first, payloads)
-    except Exception:
-        _fail_unqueued(call_id, first, len(payloads), "Redis refused the inputs at submission")
-        raise
+        add_input_records(session, call_id, first, len(payloads))
+    svc = services()
+    queue_inputs(
+        svc.db,
+        svc.pending,
+        user_id=g.user.id,
+        function_id=function_id,
+        call_id=call_id,
+        first=first,
+        payloads=payloads,
+        ttl=svc.settings["result_ttl"],
+        front=_parent_call() is not None,
+    )
     return {"call_id": call_id, "first": first, "count": len(payloads)}
 
 
@@ -436,6 +378,5 @@ def put_blob():  # type: ignore[no-untyped-def]
 @doc("Download a blob", reply=bytes, media="application/octet-stream", errors=(404,))
 def get_blob(blob_id: str):  # type: ignore[no-untyped-def]
     svc = services()
-    if svc.payloads.blob_owner(blob_id) != g.user.id:
-        raise NotFoundError(f"no blob {blob_id!r}")
+    check_owner(svc.payloads.blob_owner(blob_id), g.user.id, "blob", blob_id)
     return Response(svc.payloads.iter_blob(blob_id), mimetype="application/octet-stream")

@@ -22,6 +22,7 @@ from minimodal.exception import BY_NAME, InvalidError, NotFoundError, ServiceErr
 
 from .. import registry
 from ..models import AppRecord, FunctionRecord
+from ..ownership import owned
 from .auth import authenticate, token_revoked
 from .schema import Body, Doc, Query, Reply
 from .services import services
@@ -185,9 +186,7 @@ def exec_in_container(container_id: str, body: Command):  # type: ignore[no-unty
 def start_shell(function_id: str):  # type: ignore[no-untyped-def]
     """Start a container of the function (its image, volumes, secrets) that runs no input: ``minimodal shell``."""
     with services().db.read() as session:
-        record = session.get(FunctionRecord, function_id)
-        if record is None or record.user_id != g.user.id:
-            raise NotFoundError(f"no function {function_id!r}")
+        record = owned(session, FunctionRecord, function_id, g.user.id, "function")
         needs_docker = record.image_tag is not None
     runtime = "docker" if needs_docker else "process"
     workers = [w for w in registry.live_workers(services().redis) if runtime in w.get("runtimes", [])]

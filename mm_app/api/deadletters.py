@@ -18,6 +18,7 @@ from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import CallStatus, PendingEntry
 
 from ..models import DeadLetterRecord, FunctionRecord, InputRecord, utcnow
+from ..ownership import owned
 from .auth import MAX_INT, authenticate
 from .schema import Doc, Query, Reply, Timestamp
 from .services import services
@@ -68,17 +69,17 @@ class Retried(Reply):
 @doc("Inputs whose retries ran out (a user's own; an admin sees all)", query=Page, reply=DeadLetters)
 def list_dead_letters(query: Page):  # type: ignore[no-untyped-def]
     page, per_page, state = query.page, query.per_page, query.state
-    query = select(DeadLetterRecord, FunctionRecord.tag).join(
+    selected = select(DeadLetterRecord, FunctionRecord.tag).join(
         FunctionRecord, FunctionRecord.id == DeadLetterRecord.function_id
     )
     if not g.user.is_admin:
-        query = query.where(DeadLetterRecord.user_id == g.user.id)
+        selected = selected.where(DeadLetterRecord.user_id == g.user.id)
     if state != "all":
-        query = query.where(DeadLetterRecord.state == state)
+        selected = selected.where(DeadLetterRecord.state == state)
     with services().db.read() as session:
-        total = session.scalar(select(func.count()).select_from(query.subquery()))
+        total = session.scalar(select(func.count()).select_from(selected.subquery()))
         rows = session.execute(
-            query.order_by(DeadLetterRecord.id.desc()).offset((page - 1) * per_page).limit(per_page)
+            selected.order_by(DeadLetterRecord.id.desc()).offset((page - 1) * per_page).limit(per_page)
         ).all()
         items = [
             {
@@ -104,9 +105,9 @@ def list_dead_letters(query: Page):  # type: ignore[no-untyped-def]
 def retry_dead_letter(dead_letter_id: int):  # type: ignore[no-untyped-def]
     svc = services()
     with svc.db.write() as session:
-        record = session.get(DeadLetterRecord, dead_letter_id) if dead_letter_id <= MAX_INT else None
-        if record is None or (record.user_id != g.user.id and not g.user.is_admin):
-            raise NotFoundError(f"no dead letter {dead_letter_id}")
+        if dead_letter_id > MAX_INT:  # the database's integers end there
+            raise NotFoundError(f"no dead letter {dead_letter_id!r}")
+        record = owned(session, DeadLetterRecord, dead_letter_id, g.user.id, "dead letter", admin=g.user.is_admin)
         if record.state != "open":
             raise InvalidError(f"dead letter {dead_letter_id} was retried already")
         if not svc.redis.hexists(protocol.inputs_key(record.call_id), str(record.idx)):

@@ -23,6 +23,7 @@ from minimodal.exception import InvalidError, NotFoundError
 
 from .. import sandboxes, vault
 from ..models import AppRecord, CallRecord, DeploymentRecord, FunctionRecord, FunctionSpecRecord, InputRecord, utcnow
+from ..ownership import owned
 from ..registry import needs_of, task_limit
 from .apps import NewApp, after_change, after_stop, parse_options, register_app, stop_record, web_url
 from .auth import authenticate
@@ -39,7 +40,7 @@ _NAMED = {"name": "the deployed app's name"}
 
 
 class NewDeployment(NewApp):
-    name: str  # type: ignore[assignment]  # a deployed app needs one
+    name: str  # a deployed app needs one
 
 
 class Deployed(Reply):
@@ -256,9 +257,7 @@ def variant(function_id: str, body: NewVariant):  # type: ignore[no-untyped-def]
     """
     overrides, secret_specs = body.options, body.secrets
     with services().db.write() as session:
-        base = session.get(FunctionRecord, function_id)
-        if base is None or base.user_id != g.user.id:
-            raise NotFoundError(f"no function {function_id!r}")
+        base = owned(session, FunctionRecord, function_id, g.user.id, "function")
         inherited = {k: v for k, v in base.options.items() if k != "secrets"}  # resolved ids, not an option
         options = parse_options(base.tag, {**inherited, **overrides})
         secrets_of = {"specs": secret_specs} if secret_specs is not None else {"ids": base.options.get("secrets")}

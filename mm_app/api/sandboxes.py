@@ -26,6 +26,7 @@ from minimodal.protocol import PendingEntry, SandboxState
 
 from .. import objects, sandboxes, vault
 from ..models import AppRecord, ImageRecord, SandboxRecord
+from ..ownership import owned
 from .auth import authenticate
 from .schema import Body, Doc, Query, Reply
 from .services import services
@@ -153,9 +154,7 @@ class Snapshot(Reply):
 
 
 def _own(session: Any, sandbox_id: str) -> SandboxRecord:
-    record = session.get(SandboxRecord, sandbox_id)
-    if record is None or record.user_id != g.user.id:
-        raise NotFoundError(f"sandbox {sandbox_id} does not exist")
+    record = owned(session, SandboxRecord, sandbox_id, g.user.id, "sandbox")
     session.expunge(record)
     return record
 
@@ -223,9 +222,7 @@ def create_sandbox(body: NewSandbox):  # type: ignore[no-untyped-def]
     with svc.db.write() as session:
         app_id = body.app_id
         if app_id is not None:
-            app = session.get(AppRecord, app_id)
-            if app is None or app.user_id != g.user.id:
-                raise NotFoundError(f"app {app_id} does not exist")
+            app = owned(session, AppRecord, app_id, g.user.id, "app")
             if app.state in ("stopped", "replaced"):
                 raise InvalidError(f"app {app_id} is {app.state}; sandboxes need a running app")
         image_tag = _image_tag(session, body.image)
@@ -332,10 +329,9 @@ def get_sandbox(sandbox_id: str, query: WaitUntil):  # type: ignore[no-untyped-d
 def set_tags(sandbox_id: str, body: NewTags):  # type: ignore[no-untyped-def]
     tags = body.tags
     with services().db.write() as session:
-        record = _own(session, sandbox_id)
-        record = session.get(SandboxRecord, record.id)
-        assert record is not None
-        record.tags = tags
+        owned_record = session.get(SandboxRecord, _own(session, sandbox_id).id)
+        assert owned_record is not None
+        owned_record.tags = tags
     return {"sandbox_id": sandbox_id, "tags": tags}
 
 

@@ -26,6 +26,7 @@ from minimodal import protocol
 from minimodal.exception import NotFoundError
 
 from ..models import AppRecord, CallRecord
+from ..ownership import check_owner
 from .auth import authenticate, seconds, token_revoked
 from .schema import Doc, Query, Reply
 from .services import services
@@ -89,8 +90,7 @@ class AppLogs(Logs):
 def _own_call(call_id: str) -> None:
     with services().db.read_core() as connection:
         owner = connection.execute(select(CallRecord.user_id).where(CallRecord.id == call_id)).scalar()
-    if owner is None or owner != g.user.id:
-        raise NotFoundError(f"no function call {call_id!r}")
+    check_owner(owner, g.user.id, "function call", call_id)
 
 
 def encode_entry(kind: str, entry_id: str, fields: dict[bytes, bytes]) -> dict[str, Any]:

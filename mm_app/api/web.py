@@ -135,16 +135,9 @@ def serve(user_name: str, app_name: str, tag: str, rest: str):  # type: ignore[n
     payload = pickle.dumps(((envelope,), {}), protocol=5)
     if len(payload) > svc.settings["inline_payload_size"]:
         payload = protocol.blob_ref(svc.payloads.put_blob_bytes(user_id, payload))
-    call_id = protocol.new_id("fc")
-    submit_call(
-        svc.db,
-        svc.pending,
-        user_id=user_id,
-        function_id=record.id,
-        call_id=call_id,
-        payload=payload,
-        ttl=svc.settings["result_ttl"],
-    )
+    call_id = submit_call(
+        svc.db, svc.pending, user_id=user_id, function_id=record.id, payloads=[payload], ttl=svc.settings["result_ttl"]
+    ).call_id
     deadline = time.monotonic() + float(record.options.get("timeout", 300)) + START_WAIT_SECONDS
     parts = _items(call_id, deadline)
     head = next(parts, None)

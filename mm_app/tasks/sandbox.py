@@ -29,7 +29,7 @@ from ..celery_app import app
 from ..models import SandboxRecord
 from . import volumes
 from .caps import TRUNCATED
-from .context import WorkerContext, get_context
+from .context import WorkerContext, open_context
 
 logger = logging.getLogger("minimodal.worker")
 
@@ -274,7 +274,10 @@ class _Life:
 
 @app.task(name=protocol.TASK_SANDBOX, bind=True, acks_late=True, ignore_result=True)
 def run_sandbox(self: Any, sandbox_id: str, user_id: int) -> None:
-    ctx = get_context()
+    _run_sandbox(open_context(self.app), sandbox_id, user_id, self.request.id)
+
+
+def _run_sandbox(ctx: WorkerContext, sandbox_id: str, user_id: int, task_id: str) -> None:
     try:
         with ctx.db.read() as session:
             record = session.get(SandboxRecord, sandbox_id)
@@ -304,7 +307,7 @@ def run_sandbox(self: Any, sandbox_id: str, user_id: int) -> None:
         sandboxes.end(ctx.db, ctx.redis, sandbox_id, state, code, error)
         logger.info("sandbox %s ended: %s (%s)", sandbox_id, state.value, code)
     finally:
-        ctx.pending.finish(user_id, sandbox_id, 0, task_id=self.request.id)
+        ctx.pending.finish(user_id, sandbox_id, 0, task_id=task_id)
 
 
 @signals.worker_shutting_down.connect
@@ -322,12 +325,13 @@ def _terminate_all(**_: Any) -> None:
 @signals.worker_ready.connect
 def _on_worker_ready(**_: Any) -> None:
     if config.get("worker_runtime") != "process":  # off the start path: the worker takes work meanwhile
-        threading.Thread(target=_remove_orphans, name="mm-sandbox-orphans", daemon=True).start()
+        thread = threading.Thread(target=_remove_orphans, args=(open_context(app),), name="mm-sandbox-orphans")
+        thread.daemon = True
+        thread.start()
 
 
-def _remove_orphans() -> None:
+def _remove_orphans(ctx: WorkerContext) -> None:
     """A worker restarted after a crash: remove this stack's sandbox containers no live worker owns."""
-    ctx = get_context()
     pool = ctx.pools.get("docker")
     if pool is None:
         return

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.models.containers  # the Container type of annotations
 import requests
 
 import minimodal._frames
@@ -242,7 +243,8 @@ class DockerRunner(Runner):
             )
             # Attach before start: nothing the runner writes can be missed.
             self._attach = self._client.api.attach_socket(
-                self.container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+                self.container.id,  # type: ignore[arg-type]  # a created container has its id
+                params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1},
             )
             self._sock = getattr(self._attach, "_sock", self._attach)
             stream = self._stream = _AttachStream(self._sock, self._take_stderr)
