@@ -21,10 +21,12 @@ from minimodal.protocol import SandboxState
 from .. import sandboxes
 from .auth import authenticate
 from .sandboxes import _record
+from .schema import Doc
 from .services import services
 
 bp = Blueprint("tunnels", __name__, url_prefix="/v1/sandboxes")
 bp.before_request(authenticate)
+doc = Doc("sandboxes")
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 CHUNK = 64 * 1024  # bytes relayed at a time, each way
@@ -48,6 +50,13 @@ _DROP = {
 
 @bp.route("/<sandbox_id>/tunnels/<int:port>/", defaults={"rest": ""}, methods=METHODS)
 @bp.route("/<sandbox_id>/tunnels/<int:port>/<path:rest>", methods=METHODS)
+@doc(
+    "HTTP to a port of a running sandbox (its encrypted tunnel), relayed as the sandbox answers",
+    reply=Any,
+    media="*/*",
+    errors=(404, 503),
+    params={"port": "the container's port", "rest": "the path on the sandbox's server"},
+)
 def proxy(sandbox_id: str, port: int, rest: str):  # type: ignore[no-untyped-def]
     record = _record(sandbox_id)
     live = sandboxes.live_state(services().redis, sandbox_id)
@@ -82,25 +91,3 @@ def proxy(sandbox_id: str, port: int, rest: str):  # type: ignore[no-untyped-def
 
     kept = [(k, v) for k, v in upstream.raw.headers.items() if k.lower() not in _DROP - {"content-length"}]
     return Response(stream_with_context(relay()), status=upstream.status_code, headers=kept)
-
-
-def openapi_paths() -> dict[str, Any]:
-    """This blueprint's part of ``/openapi.json``."""
-    from .openapi import _int, _op, _path
-
-    params = [_path("sandbox_id", "sandbox id (sb-...)"), {**_path("port", "the container's port"), "schema": _int()}]
-    rest = _path("rest", "the path on the sandbox's server")
-    paths: dict[str, Any] = {}
-    for path, extra in (("/", []), ("/{rest}", [rest])):
-        paths[f"/v1/sandboxes/{{sandbox_id}}/tunnels/{{port}}{path}"] = {
-            method.lower(): _op(
-                "HTTP to a port of a running sandbox (its encrypted tunnel), relayed as the sandbox answers",
-                "sandboxes",
-                params=[*params, *extra],
-                media="*/*",
-                reply={},
-                errors=("404", "503"),
-            )
-            for method in METHODS
-        }
-    return paths
