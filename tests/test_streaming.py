@@ -170,7 +170,9 @@ def test_map_streams_outputs_in_completion_order(user: str) -> None:
         results = list(basic.sleep_and_tag.map(sleeps, order_outputs=False))
     assert sorted(s for s, _ in results) == sorted(sleeps)
     ended = [t for _, t in results]
-    assert ended == sorted(ended)  # each output came as its input completed
+    # Each output came as its input completed: two inputs ending within a few ms on two runners may
+    # reach the stream in either order on a busy machine, so a later one may precede by up to 0.1 s.
+    assert all(a <= b + 0.1 for a, b in zip(ended, ended[1:], strict=False))
     assert [s for s, _ in results] != sleeps  # and not in input order
 
 
