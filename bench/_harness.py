@@ -142,3 +142,11 @@ def machine() -> dict[str, Any]:
         "branch": _run("git", "-C", str(root), "rev-parse", "--abbrev-ref", "HEAD"),
         "load_average": list(os.getloadavg()),
     }
+
+
+def print_summaries(results: dict[str, dict[str, dict[str, Any]]], width: int = 12) -> None:
+    """A table of ``{runtime: {what: summary_ms(...)}}``: one row per figure, p50 and p99 in ms."""
+    print(f"{'runtime':8} {'what':{width}} {'n':>4} {'p50 ms':>9} {'p99 ms':>9}")
+    for runtime, figures in results.items():
+        for what, s in figures.items():
+            print(f"{runtime:8} {what:{width}} {s['n']:4} {s['p50_ms']:9.2f} {s['p99_ms']:9.2f}")

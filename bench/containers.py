@@ -13,7 +13,7 @@ import argparse
 import time
 
 import minimodal
-from bench._harness import local_stack, summary_ms, write_results
+from bench._harness import local_stack, print_summaries, summary_ms, write_results
 
 
 def _noop_app(n: int) -> tuple[minimodal.App, minimodal.Function]:
@@ -52,10 +52,7 @@ def main() -> None:
     for runtime in args.runtimes.split(","):
         with local_stack(runtime):
             results[runtime] = measure(args.calls, args.cold)
-    print(f"{'runtime':8} {'what':12} {'n':>4} {'p50 ms':>9} {'p99 ms':>9}")
-    for runtime, figures in results.items():
-        for what, s in figures.items():
-            print(f"{runtime:8} {what:12} {s['n']:4} {s['p50_ms']:9.2f} {s['p99_ms']:9.2f}")
+    print_summaries(results)
     print("written to", write_results("containers", results))
 
 

@@ -14,7 +14,7 @@ import argparse
 import time
 
 import minimodal
-from bench._harness import local_stack, summary_ms, write_results
+from bench._harness import local_stack, print_summaries, summary_ms, write_results
 
 
 def measure(creates: int, execs: int) -> dict[str, dict[str, float]]:
@@ -57,10 +57,7 @@ def main() -> None:
     for runtime in args.runtimes.split(","):
         with local_stack("docker", container_runtime="" if runtime == "runc" else runtime):
             results[runtime] = measure(args.creates, args.execs)
-    print(f"{'runtime':8} {'what':24} {'n':>4} {'p50 ms':>9} {'p99 ms':>9}")
-    for runtime, figures in results.items():
-        for what, s in figures.items():
-            print(f"{runtime:8} {what:24} {s['n']:4} {s['p50_ms']:9.2f} {s['p99_ms']:9.2f}")
+    print_summaries(results, 24)
     print("written to", write_results("sandbox", results))
 
 

@@ -7,7 +7,7 @@ import json as json_module
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import config
 from ._backoff import Backoff, Retrying, WaitAfter
@@ -18,6 +18,21 @@ if TYPE_CHECKING:
     import requests
 
 _local = threading.local()
+
+
+class Request(NamedTuple):
+    """One request to the API, as :meth:`Client.request` sends it (over HTTP, or the runner's channel)."""
+
+    method: str
+    path: str
+    json: Any
+    data: Any
+    params: dict[str, Any] | None
+    timeout: float
+    stream: bool
+    raw: bool
+
+
 RECONNECT_SECONDS = 60  # how long a repeatable request keeps trying to reach the API
 RATE_LIMIT_WAIT_SECONDS = 60  # how long a request refused by the rate limit (429) keeps waiting to be let in
 
@@ -67,24 +82,12 @@ class Client:
         """
         for attempt in Retrying(request_waits(reconnect)):
             with attempt:
-                return self._request_once(
-                    method, path, json=json, data=data, params=params, timeout=timeout, stream=stream, raw=raw
-                )
+                return self._request_once(Request(method, path, json, data, params, timeout, stream, raw))
 
-    def _request_once(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any,
-        data: Any,
-        params: dict[str, Any] | None,
-        timeout: float,
-        stream: bool,
-        raw: bool,
-    ) -> Any:
+    def _request_once(self, req: Request) -> Any:
         import requests
 
+        method, path, json, data, params, timeout, stream, raw = req
         if not self.token and path != "/health":
             raise AuthError("no MiniModal token: run `minimodal up` (writes a profile) or set MINIMODAL_TOKEN")
         headers = {**self.headers, **({"Authorization": f"Bearer {self.token}"} if self.token else {})}
@@ -173,18 +176,8 @@ class ChannelClient(Client):
     def __init__(self) -> None:
         super().__init__("channel://worker", None)
 
-    def _request_once(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any,
-        data: Any,
-        params: dict[str, Any] | None,
-        timeout: float,
-        stream: bool,
-        raw: bool,
-    ) -> Any:
+    def _request_once(self, req: Request) -> Any:
+        method, path, json, data, params, timeout, stream, raw = req
         channel = sys.modules[CHANNEL_MODULE]
         request: dict[str, Any] = {"kind": "http", "method": method, "path": path, "timeout": timeout}
         if json is not None:
