@@ -219,8 +219,15 @@ def test_shell_and_exec_reach_a_container_of_the_functions_image_with_its_volume
         term.close()
     with shelly.app.run():
         assert shelly.probe.remote() == "hello from the volume\n"
-        [container] = wait_for(
-            lambda: json.loads(_cli(docker_stack, docker_user, "container", "list", "--json")), 30, "the runner"
+        app_id = shelly.app.app_id
+        [container] = wait_for(  # this app's runner, not the shell's container that may still be stopping
+            lambda: [
+                c
+                for c in json.loads(_cli(docker_stack, docker_user, "container", "list", "--json"))
+                if c["app"] == app_id
+            ],
+            30,
+            "the runner",
         )
         out = _cli(docker_stack, docker_user, "container", "exec", container["id"], "--", "cat", "/data/hello.txt")
         assert out == "hello from the volume\n"

@@ -164,12 +164,10 @@ class ControlServer:
         raise InvalidError(f"unknown container operation {op!r}")
 
     def _secrets(self, runner: Runner) -> dict[str, str]:
-        from .execute import _secret_env
-
         spec = self.ctx.function(runner.spec.labels.get("function_id", ""))
         if spec is None:
             return {}
-        return _secret_env(self.ctx, spec.options.get("secrets"), spec.user_id) or {}
+        return self.ctx.secret_env(spec.options.get("secrets"), spec.user_id) or {}
 
     def _sandbox(self, function_id: str, user: str) -> dict[str, Any]:
         """A runner of the function (image, volumes synced and mounted) that no input is given to."""

@@ -36,7 +36,7 @@ from workers.runtimes import docker_client
 from workers.runtimes.base import RunnerSpec, Runtime
 from workers.runtimes.process import ProcessRuntime
 
-from .. import recovery, registry, scaler
+from .. import recovery, registry, scaler, vault
 from ..database import Database
 from ..models import FunctionRecord, FunctionSpecRecord, SourceFileRecord
 from ..payloads import Payloads
@@ -156,6 +156,13 @@ class WorkerContext:
             breaker=CircuitBreaker.from_config(on_change=lambda _state: beat_now.set()),
             _beat_now=beat_now,
         )
+
+    def secret_env(self, secret_ids: list[str] | None, user_id: int) -> dict[str, str] | None:
+        """The variables of a function's secrets, read (and decrypted) once per task: updates apply at once."""
+        if not secret_ids:
+            return None
+        with self.db.read() as session:
+            return vault.environment(session, user_id, secret_ids)
 
     def function(self, function_id: str) -> FunctionSpec | None:
         """The function's code and options; cached, since a function id never changes its code."""

@@ -9,6 +9,7 @@ its user's and function's slots are freed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -26,8 +27,9 @@ from minimodal.protocol import CallStatus, InflightTask, PendingEntry
 from minimodal.retries import Retries
 from workers.pool import WarmPool
 from workers.runtimes.base import Outcome, RunnerSpec, RunnerStartError
+from workers.runtimes.shared import call_shared
 
-from .. import objects, vault
+from .. import objects
 from ..celery_app import app
 from . import volumes
 from .caps import LogBudget
@@ -298,7 +300,7 @@ def _run_inputs(task: _Task) -> None:
         return fail_rest(Outcome(ok=False, error_type="ServiceError", message=message))
     policy = spec.options.get("retries")
     try:
-        env = _secret_env(ctx, spec.options.get("secrets"), task.user_id)
+        env = ctx.secret_env(spec.options.get("secrets"), task.user_id)
     except Error as exc:  # a deleted secret, or a key that cannot decrypt it: the call's own failure
         return fail_rest(Outcome(ok=False, error_type=type(exc).__name__, message=str(exc)))
     mounted: dict[str, str] = spec.options.get("volumes") or {}
@@ -384,7 +386,7 @@ def _run_shared(
         startup, runner.started_in = runner.started_in, None
         sinks = _Sinks(ctx, task.call_id, spec.app_id, spec.tag, task.user_id, idx)
         try:
-            outcome = _call(task, runner.call_shared, payload, idx, sinks, env, mounted)
+            outcome = _call(task, functools.partial(call_shared, runner), payload, idx, sinks, env, mounted)
         finally:
             pool.release(runner)
         if sinks.items or outcome.items is not None:
@@ -408,7 +410,7 @@ def _call(
     env: dict[str, str] | None,
     mounted: dict[str, str],
 ) -> Outcome:
-    """Run one input on a runner (``call``: its ``call`` or ``call_shared``), between volume sync and commit."""
+    """Run one input on a runner (``call``: its ``call``, or ``call_shared`` of it), between volume sync and commit."""
     ctx = task.ctx
     for volume_id in mounted.values():  # each input starts from the committed contents
         volumes.cache(ctx.redis).sync(volume_id)
@@ -446,14 +448,6 @@ def _platform_request(
         changed = cache.commit(volume_id) if request["op"] == "commit" else cache.sync(volume_id)
         return {"id": volume_id, "changed": changed}
     return objects.handle(ctx.redis, user_id, request)
-
-
-def _secret_env(ctx: WorkerContext, secret_ids: list[str] | None, user_id: int) -> dict[str, str] | None:
-    """The variables of the function's secrets, read (and decrypted) once per task: updates apply at once."""
-    if not secret_ids:
-        return None
-    with ctx.db.read() as session:
-        return vault.environment(session, user_id, secret_ids)
 
 
 class _Sinks:

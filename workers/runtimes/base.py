@@ -1,5 +1,5 @@
 """The runtime interface: a Runtime starts Runners; a Runner runs one input at a time (or, for
-``@concurrent``/``@batched`` functions, several: :meth:`Runner.call_shared`) and stays warm.
+``@concurrent``/``@batched`` functions, several: ``shared.call_shared``) and stays warm.
 
 Every input runs through :meth:`FrameLink.call`, whatever the runtime: a runtime gives its runners a way
 to send and read frames (``minimodal._frames``), to be stopped, and to say how a runner was lost.
@@ -42,7 +42,7 @@ class RunnerSpec:
 
     @property
     def shared(self) -> bool:
-        """The runner takes inputs through :meth:`Runner.call_shared` (tagged frames), one share each."""
+        """The runner takes inputs through ``shared.call_shared`` (tagged frames), one share each."""
         return self.max_inputs > 1 or self.batch_wait_ms is not None
 
     def load_header(self) -> dict[str, Any]:
@@ -172,9 +172,6 @@ def _serve(
             )
 
 
-_SHARED_LOCK = threading.Lock()
-
-
 class FrameLink(abc.ABC):
     """What one input's frames travel over: a runner's own stream (a :class:`Runner`), or one share of it
     (``workers/runtimes/shared.py``). :meth:`call` is the one way an input runs, on either."""
@@ -271,20 +268,7 @@ class Runner(FrameLink):
     def timeout(self) -> float:
         return self.spec.timeout
 
-    _shared: Any = None  # SharedCalls, made by the first call_shared
-
-    def call_shared(self, payload: bytes, **call: Any) -> Outcome:
-        """:meth:`call` for a runner that takes several inputs at once (``spec.max_inputs`` > 1): thread-safe.
-
-        Frames are tagged per input (workers/runtimes/shared.py), over this runner's :meth:`send_frame`
-        and :meth:`read_frame`.
-        """
-        from .shared import SharedCalls
-
-        with _SHARED_LOCK:
-            if self._shared is None:
-                self._shared = SharedCalls(self)
-        return self._shared.call(payload, **call)
+    _shared: Any = None  # SharedCalls: workers/runtimes/shared.py call_shared makes it at the first input
 
     @property
     def inputs_in_flight(self) -> int:

@@ -145,3 +145,19 @@ class _Share(FrameLink):
 
     def finish_input(self) -> None:
         self.calls._end(self.tag)
+
+
+_SHARED_LOCK = threading.Lock()
+
+
+def call_shared(runner: Runner, payload: bytes, **call: Any) -> Outcome:
+    """:meth:`Runner.call` for a runner that takes several inputs at once (``spec.max_inputs`` > 1): thread-safe.
+
+    Frames are tagged per input, over the runner's ``send_frame`` and ``read_frame``; the runner's
+    :class:`SharedCalls` is made at its first input.
+    """
+    with _SHARED_LOCK:
+        if runner._shared is None:
+            runner._shared = SharedCalls(runner)
+    shared: SharedCalls = runner._shared
+    return shared.call(payload, **call)
