@@ -1,7 +1,7 @@
 """Build hooks that pyproject.toml cannot declare: a ``.pth`` file at the root of site-packages.
 
 ``minimodal_as_modal.pth`` runs at every interpreter start and does nothing unless
-``MINIMODAL_AS_MODAL=1``; then ``import modal`` gives MiniModal (``sdk/_modal_alias.py``). A normal
+``MINIMODAL_AS_MODAL=1``; then ``import modal`` gives MiniModal (``sdk/minimodal/_modal_alias.py``). A normal
 install gets it from ``build_py`` (the build folder's root is the wheel's root); an editable install
 (``pip install -e .``, PEP 660) from ``editable_wheel``, which otherwise writes only its own ``.pth``.
 """

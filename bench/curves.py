@@ -45,6 +45,7 @@ from bench._harness import HOMES, Progress, free_port, say
 from bench.fairness import Tenant, nap, noop, stack, stop_dispatcher
 from minimodal import config, protocol
 from minimodal._serialization import serialize_args
+from mm_app import keyspace
 
 # ---- dispatch cost against users waiting ---------------------------------------------------------
 
@@ -100,10 +101,10 @@ def _dispatch_point(redis: Redis, celery: Any, users: int, calls: int, slots: in
     policy = Policy(default_quota=slots)
     pending = PendingQueues(redis, policy)
     worker = WorkerCapacity(
-        "bench-worker", protocol.worker_queue("bench-worker"), slots, slots * 1000, slots * 1024, {}, False
+        "bench-worker", keyspace.worker_queue("bench-worker"), slots, slots * 1000, slots * 1024, {}, False
     )
     registry.beat(redis, worker, {}, ttl=3600)
-    need = registry.needs_of({}, protocol.QUEUE_CPU)
+    need = registry.needs_of({}, keyspace.QUEUE_CPU)
     payload = serialize_args((0,), {})
     per_user = -(-(calls + slots) // users) + 2  # nobody's queue empties during the run: n users wait throughout
     say(section, f"queuing {per_user * users:,} one-input calls through the enqueue step")
@@ -133,7 +134,7 @@ def _dispatch_point(redis: Redis, celery: Any, users: int, calls: int, slots: in
         ledger = sorted(recovery.ledger(redis).items(), key=lambda kv: kv[1].at)
         for task_id, task in ledger[:freed]:
             pending.finish(task.user_id, task.function_id, mean_run_us=1000, task_id=task_id)
-        redis.delete(protocol.wake_key(), protocol.worker_queue("bench-worker"))
+        redis.delete(keyspace.wake_key(), keyspace.worker_queue("bench-worker"))
         before = redis.info("stats")["total_commands_processed"]
         began, began_cpu = time.perf_counter(), time.thread_time()
         n = dispatcher.dispatch_pass()
@@ -177,7 +178,7 @@ def _redis() -> Redis:
 
 def _not_taken(redis: Redis) -> int:
     """Inputs queued and not yet taken, over all users (``mm:pending_inputs``)."""
-    return sum(int(v) for v in redis.hvals(protocol.pending_inputs_key()))
+    return sum(int(v) for v in redis.hvals(keyspace.pending_inputs_key()))
 
 
 def submit(tenant: Tenant, function_id: str, inputs: int, section: str, *, args: tuple[Any, ...] = (0,)) -> float:
@@ -285,7 +286,7 @@ def _in_flight(redis: Redis) -> int:
     """Inputs in dispatched, unfinished tasks (the ledger)."""
     from minimodal.protocol import InflightTask
 
-    return sum(t.end - t.start for t in map(InflightTask.decode, redis.hvals(protocol.inflight_key())))
+    return sum(t.end - t.start for t in map(InflightTask.decode, redis.hvals(keyspace.inflight_key())))
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -315,7 +316,7 @@ def _depth_point(n: int, drain_inputs: int, http_max: int) -> dict[str, Any]:
             tenant = Tenant(server, admin, "depth", quota=64)
             function_id = tenant.deploy(noop, "noop-depth")
             head_rate = submit(tenant, function_id, head, section)
-            user_id = int(next(iter(redis.hkeys(protocol.pending_inputs_key()))))
+            user_id = int(next(iter(redis.hkeys(keyspace.pending_inputs_key()))))
             if direct:
                 filler_rate = enqueue_directly(redis, user_id, function_id, filler, section)
             else:

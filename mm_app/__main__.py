@@ -9,7 +9,8 @@ import socket
 import sys
 import uuid
 
-from minimodal import config, protocol
+from minimodal import config
+from mm_app import keyspace
 
 # What every control-plane process imports beyond the SDK: the `server` extra of pyproject.toml.
 SERVER_MODULES = (
@@ -67,7 +68,7 @@ def run_worker(args: argparse.Namespace) -> None:
     worker_id = config.get("worker_id") or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     os.environ["MINIMODAL_WORKER_ID"] = worker_id  # the worker context registers under the same id
     os.environ["MINIMODAL_WORKER_CONCURRENCY"] = str(concurrency)  # its slots are Celery's threads
-    queues = [protocol.worker_queue(worker_id)] + ([protocol.QUEUE_BUILD] if has_docker else [])
+    queues = [keyspace.worker_queue(worker_id)] + ([keyspace.QUEUE_BUILD] if has_docker else [])
     name = f"mm-worker-{os.getpid()}@%h"
     _celery(
         "worker",

@@ -26,8 +26,9 @@ from celery.schedules import crontab
 from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, get_redis
 from redis.exceptions import LockError
 
-from minimodal import config, protocol
+from minimodal import config
 from minimodal.exception import InvalidError, NotFoundError
+from mm_app import keyspace
 
 from .database import Database
 from .pending import PendingQueues
@@ -85,8 +86,8 @@ class Scheduler(RedBeatScheduler):
     def _maybe_reconcile(self) -> None:
         redis = get_redis(self.app)
         pipe = redis.pipeline()
-        pipe.get(protocol.schedules_dirty_key())
-        pipe.delete(protocol.schedules_dirty_key())
+        pipe.get(keyspace.schedules_dirty_key())
+        pipe.delete(keyspace.schedules_dirty_key())
         dirty, _ = pipe.execute()
         if not dirty and time.monotonic() < self._next_reconcile:
             return
@@ -111,7 +112,7 @@ class Scheduler(RedBeatScheduler):
             return self.max_interval
 
     def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
-        if entry.task != protocol.TASK_SCHEDULED_RUN:
+        if entry.task != keyspace.TASK_SCHEDULED_RUN:
             return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
         due = entry.due_at.timestamp() if entry.due_at is not None else time.time()
         entry = self.reserve(entry) if advance else entry

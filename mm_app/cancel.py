@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 
 from minimodal import protocol
 from minimodal.protocol import TERMINAL, CallStatus
+from mm_app import keyspace
 
 from .models import CallRecord, InputRecord, utcnow
 
@@ -52,7 +53,7 @@ def cancel_calls(session: Any, redis: Any, payloads: Any, call_ids: list[str], *
     )
     with redis.pipeline(transaction=False) as pipe:
         for call_id in calls:
-            pipe.set(protocol.cancelled_key(call_id), "1", ex=ttl)
+            pipe.set(keyspace.cancelled_key(call_id), "1", ex=ttl)
         pipe.execute()
     by_call: dict[str, list[int]] = {}
     for call_id, idx in open_inputs:

@@ -40,7 +40,8 @@ from typing import Any
 from redis import Redis
 
 from minimodal import config, protocol
-from minimodal.protocol import WorkerCapacity
+from mm_app import keyspace
+from mm_app.keyspace import WorkerCapacity
 
 from . import lua, recovery, registry
 from .database import Database
@@ -77,10 +78,10 @@ class Lease:
         ms = int(self.ttl * 1000)
         if self.held:
             self.held = bool(
-                self._renew({"lease": protocol.dispatch_leader_key()}, {"holder": self.holder, "ttl_ms": ms})
+                self._renew({"lease": keyspace.dispatch_leader_key()}, {"holder": self.holder, "ttl_ms": ms})
             )
         else:
-            self.held = bool(self.redis.set(protocol.dispatch_leader_key(), self.holder, nx=True, px=ms))
+            self.held = bool(self.redis.set(keyspace.dispatch_leader_key(), self.holder, nx=True, px=ms))
         if self.held:
             self._renewed = now
         return self.held
@@ -88,7 +89,7 @@ class Lease:
     def release(self) -> None:
         if self.ttl > 0 and self.held:
             with contextlib.suppress(Exception):
-                self._release({"lease": protocol.dispatch_leader_key()}, {"holder": self.holder})
+                self._release({"lease": keyspace.dispatch_leader_key()}, {"holder": self.holder})
         self.held = False
 
 
@@ -153,21 +154,21 @@ class Dispatcher:
         ordered = sorted(users)
         with self.redis.pipeline(transaction=False) as pipe:
             for user in ordered:
-                pipe.zcount(protocol.lent_key(user), now, "+inf")
+                pipe.zcount(keyspace.lent_key(user), now, "+inf")
             counts = pipe.execute()
         return {u: int(c) for u, c in zip(ordered, counts, strict=True) if c}
 
     def dispatch_pass(self) -> int:
         """Dispatch until every free slot is used or no waiting user can take one; return tasks sent."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.smembers(protocol.pending_users_key())
-        pipe.hgetall(protocol.running_key())
-        pipe.hgetall(protocol.quota_key())
-        pipe.hgetall(protocol.weight_key())
+        pipe.smembers(keyspace.pending_users_key())
+        pipe.hgetall(keyspace.running_key())
+        pipe.hgetall(keyspace.quota_key())
+        pipe.hgetall(keyspace.weight_key())
         pipe.time()
-        pipe.zrange(protocol.workers_seen_key(), 0, -1, withscores=True)
-        pipe.hgetall(protocol.workers_key())
-        pipe.hgetall(protocol.worker_used_key())
+        pipe.zrange(keyspace.workers_seen_key(), 0, -1, withscores=True)
+        pipe.hgetall(keyspace.workers_key())
+        pipe.hgetall(keyspace.worker_used_key())
         users_raw, running_raw, quota_raw, weight_raw, now, seen, registered, used_raw = pipe.execute()
         users = {int(u) for u in users_raw}
         self.drr.sync(users)
@@ -292,11 +293,11 @@ class Dispatcher:
         entry = take.entry
         if protocol.is_sandbox(entry.call_id):  # a sandbox: placed like a call, its task is its whole life
             self.celery_app.send_task(
-                protocol.TASK_SANDBOX, args=[entry.call_id, user], queue=take.queue, task_id=task_id, producer=producer
+                keyspace.TASK_SANDBOX, args=[entry.call_id, user], queue=take.queue, task_id=task_id, producer=producer
             )
             return
         self.celery_app.send_task(
-            protocol.TASK_EXECUTE,
+            keyspace.TASK_EXECUTE,
             args=[entry.call_id, entry.function_id, user, entry.start, entry.end],
             queue=take.queue,
             task_id=task_id,
@@ -307,7 +308,7 @@ class Dispatcher:
         if self.db is not None:
             recovery.load_needs(self.db, self.pending, function_id)
         else:
-            self.pending.set_needs(function_id, registry.needs_of({}, protocol.QUEUE_CPU))
+            self.pending.set_needs(function_id, registry.needs_of({}, keyspace.QUEUE_CPU))
 
     def _cannot_fit(
         self, user: int, take: Any, live: dict[str, WorkerCapacity], used: dict[str, dict[str, int]]
@@ -351,7 +352,7 @@ class Dispatcher:
     def take_lead(self) -> None:
         """Just became the leader: continue the previous leader's fair-share state, rebuild from the database."""
         self.leading = True
-        raw = self.redis.hget(protocol.dispatch_state_key(), "drr")
+        raw = self.redis.hget(keyspace.dispatch_state_key(), "drr")
         if raw:
             with contextlib.suppress(ValueError, TypeError, KeyError):
                 self.drr.restore(json.loads(raw))
@@ -364,13 +365,13 @@ class Dispatcher:
         self._last_rebuild = time.monotonic()
         if self.db is None:
             return 0
-        if not self.redis.set(protocol.rebuild_lock_key(), self.id, nx=True, ex=120):
+        if not self.redis.set(keyspace.rebuild_lock_key(), self.id, nx=True, ex=120):
             return 0
         try:
             with self._keeping_lease():
                 return recovery.rebuild(self.db, self.pending, grace=self.rebuild_grace)
         finally:
-            self.redis.delete(protocol.rebuild_lock_key())
+            self.redis.delete(keyspace.rebuild_lock_key())
 
     @contextlib.contextmanager
     def _keeping_lease(self) -> Iterator[None]:
@@ -399,7 +400,7 @@ class Dispatcher:
         """Once a second while leading: heartbeat, dead workers, lost tasks, autoscaler, state for failover."""
         now = time.monotonic()
         self._last_tick = now
-        self.redis.set(protocol.dispatcher_heartbeat_key(), str(time.time()), ex=10)
+        self.redis.set(keyspace.dispatcher_heartbeat_key(), str(time.time()), ex=10)
         live, dead = registry.capacities(self.redis, self.policy.dead_after)
         if dead:
             recovery.reclaim_dead_workers(self.pending, self.policy.dead_after, self.db)
@@ -408,7 +409,7 @@ class Dispatcher:
             recovery.reclaim_lost_tasks(self.pending, self.lost_after)
         self.scaler.tick(live, registry.used(self.redis))
         self.redis.hset(
-            protocol.dispatch_state_key(),
+            keyspace.dispatch_state_key(),
             mapping={
                 "drr": json.dumps(self.drr.state()),
                 "held": json.dumps({w: h.user_id for w, h in self.held.items()}),

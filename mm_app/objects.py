@@ -23,6 +23,7 @@ from redis import Redis
 
 from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
+from mm_app import keyspace
 
 from .ownership import check_owner
 
@@ -53,11 +54,11 @@ def resolve(redis: Redis, user_id: int, request: Request) -> str:
     kind = _kind(request)
     object_id = request.get("id")
     if object_id:
-        owner, owner_kind = redis.hmget(protocol.object_key(str(object_id)), "user", "kind")
+        owner, owner_kind = redis.hmget(keyspace.object_key(str(object_id)), "user", "kind")
         check_owner(int(owner) if owner is not None and owner_kind == kind.encode() else None, user_id, kind, object_id)
         return str(object_id)
     name = check_name(request.get("name"))
-    names = protocol.object_names_key(user_id, kind)
+    names = keyspace.object_names_key(user_id, kind)
     found = redis.hget(names, name)
     if found is not None:
         return found.decode()
@@ -68,7 +69,7 @@ def resolve(redis: Redis, user_id: int, request: Request) -> str:
         )
     fresh = _new_object(redis, user_id, kind, name)
     if not redis.hsetnx(names, name, fresh):  # another caller created it first: use theirs
-        redis.delete(protocol.object_key(fresh))
+        redis.delete(keyspace.object_key(fresh))
     winner = redis.hget(names, name)
     if winner is None:  # deleted by name between the two steps
         raise NotFoundError(f"{kind} {name!r} was deleted while it was being created; try again")
@@ -78,7 +79,7 @@ def resolve(redis: Redis, user_id: int, request: Request) -> str:
 def _new_object(redis: Redis, user_id: int, kind: str, name: str) -> str:
     object_id = protocol.new_id(KINDS[kind])
     redis.hset(
-        protocol.object_key(object_id),
+        keyspace.object_key(object_id),
         mapping={"user": user_id, "kind": kind, "name": name, "created": f"{time.time():.3f}"},
     )
     return object_id
@@ -86,14 +87,14 @@ def _new_object(redis: Redis, user_id: int, kind: str, name: str) -> str:
 
 def _delete_data(redis: Redis, kind: str, object_id: str) -> None:
     if kind == "volume":
-        redis.delete(protocol.volume_files_key(object_id))  # the blobs stay: content may be shared (no GC yet)
+        redis.delete(keyspace.volume_files_key(object_id))  # the blobs stay: content may be shared (no GC yet)
     elif kind == "dict":
-        redis.delete(protocol.dict_data_key(object_id))
+        redis.delete(keyspace.dict_data_key(object_id))
     else:
-        parts = redis.smembers(protocol.queue_partitions_key(object_id))
-        keys = [protocol.queue_data_key(object_id, p.decode()) for p in parts]
-        redis.delete(protocol.queue_partitions_key(object_id), protocol.queue_data_key(object_id, ""), *keys)
-    redis.delete(protocol.object_key(object_id))
+        parts = redis.smembers(keyspace.queue_partitions_key(object_id))
+        keys = [keyspace.queue_data_key(object_id, p.decode()) for p in parts]
+        redis.delete(keyspace.queue_partitions_key(object_id), keyspace.queue_data_key(object_id, ""), *keys)
+    redis.delete(keyspace.object_key(object_id))
 
 
 def handle(redis: Redis, user_id: int, request: Request) -> dict[str, Any]:
@@ -102,7 +103,7 @@ def handle(redis: Redis, user_id: int, request: Request) -> dict[str, Any]:
         raise InvalidError("an object request must be a JSON object")
     kind, op = _kind(request), request.get("op")
     if op == "list":
-        names = redis.hgetall(protocol.object_names_key(user_id, kind))
+        names = redis.hgetall(keyspace.object_names_key(user_id, kind))
         return {"objects": sorted(({"name": n.decode(), "id": i.decode()} for n, i in names.items()), key=str)}
     if op == "ephemeral":
         return {"id": _new_object(redis, user_id, kind, "")}
@@ -110,9 +111,9 @@ def handle(redis: Redis, user_id: int, request: Request) -> dict[str, Any]:
     if op == "hydrate":
         return {"id": object_id}
     if op == "delete":
-        name = redis.hget(protocol.object_key(object_id), "name")
+        name = redis.hget(keyspace.object_key(object_id), "name")
         if name:
-            redis.hdel(protocol.object_names_key(user_id, kind), name)
+            redis.hdel(keyspace.object_names_key(user_id, kind), name)
         _delete_data(redis, kind, object_id)
         return {"id": object_id}
     if kind == "volume":
@@ -153,15 +154,15 @@ def _enc(values: list[bytes]) -> list[str]:
 
 
 def _d_get(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
-    value = redis.hget(protocol.dict_data_key(oid), _bytes(req, "key"))
+    value = redis.hget(keyspace.dict_data_key(oid), _bytes(req, "key"))
     return {"found": value is not None, "value": None if value is None else protocol.b64(value)}
 
 
 def _d_put(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
     key, value = _bytes(req, "key"), _bytes(req, "value")
     if req.get("skip_if_exists"):
-        return {"created": bool(redis.hsetnx(protocol.dict_data_key(oid), key, value))}
-    redis.hset(protocol.dict_data_key(oid), key, value)
+        return {"created": bool(redis.hsetnx(keyspace.dict_data_key(oid), key, value))}
+    redis.hset(keyspace.dict_data_key(oid), key, value)
     return {"created": True}
 
 
@@ -172,34 +173,34 @@ def _d_update(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
             raise InvalidError("items must be [key, value] pairs of base64 strings")
         mapping[protocol.unb64(pair[0])] = protocol.unb64(pair[1])
     if mapping:
-        redis.hset(protocol.dict_data_key(oid), mapping=mapping)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
+        redis.hset(keyspace.dict_data_key(oid), mapping=mapping)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
     return {}
 
 
 def _d_pop(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
     key = _bytes(req, "key")
     with redis.pipeline(transaction=True) as pipe:  # MULTI: read and delete as one step
-        pipe.hget(protocol.dict_data_key(oid), key)
-        pipe.hdel(protocol.dict_data_key(oid), key)
+        pipe.hget(keyspace.dict_data_key(oid), key)
+        pipe.hdel(keyspace.dict_data_key(oid), key)
         value, _ = pipe.execute()
     return {"found": value is not None, "value": None if value is None else protocol.b64(value)}
 
 
 def _d_contains(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
-    return {"found": bool(redis.hexists(protocol.dict_data_key(oid), _bytes(req, "key")))}
+    return {"found": bool(redis.hexists(keyspace.dict_data_key(oid), _bytes(req, "key")))}
 
 
 def _d_len(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
-    return {"len": redis.hlen(protocol.dict_data_key(oid))}
+    return {"len": redis.hlen(keyspace.dict_data_key(oid))}
 
 
 def _d_items(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
-    items = redis.hgetall(protocol.dict_data_key(oid))
+    items = redis.hgetall(keyspace.dict_data_key(oid))
     return {"items": [[protocol.b64(k), protocol.b64(v)] for k, v in items.items()]}
 
 
 def _d_clear(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
-    redis.delete(protocol.dict_data_key(oid))
+    redis.delete(keyspace.dict_data_key(oid))
     return {}
 
 
@@ -232,14 +233,14 @@ def _q_put(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
     values = [protocol.unb64(v) for v in _list(req, "values")]
     if not values:
         return {}
-    key = protocol.queue_data_key(oid, partition)
+    key = keyspace.queue_data_key(oid, partition)
     ttl = req.get("partition_ttl") or PARTITION_TTL
     if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1:
         raise InvalidError(f"partition_ttl={ttl!r}: give whole seconds, at least 1")
     with redis.pipeline(transaction=True) as pipe:
         pipe.rpush(key, *values)
         if partition:
-            pipe.sadd(protocol.queue_partitions_key(oid), partition)
+            pipe.sadd(keyspace.queue_partitions_key(oid), partition)
             pipe.expire(key, ttl)
         pipe.execute()
     return {}
@@ -247,7 +248,7 @@ def _q_put(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
 
 def _q_get(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
     """Up to ``n`` values; with ``timeout`` > 0, wait (at most MAX_BLOCK_SECONDS) for the first one."""
-    key = protocol.queue_data_key(oid, _partition(req))
+    key = keyspace.queue_data_key(oid, _partition(req))
     n = req.get("n", 1)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise InvalidError(f"n={n!r}: give a whole number of at least 1")
@@ -264,17 +265,17 @@ def _q_get(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
 
 def _q_len(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
     if req.get("total"):
-        parts = [p.decode() for p in redis.smembers(protocol.queue_partitions_key(oid))]
-        return {"len": sum(redis.llen(protocol.queue_data_key(oid, p)) for p in ["", *parts])}
-    return {"len": redis.llen(protocol.queue_data_key(oid, _partition(req)))}
+        parts = [p.decode() for p in redis.smembers(keyspace.queue_partitions_key(oid))]
+        return {"len": sum(redis.llen(keyspace.queue_data_key(oid, p)) for p in ["", *parts])}
+    return {"len": redis.llen(keyspace.queue_data_key(oid, _partition(req)))}
 
 
 def _q_clear(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
     if req.get("all"):
-        parts = [p.decode() for p in redis.smembers(protocol.queue_partitions_key(oid))]
-        redis.delete(protocol.queue_partitions_key(oid), *(protocol.queue_data_key(oid, p) for p in ["", *parts]))
+        parts = [p.decode() for p in redis.smembers(keyspace.queue_partitions_key(oid))]
+        redis.delete(keyspace.queue_partitions_key(oid), *(keyspace.queue_data_key(oid, p) for p in ["", *parts]))
     else:
-        redis.delete(protocol.queue_data_key(oid, _partition(req)))
+        redis.delete(keyspace.queue_data_key(oid, _partition(req)))
     return {}
 
 
@@ -285,7 +286,7 @@ def _q_peek(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
         raise InvalidError("start and n must be whole numbers of at least 0")
     if n == 0:
         return {"values": []}
-    return {"values": _enc(redis.lrange(protocol.queue_data_key(oid, _partition(req)), start, start + n - 1))}
+    return {"values": _enc(redis.lrange(keyspace.queue_data_key(oid, _partition(req)), start, start + n - 1))}
 
 
 _QUEUE_OPS: dict[str, Callable[[Redis, str, Request], dict[str, Any]]] = {

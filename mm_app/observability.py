@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from minimodal import protocol
+from mm_app import keyspace
 
 CONTEXT_FIELDS = ("call_id", "user_id", "function_id")
 TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -135,7 +135,7 @@ _sent_logger = logging.getLogger("minimodal.dispatch")
 
 
 def _task_ids(name: str, args: Any) -> dict[str, Any]:
-    if name == protocol.TASK_EXECUTE and isinstance(args, list | tuple) and len(args) >= 3:
+    if name == keyspace.TASK_EXECUTE and isinstance(args, list | tuple) and len(args) >= 3:
         return {"call_id": args[0], "function_id": args[1], "user_id": args[2]}
     return {}
 

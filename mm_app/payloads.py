@@ -16,6 +16,7 @@ from redis import Redis
 from minimodal import protocol
 from minimodal.defaults import DEFAULT_LOG_STREAM_LENGTH, DEFAULT_STREAM_TTL
 from minimodal.exception import InvalidError, NotFoundError, PayloadTooLargeError
+from mm_app import keyspace
 
 from . import lua
 
@@ -32,7 +33,7 @@ class Payloads:
     # ---- inputs ----
 
     def get_inputs(self, call_id: str, indexes: range) -> list[bytes | None]:
-        values = self.redis.hmget(protocol.inputs_key(call_id), [str(i) for i in indexes])
+        values = self.redis.hmget(keyspace.inputs_key(call_id), [str(i) for i in indexes])
         resolved: list[bytes | None] = []
         for value in values:
             blob_id = protocol.parse_blob_ref(value) if value is not None else None
@@ -59,7 +60,7 @@ class Payloads:
             outputs.append({"index": int(envelope[protocol.OUT_INDEX]), "size": len(fields)})
             data += fields
         ids = self._publish(
-            {"outputs": protocol.outputs_key(call_id), "done": protocol.done_key(call_id)},
+            {"outputs": keyspace.outputs_key(call_id), "done": keyspace.done_key(call_id)},
             {"ttl": self.ttl, "outputs": outputs},
             data,
         )
@@ -69,13 +70,13 @@ class Payloads:
         """Take a published output back (a dead-lettered input is retried): its next output counts."""
         pipe = self.redis.pipeline(transaction=True)
         if entry_id:
-            pipe.xdel(protocol.outputs_key(call_id), entry_id)
-        pipe.srem(protocol.done_key(call_id), idx)
+            pipe.xdel(keyspace.outputs_key(call_id), entry_id)
+        pipe.srem(keyspace.done_key(call_id), idx)
         pipe.execute()
 
     def read_outputs(self, call_id: str, cursor: str, block_ms: int, count: int = 1000) -> tuple[list[dict], str]:
         """Envelopes after ``cursor`` (waiting up to ``block_ms``), and the new cursor."""
-        key = protocol.outputs_key(call_id)
+        key = keyspace.outputs_key(call_id)
         if block_ms > 0:
             reply = self.redis.xread({key: cursor}, count=count, block=block_ms)
             entries = reply[0][1] if reply else []
@@ -88,7 +89,7 @@ class Payloads:
         return envelopes, cursor
 
     def put_item(self, call_id: str, fields: dict[str, Any]) -> None:
-        key = protocol.items_key(call_id)
+        key = keyspace.items_key(call_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(key, {k: (v if isinstance(v, bytes) else str(v)) for k, v in fields.items() if v is not None})
         pipe.expire(key, self.stream_ttl)
@@ -97,7 +98,7 @@ class Payloads:
     def put_logs(self, call_id: str, app_id: str, entries: list[dict[str, str]]) -> None:
         """Append log entries, in order, to the call's stream and the app's, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        for key in (protocol.logs_key(call_id), protocol.app_logs_key(app_id)):
+        for key in (keyspace.logs_key(call_id), keyspace.app_logs_key(app_id)):
             for fields in entries:
                 pipe.xadd(key, fields, maxlen=DEFAULT_LOG_STREAM_LENGTH, approximate=True)
             pipe.expire(key, self.ttl)
@@ -114,14 +115,14 @@ class Payloads:
         return [(key.decode(), entry_id.decode(), fields) for key, entries in reply for entry_id, fields in entries]
 
     def outputs_exist(self, call_id: str) -> bool:
-        return bool(self.redis.exists(protocol.outputs_key(call_id)))
+        return bool(self.redis.exists(keyspace.outputs_key(call_id)))
 
     # ---- blobs ----
 
     def put_blob(self, user_id: int, stream: IO[bytes], limit: int) -> tuple[str, int]:
         """Copy a request body into a new blob chunk by chunk; refuse it past ``limit`` bytes."""
         blob_id = protocol.new_id("bl")
-        key, size, head, tail = protocol.blob_key(blob_id), 0, b"", b""
+        key, size, head, tail = keyspace.blob_key(blob_id), 0, b"", b""
         try:
             while chunk := stream.read(CHUNK):
                 size += len(chunk)
@@ -138,30 +139,30 @@ class Payloads:
             raise InvalidError("the blob is not a pickle (expected a protocol 2-5 header and a STOP byte)")
         pipe = self.redis.pipeline(transaction=False)
         pipe.expire(key, self.ttl)
-        pipe.set(protocol.blob_owner_key(blob_id), user_id, ex=self.ttl)
+        pipe.set(keyspace.blob_owner_key(blob_id), user_id, ex=self.ttl)
         pipe.execute()
         return blob_id, size
 
     def blob_owner(self, blob_id: str) -> int | None:
-        owner = self.redis.get(protocol.blob_owner_key(blob_id))
+        owner = self.redis.get(keyspace.blob_owner_key(blob_id))
         return int(owner) if owner is not None else None
 
     def put_blob_bytes(self, owner: int, data: bytes) -> str:
         blob_id = protocol.new_id("bl")
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(protocol.blob_key(blob_id), data, ex=self.ttl)
-        pipe.set(protocol.blob_owner_key(blob_id), owner, ex=self.ttl)
+        pipe.set(keyspace.blob_key(blob_id), data, ex=self.ttl)
+        pipe.set(keyspace.blob_owner_key(blob_id), owner, ex=self.ttl)
         pipe.execute()
         return blob_id
 
     def get_blob(self, blob_id: str) -> bytes:
-        data = self.redis.get(protocol.blob_key(blob_id))
+        data = self.redis.get(keyspace.blob_key(blob_id))
         if data is None:
             raise NotFoundError(f"blob {blob_id} does not exist or has expired")
         return data
 
     def iter_blob(self, blob_id: str) -> Iterator[bytes]:
-        key = protocol.blob_key(blob_id)
+        key = keyspace.blob_key(blob_id)
         size = self.redis.strlen(key)
         for start in range(0, size, CHUNK):
             yield self.redis.getrange(key, start, min(size, start + CHUNK) - 1)

@@ -1,6 +1,6 @@
 """Per-user pending queues in Redis, and the atomic steps that move work between them and the workers.
 
-Each user has a list of :class:`~minimodal.protocol.PendingEntry` (runs of inputs). Five Lua scripts
+Each user has a list of :class:`~minimodal.keyspace.PendingEntry` (runs of inputs). Five Lua scripts
 (``mm_app/lua/{enqueue,take,hold,finish,reclaim}.lua``, sharing ``_sched.lua``) change scheduling state,
 each in one atomic step, so that any number of API processes, dispatchers and workers may run at once
 without handing out an input twice or overfilling a worker:
@@ -36,8 +36,9 @@ from typing import Any
 
 from redis import Redis
 
-from minimodal import config, defaults, protocol
-from minimodal.protocol import FunctionNeeds, InflightTask, PendingEntry, WorkerCapacity
+from minimodal import config, defaults
+from mm_app import keyspace
+from mm_app.keyspace import FunctionNeeds, InflightTask, PendingEntry, WorkerCapacity
 
 from . import lua
 from .registry import unschedulable
@@ -154,14 +155,14 @@ class PendingQueues:
         """
         reply = self._enqueue(
             {
-                "pending": protocol.pending_key(user_id),
-                "pending_users": protocol.pending_users_key(),
-                "pending_inputs": protocol.pending_inputs_key(),
-                "wake": protocol.wake_key(),
-                "function_needs": protocol.function_needs_key(),
-                "workers": protocol.workers_key(),
-                "workers_seen": protocol.workers_seen_key(),
-                "inputs": protocol.inputs_key(entry.call_id),
+                "pending": keyspace.pending_key(user_id),
+                "pending_users": keyspace.pending_users_key(),
+                "pending_inputs": keyspace.pending_inputs_key(),
+                "wake": keyspace.wake_key(),
+                "function_needs": keyspace.function_needs_key(),
+                "workers": keyspace.workers_key(),
+                "workers_seen": keyspace.workers_seen_key(),
+                "inputs": keyspace.inputs_key(entry.call_id),
             },
             {
                 "user_id": user_id,
@@ -190,23 +191,23 @@ class PendingQueues:
         p = self.policy
         reply = self._take(
             {
-                "pending": protocol.pending_key(user_id),
-                "pending_users": protocol.pending_users_key(),
-                "pending_inputs": protocol.pending_inputs_key(),
-                "running": protocol.running_key(),
-                "quota": protocol.quota_key(),
-                "lent": protocol.lent_key(user_id),
-                "function_limit": protocol.function_limit_key(),
-                "function_running": protocol.function_running_key(),
-                "function_needs": protocol.function_needs_key(),
-                "workers": protocol.workers_key(),
-                "workers_seen": protocol.workers_seen_key(),
-                "worker_used": protocol.worker_used_key(),
-                "worker_target": protocol.worker_target_key(),
-                "inflight": protocol.inflight_key(),
-                "scale_events": protocol.scale_events_key(),
-                "dispatch_log": protocol.dispatch_log_key(),
-                "dispatch_stats": protocol.dispatch_stats_key(),
+                "pending": keyspace.pending_key(user_id),
+                "pending_users": keyspace.pending_users_key(),
+                "pending_inputs": keyspace.pending_inputs_key(),
+                "running": keyspace.running_key(),
+                "quota": keyspace.quota_key(),
+                "lent": keyspace.lent_key(user_id),
+                "function_limit": keyspace.function_limit_key(),
+                "function_running": keyspace.function_running_key(),
+                "function_needs": keyspace.function_needs_key(),
+                "workers": keyspace.workers_key(),
+                "workers_seen": keyspace.workers_seen_key(),
+                "worker_used": keyspace.worker_used_key(),
+                "worker_target": keyspace.worker_target_key(),
+                "inflight": keyspace.inflight_key(),
+                "scale_events": keyspace.scale_events_key(),
+                "dispatch_log": keyspace.dispatch_log_key(),
+                "dispatch_stats": keyspace.dispatch_stats_key(),
             },
             {
                 "user_id": user_id,
@@ -222,7 +223,7 @@ class PendingQueues:
                 "log_length": p.log_length,
                 "events_length": p.events_length,
                 "dead_after": p.dead_after,
-                "function_stats_prefix": protocol.function_stats_key(""),
+                "function_stats_prefix": keyspace.function_stats_key(""),
             },
         )
         return Take.from_reply(reply)
@@ -235,10 +236,10 @@ class PendingQueues:
         """
         self._hold(
             {
-                "inflight": protocol.inflight_key(),
-                "running": protocol.running_key(),
-                "function_running": protocol.function_running_key(),
-                "worker_used": protocol.worker_used_key(),
+                "inflight": keyspace.inflight_key(),
+                "running": keyspace.running_key(),
+                "function_running": keyspace.function_running_key(),
+                "worker_used": keyspace.worker_used_key(),
             },
             {"task_id": task_id, "task": asdict(task)},
         )
@@ -251,12 +252,12 @@ class PendingQueues:
         """
         self._finish(
             {
-                "inflight": protocol.inflight_key(),
-                "running": protocol.running_key(),
-                "function_running": protocol.function_running_key(),
-                "worker_used": protocol.worker_used_key(),
-                "function_stats": protocol.function_stats_key(function_id),
-                "wake": protocol.wake_key(),
+                "inflight": keyspace.inflight_key(),
+                "running": keyspace.running_key(),
+                "function_running": keyspace.function_running_key(),
+                "worker_used": keyspace.worker_used_key(),
+                "function_stats": keyspace.function_stats_key(function_id),
+                "wake": keyspace.wake_key(),
             },
             {"task_id": task_id or "", "mean_run_us": int(mean_run_us), "ewma_weight": EWMA_WEIGHT},
         )
@@ -269,15 +270,15 @@ class PendingQueues:
         return bool(
             self._reclaim(
                 {
-                    "inflight": protocol.inflight_key(),
-                    "running": protocol.running_key(),
-                    "function_running": protocol.function_running_key(),
-                    "worker_used": protocol.worker_used_key(),
-                    "pending": protocol.pending_key(user_id),
-                    "pending_users": protocol.pending_users_key(),
-                    "pending_inputs": protocol.pending_inputs_key(),
-                    "wake": protocol.wake_key(),
-                    "dispatch_stats": protocol.dispatch_stats_key(),
+                    "inflight": keyspace.inflight_key(),
+                    "running": keyspace.running_key(),
+                    "function_running": keyspace.function_running_key(),
+                    "worker_used": keyspace.worker_used_key(),
+                    "pending": keyspace.pending_key(user_id),
+                    "pending_users": keyspace.pending_users_key(),
+                    "pending_inputs": keyspace.pending_inputs_key(),
+                    "wake": keyspace.wake_key(),
+                    "dispatch_stats": keyspace.dispatch_stats_key(),
                 },
                 {
                     "task_id": task_id,
@@ -297,11 +298,11 @@ class PendingQueues:
         if not entries:
             return
         pipe = self.redis.pipeline(transaction=True)
-        pipe.lpush(protocol.pending_key(user_id), *(e.encode() for e in reversed(entries)))
-        pipe.sadd(protocol.pending_users_key(), user_id)
-        pipe.hincrby(protocol.pending_inputs_key(), str(user_id), sum(e.end - e.start for e in entries))
-        pipe.hincrby(protocol.dispatch_stats_key(), counter, len(entries))
-        pipe.rpush(protocol.wake_key(), "1")
+        pipe.lpush(keyspace.pending_key(user_id), *(e.encode() for e in reversed(entries)))
+        pipe.sadd(keyspace.pending_users_key(), user_id)
+        pipe.hincrby(keyspace.pending_inputs_key(), str(user_id), sum(e.end - e.start for e in entries))
+        pipe.hincrby(keyspace.dispatch_stats_key(), counter, len(entries))
+        pipe.rpush(keyspace.wake_key(), "1")
         pipe.execute()
 
     def register_functions(
@@ -314,39 +315,39 @@ class PendingQueues:
     ) -> None:
         """At deploy: each function's Celery queue, max_containers, min_containers and resource needs."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(protocol.function_queue_key(), mapping=queues)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
+        pipe.hset(keyspace.function_queue_key(), mapping=queues)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
         if limits:
-            pipe.hset(protocol.function_limit_key(), mapping=limits)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
+            pipe.hset(keyspace.function_limit_key(), mapping=limits)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
         if warm:
-            pipe.hset(protocol.warm_key(), mapping=warm)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
+            pipe.hset(keyspace.warm_key(), mapping=warm)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
         if needs:
-            pipe.hset(protocol.function_needs_key(), mapping={f: n.to_json() for f, n in needs.items()})
+            pipe.hset(keyspace.function_needs_key(), mapping={f: n.to_json() for f, n in needs.items()})
         pipe.execute()
 
     def set_needs(self, function_id: str, need: FunctionNeeds) -> None:
-        self.redis.hset(protocol.function_needs_key(), function_id, need.to_json())
+        self.redis.hset(keyspace.function_needs_key(), function_id, need.to_json())
 
     def forget_warm(self, function_ids: list[str]) -> None:
         """An app stopped: its functions no longer keep runners warm."""
         if function_ids:
-            self.redis.hdel(protocol.warm_key(), *function_ids)
+            self.redis.hdel(keyspace.warm_key(), *function_ids)
 
     def warm_functions(self) -> dict[str, int]:
-        return {k.decode(): int(v) for k, v in self.redis.hgetall(protocol.warm_key()).items()}
+        return {k.decode(): int(v) for k, v in self.redis.hgetall(keyspace.warm_key()).items()}
 
     def users_with_work(self) -> list[int]:
-        return sorted(int(u) for u in self.redis.smembers(protocol.pending_users_key()))
+        return sorted(int(u) for u in self.redis.smembers(keyspace.pending_users_key()))
 
     def set_quota(self, user_id: int, quota: int, *, weight: int | None = None) -> None:
         """A user's quota (and weight) changed: the dispatcher uses them from its next pass."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(protocol.quota_key(), str(user_id), quota)
+        pipe.hset(keyspace.quota_key(), str(user_id), quota)
         if weight is not None:
-            pipe.hset(protocol.weight_key(), str(user_id), weight)
-        pipe.rpush(protocol.wake_key(), "1")
+            pipe.hset(keyspace.weight_key(), str(user_id), weight)
+        pipe.rpush(keyspace.wake_key(), "1")
         pipe.execute()
 
     def wait_for_wake(self, timeout: float) -> None:
         """Block until someone pushes a wake-up (or ``timeout``), then drain the wake list."""
-        if self.redis.blpop([protocol.wake_key()], timeout=timeout):
-            self.redis.delete(protocol.wake_key())
+        if self.redis.blpop([keyspace.wake_key()], timeout=timeout):
+            self.redis.delete(keyspace.wake_key())

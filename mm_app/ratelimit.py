@@ -12,8 +12,8 @@ import math
 
 from redis import Redis
 
-from minimodal import protocol
 from minimodal.exception import RateLimitError
+from mm_app import keyspace
 
 from . import lua
 
@@ -31,7 +31,7 @@ class RateLimiter:
         interval = 1_000_000 / self.rate
         wait_us = int(
             self._script(
-                {"limit": protocol.rate_key(user_id)}, {"interval_us": interval, "burst_us": interval * self.burst}
+                {"limit": keyspace.rate_key(user_id)}, {"interval_us": interval, "burst_us": interval * self.burst}
             )
         )
         if wait_us > 0:

@@ -29,7 +29,9 @@ from redis import Redis
 from sqlalchemy import select
 
 from minimodal import protocol
-from minimodal.protocol import CallStatus, InflightTask, PendingEntry
+from minimodal.protocol import CallStatus
+from mm_app import keyspace
+from mm_app.keyspace import InflightTask, PendingEntry
 
 from . import registry, sandboxes
 from .database import Database
@@ -42,7 +44,7 @@ logger = logging.getLogger("minimodal.dispatcher")
 def output_indexes(redis: Redis, call_id: str) -> set[int]:
     """Indexes of a call's inputs that have an output in its stream."""
     done = set()
-    for _, fields in redis.xrange(protocol.outputs_key(call_id)):
+    for _, fields in redis.xrange(keyspace.outputs_key(call_id)):
         raw = fields.get(protocol.OUT_INDEX.encode())
         if raw is not None:
             done.add(int(raw))
@@ -66,7 +68,7 @@ def unfinished_runs(redis: Redis, task: InflightTask) -> list[tuple[int, int]]:
 
 
 def ledger(redis: Redis) -> dict[str, InflightTask]:
-    return {k.decode(): InflightTask.decode(v) for k, v in redis.hgetall(protocol.inflight_key()).items()}
+    return {k.decode(): InflightTask.decode(v) for k, v in redis.hgetall(keyspace.inflight_key()).items()}
 
 
 def restore_limits(db: Database, pending: PendingQueues) -> int:
@@ -75,8 +77,8 @@ def restore_limits(db: Database, pending: PendingQueues) -> int:
         users = session.execute(select(UserRecord.id, UserRecord.quota, UserRecord.weight)).all()
     if users:
         pipe = pending.redis.pipeline(transaction=False)
-        pipe.hset(protocol.quota_key(), mapping={str(u.id): u.quota for u in users})
-        pipe.hset(protocol.weight_key(), mapping={str(u.id): u.weight for u in users})
+        pipe.hset(keyspace.quota_key(), mapping={str(u.id): u.quota for u in users})
+        pipe.hset(keyspace.weight_key(), mapping={str(u.id): u.weight for u in users})
         pipe.execute()
     return len(users)
 
@@ -93,7 +95,7 @@ def load_needs(db: Database, pending: PendingQueues, function_id: str) -> None:
         found = session.execute(
             select(FunctionRecord.options, FunctionRecord.queue).where(FunctionRecord.id == function_id)
         ).first()
-    options, queue = (found.options, found.queue) if found else ({}, protocol.QUEUE_CPU)
+    options, queue = (found.options, found.queue) if found else ({}, keyspace.QUEUE_CPU)
     try:
         need = registry.needs_of(options or {}, queue)
     except ValueError:  # a bad gpu option stored before it was checked: run it without one
@@ -120,8 +122,8 @@ def rebuild(db: Database, pending: PendingQueues, *, grace: float) -> int:
     users = sorted({r.user_id for r in rows})
     with redis.pipeline(transaction=True) as pipe:  # queues and ledger at one instant
         for user_id in users:
-            pipe.lrange(protocol.pending_key(user_id), 0, -1)
-        pipe.hgetall(protocol.inflight_key())
+            pipe.lrange(keyspace.pending_key(user_id), 0, -1)
+        pipe.hgetall(keyspace.inflight_key())
         snapshot = pipe.execute()
     covered: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for raw_list in snapshot[:-1]:
@@ -218,12 +220,12 @@ def reclaim_lost_tasks(pending: PendingQueues, lost_after: float) -> int:
     beats: dict[str, dict | None] = {}
     for task_id, task in old.items():
         if task.worker_id not in beats:
-            raw = redis.get(protocol.worker_key(task.worker_id))
+            raw = redis.get(keyspace.worker_key(task.worker_id))
             beats[task.worker_id] = json.loads(raw) if raw else None
         info = beats[task.worker_id]
         if info is None or task_id in info.get("active", []):
             continue  # no word from the worker (the dead-worker sweep decides it), or it holds the task
-        if _waiting_in_queue(redis, task_id, protocol.worker_queue(task.worker_id)):
+        if _waiting_in_queue(redis, task_id, keyspace.worker_queue(task.worker_id)):
             continue  # sent, not fetched yet: late, not lost
         if pending.reclaim(task_id, task.user_id, unfinished_runs(redis, task), counter="lost"):
             _drop_orphan(redis, task_id)

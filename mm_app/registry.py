@@ -1,6 +1,6 @@
 """Workers and what they can hold; functions and what they need.
 
-A worker registers its totals (:class:`~minimodal.protocol.WorkerCapacity`: slots, cpu, memory, GPUs,
+A worker registers its totals (:class:`~minimodal.keyspace.WorkerCapacity`: slots, cpu, memory, GPUs,
 runtimes, its own Celery queue) in ``mm:workers`` with every heartbeat, and its liveness as the Redis
 time of that beat in ``mm:workers_seen`` (so no two machines' clocks are compared). What is free on a
 worker is never reported by the worker: it is the totals minus the reservations of the tasks the
@@ -8,7 +8,7 @@ dispatcher placed there (``mm:wused``), changed atomically by the take and finis
 :mod:`.pending`. The older per-worker heartbeat key ``mm:worker:{id}`` (JSON with busy/idle counts,
 active tasks and runners per function) stays for operators and ``/stats``.
 
-A function's needs (:class:`~minimodal.protocol.FunctionNeeds`) are written at deploy from its
+A function's needs (:class:`~minimodal.keyspace.FunctionNeeds`) are written at deploy from its
 options: ``cpu`` (default 0.125 cores), ``memory`` (default 128 MiB), ``gpu``, whether it runs in a
 container of a built image (then only a worker with the Docker runtime can run it), and the container
 runtime it asks for (``experimental_options={"container_runtime": "runsc"}``: only a worker whose
@@ -28,7 +28,8 @@ from redis import Redis
 from minimodal import protocol
 from minimodal.defaults import DEFAULT_FUNCTION_CPU, DEFAULT_FUNCTION_MEMORY
 from minimodal.exception import InsufficientResourcesError, InvalidError
-from minimodal.protocol import FunctionNeeds, WorkerCapacity
+from mm_app import keyspace
+from mm_app.keyspace import FunctionNeeds, WorkerCapacity
 
 from . import lua
 
@@ -38,7 +39,7 @@ logger = logging.getLogger("minimodal.registry")
 def live_workers(redis: Redis) -> list[dict[str, Any]]:
     """Every worker's latest heartbeat JSON (``mm:worker:*``; the keys expire when beats stop)."""
     workers = []
-    for key in redis.scan_iter(protocol.worker_key("*"), count=1000):
+    for key in redis.scan_iter(keyspace.worker_key("*"), count=1000):
         raw = redis.get(key)
         if raw:
             workers.append(json.loads(raw))
@@ -56,10 +57,10 @@ def beat(redis: Redis, capacity: WorkerCapacity, info: dict[str, Any], ttl: int)
     """One heartbeat: register the totals, mark the worker seen now (Redis time), refresh its info key."""
     lua.Script(redis, "beat")(
         {
-            "workers": protocol.workers_key(),
-            "workers_seen": protocol.workers_seen_key(),
-            "heartbeat": protocol.worker_key(capacity.id),
-            "wake": protocol.wake_key(),
+            "workers": keyspace.workers_key(),
+            "workers_seen": keyspace.workers_seen_key(),
+            "heartbeat": keyspace.worker_key(capacity.id),
+            "wake": keyspace.wake_key(),
         },
         {"worker_id": capacity.id, "capacity": capacity.to_json(), "info": json.dumps(info), "ttl": int(ttl)},
     )
@@ -69,8 +70,8 @@ def capacities(redis: Redis, dead_after: float) -> tuple[dict[str, WorkerCapacit
     """``(live workers by id, ids of dead ones)``: dead = not seen for ``dead_after`` seconds of Redis time."""
     pipe = redis.pipeline(transaction=False)
     pipe.time()
-    pipe.zrange(protocol.workers_seen_key(), 0, -1, withscores=True)
-    pipe.hgetall(protocol.workers_key())
+    pipe.zrange(keyspace.workers_seen_key(), 0, -1, withscores=True)
+    pipe.hgetall(keyspace.workers_key())
     return split_live(*pipe.execute(), dead_after=dead_after)
 
 
@@ -93,7 +94,7 @@ def split_live(
 
 def used(redis: Redis) -> dict[str, dict[str, int]]:
     """Reservations per worker: ``{worker id: {"slots": n, "cpu": m, "memory": mib, "gpu:T4": n}}``."""
-    return parse_used(redis.hgetall(protocol.worker_used_key()))
+    return parse_used(redis.hgetall(keyspace.worker_used_key()))
 
 
 def parse_used(raw: dict[bytes, bytes]) -> dict[str, dict[str, int]]:
@@ -106,22 +107,22 @@ def parse_used(raw: dict[bytes, bytes]) -> dict[str, dict[str, int]]:
 
 def forget(redis: Redis, worker_id: str) -> None:
     """Drop a stopped or dead worker: its registration, reservations, scaled target and Celery queue."""
-    fields = [f for f in redis.hkeys(protocol.worker_used_key()) if f.decode().rpartition("|")[0] == worker_id]
+    fields = [f for f in redis.hkeys(keyspace.worker_used_key()) if f.decode().rpartition("|")[0] == worker_id]
     pipe = redis.pipeline(transaction=True)
-    pipe.hdel(protocol.workers_key(), worker_id)
-    pipe.zrem(protocol.workers_seen_key(), worker_id)
+    pipe.hdel(keyspace.workers_key(), worker_id)
+    pipe.zrem(keyspace.workers_seen_key(), worker_id)
     if fields:
-        pipe.hdel(protocol.worker_used_key(), *fields)
-    pipe.hdel(protocol.worker_target_key(), worker_id)
-    pipe.delete(protocol.worker_queue(worker_id))  # messages nobody will consume (they are re-queued from the ledger)
+        pipe.hdel(keyspace.worker_used_key(), *fields)
+    pipe.hdel(keyspace.worker_target_key(), worker_id)
+    pipe.delete(keyspace.worker_queue(worker_id))  # messages nobody will consume (they are re-queued from the ledger)
     pipe.execute()
 
 
 def unregister(redis: Redis, worker_id: str) -> None:
     """A worker shutting down takes no new placements (its reservations stay until its tasks finish)."""
     pipe = redis.pipeline(transaction=True)
-    pipe.hdel(protocol.workers_key(), worker_id)
-    pipe.zrem(protocol.workers_seen_key(), worker_id)
+    pipe.hdel(keyspace.workers_key(), worker_id)
+    pipe.zrem(keyspace.workers_seen_key(), worker_id)
     pipe.execute()
 
 
@@ -178,7 +179,7 @@ def needs_of(options: dict[str, Any], queue: str) -> FunctionNeeds:
         memory=max(1, int(options.get("memory") or DEFAULT_FUNCTION_MEMORY) // width),
         gpu=gpu,
         gpu_count=gpu_count,
-        runtime="docker" if queue == protocol.QUEUE_CONTAINER else "process",
+        runtime="docker" if queue == keyspace.QUEUE_CONTAINER else "process",
         sandbox=str(options.get("container_runtime") or ""),
     )
 

@@ -19,7 +19,9 @@ from redis import Redis
 from sqlalchemy import select
 
 from minimodal import config, defaults, protocol
-from minimodal.protocol import FunctionNeeds, SandboxState
+from minimodal.protocol import SandboxState
+from mm_app import keyspace
+from mm_app.keyspace import FunctionNeeds
 
 from .database import Database
 from .models import SandboxRecord, utcnow
@@ -43,7 +45,7 @@ def needs(spec: dict[str, Any]) -> FunctionNeeds:
 
 
 def live_state(redis: Redis, sandbox_id: str) -> dict[str, str]:
-    raw = redis.hgetall(protocol.sandbox_state_key(sandbox_id))
+    raw = redis.hgetall(keyspace.sandbox_state_key(sandbox_id))
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
@@ -94,7 +96,7 @@ def end(
     error: str | None = None,
 ) -> bool:
     """Record a sandbox's end once (the first end wins); wake every waiter. False if it had ended already."""
-    key = protocol.sandbox_state_key(sandbox_id)
+    key = keyspace.sandbox_state_key(sandbox_id)
     ttl = config.get("stream_ttl")
     pipe = redis.pipeline(transaction=True)
     pipe.hget(key, "state")
@@ -106,11 +108,11 @@ def end(
     pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
     pipe.hdel(key, "tunnels")  # its ports ended with it
     pipe.expire(key, ttl)
-    pipe.xadd(protocol.sandbox_events_key(sandbox_id), {"proc": "", **fields})
-    pipe.expire(protocol.sandbox_events_key(sandbox_id), ttl)
-    pipe.hdel(protocol.function_needs_key(), sandbox_id)
-    pipe.rpush(protocol.sandbox_control_key(sandbox_id), json.dumps({"op": "terminate", "ended": True}))
-    pipe.expire(protocol.sandbox_control_key(sandbox_id), 60)
+    pipe.xadd(keyspace.sandbox_events_key(sandbox_id), {"proc": "", **fields})
+    pipe.expire(keyspace.sandbox_events_key(sandbox_id), ttl)
+    pipe.hdel(keyspace.function_needs_key(), sandbox_id)
+    pipe.rpush(keyspace.sandbox_control_key(sandbox_id), json.dumps({"op": "terminate", "ended": True}))
+    pipe.expire(keyspace.sandbox_control_key(sandbox_id), 60)
     pipe.execute()
     if db is not None:
         with db.write() as session:
@@ -127,7 +129,7 @@ def started(
     """The sandbox runs on ``worker_id``; ``tunnels``: each published container port -> host, port, encrypted."""
     pipe = redis.pipeline(transaction=True)
     pipe.hset(
-        protocol.sandbox_state_key(sandbox_id),
+        keyspace.sandbox_state_key(sandbox_id),
         mapping={"state": SandboxState.RUNNING.value, "worker": worker_id, "tunnels": json.dumps(tunnels or {})},
     )
     pipe.execute()
@@ -141,8 +143,8 @@ def request_terminate(db: Database, redis: Redis, sandbox_id: str) -> None:
     """Ask the owning worker to end the sandbox; one still queued ends here (its task will find it ended)."""
     state = live_state(redis, sandbox_id).get("state")
     if state == SandboxState.RUNNING.value:
-        redis.rpush(protocol.sandbox_control_key(sandbox_id), json.dumps({"op": "terminate"}))
-        redis.expire(protocol.sandbox_control_key(sandbox_id), config.get("stream_ttl"))
+        redis.rpush(keyspace.sandbox_control_key(sandbox_id), json.dumps({"op": "terminate"}))
+        redis.expire(keyspace.sandbox_control_key(sandbox_id), config.get("stream_ttl"))
     else:
         end(db, redis, sandbox_id, SandboxState.TERMINATED, TERMINATED_CODE, "terminated before it started")
 

@@ -27,8 +27,9 @@ from typing import Any
 
 from redis import Redis
 
-from minimodal import defaults, protocol
-from minimodal.protocol import WorkerCapacity
+from minimodal import defaults
+from mm_app import keyspace
+from mm_app.keyspace import WorkerCapacity
 
 from . import lua, registry
 
@@ -38,14 +39,14 @@ logger = logging.getLogger("minimodal.scaler")
 def record(redis: Redis, event: dict[str, Any], length: int = defaults.DEFAULT_SCALE_EVENTS_LENGTH) -> None:
     """Keep one scale decision in the capped events list (newest first)."""
     pipe = redis.pipeline(transaction=False)
-    pipe.lpush(protocol.scale_events_key(), json.dumps(event))
-    pipe.ltrim(protocol.scale_events_key(), 0, length - 1)
+    pipe.lpush(keyspace.scale_events_key(), json.dumps(event))
+    pipe.ltrim(keyspace.scale_events_key(), 0, length - 1)
     pipe.execute()
 
 
 def events(redis: Redis, count: int = 100) -> list[dict[str, Any]]:
     """The newest ``count`` scale decisions, newest first."""
-    return [json.loads(raw) for raw in redis.lrange(protocol.scale_events_key(), 0, count - 1)]
+    return [json.loads(raw) for raw in redis.lrange(keyspace.scale_events_key(), 0, count - 1)]
 
 
 class Autoscaler:
@@ -63,7 +64,7 @@ class Autoscaler:
     def tick(self, live: dict[str, WorkerCapacity], used: dict[str, dict[str, int]], now: float | None = None) -> int:
         """Lower the target of each worker idle below it for a whole window; return how many changed."""
         now = time.monotonic() if now is None else now
-        targets = {k.decode(): int(v) for k, v in self.redis.hgetall(protocol.worker_target_key()).items()}
+        targets = {k.decode(): int(v) for k, v in self.redis.hgetall(keyspace.worker_target_key()).items()}
         changed = 0
         for worker_id in live:
             target = targets.get(worker_id, self.min_slots)
@@ -84,9 +85,9 @@ class Autoscaler:
                 "reason": f"idle for {self.window:g} s",
             }
             keys = {
-                "worker_target": protocol.worker_target_key(),
-                "scale_events": protocol.scale_events_key(),
-                "dispatch_stats": protocol.dispatch_stats_key(),
+                "worker_target": keyspace.worker_target_key(),
+                "scale_events": keyspace.scale_events_key(),
+                "dispatch_stats": keyspace.dispatch_stats_key(),
             }
             args = {
                 "worker_id": worker_id,
@@ -124,20 +125,20 @@ def scaling_stats(redis: Redis, *, dead_after: float | None = None, recent_event
     live, _ = registry.capacities(redis, dead_after)
     used = registry.used(redis)
     pipe = redis.pipeline(transaction=False)
-    pipe.get(protocol.dispatch_leader_key())
-    pipe.hgetall(protocol.dispatch_stats_key())
-    pipe.hgetall(protocol.worker_target_key())
-    pipe.hgetall(protocol.pending_inputs_key())
-    pipe.hgetall(protocol.running_key())
-    pipe.hgetall(protocol.quota_key())
-    pipe.hgetall(protocol.weight_key())
-    pipe.hgetall(protocol.function_running_key())
-    pipe.hgetall(protocol.function_limit_key())
-    pipe.hgetall(protocol.warm_key())
-    pipe.hget(protocol.dispatch_state_key(), "drr")
-    pipe.hget(protocol.dispatch_state_key(), "held")
+    pipe.get(keyspace.dispatch_leader_key())
+    pipe.hgetall(keyspace.dispatch_stats_key())
+    pipe.hgetall(keyspace.worker_target_key())
+    pipe.hgetall(keyspace.pending_inputs_key())
+    pipe.hgetall(keyspace.running_key())
+    pipe.hgetall(keyspace.quota_key())
+    pipe.hgetall(keyspace.weight_key())
+    pipe.hgetall(keyspace.function_running_key())
+    pipe.hgetall(keyspace.function_limit_key())
+    pipe.hgetall(keyspace.warm_key())
+    pipe.hget(keyspace.dispatch_state_key(), "drr")
+    pipe.hget(keyspace.dispatch_state_key(), "held")
     for worker_id in live:
-        pipe.get(protocol.worker_key(worker_id))
+        pipe.get(keyspace.worker_key(worker_id))
     leader, counters, targets, waiting, running, quota, weight, fn_running, fn_limit, warm, drr, held, *beats = (
         pipe.execute()
     )

@@ -20,7 +20,7 @@ from typing import Any
 from redis import Redis
 from sqlalchemy import select
 
-from minimodal import protocol
+from mm_app import keyspace
 
 from .database import Database
 from .models import AppRecord, FunctionRecord, FunctionSpecRecord
@@ -33,7 +33,7 @@ ENTRY_PREFIX = "fn:"  # RedBeat entry name: fn:{function id}
 
 def mark_dirty(redis: Redis) -> None:
     """Tell beat to reconcile on its next tick (the API calls this after a deploy or a stop)."""
-    redis.set(protocol.schedules_dirty_key(), "1")
+    redis.set(keyspace.schedules_dirty_key(), "1")
 
 
 def reconcile_user(services: Any, user_id: int) -> None:
@@ -83,11 +83,11 @@ def reconcile(celery_app: Any, db: Database) -> dict[str, int]:
         if raw is None:
             continue
         definition = json.loads(raw)
-        if definition.get("task") == protocol.TASK_SCHEDULED_RUN:
+        if definition.get("task") == keyspace.TASK_SCHEDULED_RUN:
             have[definition["name"]] = definition
     added = removed = kept = 0
     for name in have.keys() - want.keys():
-        RedBeatSchedulerEntry(name=name, task=protocol.TASK_SCHEDULED_RUN, app=celery_app).delete()
+        RedBeatSchedulerEntry(name=name, task=keyspace.TASK_SCHEDULED_RUN, app=celery_app).delete()
         removed += 1
     for name, item in want.items():
         kwargs = {"schedule": item["schedule"]}
@@ -96,7 +96,7 @@ def reconcile(celery_app: Any, db: Database) -> dict[str, int]:
             continue
         RedBeatSchedulerEntry(
             name=name,
-            task=protocol.TASK_SCHEDULED_RUN,
+            task=keyspace.TASK_SCHEDULED_RUN,
             schedule=celery_schedule(item["schedule"]),
             args=[item["function_id"], item["user_id"]],
             kwargs=kwargs,

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from minimodal import config, protocol
+from mm_app import keyspace
 
 from . import credential, image_registry
 from .api.auth import hash_token
@@ -43,7 +44,7 @@ from .models import UserRecord
 # name -> arguments after `python -m mm_app`; the Procfile lists the same processes for honcho.
 PROCESSES = ["api", "dispatcher", "worker", "beat", "flower"]
 GROUP = "stack"  # supervisord's group of the PROCESSES: `stack:api`, ...
-SOCKET = "supervisor.sock"  # under run/: supervisord's XML-RPC socket (sdk/cli.py looks for it too)
+SOCKET = "supervisor.sock"  # under run/: supervisord's XML-RPC socket (sdk/minimodal/cli.py looks for it too)
 STOP_SECONDS = {"api": 35, "worker": 30}  # SIGTERM to SIGKILL: the API's graceful 30 s, Celery's warm shutdown
 _CONF = Path(__file__).with_name("supervisord.conf")
 _PROGRAM = Path(__file__).with_name("supervisord-program.conf")
@@ -217,7 +218,7 @@ class Stack:
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError, ValueError):
                 with urllib.request.urlopen(server_url + "/health", timeout=2) as reply:
-                    if reply.status == 200 and list(redis.scan_iter(protocol.worker_key("*"), count=100)):
+                    if reply.status == 200 and list(redis.scan_iter(keyspace.worker_key("*"), count=100)):
                         return
             for process in self.processes():
                 if process["state"] in ("FATAL", "EXITED", "STOPPED", "UNKNOWN"):

@@ -28,8 +28,8 @@ from typing import Any
 from redis import Redis
 from sqlalchemy import case, func, select, text
 
-from minimodal import protocol
 from minimodal.protocol import CallStatus
+from mm_app import keyspace
 
 from .database import Database
 from .models import CallRecord, FunctionRecord, InputRecord, UserRecord
@@ -39,7 +39,7 @@ RECENT_SAMPLE = 1000  # finished inputs that the duration average and percentile
 RECENT_FAILURES = 20  # failed and dead-lettered inputs listed, newest first
 STALE_BEATS = 3  # a worker whose heartbeat is older than this many intervals is unhealthy
 DISPATCHER_STALE_SECONDS = 5.0  # the dispatcher beats every second; this much silence means it is gone
-FIXED_QUEUES = (protocol.QUEUE_CPU, protocol.QUEUE_CONTAINER, protocol.QUEUE_BUILD)
+FIXED_QUEUES = (keyspace.QUEUE_CPU, keyspace.QUEUE_CONTAINER, keyspace.QUEUE_BUILD)
 _KOMBU_PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport keeps priority p > 0 of queue q in "q\x06\x16p"
 _KOMBU_PRIORITIES = (3, 6, 9)
 # Latency buckets (seconds) of the /metrics histograms: from a warm call's milliseconds to long batch jobs.
@@ -152,9 +152,9 @@ def _owned(query: Any, user_id: int | None) -> Any:
 def _functions_detail(connection: Any, redis: Redis, user_id: int | None, workers: list[dict[str, Any]]) -> list[dict]:
     """Functions with work in flight or a warm floor: tasks in flight, min/max containers, mean run time."""
     pipe = redis.pipeline(transaction=False)
-    pipe.hgetall(protocol.function_running_key())
-    pipe.hgetall(protocol.warm_key())
-    pipe.hgetall(protocol.function_limit_key())
+    pipe.hgetall(keyspace.function_running_key())
+    pipe.hgetall(keyspace.warm_key())
+    pipe.hgetall(keyspace.function_limit_key())
     running, warm, limits = ({k.decode(): int(v) for k, v in h.items()} for h in pipe.execute())
     reported = [w["runners"] for w in workers if isinstance(w.get("runners"), dict)]
     warm_runners: dict[str, int] = {}  # function id -> runners (busy or idle) across workers
@@ -172,7 +172,7 @@ def _functions_detail(connection: Any, redis: Redis, user_id: int | None, worker
     found = connection.execute(query).all()
     pipe = redis.pipeline(transaction=False)
     for row in found:
-        pipe.hget(protocol.function_stats_key(row.id), "avg_us")
+        pipe.hget(keyspace.function_stats_key(row.id), "avg_us")
     averages = pipe.execute()
     return [
         {
@@ -264,9 +264,9 @@ def snapshot(
         ).all()
         workers = live_workers(redis)
         detail = _functions_detail(connection, redis, user_id, workers)
-    running = {int(k): max(0, int(v)) for k, v in redis.hgetall(protocol.running_key()).items()}
+    running = {int(k): max(0, int(v)) for k, v in redis.hgetall(keyspace.running_key()).items()}
     running_total = sum(running.values())  # everyone's, so that a user's share means the same for all
-    dispatcher_beat = redis.get(protocol.dispatcher_heartbeat_key())
+    dispatcher_beat = redis.get(keyspace.dispatcher_heartbeat_key())
     # Admin view: the share each user with work is due by weight, next to the share they have.
     busy = [u for u in users if running.get(u.id, 0) or queued_by_user.get(u.id, 0)]
     busy_weight = sum(u.weight for u in busy) if user_id is None else 0
@@ -342,7 +342,7 @@ def readiness(db: Database, redis: Redis, *, heartbeat_seconds: float) -> dict[s
     now = time.time()
 
     def dispatcher() -> dict[str, Any]:
-        beat = redis.get(protocol.dispatcher_heartbeat_key())
+        beat = redis.get(keyspace.dispatcher_heartbeat_key())
         if beat is None:
             raise RuntimeError("no dispatcher heartbeat: is `python -m mm_app dispatcher` running?")
         age = now - float(beat)

@@ -15,7 +15,9 @@ from sqlalchemy import Table, insert, select, update
 
 from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
-from minimodal.protocol import CallStatus, PendingEntry
+from minimodal.protocol import CallStatus
+from mm_app import keyspace
+from mm_app.keyspace import PendingEntry
 
 from .database import Database
 from .models import AppRecord, CallRecord, FunctionRecord, InputRecord, utcnow
@@ -94,7 +96,7 @@ def submit_call(
             )
             add_input_records(session, call_id, 0, len(payloads))
     # A repeat queues only if the first try stopped between the database and Redis (no payload stored).
-    if new or not pending.redis.hexists(protocol.inputs_key(call_id), "0"):
+    if new or not pending.redis.hexists(keyspace.inputs_key(call_id), "0"):
         queue_inputs(
             db,
             pending,

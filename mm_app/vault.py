@@ -3,7 +3,7 @@
 The key is ``MINIMODAL_SECRET_KEY`` when set (it must be, and be the same, on every host of a
 multi-host stack), else a key generated once into ``MINIMODAL_HOME/secret.key`` with mode 0600. Values
 are never logged and never leave the control plane except in the call frame a worker sends its runner
-(see ``sdk/_runner.py``): they are not in the container's configuration, so ``docker inspect`` does
+(see ``sdk/minimodal/_runner.py``): they are not in the container's configuration, so ``docker inspect`` does
 not show them.
 """
 

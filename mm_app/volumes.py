@@ -2,7 +2,7 @@
 
 The store (``MINIMODAL_VOLUME_STORE``, by default ``MINIMODAL_HOME/volumes``) holds every file
 version once, named by its SHA-256 (``blobs/ab/abcd...``). A volume is a manifest in Redis: path ->
-``{"sha", "size", "mtime"}`` (see :func:`minimodal.protocol.volume_files_key`). A commit changes
+``{"sha", "size", "mtime"}`` (see :func:`minimodal.keyspace.volume_files_key`). A commit changes
 only the paths it touched, one hash field each: commits to different files both survive, and of
 two commits to the same file the later wins. Only the API process touches the store: workers copy
 what a call mounts into their own cache (``mm_app/tasks/volumes.py``) and commit back through the
@@ -25,8 +25,9 @@ from typing import IO, Any
 
 from redis import Redis
 
-from minimodal import config, protocol
+from minimodal import config
 from minimodal.exception import InvalidError, NotFoundError
+from mm_app import keyspace
 
 CHUNK = 1024 * 1024  # bytes read and written at a time
 
@@ -114,7 +115,7 @@ def with_missing_ok(path: str | Path) -> None:
 
 def manifest(redis: Redis, volume_id: str) -> dict[str, dict[str, Any]]:
     """Path -> ``{"sha", "size", "mtime"}`` of every file of the volume."""
-    raw = redis.hgetall(protocol.volume_files_key(volume_id))
+    raw = redis.hgetall(keyspace.volume_files_key(volume_id))
     return {k.decode(): json.loads(v) for k, v in raw.items()}
 
 
@@ -124,7 +125,7 @@ def entry(sha: str, size: int, mtime: float | None = None) -> dict[str, Any]:
 
 def apply(redis: Redis, volume_id: str, put: dict[str, dict[str, Any]], removed: list[str]) -> None:
     """One commit: set the files it wrote, drop the ones it removed, leave every other path alone."""
-    key = protocol.volume_files_key(volume_id)
+    key = keyspace.volume_files_key(volume_id)
     with redis.pipeline(transaction=True) as pipe:
         if put:
             pipe.hset(key, mapping={path: json.dumps(meta) for path, meta in put.items()})
@@ -174,4 +175,4 @@ def remove(redis: Redis, volume_id: str, path: str, recursive: bool) -> list[str
 
 def delete_volume(redis: Redis, volume_id: str) -> None:
     """Drop the manifest; the blobs stay (another volume may hold the same content; no GC yet)."""
-    redis.delete(protocol.volume_files_key(volume_id))
+    redis.delete(keyspace.volume_files_key(volume_id))

@@ -30,8 +30,8 @@ import pytest
 import requests
 
 import minimodal
-from minimodal import protocol
 from minimodal.exception import ImageNotFoundError
+from mm_app import keyspace
 from tests.conftest import (
     PYTHON,
     ROOT,
@@ -321,10 +321,10 @@ def test_two_machines_share_images_through_the_registry_volumes_through_the_api_
     assert f"pulling {registry.address}/minimodal/image:" in log  # from the registry, not a shared engine
 
 
-def _map_on(stack: Stack, worker_id: str) -> protocol.InflightTask | None:
+def _map_on(stack: Stack, worker_id: str) -> keyspace.InflightTask | None:
     assert stack.redis_client is not None
-    for raw in stack.redis_client.hvals(protocol.inflight_key()):
-        task = protocol.InflightTask.decode(raw)
+    for raw in stack.redis_client.hvals(keyspace.inflight_key()):
+        task = keyspace.InflightTask.decode(raw)
         if task.worker_id == worker_id:
             return task
     return None

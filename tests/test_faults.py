@@ -13,6 +13,7 @@ import requests
 import minimodal
 from minimodal.exception import FunctionTimeoutError, InvalidError
 from minimodal.retries import JITTER
+from mm_app import keyspace
 from tests.conftest import ROOT, Stack, wait_for
 from tests.functions import faults
 
@@ -143,7 +144,7 @@ def test_a_duplicate_run_never_replaces_a_published_output(stack: Stack) -> None
     first = payloads.put_output("fc-dup", {protocol.OUT_INDEX: 0, protocol.OUT_STATUS: "completed", "data": b"one"})
     second = payloads.put_output("fc-dup", {protocol.OUT_INDEX: 0, protocol.OUT_STATUS: "completed", "data": b"two"})
     assert first is not None and second is None
-    [(_, fields)] = stack.redis.client.xrange(protocol.outputs_key("fc-dup"))
+    [(_, fields)] = stack.redis.client.xrange(keyspace.outputs_key("fc-dup"))
     assert fields[b"data"] == b"one"
 
 
@@ -159,7 +160,7 @@ def test_a_batch_of_outputs_is_published_in_order_and_each_input_once(stack: Sta
     ]
     entries = payloads.put_outputs("fc-batch", envelopes)
     assert entries[0] is not None and entries[1] is None and entries[2] is not None  # 1 was published already
-    published = stack.redis.client.xrange(protocol.outputs_key("fc-batch"))
+    published = stack.redis.client.xrange(keyspace.outputs_key("fc-batch"))
     assert [(f[b"idx"], f[b"data"], f[b"status"]) for _, f in published] == [
         (b"1", b"first", b"completed"),
         (b"0", b"x0", b"completed"),

@@ -1,4 +1,4 @@
-"""The runner's frames (sdk/_frames.py) and the one retry loop of the SDK (sdk/_backoff.py)."""
+"""The runner's frames (sdk/minimodal/_frames.py) and the one retry loop of the SDK (sdk/minimodal/_backoff.py)."""
 
 from __future__ import annotations
 

@@ -25,8 +25,8 @@ import docker
 import pytest
 
 import minimodal
-from minimodal import protocol
 from minimodal.exception import InsufficientResourcesError, InvalidError, RemoteError
+from mm_app import keyspace
 from tests import test_docker_runtime as base
 from tests.conftest import RedisServer, Stack, docker_engine, missing, start_stack, use_stack
 from tests.functions import hardening
@@ -441,7 +441,7 @@ def test_a_runsc_worker_runs_every_function_under_gvisor_and_registers_it(
         assert plain.remote() == "4.4.0"  # gVisor's kernel, not the host's
         assert asks.remote() == "4.4.0"
     assert gvisor_stack.redis_client is not None
-    registered = gvisor_stack.redis_client.hvals(protocol.workers_key())
+    registered = gvisor_stack.redis_client.hvals(keyspace.workers_key())
     assert [json.loads(raw)["sandbox"] for raw in registered] == ["runsc"]
 
 

@@ -23,6 +23,7 @@ import requests
 import minimodal
 from minimodal import protocol
 from minimodal._websocket import HandshakeError, WebSocket
+from mm_app import keyspace
 from mm_app.api import create_app
 from tests.conftest import Stack, wait_for
 from tests.functions import basic, faults, hardening, webapps
@@ -261,7 +262,7 @@ def _running_sandbox_of(stack: Stack, user_name: str) -> str:
     assert stack.redis_client is not None
     tunnels = '{"8000": {"host": "127.0.0.1", "port": 9, "encrypted": true}}'  # a port for tunnels.proxy to try
     stack.redis_client.hset(
-        protocol.sandbox_state_key(sandbox_id), mapping={"state": "running", "worker": "w", "tunnels": tunnels}
+        keyspace.sandbox_state_key(sandbox_id), mapping={"state": "running", "worker": "w", "tunnels": tunnels}
     )
     return sandbox_id
 

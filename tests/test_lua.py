@@ -19,8 +19,8 @@ import pytest
 from redis import Redis
 from redis.exceptions import ResponseError
 
-from minimodal.protocol import InflightTask, PendingEntry
 from mm_app import lua
+from mm_app.keyspace import InflightTask, PendingEntry
 from tests.conftest import ROOT, RedisServer
 
 LUA_DB = 14  # this module's Redis database: nobody else's

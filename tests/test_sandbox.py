@@ -13,8 +13,8 @@ import requests
 from redis import Redis
 
 import minimodal
-from minimodal import protocol
 from minimodal.exception import SandboxFilesystemError, SandboxTerminatedError, SandboxTimeoutError
+from mm_app import keyspace
 from tests.conftest import (
     RedisServer,
     Stack,
@@ -372,7 +372,7 @@ def test_twenty_sandboxes_of_two_users_share_the_workers_fairly(docker_stack: St
 
         wait_for(ended, 120, f"sandbox {sandbox_id} to finish")
     assert docker_stack.redis_client is not None
-    log = docker_stack.redis_client.xrange(protocol.dispatch_log_key())
+    log = docker_stack.redis_client.xrange(keyspace.dispatch_log_key())
     order = [owner[f[b"call"].decode()] for _, f in log if f[b"call"].decode() in owner]
     assert len(order) == 20
     for n in range(1, 21):  # at every point, neither user got more than one sandbox ahead of the other
@@ -491,8 +491,8 @@ def test_terminating_a_queued_sandbox_ends_it_before_any_container_starts(
     redis = docker_stack.redis_client
 
     def settled() -> bool:  # the queued entry has left the user's queue, and no task of it is in flight
-        queues = [e for k in redis.scan_iter(protocol.pending_key("*")) for e in redis.lrange(k, 0, -1)]
-        return not any(queued_id.encode() in raw for raw in [*queues, *redis.hvals(protocol.inflight_key())])
+        queues = [e for k in redis.scan_iter(keyspace.pending_key("*")) for e in redis.lrange(k, 0, -1)]
+        return not any(queued_id.encode() in raw for raw in [*queues, *redis.hvals(keyspace.inflight_key())])
 
     wait_for(settled, 60, "the queued entry to leave the queue and the in-flight ledger")
     record = client.request("GET", f"/v1/sandboxes/{queued_id}")
@@ -579,7 +579,7 @@ def test_a_process_printing_without_end_keeps_only_the_cap_in_redis_then_a_marke
         p = sb.exec("sh", "-c", f"yes 0123456789abcdef | head -c {100 * cap}; echo done >&2")  # 100 MiB
         assert p.wait() == 0  # it was never blocked: what is past the cap is read and dropped
         assert stack.redis_client is not None
-        key = protocol.sandbox_output_key(sb.object_id, p.process_id, 1)
+        key = keyspace.sandbox_output_key(sb.object_id, p.process_id, 1)
         kept = sum(len(fields[b"d"]) for _, fields in stack.redis_client.xrange(key) if b"d" in fields)
         assert cap < kept < cap + 300  # the cap, then the marker
         # Bounded against the 100 MiB written; each entry's overhead depends on how small the chunks

@@ -34,11 +34,12 @@ from sqlalchemy import select
 from minimodal import protocol
 from minimodal._serialization import deserialize, serialize_args, serialize_function
 from minimodal.exception import InsufficientResourcesError
-from minimodal.protocol import CallStatus, PendingEntry, WorkerCapacity
-from mm_app import recovery, registry
+from minimodal.protocol import CallStatus
+from mm_app import keyspace, recovery, registry
 from mm_app.database import Database
 from mm_app.dispatcher import Dispatcher, Lease
 from mm_app.fairshare import DeficitRoundRobin, jain_index
+from mm_app.keyspace import PendingEntry, WorkerCapacity
 from mm_app.models import AppRecord, CallRecord, FunctionRecord, InputRecord, UserRecord, utcnow
 from mm_app.pending import Policy
 from mm_app.scaler import Autoscaler, scaling_stats
@@ -85,7 +86,7 @@ class RecordingBroker:
         return contextlib.nullcontext()
 
     def send_task(self, name: str, args: list[Any], queue: str, task_id: str, producer: Any = None) -> None:
-        assert name == protocol.TASK_EXECUTE
+        assert name == keyspace.TASK_EXECUTE
         sent = Sent(task_id, args[0], args[1], args[2], args[3], args[4], queue)
         with self._lock:
             self.sent.append(sent)
@@ -114,11 +115,11 @@ def add_worker(
 ) -> None:
     capacity = WorkerCapacity(
         worker_id,
-        protocol.worker_queue(worker_id),
+        keyspace.worker_queue(worker_id),
         slots,
         int(cpu * 1000),
         memory,
-        protocol.parse_gpu_inventory(gpus),
+        keyspace.parse_gpu_inventory(gpus),
         False,
         offered,
     )
@@ -130,9 +131,9 @@ def make_dispatcher(r: Redis, broker: RecordingBroker, **policy: Any) -> Dispatc
 
 
 def add_function(r: Redis, d: Dispatcher, function_id: str, *, avg_us: int = 0, **options: Any) -> None:
-    d.pending.set_needs(function_id, registry.needs_of(options, protocol.QUEUE_CPU))
+    d.pending.set_needs(function_id, registry.needs_of(options, keyspace.QUEUE_CPU))
     if avg_us:
-        r.hset(protocol.function_stats_key(function_id), "avg_us", avg_us)
+        r.hset(keyspace.function_stats_key(function_id), "avg_us", avg_us)
 
 
 _call_numbers = itertools.count()
@@ -232,7 +233,7 @@ def test_no_user_ever_has_more_tasks_in_flight_than_their_quota(r: Redis) -> Non
         in_flight[task.user_id] += 1
         peak[task.user_id] = max(peak[task.user_id], in_flight[task.user_id])
         assert in_flight[task.user_id] <= quotas[task.user_id]
-        assert int(r.hget(protocol.running_key(), task.user_id)) <= quotas[task.user_id]
+        assert int(r.hget(keyspace.running_key(), task.user_id)) <= quotas[task.user_id]
 
     broker = RecordingBroker(on_send=check)
     d = make_dispatcher(r, broker)
@@ -252,7 +253,7 @@ def test_no_user_ever_has_more_tasks_in_flight_than_their_quota(r: Redis) -> Non
         finish(d, task)
     # Then every quota was reached and never passed, as the dispatch log also says
     assert dict(peak) == quotas
-    for _, fields in r.xrange(protocol.dispatch_log_key()):
+    for _, fields in r.xrange(keyspace.dispatch_log_key()):
         assert int(fields[b"running"]) <= int(fields[b"quota"])
 
 
@@ -302,7 +303,7 @@ def test_a_newcomer_starts_before_the_next_three_calls_of_a_long_backlog(r: Redi
     # Then at most two of Alice's calls were dispatched between his submission and his call
     alice_between = [s for s in broker.sent[before:] if s.user_id == 1]
     assert len(alice_between) <= 2
-    assert int(r.hget(protocol.pending_inputs_key(), 1)) > 400  # her backlog waits in her queue, not the broker
+    assert int(r.hget(keyspace.pending_inputs_key(), 1)) > 400  # her backlog waits in her queue, not the broker
 
 
 def test_a_weight_change_takes_effect_on_the_next_pass(r: Redis) -> None:
@@ -386,7 +387,7 @@ def test_a_standby_dispatcher_takes_over_when_the_leader_stops_renewing(r: Redis
     assert leader.hold() and not standby.hold()
     time.sleep(0.4)  # the leader stops renewing (as if killed)
     assert standby.hold()
-    assert r.get(protocol.dispatch_leader_key()) == b"d2"
+    assert r.get(keyspace.dispatch_leader_key()) == b"d2"
     leader.held = False
     standby.release()
     assert leader.hold()
@@ -415,7 +416,7 @@ def test_a_leader_keeps_its_lease_through_a_rebuild_that_outlasts_it(
     thread.start()
     try:
         time.sleep(3.0)
-        holder = r.get(protocol.dispatch_leader_key())
+        holder = r.get(keyspace.dispatch_leader_key())
     finally:
         stop.set()
         thread.join(10)
@@ -442,14 +443,14 @@ def test_calls_are_placed_by_best_fit_and_only_where_they_fit(r: Redis) -> None:
     placed = [(s.function_id, s.queue) for s in broker.sent]
     # Then the first 1-CPU call packs the small worker exactly, the rest go to the large one, and
     # 2-CPU calls never go to the small worker (whose cpu, as reserved, is never oversubscribed)
-    assert placed[0] == ("one", protocol.worker_queue("small"))
-    assert placed[1:] == [("one", protocol.worker_queue("large"))] * 2 + [("two", protocol.worker_queue("large"))]
+    assert placed[0] == ("one", keyspace.worker_queue("small"))
+    assert placed[1:] == [("one", keyspace.worker_queue("large"))] * 2 + [("two", keyspace.worker_queue("large"))]
     used = registry.used(r)
     assert used["large"]["cpu"] == 4000 and used["small"]["cpu"] == 1000
     for task in list(broker.sent):
         finish(d, task)
     d.dispatch_pass()
-    assert {s.queue for s in broker.sent if s.function_id == "two"} == {protocol.worker_queue("large")}
+    assert {s.queue for s in broker.sent if s.function_id == "two"} == {keyspace.worker_queue("large")}
 
 
 def test_a_large_call_is_not_starved_by_a_stream_of_small_ones(r: Redis) -> None:
@@ -494,15 +495,15 @@ def test_a_call_no_live_worker_can_ever_hold_is_refused_at_submit_naming_the_res
     add_function(r, d, "t4-and-lots-of-cpu", gpu="T4", cpu=2)
     with pytest.raises(InsufficientResourcesError, match="no single worker has all of these together"):
         d.pending.enqueue(1, PendingEntry("fc-w", "t4-and-lots-of-cpu", 0, 1))
-    d.pending.set_needs("boxed", registry.needs_of({}, protocol.QUEUE_CONTAINER))
+    d.pending.set_needs("boxed", registry.needs_of({}, keyspace.QUEUE_CONTAINER))
     with pytest.raises(InsufficientResourcesError, match="Docker runtime"):
         d.pending.enqueue(1, PendingEntry("fc-v", "boxed", 0, 1))
     # Nothing refused was queued; a GPU call that fits goes to the GPU worker
-    assert r.llen(protocol.pending_key(1)) == 1
+    assert r.llen(keyspace.pending_key(1)) == 1
     add_function(r, d, "t4", gpu="any")
     d.pending.enqueue(2, PendingEntry("fc-u", "t4", 0, 1))
     d.dispatch_pass()
-    assert [s.queue for s in broker.sent if s.user_id == 2] == [protocol.worker_queue("small")]
+    assert [s.queue for s in broker.sent if s.user_id == 2] == [keyspace.worker_queue("small")]
 
 
 def test_a_worker_whose_circuit_breaker_is_open_gets_no_work_but_calls_still_queue(r: Redis) -> None:
@@ -526,7 +527,7 @@ def test_max_containers_caps_a_functions_tasks_in_flight(r: Redis) -> None:
     d = make_dispatcher(r, broker)
     add_worker(r, "w1", slots=8)
     add_function(r, d, "capped")
-    r.hset(protocol.function_limit_key(), "capped", 2)
+    r.hset(keyspace.function_limit_key(), "capped", 2)
     submit(d, 1, "capped", 5)
     d.dispatch_pass()
     assert len(broker.sent) == 2
@@ -546,33 +547,33 @@ def test_tasks_of_a_dead_worker_go_back_to_the_head_of_their_queue(r: Redis) -> 
     d.dispatch_pass()
     task = broker.sent[0]
     assert (task.start, task.end) == (0, 4)
-    r.xadd(protocol.outputs_key(task.call_id), {protocol.OUT_INDEX: 1, protocol.OUT_STATUS: "completed"})
-    r.zadd(protocol.workers_seen_key(), {"doomed": 0})  # last seen long ago
+    r.xadd(keyspace.outputs_key(task.call_id), {protocol.OUT_INDEX: 1, protocol.OUT_STATUS: "completed"})
+    r.zadd(keyspace.workers_seen_key(), {"doomed": 0})  # last seen long ago
     # When the dispatcher sweeps for dead workers
     gone = recovery.reclaim_dead_workers(d.pending, 5.0)
     # Then its unfinished inputs are first in line again, and everything it held is released
     assert gone == ["doomed"]
-    queue = [PendingEntry.decode(e) for e in r.lrange(protocol.pending_key(1), 0, -1)]
+    queue = [PendingEntry.decode(e) for e in r.lrange(keyspace.pending_key(1), 0, -1)]
     assert sorted(queue, key=lambda e: (e.call_id, e.start)) == [
         PendingEntry(task.call_id, "fn", 0, 1),
         PendingEntry(task.call_id, "fn", 2, 4),
         PendingEntry(broker.sent[1].call_id, "fn", 0, 1),
     ]
-    assert r.hlen(protocol.inflight_key()) == 0 and r.hlen(protocol.worker_used_key()) == 0
-    assert r.hget(protocol.running_key(), 1) is None and r.hget(protocol.workers_key(), "doomed") is None
+    assert r.hlen(keyspace.inflight_key()) == 0 and r.hlen(keyspace.worker_used_key()) == 0
+    assert r.hget(keyspace.running_key(), 1) is None and r.hget(keyspace.workers_key(), "doomed") is None
     # And if the stalled worker does finish the task after all, nothing is released twice
     d.pending.set_quota(1, 5)
     add_worker(r, "fresh", slots=2)
     d.dispatch_pass()
     finish(d, task)
-    assert int(r.hget(protocol.running_key(), 1)) == 2
+    assert int(r.hget(keyspace.running_key(), 1)) == 2
 
 
 def test_a_task_taken_but_never_sent_is_requeued_after_the_lost_task_timeout(r: Redis) -> None:
     broker = RecordingBroker()
     d = make_dispatcher(r, broker)
     add_worker(r, "w1")
-    r.set(protocol.worker_key("w1"), '{"worker_id": "w1", "active": []}')
+    r.set(keyspace.worker_key("w1"), '{"worker_id": "w1", "active": []}')
     add_function(r, d, "fn")
     submit(d, 1, "fn", 1)
     # A dispatcher took it and died before sending it
@@ -580,7 +581,7 @@ def test_a_task_taken_but_never_sent_is_requeued_after_the_lost_task_timeout(r: 
     assert take.kind == "TAKEN"
     assert recovery.reclaim_lost_tasks(d.pending, lost_after=60) == 0  # too early to say
     assert recovery.reclaim_lost_tasks(d.pending, lost_after=0) == 1
-    assert r.llen(protocol.pending_key(1)) == 1 and r.hlen(protocol.inflight_key()) == 0
+    assert r.llen(keyspace.pending_key(1)) == 1 and r.hlen(keyspace.inflight_key()) == 0
 
 
 def _seed_database(db: Database) -> None:
@@ -614,11 +615,11 @@ def test_pending_queues_are_rebuilt_from_the_database_without_duplicating_anythi
     d.pending.enqueue(1, PendingEntry("fc-b", "fn", 0, 3))
     assert d.pending.take(1, task_id="t-b").kind == "TAKEN"
     d.pending.enqueue(1, PendingEntry("fc-a", "fn", 0, 3))
-    r.xadd(protocol.outputs_key("fc-c"), {protocol.OUT_INDEX: 1, protocol.OUT_STATUS: "completed"})
+    r.xadd(keyspace.outputs_key("fc-c"), {protocol.OUT_INDEX: 1, protocol.OUT_STATUS: "completed"})
     # When the dispatcher rebuilds (as it does on taking the lead)
     d.take_lead()
     # Then exactly the lost inputs are back, at the head, and the user's limits are restored
-    queue = [PendingEntry.decode(e) for e in r.lrange(protocol.pending_key(1), 0, -1)]
+    queue = [PendingEntry.decode(e) for e in r.lrange(keyspace.pending_key(1), 0, -1)]
     assert queue == [
         PendingEntry("fc-c", "fn", 0, 1),
         PendingEntry("fc-c", "fn", 2, 3),
@@ -626,7 +627,7 @@ def test_pending_queues_are_rebuilt_from_the_database_without_duplicating_anythi
         PendingEntry("fc-b", "fn", 1, 3),  # the rest of fc-b after the take of its first input
         PendingEntry("fc-a", "fn", 0, 3),
     ]
-    assert int(r.hget(protocol.quota_key(), 1)) == 3 and int(r.hget(protocol.weight_key(), 1)) == 2
+    assert int(r.hget(keyspace.quota_key(), 1)) == 3 and int(r.hget(keyspace.weight_key(), 1)) == 2
     # And a second rebuild finds nothing more to do
     assert d.rebuild() == 0
     db.dispose()
@@ -642,7 +643,7 @@ def test_the_autoscaler_grows_a_worker_when_calls_wait_and_shrinks_it_after_idle
     # When three calls wait
     d.dispatch_pass()
     # Then its concurrency grows to 3, one decision at a time, each recorded
-    assert int(r.hget(protocol.worker_target_key(), "w1")) == 3
+    assert int(r.hget(keyspace.worker_target_key(), "w1")) == 3
     grown = [e for e in scaling_stats(r, dead_after=60)["events"] if e["kind"] == "worker"]
     assert [(e["from"], e["to"], e["reason"]) for e in reversed(grown)] == [
         (0, 1, "calls waiting"),
@@ -785,7 +786,7 @@ def make_stack(
                 if process.poll() is not None:
                     raise AssertionError(f"{name} exited at start:\n{stack.log(name)[-3000:]}")
             with contextlib.suppress(requests.RequestException):
-                registered = {k.decode() for k in stack.redis_client.hkeys(protocol.workers_key())}
+                registered = {k.decode() for k in stack.redis_client.hkeys(keyspace.workers_key())}
                 return requests.get(stack.url + "/health", timeout=1).ok and registered == set(workers)
             return False
 
@@ -822,8 +823,8 @@ def test_bob_starts_before_alices_next_three_calls_on_two_worker_slots(make_stac
     # And her backlog waited in her pending queue: the broker never held more than the free slots.
     # (Pending is read first: what started after it only makes the right-hand side smaller. A slow machine
     # drains more of her calls before this line, so the count of started ones, not a fixed number, bounds it.)
-    pending = int(stack.redis_client.hget(protocol.pending_inputs_key(), alice.user_id()) or 0)
-    in_broker = stack.redis_client.llen(protocol.worker_queue("w"))
+    pending = int(stack.redis_client.hget(keyspace.pending_inputs_key(), alice.user_id()) or 0)
+    in_broker = stack.redis_client.llen(keyspace.worker_queue("w"))
     started = sum(1 for r in inputs_of(stack, alice_calls).values() if r.started_at is not None)
     assert in_broker <= 2
     assert pending > 0 and pending + started + 2 >= len(alice_calls), (pending, started)
@@ -864,10 +865,10 @@ def test_weighted_users_share_the_workers_and_never_pass_their_quota(make_stack:
         assert abs(shares[name] - expected) <= 0.1 * expected, shares
     assert jain_index(shares[n] / weights[n] for n in weights) >= 0.95
     # And at every dispatch each user had at most their quota in flight
-    log = stack.redis_client.xrange(protocol.dispatch_log_key())
+    log = stack.redis_client.xrange(keyspace.dispatch_log_key())
     assert len(log) >= 200
     assert all(int(f[b"running"]) <= int(f[b"quota"]) == 4 for _, f in log)
-    assert stack.redis_client.hlen(protocol.inflight_key()) <= 4
+    assert stack.redis_client.hlen(keyspace.inflight_key()) <= 4
 
 
 @pytest.mark.timeout(120)
@@ -920,7 +921,7 @@ def test_two_cpu_calls_run_only_on_the_large_worker_while_one_cpu_calls_use_both
         sched.greedy.remote()
     # When a worker with a T4 joins, the GPU call is accepted and runs there
     stack.spawn("worker-gpu", "worker", extra_env={"MINIMODAL_WORKER_ID": "gpu", "MINIMODAL_WORKER_GPU": "T4:1"})
-    wait_for(lambda: stack.redis_client.hexists(protocol.workers_key(), "gpu"), 30, "the GPU worker to register")
+    wait_for(lambda: stack.redis_client.hexists(keyspace.workers_key(), "gpu"), 30, "the GPU worker to register")
     assert user.result(user.call(gpu, 0))["worker"] == "gpu"
 
 
@@ -936,18 +937,18 @@ def test_calls_survive_a_dispatcher_restart_after_redis_lost_the_pending_queues(
     fn = user.deploy(sched.nap)
     calls = [user.call(fn, 0.01) for _ in range(30)]
     r = stack.redis_client
-    r.delete(protocol.pending_key(user.user_id()), protocol.pending_users_key(), protocol.pending_inputs_key())
+    r.delete(keyspace.pending_key(user.user_id()), keyspace.pending_users_key(), keyspace.pending_inputs_key())
     time.sleep(0.6)  # older than the rebuild grace
     # When a dispatcher starts
     stack.spawn("dispatcher0", "dispatcher")
     # Then every call runs, exactly once
     assert len([user.result(c) for c in calls]) == 30
-    assert all(r.xlen(protocol.outputs_key(c)) == 1 for c in calls)
+    assert all(r.xlen(keyspace.outputs_key(c)) == 1 for c in calls)
     wait_for(
         lambda: all(i.status == CallStatus.COMPLETED.value for i in inputs_of(stack, calls).values()), 30, "statuses"
     )
     assert {i.attempts for i in inputs_of(stack, calls).values()} == {1}
-    assert int(r.hget(protocol.dispatch_stats_key(), "rebuilt")) == 30
+    assert int(r.hget(keyspace.dispatch_stats_key(), "rebuilt")) == 30
 
 
 @pytest.mark.timeout(180)
@@ -963,15 +964,15 @@ def test_a_standby_dispatcher_finishes_the_work_when_the_leader_is_killed(make_s
     user.result(calls[10])
     # When the leader is killed outright
     r = stack.redis_client
-    leader = r.get(protocol.dispatch_leader_key()).decode()
+    leader = r.get(keyspace.dispatch_leader_key()).decode()
     pid = int(leader.split("-")[-2])
     name = next(n for n, p in stack.processes.items() if p.pid == pid)
     os.killpg(pid, signal.SIGKILL)
     stack.processes.pop(name).wait()
     # Then the standby takes the lease and every call still runs exactly once
     assert len([user.result(c) for c in calls]) == 80
-    assert r.get(protocol.dispatch_leader_key()).decode() != leader
-    assert all(r.xlen(protocol.outputs_key(c)) == 1 for c in calls)
+    assert r.get(keyspace.dispatch_leader_key()).decode() != leader
+    assert all(r.xlen(keyspace.outputs_key(c)) == 1 for c in calls)
 
 
 @pytest.mark.timeout(120)
@@ -985,7 +986,7 @@ def test_workers_and_pools_scale_up_for_waiting_calls_and_down_after_idle(make_s
     calls = [user.call(fn, 0.5) for _ in range(6)]
     assert len({user.result(c)["pid"] for c in calls}) == 3  # three runners served them, never a fourth
     r = stack.redis_client
-    log = r.xrange(protocol.dispatch_log_key())
+    log = r.xrange(keyspace.dispatch_log_key())
     assert max(int(f[b"fn_running"]) for _, f in log) == 3
     # Then the worker's concurrency grew to 3 and, once idle, shrank; the pool went back to its floor of 1
 
@@ -1016,7 +1017,7 @@ def test_minimodal_user_set_writes_quota_and_weight_where_the_dispatcher_reads_t
     with database(stack) as db, db.read() as session:
         user_id = session.scalar(select(UserRecord.id).where(UserRecord.name == "weighty"))
     client = stack.redis_client or stack.redis.client
-    assert client.hget(protocol.weight_key(), user_id) == b"1"
+    assert client.hget(keyspace.weight_key(), user_id) == b"1"
     # When an admin changes both with the CLI
     result = subprocess.run(
         [sys.executable, "-m", "minimodal", "user", "set", "weighty", "--quota", "7", "--weight", "3"],
@@ -1029,8 +1030,8 @@ def test_minimodal_user_set_writes_quota_and_weight_where_the_dispatcher_reads_t
     # Then the hashes the dispatcher reads every pass hold the new values (no restart needed; the
     # in-process test of a weight change shows the next pass uses them)
     assert result.returncode == 0, result.stderr
-    assert client.hget(protocol.quota_key(), user_id) == b"7"
-    assert client.hget(protocol.weight_key(), user_id) == b"3"
+    assert client.hget(keyspace.quota_key(), user_id) == b"7"
+    assert client.hget(keyspace.weight_key(), user_id) == b"3"
 
 
 @pytest.mark.timeout(600)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import venv
 from pathlib import Path
 
@@ -83,3 +84,32 @@ def test_a_normal_install_carries_the_pth_file_that_makes_modal_minimodal_only_w
 def test_a_normal_install_carries_py_typed_so_type_checkers_read_the_sdks_annotations(sdk_only: Path) -> None:
     packages = list((sdk_only / "lib").glob("python3*/site-packages/minimodal"))
     assert packages and (packages[0] / "py.typed").is_file()
+
+
+def test_the_sdk_ships_no_server_key_layout(sdk_only: Path) -> None:
+    # The server's Redis keys, task names and scheduling records are mm_app/keyspace.py's alone.
+    probe = (
+        "import minimodal.protocol as p, sys; "
+        "names = [n for n in dir(p) if n.endswith('_key') or n.startswith(('TASK_', 'QUEUE_'))"
+        " or n in ('PendingEntry', 'InflightTask', 'WorkerCapacity', 'FunctionNeeds', 'worker_queue')]; "
+        "print(names); sys.exit(1 if names else 0)"
+    )
+    done = subprocess.run([sdk_only / "bin" / "python", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_sdk_folder_is_named_as_it_is_imported() -> None:
+    # sdk/minimodal/ is the package: `import minimodal` works from a checkout without an install, and no
+    # module is reachable under a second name (the old `sdk` package gave every class a second identity).
+    probe = (
+        "import sys; sys.path[:0] = ['sdk', '.']; import minimodal, sdk; print(minimodal.__file__, hasattr(sdk, 'App'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = done.stdout.split()
+    assert done.returncode == 0 and lines[0].endswith("sdk/minimodal/__init__.py") and lines[1] == "False", done

@@ -16,6 +16,7 @@ from minimodal import protocol
 from minimodal._client import Client
 from minimodal._stream import CallEvents
 from minimodal.exception import AuthError, InvalidError
+from mm_app import keyspace
 from tests.conftest import ROOT, Stack
 from tests.functions import basic
 
@@ -99,7 +100,7 @@ def test_generator_items_are_kept_for_the_stream_ttl(stack: Stack, user: str) ->
     with basic.app.run():
         fc = basic.countdown.spawn(2)
         assert list(fc.stream()) == [0, 1]
-    ttl = stack.redis.client.ttl(protocol.items_key(fc.object_id))
+    ttl = stack.redis.client.ttl(keyspace.items_key(fc.object_id))
     assert 0 < ttl <= 3600
 
 

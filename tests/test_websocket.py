@@ -1,4 +1,4 @@
-"""The SDK's WebSocket (sdk/_websocket.py): through the proxy HTTP(S)_PROXY names, and past it for NO_PROXY."""
+"""The SDK's WebSocket (sdk/minimodal/_websocket.py): through the proxy HTTP(S)_PROXY names, past it for NO_PROXY."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The image builder: turns an Image spec (sdk/image.py) into tagged Docker images, one per layer.
+"""The image builder: turns an Image spec (sdk/minimodal/image.py) into tagged Docker images, one per layer.
 
 Layer identity is ``sha256(parent identity + the layer's spec)``, where the spec carries the SHA-256
 of every local file it adds and the first identity is the base image's Docker ID; each layer is

@@ -1,6 +1,6 @@
 """A sandbox's container on this worker's Docker engine: its entrypoint, its exec'd processes, their streams.
 
-The container runs ``sdk/_sandbox_init.py`` (bind-mounted read-only) as its command, attached to the
+The container runs ``sdk/minimodal/_sandbox_init.py`` (bind-mounted read-only) as its command, attached to the
 worker's socket with ``stdin_once``: when the worker dies that socket closes, the init program kills
 the entrypoint and exits, and Docker removes the container (``auto_remove``). Exec'd processes are
 ``docker exec`` sessions on their own hijacked sockets, read by one thread each; their output is handed

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import ImageStatus
+from mm_app import keyspace
 
 from .. import objects, sandboxes, vault
 from ..cancel import cancel_calls
@@ -102,7 +103,11 @@ class FunctionView(Reply):
 
 
 _MAY_BE_ZERO = {"min_containers", "buffer_containers", "batch_wait_ms"}
-_AT_MOST = {"concurrent_inputs": 1000, "batch_max_size": 1000, "batch_wait_ms": 600_000}  # as sdk/concurrency.py
+_AT_MOST = {
+    "concurrent_inputs": 1000,
+    "batch_max_size": 1000,
+    "batch_wait_ms": 600_000,
+}  # as sdk/minimodal/concurrency.py
 
 
 _RETRY_LIMITS = {
@@ -241,7 +246,7 @@ def register_app(
         _pin_source_files(session, shas)
         for record in records:
             _attach_image(session, record)
-            if record.options.get("container_runtime") and record.queue != protocol.QUEUE_CONTAINER:
+            if record.options.get("container_runtime") and record.queue != keyspace.QUEUE_CONTAINER:
                 raise InvalidError(
                     f"function {record.tag!r} asks for the container runtime {record.options['container_runtime']}, "
                     "but its image runs in runner processes: start a worker with Docker first"
@@ -300,7 +305,7 @@ def _pin_source_files(session: Any, shas: set[str]) -> None:
     pinned = set(session.scalars(select(SourceFileRecord.sha).where(SourceFileRecord.sha.in_(shas))))
     redis = services().redis
     for sha in sorted(shas - pinned):
-        data = redis.get(protocol.file_key(sha))
+        data = redis.get(keyspace.file_key(sha))
         if data is None:
             raise InvalidError(f"source file {sha} was not uploaded: PUT /v1/files/{sha} first")
         session.add(SourceFileRecord(sha=sha, data=data))
@@ -309,15 +314,15 @@ def _pin_source_files(session: Any, shas: set[str]) -> None:
 def _attach_image(session: Any, record: FunctionRecord) -> None:
     """Point the function at its built image (container queue), or at a runner process (cpu queue)."""
     if record.image_id is None:
-        record.queue = protocol.QUEUE_CPU
+        record.queue = keyspace.QUEUE_CPU
         return
     image = session.get(ImageRecord, record.image_id)
     if image is None:
         raise NotFoundError(f"function {record.tag!r}: no image {record.image_id!r}; register it with POST /v1/images")
     if image.status == ImageStatus.READY:
-        record.image_tag, record.queue = image.tag, protocol.QUEUE_CONTAINER
+        record.image_tag, record.queue = image.tag, keyspace.QUEUE_CONTAINER
     elif image.status == ImageStatus.PROCESS:
-        record.queue = protocol.QUEUE_CPU
+        record.queue = keyspace.QUEUE_CPU
     else:
         raise InvalidError(
             f"function {record.tag!r}: image {record.image_id} is {image.status}, not built; "
@@ -388,8 +393,8 @@ def after_stop(function_ids: list[str]) -> None:
     svc.pending.forget_warm(function_ids)
     if function_ids:  # mm_app/tasks/context.py keep_warm
         with svc.redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(protocol.retired_functions_key(), *function_ids)
-            pipe.expire(protocol.retired_functions_key(), 3600)
+            pipe.sadd(keyspace.retired_functions_key(), *function_ids)
+            pipe.expire(keyspace.retired_functions_key(), 3600)
             pipe.execute()
     after_change(g.user.id)
 

@@ -9,8 +9,8 @@ from typing import Any, NamedTuple
 from flask import g, request
 from sqlalchemy import select
 
-from minimodal import protocol
 from minimodal.exception import AuthError, InvalidError, PermissionDeniedError
+from mm_app import keyspace
 
 from ..models import UserRecord
 from .services import services
@@ -52,7 +52,7 @@ def authenticate() -> None:
         if user is None and token.startswith(SCOPED_PREFIX):
             # A token a worker minted for the calls its containers make (mm_app/tasks/forward.py): that
             # user's, while the worker lives; revoking the user's token refuses it too.
-            scoped = services().redis.get(protocol.scoped_token_key(digest))
+            scoped = services().redis.get(keyspace.scoped_token_key(digest))
             if scoped is not None:
                 user_id = int(scoped.decode().partition("|")[0])
                 user = connection.execute(select(*columns).where(UserRecord.id == user_id)).first()

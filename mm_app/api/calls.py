@@ -14,6 +14,7 @@ from minimodal import protocol
 from minimodal.defaults import DEFAULT_LONG_POLL_SECONDS
 from minimodal.exception import InvalidError, OutputExpiredError, PayloadTooLargeError
 from minimodal.protocol import TERMINAL, CallStatus
+from mm_app import keyspace
 
 from ..cancel import cancel_calls
 from ..models import AttemptRecord, CallRecord, FunctionRecord, InputRecord
@@ -197,7 +198,7 @@ def create_call(function_id: str, body: NewCall):  # type: ignore[no-untyped-def
         reply["cursor"] = cursor
         if envelopes and body.logs:
             # The call is over: what it printed comes back with its result, in the same round trip.
-            entries = svc.payloads.read_streams({protocol.logs_key(call_id): "0-0"}, 0, count=5000)
+            entries = svc.payloads.read_streams({keyspace.logs_key(call_id): "0-0"}, 0, count=5000)
             reply["logs"] = [encode_entry("logs", entry_id, fields) for _, entry_id, fields in entries]
     return reply, 201
 

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from minimodal import protocol
 from minimodal.exception import BY_NAME, InvalidError, NotFoundError, ServiceError
+from mm_app import keyspace
 
 from .. import registry
 from ..models import AppRecord, FunctionRecord
@@ -122,8 +123,8 @@ def control(worker_id: str, op: str, wait: float = CONTROL_WAIT_SECONDS, **field
     """Ask a worker's control thread; its answer, or its error raised as the same minimodal error."""
     redis, request_id = services().redis, protocol.new_id("cr")
     body = {"id": request_id, "op": op, "user": str(g.user.id), **fields}
-    redis.rpush(protocol.control_key(worker_id), json.dumps(body))
-    reply = redis.blpop([protocol.control_reply_key(request_id)], timeout=max(1, int(wait)))
+    redis.rpush(keyspace.control_key(worker_id), json.dumps(body))
+    reply = redis.blpop([keyspace.control_reply_key(request_id)], timeout=max(1, int(wait)))
     if reply is None:
         raise ServiceError(f"worker {worker_id} did not answer within {wait:g} s; is it running?")
     answer: dict[str, Any] = json.loads(reply[1])
@@ -150,7 +151,7 @@ def get_container(container_id: str):  # type: ignore[no-untyped-def]
 def container_logs(container_id: str):  # type: ignore[no-untyped-def]
     """What the inputs that ran in this container printed (from its app's log stream)."""
     item = _own_container(container_id)
-    entries = services().payloads.read_streams({protocol.app_logs_key(item["app"]): "0-0"}, 0, count=10000)
+    entries = services().payloads.read_streams({keyspace.app_logs_key(item["app"]): "0-0"}, 0, count=10000)
     from .streams import encode_entry
 
     events = [encode_entry("logs", entry_id, fields) for _, entry_id, fields in entries]
@@ -237,7 +238,7 @@ def tty(ws: Any, container_id: str, query: Terminal) -> None:
         secrets=query.secrets == "1",
         stop_after=query.stop_after == "1",
     )
-    redis, in_key, out_key = services().redis, protocol.tty_in_key(session), protocol.tty_out_key(session)
+    redis, in_key, out_key = services().redis, keyspace.tty_in_key(session), keyspace.tty_out_key(session)
     import threading
 
     closed = threading.Event()

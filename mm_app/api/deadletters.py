@@ -13,9 +13,10 @@ from flask import Blueprint, g
 from pydantic import Field
 from sqlalchemy import func, select, update
 
-from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
-from minimodal.protocol import CallStatus, PendingEntry
+from minimodal.protocol import CallStatus
+from mm_app import keyspace
+from mm_app.keyspace import PendingEntry
 
 from ..models import DeadLetterRecord, FunctionRecord, InputRecord, utcnow
 from ..ownership import owned
@@ -110,7 +111,7 @@ def retry_dead_letter(dead_letter_id: int):  # type: ignore[no-untyped-def]
         record = owned(session, DeadLetterRecord, dead_letter_id, g.user.id, "dead letter", admin=g.user.is_admin)
         if record.state != "open":
             raise InvalidError(f"dead letter {dead_letter_id} was retried already")
-        if not svc.redis.hexists(protocol.inputs_key(record.call_id), str(record.idx)):
+        if not svc.redis.hexists(keyspace.inputs_key(record.call_id), str(record.idx)):
             raise InvalidError(f"the input of dead letter {dead_letter_id} has expired; call the function again")
         record.state, record.retried_at = "retried", utcnow()
         session.execute(

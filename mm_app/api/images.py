@@ -19,6 +19,7 @@ from sqlalchemy import select
 from minimodal import config, protocol
 from minimodal.exception import InvalidError, NotFoundError, PayloadTooLargeError
 from minimodal.protocol import ImageStatus
+from mm_app import keyspace
 
 from ..models import ImageRecord, SourceFileRecord
 from ..registry import docker_workers, live_workers
@@ -196,7 +197,7 @@ def missing_files(body: FileShas):  # type: ignore[no-untyped-def]
     svc = services()
     with svc.redis.pipeline(transaction=False) as pipe:
         for sha in shas:
-            pipe.exists(protocol.file_key(sha))
+            pipe.exists(keyspace.file_key(sha))
         present = pipe.execute()
     unknown = [sha for sha, here in zip(shas, present, strict=True) if not here]
     if unknown:
@@ -209,7 +210,7 @@ def missing_files(body: FileShas):  # type: ignore[no-untyped-def]
 @bp.route("/files/<sha>", methods=["HEAD"])
 @doc("Whether a build file is stored", errors=(404,), params={"sha": "sha256"})
 def has_file(sha: str):  # type: ignore[no-untyped-def]
-    if not services().redis.exists(protocol.file_key(sha)):
+    if not services().redis.exists(keyspace.file_key(sha)):
         raise NotFoundError(f"no file {sha!r}")  # a JSON error, as on every route (a HEAD reply drops the body)
     return {"sha": sha}
 
@@ -231,7 +232,7 @@ def put_file(sha: str):  # type: ignore[no-untyped-def]
         raise PayloadTooLargeError("the file is over the maximum payload size")
     if hashlib.sha256(data).hexdigest() != sha:
         raise InvalidError("the body does not hash to the sha256 in the URL")
-    svc.redis.set(protocol.file_key(sha), data, ex=7 * 24 * 3600)
+    svc.redis.set(keyspace.file_key(sha), data, ex=7 * 24 * 3600)
     return {"sha": sha, "size": len(data)}, 201
 
 
@@ -258,7 +259,7 @@ def create_image(body: ImageSpec):  # type: ignore[no-untyped-def]
             session.add(record)
         record.error, record.events = None, []
         if docker_workers(svc.redis):
-            missing = [sha for sha in files if not svc.redis.exists(protocol.file_key(sha))]
+            missing = [sha for sha in files if not svc.redis.exists(keyspace.file_key(sha))]
             if missing:
                 raise InvalidError(f"upload these files first with PUT /v1/files/{{sha}}: {missing}")
             record.status, build = ImageStatus.BUILDING.value, True
@@ -269,8 +270,8 @@ def create_image(body: ImageSpec):  # type: ignore[no-untyped-def]
             record.error = "no worker with a Docker engine is running, and this image needs one to be built"
         result = _describe(record)
     if build:
-        svc.redis.delete(protocol.build_log_key(image_id))
-        svc.celery.send_task(protocol.TASK_BUILD_IMAGE, args=[image_id], queue=protocol.QUEUE_BUILD)
+        svc.redis.delete(keyspace.build_log_key(image_id))
+        svc.celery.send_task(keyspace.TASK_BUILD_IMAGE, args=[image_id], queue=keyspace.QUEUE_BUILD)
     return result, 201
 
 
@@ -287,7 +288,7 @@ def get_image(image_id: str, query: BuildLog):  # type: ignore[no-untyped-def]
             raise NotFoundError(f"no image {image_id!r}")
         status = record.status
     lines: list[str] = []
-    key = protocol.build_log_key(image_id)
+    key = keyspace.build_log_key(image_id)
     if status == ImageStatus.BUILDING:
         reply = svc.redis.xread({key: cursor}, count=1000, block=int(wait * 1000) or None)
         entries = reply[0][1] if reply else []

@@ -22,7 +22,9 @@ from sqlalchemy import select
 
 from minimodal import defaults, protocol
 from minimodal.exception import InvalidError, NotFoundError, SandboxTerminatedError, ServiceError
-from minimodal.protocol import PendingEntry, SandboxState
+from minimodal.protocol import SandboxState
+from mm_app import keyspace
+from mm_app.keyspace import PendingEntry
 
 from .. import objects, sandboxes, vault
 from ..models import AppRecord, ImageRecord, SandboxRecord
@@ -253,7 +255,7 @@ def create_sandbox(body: NewSandbox):  # type: ignore[no-untyped-def]
             )
         )
     need = sandboxes.needs(spec)
-    svc.redis.hset(protocol.sandbox_state_key(sandbox_id), mapping={"state": SandboxState.QUEUED.value})
+    svc.redis.hset(keyspace.sandbox_state_key(sandbox_id), mapping={"state": SandboxState.QUEUED.value})
     svc.pending.set_needs(sandbox_id, need)
     try:
         svc.pending.enqueue(g.user.id, PendingEntry(sandbox_id, sandbox_id, 0, 1))
@@ -318,7 +320,7 @@ def get_sandbox(sandbox_id: str, query: WaitUntil):  # type: ignore[no-untyped-d
         if until == "running":
             time.sleep(min(0.05, left))
         else:
-            svc.redis.xread({protocol.sandbox_events_key(sandbox_id): "$"}, block=max(1, int(min(left, 1.0) * 1000)))
+            svc.redis.xread({keyspace.sandbox_events_key(sandbox_id): "$"}, block=max(1, int(min(left, 1.0) * 1000)))
     if state.terminal:
         record = _record(sandbox_id)
     return sandboxes.view(record, live)
@@ -384,7 +386,7 @@ def exec_process(sandbox_id: str, body: NewProcess):  # type: ignore[no-untyped-
         "secrets": secret_ids,
         "pty": body.pty,
     }
-    key = protocol.sandbox_control_key(sandbox_id)
+    key = keyspace.sandbox_control_key(sandbox_id)
     pipe = svc.redis.pipeline(transaction=False)
     pipe.rpush(key, json.dumps(message))
     pipe.expire(key, defaults.MAX_SANDBOX_TIMEOUT)
@@ -414,7 +416,7 @@ def read_output(sandbox_id: str, process_id: str, query: OutputAfter):  # type: 
     process_id = _process_id(process_id)
     fd, cursor = query.fd, query.cursor
     svc = services()
-    key = protocol.sandbox_output_key(sandbox_id, process_id, int(fd))
+    key = keyspace.sandbox_output_key(sandbox_id, process_id, int(fd))
     wait = _clamped(query.timeout)
     deadline = time.monotonic() + wait
     chunks: list[str] = []
@@ -454,7 +456,7 @@ def write_stdin(sandbox_id: str, process_id: str, body: Stdin):  # type: ignore[
         data = base64.b64decode(body.data, validate=True)
     except ValueError:
         raise InvalidError("data must be base64") from None
-    key = protocol.sandbox_stdin_key(sandbox_id, process_id)
+    key = keyspace.sandbox_stdin_key(sandbox_id, process_id)
     pipe = services().redis.pipeline(transaction=False)
     if data:
         pipe.rpush(key, data)
@@ -477,7 +479,7 @@ def get_process(sandbox_id: str, process_id: str, query: Wait):  # type: ignore[
     record = _record(sandbox_id)
     process_id = _process_id(process_id)
     svc = services()
-    key = protocol.sandbox_events_key(sandbox_id)
+    key = keyspace.sandbox_events_key(sandbox_id)
     deadline = time.monotonic() + _clamped(query.wait)
     cursor = "0-0"
     while True:
@@ -512,8 +514,8 @@ def snapshot(sandbox_id: str):  # type: ignore[no-untyped-def]
     if sandboxes.live_state(svc.redis, sandbox_id).get("state") != SandboxState.RUNNING.value:
         raise InvalidError(f"sandbox {sandbox_id} has not started yet; snapshot it once it runs")
     request_id = protocol.new_id("rq")
-    svc.redis.rpush(protocol.sandbox_control_key(sandbox_id), json.dumps({"op": "snapshot", "id": request_id}))
-    popped = svc.redis.blpop([protocol.sandbox_reply_key(sandbox_id, request_id)], timeout=120)
+    svc.redis.rpush(keyspace.sandbox_control_key(sandbox_id), json.dumps({"op": "snapshot", "id": request_id}))
+    popped = svc.redis.blpop([keyspace.sandbox_reply_key(sandbox_id, request_id)], timeout=120)
     if popped is None:
         raise ServiceError(f"the worker of sandbox {sandbox_id} did not answer the snapshot within 120 s")
     reply = json.loads(popped[1])

@@ -1,6 +1,6 @@
 """Live streams of a call: generator items, outputs and printed logs, by long-poll or WebSocket.
 
-Each kind is a Redis stream (see sdk/protocol.py), so a client names a cursor per kind and gets every
+Each kind is a Redis stream (see mm_app/keyspace.py), so a client names a cursor per kind and gets every
 entry after it, in order, exactly once; reconnecting with the last cursors loses nothing. Items stay
 ``MINIMODAL_STREAM_TTL`` seconds (1 h) after the call; outputs and logs ``MINIMODAL_RESULT_TTL``.
 
@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from minimodal import protocol
 from minimodal.exception import NotFoundError
+from mm_app import keyspace
 
 from ..models import AppRecord, CallRecord
 from ..ownership import check_owner
@@ -45,7 +46,7 @@ def _check_before_upgrade() -> None:
 
 _CURSOR = re.compile(r"^\d+-\d+$")
 KINDS = ("items", "outputs", "logs")
-_KEYS = {"items": protocol.items_key, "outputs": protocol.outputs_key, "logs": protocol.logs_key}
+_KEYS = {"items": keyspace.items_key, "outputs": keyspace.outputs_key, "logs": keyspace.logs_key}
 REVOKE_CHECK_SECONDS = 1  # an open WebSocket re-reads its user's token state this often (at most)
 PING_SECONDS = 5  # a WebSocket with nothing to say sends a ping this often, which also detects a gone client
 
@@ -173,7 +174,7 @@ def stream_ws(ws: Any, call_id: str, query: Cursors) -> None:
 @doc("What a call printed", query=LogCursor, reply=Logs, errors=(404,), tag="logs")
 def call_logs(call_id: str, query: LogCursor):  # type: ignore[no-untyped-def]
     _own_call(call_id)
-    return _logs(protocol.logs_key(call_id), query)
+    return _logs(keyspace.logs_key(call_id), query)
 
 
 @bp.get("/apps/<app>/logs")
@@ -196,7 +197,7 @@ def app_logs(app: str, query: LogCursor):  # type: ignore[no-untyped-def]
         ).scalar()
     if app_id is None:
         raise NotFoundError(f"no app {app!r}")
-    return {"app_id": app_id, **_logs(protocol.app_logs_key(app_id), query)}
+    return {"app_id": app_id, **_logs(keyspace.app_logs_key(app_id), query)}
 
 
 def _logs(key: str, query: LogCursor) -> dict[str, Any]:

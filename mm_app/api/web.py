@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from minimodal import protocol
 from minimodal.exception import AuthError, NotFoundError, PayloadTooLargeError
+from mm_app import keyspace
 
 from ..models import AppRecord, FunctionRecord, FunctionSpecRecord, UserRecord
 from ..submit import submit_call
@@ -163,12 +164,12 @@ def _error(status: int, message: str) -> Response:
 def _items(call_id: str, deadline: float) -> Iterator[Any]:
     """The call's generator items in order, until its input ends (or fails, or the deadline passes)."""
     svc = services()
-    cursors = {protocol.items_key(call_id): "0-0", protocol.outputs_key(call_id): "0-0"}
+    cursors = {keyspace.items_key(call_id): "0-0", keyspace.outputs_key(call_id): "0-0"}
     while time.monotonic() < deadline:
         block = int(min(5.0, max(0.05, deadline - time.monotonic())) * 1000)
         for key, entry_id, fields in svc.payloads.read_streams(dict(cursors), block):
             cursors[key] = entry_id
-            if key == protocol.outputs_key(call_id):
+            if key == keyspace.outputs_key(call_id):
                 return  # the input ended: its items were all read before (they precede the output)
             if fields.get(protocol.ITEM_DONE.encode()):
                 return

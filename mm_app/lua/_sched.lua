@@ -1,7 +1,7 @@
 -- What the scheduler's scripts share (enqueue, take, hold, finish, reclaim): the records they read
 -- and write, and the one place where a task's capacity is reserved and released.
 --
--- Records are JSON objects with the field names of their Python classes in sdk/protocol.py:
+-- Records are JSON objects with the field names of their Python classes in mm_app/keyspace.py:
 --   pending entry (PendingEntry): call_id, function_id, start, end (a run of inputs [start, end))
 --   ledger record (InflightTask): user_id, function_id, call_id, start, end, worker_id, cpu, memory, gpu,
 --     gpu_count, cost, at, dispatcher

@@ -7,8 +7,9 @@ from typing import Any
 
 import cloudpickle
 
-from minimodal import config, protocol
+from minimodal import config
 from minimodal.protocol import ImageStatus
+from mm_app import keyspace
 from workers.images import BuildError, ImageBuilder
 
 from ..celery_app import app
@@ -18,20 +19,20 @@ from .context import WorkerContext, open_context
 logger = logging.getLogger("minimodal.worker.build")
 
 
-@app.task(name=protocol.TASK_BUILD_IMAGE, bind=True, acks_late=True, ignore_result=True)
+@app.task(name=keyspace.TASK_BUILD_IMAGE, bind=True, acks_late=True, ignore_result=True)
 def build_image(self: Any, image_id: str) -> None:
     build(open_context(self.app), image_id)
 
 
 def build(ctx: WorkerContext, image_id: str) -> None:
     """Build the image record's spec with this worker's Docker engine; the record ends ready or failed."""
-    log_key = protocol.build_log_key(image_id)
+    log_key = keyspace.build_log_key(image_id)
 
     def log(line: str) -> None:
         ctx.redis.xadd(log_key, {"line": line[:4000]}, maxlen=20000, approximate=True)
 
     def fetch(sha: str) -> bytes:
-        data = ctx.redis.get(protocol.file_key(sha))
+        data = ctx.redis.get(keyspace.file_key(sha))
         if data is None:
             raise BuildError(f"the build file {sha[:12]} is missing from Redis (expired); deploy again to re-upload")
         return data

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from minimodal import protocol
 from minimodal.exception import Error, InvalidError, NotFoundError
+from mm_app import keyspace
 from workers.runtimes.base import Runner
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ class ControlServer:
         _sandboxes.clear()
 
     def _serve(self) -> None:
-        key = protocol.control_key(self.ctx.worker_id)
+        key = keyspace.control_key(self.ctx.worker_id)
         while not self._stop.is_set():
             try:
                 item = self.ctx.redis.blpop([key], timeout=1)
@@ -132,7 +133,7 @@ class ControlServer:
             answer = {"error": {"type": "ServiceError", "message": f"the worker failed: {exc}"}}
         if request.get("op") in ("sandbox", "stop"):
             self.ctx._beat_now.set()  # the container list changed: say so in a heartbeat now
-        reply = protocol.control_reply_key(str(request.get("id")))
+        reply = keyspace.control_reply_key(str(request.get("id")))
         pipe = self.ctx.redis.pipeline()
         pipe.rpush(reply, json.dumps(answer))
         pipe.expire(reply, REPLY_TTL)
@@ -308,7 +309,7 @@ def _close(sock: Any) -> None:
 
 def _relay(ctx: WorkerContext, session: str, terminal: _Terminal, sandbox: Runner | None) -> None:
     """Copy the terminal's output to the session's stream and the client's input to the terminal, until it ends."""
-    redis, out_key, in_key = ctx.redis, protocol.tty_out_key(session), protocol.tty_in_key(session)
+    redis, out_key, in_key = ctx.redis, keyspace.tty_out_key(session), keyspace.tty_in_key(session)
     ended = threading.Event()
 
     def pump_out() -> None:

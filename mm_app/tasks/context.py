@@ -26,10 +26,11 @@ from celery import signals
 from redis import Redis
 from sqlalchemy import select
 
-from minimodal import config, protocol
+from minimodal import config
 from minimodal.defaults import DEFAULT_BASE_IMAGES_SECONDS, DEFAULT_SCALEDOWN_WINDOW
 from minimodal.exception import InvalidError, ServiceError
-from minimodal.protocol import WorkerCapacity
+from mm_app import keyspace
+from mm_app.keyspace import WorkerCapacity
 from workers.images import base_pythons
 from workers.pool import WarmPool
 from workers.runtimes import docker_client
@@ -127,12 +128,12 @@ class WorkerContext:
         concurrency = config.get("worker_concurrency")
         gpu = config.get("worker_gpu")
         try:
-            gpus = protocol.parse_gpu_inventory(registry.detect_gpus() if gpu is None else gpu)
+            gpus = keyspace.parse_gpu_inventory(registry.detect_gpus() if gpu is None else gpu)
         except ValueError as exc:
             raise InvalidError(f"MINIMODAL_WORKER_GPU={gpu!r}: {exc}") from None
         capacity = WorkerCapacity(
             id=worker_id,
-            queue=protocol.worker_queue(worker_id),
+            queue=keyspace.worker_queue(worker_id),
             slots=concurrency,
             cpu=max(1, round(config.get("worker_cpu") * 1000)),
             memory=config.get("worker_memory"),
@@ -267,7 +268,7 @@ class WorkerContext:
     def keep_warm(self) -> None:
         """Give each running app's ``min_containers`` functions their floor; drop floors of stopped apps,
         and stop the runners of stopped apps (idle ones now, busy ones when their input ends)."""
-        retired = {m.decode() for m in self.redis.smembers(protocol.retired_functions_key())}
+        retired = {m.decode() for m in self.redis.smembers(keyspace.retired_functions_key())}
         if retired:
             keys = {key for key, (function_id, _) in list(self._runner_keys.items()) if function_id in retired}
             for each in self.pools.values():
@@ -319,7 +320,7 @@ class WorkerContext:
         info = {
             "worker_id": self.worker_id,
             "queue": capacity.queue,
-            "queues": [capacity.queue] + ([protocol.QUEUE_BUILD] if capacity.docker else []),
+            "queues": [capacity.queue] + ([keyspace.QUEUE_BUILD] if capacity.docker else []),
             "runtimes": sorted(self.pools),
             "slots": capacity.open_slots,
             "breaker": self.breaker.state,
@@ -337,7 +338,7 @@ class WorkerContext:
         }
         ttl = int(interval * 5) + 1
         if self.draining:
-            self.redis.set(protocol.worker_key(self.worker_id), json.dumps(info), ex=ttl)
+            self.redis.set(keyspace.worker_key(self.worker_id), json.dumps(info), ex=ttl)
         else:
             registry.beat(self.redis, capacity, info, ttl)
         self._forward_pool_events()
@@ -421,7 +422,7 @@ class WorkerContext:
                     todo = recovery.unfinished_runs(self.redis, task)
                     self.pending.reclaim(task_id, task.user_id, todo, counter="reclaimed")
             registry.forget(self.redis, self.worker_id)
-            self.redis.delete(protocol.worker_key(self.worker_id))
+            self.redis.delete(keyspace.worker_key(self.worker_id))
         except Exception:  # noqa: BLE001 - Redis may already be gone at shutdown
             logger.warning("cannot hand back worker %s's tasks; the dispatcher will", self.worker_id, exc_info=True)
         self.db.dispose()
@@ -431,7 +432,7 @@ class WorkerContext:
 # task its live worker never started (see mm_app.recovery). A task is held from its receipt, which for a
 # retry is the start of its countdown (Celery keeps such a task in a timer, not among reserved requests).
 _active: set[str] = set()
-_HELD_TASKS = (protocol.TASK_EXECUTE, protocol.TASK_SANDBOX)
+_HELD_TASKS = (keyspace.TASK_EXECUTE, keyspace.TASK_SANDBOX)
 _active_lock = threading.Lock()
 
 

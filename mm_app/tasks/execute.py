@@ -23,8 +23,10 @@ from celery import signals
 
 from minimodal import protocol
 from minimodal.exception import Error, InvalidError
-from minimodal.protocol import CallStatus, InflightTask, PendingEntry
+from minimodal.protocol import CallStatus
 from minimodal.retries import Retries
+from mm_app import keyspace
+from mm_app.keyspace import InflightTask, PendingEntry
 from workers.pool import WarmPool
 from workers.runtimes.base import Outcome, RunnerSpec, RunnerStartError
 from workers.runtimes.shared import call_shared
@@ -174,7 +176,7 @@ class _Task:
 
         It counts as an attempt; after MAX_REQUEUES the input fails with the platform's error.
         """
-        key = protocol.requeue_key(self.call_id)
+        key = keyspace.requeue_key(self.call_id)
         times = self.ctx.redis.hincrby(key, str(idx), 1)
         self.ctx.redis.expire(key, self.ctx.payloads.ttl)
         if times > MAX_REQUEUES:
@@ -190,7 +192,7 @@ class _Task:
         worker dies during the backoff the dispatcher re-queues the input like any task of a dead worker.
         """
         retry_id = str(uuid.uuid4())
-        raw = self.ctx.redis.hget(protocol.inflight_key(), self.task_id)
+        raw = self.ctx.redis.hget(keyspace.inflight_key(), self.task_id)
         mine = InflightTask.decode(raw) if raw else None
         seconds, micros = self.ctx.redis.time()
         now = seconds + micros / 1e6
@@ -214,7 +216,7 @@ class _Task:
         )
         try:
             app.send_task(
-                protocol.TASK_EXECUTE,
+                keyspace.TASK_EXECUTE,
                 args=[self.call_id, self.function_id, self.user_id, idx, idx + 1, self.attempt + 1, self.first],
                 queue=self.queue,
                 countdown=delay,
@@ -228,12 +230,12 @@ class _Task:
         return True
 
 
-@app.task(name=protocol.TASK_EXECUTE, bind=True, acks_late=True, ignore_result=True)
+@app.task(name=keyspace.TASK_EXECUTE, bind=True, acks_late=True, ignore_result=True)
 def execute(
     self: Any, call_id: str, function_id: str, user_id: int, start: int, end: int, attempt: int = 1, first: int = 1
 ) -> None:
     ctx = open_context(self.app)
-    queue = (self.request.delivery_info or {}).get("routing_key") or protocol.QUEUE_CPU
+    queue = (self.request.delivery_info or {}).get("routing_key") or keyspace.QUEUE_CPU
     task = _Task(ctx, call_id, function_id, user_id, list(range(start, end)), attempt, first, queue, self.request.id)
     report = ctx.recorder.running(call_id, function_id, user_id, task.indexes)
     stranded = False  # inputs that could not be re-queued: the task stays in the ledger for the dispatcher
@@ -292,7 +294,7 @@ def _run_inputs(task: _Task) -> None:
     if spec is None or spec.user_id != task.user_id:
         message = f"function {task.function_id} does not exist"
         return fail_rest(Outcome(ok=False, error_type="NotFoundError", message=message))
-    if ctx.redis.exists(protocol.cancelled_key(task.call_id)):
+    if ctx.redis.exists(keyspace.cancelled_key(task.call_id)):
         return  # cancelled (mm_app/cancel.py): its inputs have their cancelled outputs already
     pool = ctx.pool_for(spec)
     if pool is None:

@@ -23,6 +23,7 @@ from redis import Redis
 from minimodal import config, protocol
 from minimodal._client import Client
 from minimodal.exception import InvalidError
+from mm_app import keyspace
 
 SCOPED_TOKEN_TTL = 15 * 60  # seconds; refreshed on every use, deleted at worker shutdown
 PARENT_HEADER = "X-MiniModal-Parent-Call"
@@ -43,7 +44,7 @@ class Forwarder:
             token = self._tokens.get(user_id)
             if token is None:
                 token = self._tokens[user_id] = "mms-" + secrets.token_urlsafe(32)
-        key = protocol.scoped_token_key(protocol.token_digest(token))
+        key = keyspace.scoped_token_key(keyspace.token_digest(token))
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(key, f"{user_id}|{self.worker_id}", ex=SCOPED_TOKEN_TTL)
             pipe.execute()
@@ -71,7 +72,7 @@ class Forwarder:
             )
         finally:
             if lease is not None:
-                self.redis.zrem(protocol.lent_key(user_id), lease)
+                self.redis.zrem(keyspace.lent_key(user_id), lease)
         if request.get("raw"):
             return {"raw": protocol.b64(response.content)}
         return {"json": response}
@@ -81,10 +82,10 @@ class Forwarder:
         expires on its own if this worker dies mid-wait."""
         lease = uuid.uuid4().hex
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(protocol.lent_key(user_id), {lease: time.time() + seconds})
-            pipe.zremrangebyscore(protocol.lent_key(user_id), "-inf", time.time())
-            pipe.expire(protocol.lent_key(user_id), int(seconds) + 60)
-            pipe.rpush(protocol.wake_key(), "1")
+            pipe.zadd(keyspace.lent_key(user_id), {lease: time.time() + seconds})
+            pipe.zremrangebyscore(keyspace.lent_key(user_id), "-inf", time.time())
+            pipe.expire(keyspace.lent_key(user_id), int(seconds) + 60)
+            pipe.rpush(keyspace.wake_key(), "1")
             pipe.execute()
         return lease
 
@@ -92,4 +93,4 @@ class Forwarder:
         with self._lock:
             tokens, self._tokens = list(self._tokens.values()), {}
         if tokens:
-            self.redis.delete(*(protocol.scoped_token_key(protocol.token_digest(t)) for t in tokens))
+            self.redis.delete(*(keyspace.scoped_token_key(keyspace.token_digest(t)) for t in tokens))

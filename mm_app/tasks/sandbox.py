@@ -21,6 +21,7 @@ from celery import signals
 
 from minimodal import config, protocol
 from minimodal.protocol import SandboxState
+from mm_app import keyspace
 from workers.runtimes.base import RunnerStartError
 from workers.sandbox import ContainerSpec, ExecProcess, SandboxContainer, SandboxStartError, remove_orphans
 
@@ -73,7 +74,7 @@ class _Life:
         written = {1: 0, 2: 0}
 
         def on_output(fd: int, chunk: bytes | None) -> None:
-            key = self._touch(protocol.sandbox_output_key(self.id, process_id, fd))
+            key = self._touch(keyspace.sandbox_output_key(self.id, process_id, fd))
             if chunk is not None:
                 room = self.output_cap - written[fd]
                 if room < 0:
@@ -93,7 +94,7 @@ class _Life:
             except Exception:  # noqa: BLE001 - Redis failing: the sandbox goes on, this chunk is lost
                 logger.warning("cannot store output of %s/%s", self.id, process_id, exc_info=True)
             if chunk is None and fd == 2 and process_id == protocol.SANDBOX_ENTRYPOINT:
-                self.redis.rpush(protocol.sandbox_control_key(self.id), json.dumps({"op": "_entrypoint_ended"}))
+                self.redis.rpush(keyspace.sandbox_control_key(self.id), json.dumps({"op": "_entrypoint_ended"}))
 
         return on_output
 
@@ -101,11 +102,11 @@ class _Life:
         with self.lock:
             self.running.pop(process_id, None)
             self.last_active = time.monotonic()
-        key = self._touch(protocol.sandbox_events_key(self.id))
+        key = self._touch(keyspace.sandbox_events_key(self.id))
         self.redis.xadd(key, {"proc": process_id, "returncode": str(code)})
 
     def _stdin_reader(self, process_id: str, write: Any, close: Any, alive: Any) -> None:
-        key = protocol.sandbox_stdin_key(self.id, process_id)
+        key = keyspace.sandbox_stdin_key(self.id, process_id)
         while alive() and not self.stop.is_set():
             try:
                 popped = self.redis.blpop([key], timeout=STDIN_POLL)
@@ -181,7 +182,7 @@ class _Life:
         assert self.container is not None
         deadline = time.monotonic() + float(self.spec.get("timeout") or 0)
         idle = float(self.spec.get("idle_timeout") or 0)
-        control = protocol.sandbox_control_key(self.id)
+        control = keyspace.sandbox_control_key(self.id)
         while True:
             now = time.monotonic()
             if now >= deadline:
@@ -246,7 +247,7 @@ class _Life:
 
     def snapshot(self, request: dict[str, Any]) -> None:
         assert self.container is not None
-        reply_key = protocol.sandbox_reply_key(self.id, request["id"])
+        reply_key = keyspace.sandbox_reply_key(self.id, request["id"])
         try:
             tag = self.container.snapshot(
                 f"{self.id.lower()}-{request['id'][:8].lower()}", registry=config.get("registry")
@@ -272,7 +273,7 @@ class _Life:
             self._process_ended(process_id, sandboxes.TERMINATED_CODE)
 
 
-@app.task(name=protocol.TASK_SANDBOX, bind=True, acks_late=True, ignore_result=True)
+@app.task(name=keyspace.TASK_SANDBOX, bind=True, acks_late=True, ignore_result=True)
 def run_sandbox(self: Any, sandbox_id: str, user_id: int) -> None:
     _run_sandbox(open_context(self.app), sandbox_id, user_id, self.request.id)
 
@@ -287,7 +288,7 @@ def _run_sandbox(ctx: WorkerContext, sandbox_id: str, user_id: int, task_id: str
         if record is None or record.user_id != user_id:
             return
         if SandboxState(live.get("state") or record.state).terminal or record.state != SandboxState.QUEUED.value:
-            ctx.redis.hdel(protocol.function_needs_key(), sandbox_id)
+            ctx.redis.hdel(keyspace.function_needs_key(), sandbox_id)
             return  # terminated while queued, or a redelivery of a sandbox that ran already
         life = _Life(ctx, sandbox_id, user_id, record)
         with _lives_lock:
@@ -318,7 +319,7 @@ def _terminate_all(**_: Any) -> None:
     for life in lives:
         with contextlib.suppress(Exception):
             life.redis.rpush(
-                protocol.sandbox_control_key(life.id), json.dumps({"op": "terminate", "reason": "its worker stopped"})
+                keyspace.sandbox_control_key(life.id), json.dumps({"op": "terminate", "reason": "its worker stopped"})
             )
 
 
@@ -338,7 +339,7 @@ def _remove_orphans(ctx: WorkerContext) -> None:
     try:
         live, _ = registry.capacities(ctx.redis, ctx.pending.policy.dead_after)
         keep = set()
-        for key in ctx.redis.scan_iter(protocol.sandbox_state_key("*")):
+        for key in ctx.redis.scan_iter(keyspace.sandbox_state_key("*")):
             state = {k.decode(): v.decode() for k, v in ctx.redis.hgetall(key).items()}
             if state.get("state") == SandboxState.RUNNING.value and state.get("worker") in live:
                 keep.add(key.decode().split(":")[2])

@@ -1,8 +1,8 @@
 """The Docker runtime: each runner is one long-lived container running the MiniModal runner.
 
 A container starts from an image that has Python and cloudpickle (``minimodal/base:bookworm``, built by
-``docker/base/build.sh``). The runner module (``sdk/_runner.py``) is bind-mounted read-only into it and
-run as a script, with the one module it imports beside it (``sdk/_frames.py`` as ``minimodal_frames.py``),
+``docker/base/build.sh``). The runner module (``sdk/minimodal/_runner.py``) is bind-mounted read-only into it and
+run as a script, with the one module it imports beside it (``sdk/minimodal/_frames.py`` as ``minimodal_frames.py``),
 so images need no copy of MiniModal. The worker talks to the runner over the container's attached
 stdin and stdout, with the same frames as the process runtime; nothing runs through ``docker exec``,
 and a warm container serves input after input.
@@ -66,7 +66,9 @@ DEFAULT_PIDS_LIMIT = 256  # processes and threads per container; stops fork bomb
 DEFAULT_MEMORY_LIMIT = 2048  # MiB a container may use when its function sets no `memory`
 TMP_SIZE = "512m"  # the writable /tmp (tmpfs); its pages count in the container's memory limit
 RUNNER_PATH = "/opt/mm/runner/minimodal_runner.py"  # its own directory: sys.path[0] holds nothing else
-FRAMES_PATH = "/opt/mm/runner/minimodal_frames.py"  # sdk/_frames.py, beside the runner: what it imports of MiniModal
+FRAMES_PATH = (
+    "/opt/mm/runner/minimodal_frames.py"  # sdk/minimodal/_frames.py, beside the runner: what it imports of MiniModal
+)
 SDK_PATH = "/opt/mm/lib/minimodal"  # this installation's minimodal package, read-only, last on sys.path
 RUNNER_UID = "1000:1000"  # the mm user of the base image
 LABEL = "minimodal"  # every container we start carries minimodal=1

@@ -1,7 +1,7 @@
 """Several inputs in flight on one runner at once (``@concurrent``, ``@batched``): frames tagged per input.
 
 A runner loaded with ``max_inputs`` > 1 answers every frame of an input with the ``tag`` its CALL frame
-gave it (sdk/_runner.py ``_Concurrent``). Here each input is one caller thread (one Celery task, or one
+gave it (sdk/minimodal/_runner.py ``_Concurrent``). Here each input is one caller thread (one Celery task, or one
 input of a task): it sends its CALL frame and then reads only its own frames. No thread of its own
 reads the runner: whichever caller holds the read lock reads the next frame and drops it in the inbox
 of the input it belongs to, so the frames of all inputs are read in order, once, by their callers.

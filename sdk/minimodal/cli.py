@@ -31,7 +31,7 @@ from .runtime import enable_output
 def _import_file(path_text: str) -> ModuleType:
     """Import an app file as Modal does: under its stem with its folder on sys.path, or, for a file inside a
     package (folders with ``__init__.py``), as ``pkg.mod`` with the package's parent on sys.path. The same
-    name is what the container imports (sdk/_source.py)."""
+    name is what the container imports (sdk/minimodal/_source.py)."""
     _modal_alias.install()  # a Modal program's `import modal` is MiniModal here, even if modal is installed
     if path_text.startswith("-m=") or (not path_text.endswith(".py") and "/" not in path_text and "." in path_text):
         name = path_text.removeprefix("-m=")
@@ -227,7 +227,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_app(args: argparse.Namespace) -> int:
     if getattr(args, "app_handler", None) is not None:
-        return int(args.app_handler(args))  # stop, history: sdk/_deploy_cli.py
+        return int(args.app_handler(args))  # stop, history: sdk/minimodal/_deploy_cli.py
     if args.app_command == "list":
         apps = Client.from_config().request("GET", "/v1/apps")["apps"]
         if args.json:

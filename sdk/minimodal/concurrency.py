@@ -15,7 +15,7 @@ inputs run in threads of the runner, an async one's as tasks on the runner's eve
 goes on a function or on the one method of a class; the function receives one list per parameter and
 returns a list of the same length. Both are decorators stacked *under* ``@app.function``/``@app.cls``.
 They become the function's options ``concurrent_inputs`` and ``batch_max_size``/``batch_wait_ms``,
-which the workers act on (workers/runtimes/shared.py, sdk/_runner.py).
+which the workers act on (workers/runtimes/shared.py, sdk/minimodal/_runner.py).
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from .secret import Secret, check_secrets
 from .volume import Volume
 
 POLL_SECONDS = 25  # how long one long-poll of output or state blocks on the server
-INIT = "/opt/mm/sandbox/init.py"  # the helper the worker bind-mounts in every sandbox (sdk/_sandbox_init.py)
+INIT = "/opt/mm/sandbox/init.py"  # the helper the worker bind-mounts in every sandbox (sdk/minimodal/_sandbox_init.py)
 _TERMINAL = ("finished", "terminated", "timeout", "failed")
 
 

@@ -1,9 +1,9 @@
 """The runner's frames: the one wire format between a worker and the runner it started.
 
-Standard library only: the in-container runner (``sdk/_runner.py``) imports it, and so does every
+Standard library only: the in-container runner (``sdk/minimodal/_runner.py``) imports it, and so does every
 runtime (``workers/runtimes/``). A frame is ``kind (1 byte) | header length (4) | body length (4) |
 JSON header | body``, the lengths big-endian. :class:`Kind` names every kind of frame once; what each
-header holds is told in ``sdk/_runner.py``.
+header holds is told in ``sdk/minimodal/_runner.py``.
 
 Example::
 

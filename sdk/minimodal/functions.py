@@ -272,7 +272,7 @@ class Function(Generic[P, R]):
         self.object_id: str | None = None
         self._web_url: str | None = None
         self._serialized = False  # serialized=True: pickled by value, never imported by name in the container
-        self._extra_spec: dict[str, Any] = {}  # what sdk/cls.py, web.py and schedule.py add
+        self._extra_spec: dict[str, Any] = {}  # what sdk/minimodal/cls.py, web.py and schedule.py add
         self.__doc__ = raw_f.__doc__
         self.__name__ = getattr(raw_f, "__name__", tag)
 
@@ -291,7 +291,7 @@ class Function(Generic[P, R]):
         return lookup_function(app_name, name)
 
     def with_options(self, **options: Any) -> Function[P, R]:
-        """The same function with other options, run in containers of its own (see ``sdk/_variants.py``).
+        """The same function with other options, run in containers of its own (see ``sdk/minimodal/_variants.py``).
 
         Takes ``cpu``, ``memory``, ``gpu``, ``timeout``, ``retries``, ``max_containers``, ``min_containers``,
         ``buffer_containers``, ``scaledown_window``, ``volumes`` and ``secrets`` (these two replace the

@@ -5,7 +5,7 @@ default executor has min(32, cpus + 4) threads, so 20 consumers blocked in ``awa
 starve the ``put`` that would wake them). There are three kinds:
 
 - **Native**: the method has an async twin (``@m.native``) that sends its requests with the asyncio
-  client (``sdk/_aclient.py``). Dict and Queue operations are written once, as generators of object
+  client (``sdk/minimodal/_aclient.py``). Dict and Queue operations are written once, as generators of object
   requests (:func:`aio_steps`), that a blocking driver or an async one runs; ``Function.remote`` and
   ``.spawn``, ``FunctionCall.get`` and the class methods built on them have twins.
 - **A thread of its own** for every other method (``map``, volumes, ...): each call runs in a new
@@ -148,7 +148,7 @@ Steps = Generator[dict[str, Any], dict[str, Any], T]  # yields requests, is sent
 
 
 def aio_steps(fn: Callable[..., Steps[Any]]) -> Any:
-    """A method written once as a generator of platform requests (see ``sdk/_objects.py``).
+    """A method written once as a generator of platform requests (see ``sdk/minimodal/_objects.py``).
 
     Called, its requests are sent one after another, blocking (``obj._run``); ``.aio`` sends them
     with the async client (``obj._arun``).

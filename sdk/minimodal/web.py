@@ -100,7 +100,7 @@ def asgi_app(
 
 def web_entry(raw_f: Any) -> tuple[Any, dict[str, Any]] | None:
     """``(the callable to ship, its web spec)`` for a function marked by a decorator here, else None."""
-    if isinstance(raw_f, WebEntry):  # a class's web method, wrapped already (sdk/cls.py)
+    if isinstance(raw_f, WebEntry):  # a class's web method, wrapped already (sdk/minimodal/cls.py)
         return raw_f, dict(raw_f.web)
     web = getattr(raw_f, WEB_ATTR, None)
     if web is None:

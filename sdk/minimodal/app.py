@@ -321,7 +321,7 @@ class App:
             if tag in self._functions:
                 logger.warning("function %r is defined twice in app %r; the later definition wins", tag, self.name)
             _check_image(image)
-            web = web_entry(raw_f)  # a web endpoint ships a request handler around the function (sdk/web.py)
+            web = web_entry(raw_f)  # a web endpoint ships a request handler around the function (sdk/minimodal/web.py)
             inputs: dict[str, Any] = concurrency_options(raw_f, tag)  # @minimodal.concurrent / @minimodal.batched
             if web and "batch_max_size" in inputs:
                 raise InvalidError(f"{tag}: a web endpoint cannot be @minimodal.batched")
@@ -342,7 +342,7 @@ class App:
     def cls(self, _warn_parentheses_missing: Any = None, **options: Any) -> Callable[[type], Cls]:
         """Register a class: its ``@method()``s run remotely, its ``@enter()`` hooks once per container.
 
-        Takes the options of :meth:`function` (see sdk/cls.py).
+        Takes the options of :meth:`function` (see sdk/minimodal/cls.py).
         """
         if _warn_parentheses_missing is not None:
             raise InvalidError("use @app.cls() with parentheses, not @app.cls")

@@ -10,7 +10,7 @@ Installed only when asked, never otherwise (a real ``modal`` package stays what 
 
 - by ``minimodal run`` and ``minimodal deploy`` before they import the app's file, even when a real
   ``modal`` is installed: those commands run the program on MiniModal;
-- by the runner in every container and runner process (``sdk/_runner.py``);
+- by the runner in every container and runner process (``sdk/minimodal/_runner.py``);
 - at interpreter start when ``MINIMODAL_AS_MODAL=1``, by the ``minimodal_as_modal.pth`` file the
   package puts in site-packages (``setup.py``): ``MINIMODAL_AS_MODAL=1 python prog.py``.
 
