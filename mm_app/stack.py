@@ -36,8 +36,7 @@ from minimodal import config, protocol
 from mm_app import keyspace
 
 from . import credential, image_registry
-from .api.auth import hash_token
-from .api.users import create_user
+from .accounts import create_user, hash_token
 from .database import Database
 from .models import UserRecord
 

@@ -179,7 +179,7 @@ class Stack:
 def bootstrap_admin(env: dict[str, str]) -> str:
     """Create the admin user in the stack's database (as `minimodal up` does); return its token."""
     code = (
-        "from minimodal import config; from mm_app.database import Database; from mm_app.api.users import create_user\n"
+        "from minimodal import config; from mm_app.database import Database; from mm_app.accounts import create_user\n"
         "db = Database(config.database_url()); db.create_all()\n"
         "with db.write() as s: print(create_user(s, 'admin', quota=5, weight=1, is_admin=True))\n"
     )

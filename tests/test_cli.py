@@ -150,6 +150,13 @@ def test_the_api_imports_no_worker_code() -> None:
     assert result.stdout.strip() == "[]"
 
 
+def test_the_stack_imports_no_blueprint_and_no_web_framework() -> None:
+    # `minimodal up` creates the first user through mm_app/accounts.py, not through the API's routes.
+    code = "import sys, mm_app.stack; print([m for m in sys.modules if m.startswith(('mm_app.api', 'flask'))])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 def test_the_public_namespace_exports_what_all_lists() -> None:
     import minimodal
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -12,6 +11,7 @@ from sqlalchemy import select
 from minimodal.exception import AuthError, InvalidError, PermissionDeniedError
 from mm_app import keyspace
 
+from ..accounts import hash_token
 from ..models import UserRecord
 from .services import services
 
@@ -32,10 +32,6 @@ class User(NamedTuple):
 
 SCOPED_PREFIX = "mms-"  # tokens workers mint for their containers' calls
 MAX_INT = 2**63 - 1  # what the database stores: a larger number is refused, not an overflow error
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def authenticate() -> None:

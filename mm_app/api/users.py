@@ -6,18 +6,15 @@ every request authenticates against the database, so the next request with it an
 
 from __future__ import annotations
 
-import re
-
 from flask import Blueprint, g
 from pydantic import Field
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from minimodal.exception import InvalidError, NotFoundError, PermissionDeniedError
-from minimodal.protocol import new_token
+from minimodal.exception import NotFoundError, PermissionDeniedError
 
+from ..accounts import create_user
 from ..models import UserRecord, utcnow
-from .auth import authenticate, hash_token
+from .auth import authenticate
 from .schema import Body, Doc, Positive, Reply
 from .services import services
 
@@ -58,20 +55,6 @@ class NewUserView(Reply):
 class Revoked(Reply):
     user: str
     revoked_at: str
-
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def create_user(session: Session, name: str, *, quota: int, weight: int, is_admin: bool = False) -> str:
-    """Insert a user and return its token (shown once)."""
-    if not _NAME.match(name):
-        raise InvalidError(f"user name {name!r}: use 1-64 letters, digits, '_', '.', '-'")
-    if session.scalar(select(UserRecord).where(UserRecord.name == name)) is not None:
-        raise InvalidError(f"user {name!r} already exists")
-    token = new_token()
-    session.add(UserRecord(name=name, token_hash=hash_token(token), quota=quota, weight=weight, is_admin=is_admin))
-    return token
 
 
 @bp.get("/me")

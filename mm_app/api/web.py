@@ -27,9 +27,9 @@ from minimodal import protocol
 from minimodal.exception import AuthError, NotFoundError, PayloadTooLargeError
 from mm_app import keyspace
 
+from ..accounts import hash_token
 from ..models import AppRecord, FunctionRecord, FunctionSpecRecord, UserRecord
 from ..submit import submit_call
-from .auth import hash_token
 from .deploys import current
 from .schema import Doc
 from .services import services
