@@ -106,6 +106,12 @@ _SETTINGS: dict[str, Setting] = {
         Setting("worker_gpu", None, help="GPUs this worker offers, e.g. 'T4:2,A100'; unset: ask nvidia-smi"),
         Setting("worker_min_slots", defaults.DEFAULT_WORKER_MIN_SLOTS, int, "floor of a worker's scaled concurrency"),
         Setting(
+            "worker_blank_runners",
+            defaults.DEFAULT_BLANK_RUNNERS,
+            int,
+            "runners kept started with no function loaded, per image: a new function's first call loads into one",
+        ),
+        Setting(
             "worker_scaledown_window",
             float(defaults.DEFAULT_SCALEDOWN_WINDOW),
             float,
