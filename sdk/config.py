@@ -118,6 +118,12 @@ _SETTINGS: dict[str, Setting] = {
             "idle seconds before the autoscaler lowers a worker's concurrency",
         ),
         Setting("dispatcher_lease_seconds", defaults.DEFAULT_DISPATCHER_LEASE_SECONDS, float),
+        Setting(
+            "direct_dispatch",
+            True,
+            _bool,
+            "the API sends a call's task itself when its user is the only one waiting (the dispatcher leads)",
+        ),
         Setting("lost_task_seconds", defaults.DEFAULT_LOST_TASK_SECONDS, float),
         Setting("rebuild_grace_seconds", defaults.DEFAULT_REBUILD_GRACE_SECONDS, float),
         # Abuse limits (issue 11): see SECURITY.md.

@@ -15,6 +15,7 @@ from minimodal.exception import InvalidError, NotFoundError, OutputExpiredError,
 from minimodal.protocol import TERMINAL, CallStatus, PendingEntry
 
 from ..cancel import cancel_calls
+from ..dispatcher import dispatch_direct
 from ..models import AppRecord, AttemptRecord, CallRecord, FunctionRecord, InputRecord, utcnow
 from .auth import authenticate, field, json_body, seconds
 from .services import services
@@ -72,6 +73,8 @@ def _enqueue(call_id: str, function_id: str, first: int, payloads: list[bytes]) 
         ttl=svc.settings["result_ttl"],
         front=bool(getattr(g, "scoped", False) and request.headers.get(PARENT_HEADER)),
     )
+    if svc.settings["direct_dispatch"]:
+        dispatch_direct(svc.pending, svc.celery, g.user.id)
 
 
 def _add_inputs(session: Any, call_id: str, first: int, count: int) -> None:
