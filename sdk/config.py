@@ -145,14 +145,26 @@ def profile_path() -> Path:
     return home() / "config.toml"
 
 
+_PROFILES: dict[str, tuple[tuple[int, int], dict[str, Any]]] = {}  # path -> ((mtime ns, size), parsed)
+
+
 def read_profile() -> dict[str, Any]:
+    """The profile file's values; parsed again only when the file changed (every request reads it)."""
     path = profile_path()
-    if not path.exists():
-        return {}
     try:
-        return tomllib.loads(path.read_text())
+        stat = path.stat()
+    except FileNotFoundError:
+        return {}
+    version = (stat.st_mtime_ns, stat.st_size)
+    cached = _PROFILES.get(str(path))
+    if cached is not None and cached[0] == version:
+        return dict(cached[1])
+    try:
+        values = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise InvalidError(f"the profile {path} is not valid TOML: {exc}; fix or delete it") from exc
+    _PROFILES[str(path)] = (version, values)
+    return dict(values)
 
 
 def write_profile(values: dict[str, Any]) -> Path:
