@@ -138,3 +138,10 @@ def test_a_blank_runner_bound_to_one_user_is_never_used_by_another(blank_pool: W
     assert len(bobs) == 1 and len(alices) == 2
     runners = blank_pool._busy[alice.key] | {runner for _, runner in blank_pool._idle[alice.key]}
     assert {runner.spec.key for runner in runners} == {alice.key}
+
+
+def test_a_blank_runner_that_died_is_never_handed_out(blank_pool: WarmPool) -> None:
+    (dead,) = _blank_pids(blank_pool)
+    os.kill(dead, signal.SIGKILL)
+    wait_for(lambda: not any(r.alive for b in blank_pool._blank.values() for r in b), 10, "the blank runner to die")
+    assert _pid(blank_pool, _user_spec("alice")) != dead

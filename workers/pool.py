@@ -251,7 +251,13 @@ class WarmPool:
         self._top_up_blanks(key)
         if runner is None:
             return None
-        runner.load(spec)  # stops the runner if it fails: it is never handed to anyone else
+        try:
+            runner.load(spec)  # stops the runner if it fails: it is never handed to anyone else
+        except RunnerStartError as exc:
+            if not exc.infrastructure:
+                raise  # the function's own load error: a fresh runner would fail the same way
+            logger.warning("a blank %s runner failed to load %s; starting one", self.runtime.name, spec.key[:16])
+            return None
         with self._lock:
             self.bound += 1
         return runner
