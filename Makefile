@@ -41,6 +41,9 @@ docker-base: install system-deps
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	@mkdir -p $(VENV)/mypy-path && ln -sfn ../../sdk $(VENV)/mypy-path/minimodal  # see [tool.mypy]
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

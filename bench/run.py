@@ -19,6 +19,13 @@ bench/results/latest.json (``--quick``: bench/results/quick.json).
 8. reads: requests/s of `GET /v1/calls/{id}` (a call's status) from 64 concurrent clients (bench.reads).
 9. sandboxes: runc against runsc (gVisor), a stack each: cold start, warm `.remote()`, `.map`, a CPU-bound
    and a syscall-heavy call (bench.sandboxes).
+10. dispatch: the dispatcher's cost per call with 1, 10, 100 and 1,000 users waiting (bench.curves).
+11. depth: submit and drain rate with 1,000, 100,000 and 1,000,000 inputs queued (bench.curves).
+12. workers: a stack with 4 worker processes against 1 (bench.curves).
+
+Progress lines (``[elapsed] section: what``) go to stdout as it runs. The results carry the machine
+(cores, memory, kernel, Python, Docker, commit, load) and, when a curve was measured, a PNG of the
+curves is written beside the JSON (bench.plot).
 """
 
 from __future__ import annotations
@@ -33,8 +40,9 @@ from pathlib import Path
 from typing import Any
 
 import minimodal
-from bench import baseline, containers, fairness, reads, sandboxes
-from bench._harness import HOMES, local_stack, summary_ms, write_results
+from bench import baseline, containers, curves, fairness, reads, sandboxes
+from bench._harness import HOMES, local_stack, machine, say, summary_ms, write_results
+from bench.plot import plot
 from minimodal import config
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -52,6 +60,13 @@ SIZES: dict[str, dict[str, Any]] = {
         "backlog": 500,
         "read_clients": 64,
         "read_seconds": 15,
+        "dispatch_users": [1, 10, 100, 1000],
+        "dispatch_calls": 2000,
+        "depths": [1000, 100_000, 1_000_000],
+        "depth_drain": 20_000,
+        "depth_http_max": 1_000_000,  # above it the filler goes straight into the pending queue (bench.curves)
+        "worker_counts": [1, 4],
+        "worker_inputs": 4000,
     },
     "quick": {
         "calls": 20,
@@ -67,9 +82,28 @@ SIZES: dict[str, dict[str, Any]] = {
         "backlog": 20,
         "read_clients": 8,
         "read_seconds": 1,
+        "dispatch_users": [1, 10],
+        "dispatch_calls": 20,
+        "depths": [300, 1000],
+        "depth_drain": 100,
+        "depth_http_max": 500,  # so that the quick run takes the direct path too
+        "worker_counts": [1, 2],
+        "worker_inputs": 100,
     },
 }
-ITEMS = ["baseline", "remote", "map", "cold", "payloads", "fairness", "reads", "sandboxes"]
+ITEMS = [
+    "baseline",
+    "remote",
+    "map",
+    "cold",
+    "payloads",
+    "fairness",
+    "reads",
+    "sandboxes",
+    "dispatch",
+    "depth",
+    "workers",
+]
 GOALS = {
     "remote_p50_vs_celery": "warm .remote() p50 within 3x the bare Celery round trip",
     "map_vs_celery": ".map throughput at least 2x bare per-task Celery throughput",
@@ -216,9 +250,13 @@ def _size_name(size: int) -> str:
 
 
 def process_stack(size: dict[str, Any], only: set[str], results: dict[str, Any]) -> None:
+    if not only & {"baseline", "remote", "cold", "map", "payloads", "reads"}:
+        return
     concurrency = os.cpu_count() or 2
+    say("process stack", f"starting `minimodal up` (process runtime, {concurrency} slots)")
     with local_stack("process", worker_concurrency=str(concurrency)) as home:
         if "baseline" in only:
+            say("baseline", f"bare Celery: {size['calls']} delay().get() round trips, {size['tasks']:,} tasks at once")
             # The same Redis server as the stack (another database), the same number of worker threads.
             broker = config.read_profile()["redis_url"].rsplit("/", 1)[0] + "/1"
             with baseline.worker(broker, concurrency, home / "logs" / "baseline.log"):
@@ -228,14 +266,18 @@ def process_stack(size: dict[str, Any], only: set[str], results: dict[str, Any])
                 }
                 results["baseline"]["throughput_2"] = baseline.throughput(broker, size["tasks"])
         if "remote" in only or "cold" in only:
+            say("remote/cold", f"process: {size['calls']} warm .remote() calls, {size['cold']} cold starts")
             figures = containers.measure(size["calls"], size["cold"])
             results.setdefault("remote", {})["process"] = figures["warm_remote"]
             results.setdefault("cold", {})["process"] = figures["cold_start"]
         if "map" in only:
+            say("map", f".map of {size['map']:,} no-ops twice, then {size['map_large']:,}, memory after each")
             results["map"] = measure_map(size["map"], home, size["map_large"])
         if "payloads" in only:
+            say("payloads", f".remote() with arguments of {', '.join(map(_size_name, size['payloads']))}")
             results["payloads"] = measure_payloads(size["payloads"], size["payload_calls"])
         if "reads" in only:
+            say("reads", f"GET /v1/calls/{{id}} from {size['read_clients']} clients for {size['read_seconds']} s")
             results["reads"] = measure_reads(size["read_clients"], size["read_seconds"])
 
 
@@ -247,6 +289,7 @@ def docker_stack(size: dict[str, Any], only: set[str], results: dict[str, Any]) 
         results.setdefault("skipped", []).append("docker: no Docker engine answers")
         return
     client.close()
+    say("remote/cold", f"docker: {size['calls']} warm .remote() calls, {size['cold']} cold starts")
     with local_stack("docker"):
         figures = containers.measure(size["calls"], size["cold"])
     results.setdefault("remote", {})["docker"] = figures["warm_remote"]
@@ -254,10 +297,14 @@ def docker_stack(size: dict[str, Any], only: set[str], results: dict[str, Any]) 
 
 
 def measure_fairness(size: dict[str, Any]) -> dict[str, Any]:
+    say("fairness", f"{size['users']} users x {size['user_calls']} queued calls drain, then 1 user")
     many = fairness.drain(size["users"], size["user_calls"])
     one = fairness.drain(1, size["users"] * size["user_calls"])
+    say("fairness", f"weighted shares for {size['fair_seconds']} s")
+    shares = fairness.shares(size["fair_seconds"])
+    say("fairness", f"a newcomer behind a backlog of {size['backlog']}")
     return {
-        "shares": fairness.shares(size["fair_seconds"]),
+        "shares": shares,
         "starvation": fairness.starvation(size["backlog"]),
         "many_users": many,
         "one_user": one,
@@ -331,9 +378,11 @@ def print_tables(results: dict[str, Any]) -> None:
     print("\n== throughput (inputs/s)")
     print(f"{'what':44} {'inputs':>7} {'seconds':>8} {'per s':>8}")
     if base:
-        for key, what in (("throughput", "bare Celery, tasks sent at once + results"),
-                          ("throughput_2", "bare Celery, the same again"),
-                          ("throughput_no_results", "bare Celery, no result backend")):  # fmt: skip
+        for key, what in (
+            ("throughput", "bare Celery, tasks sent at once + results"),
+            ("throughput_2", "bare Celery, the same again"),
+            ("throughput_no_results", "bare Celery, no result backend"),
+        ):
             t = base[key]
             print(f"{what:44} {t['tasks']:7} {t['seconds']:8.2f} {t['per_second']:8.1f}")
     runs = results.get("map", {}).get("runs", [])
@@ -363,17 +412,56 @@ def print_tables(results: dict[str, Any]) -> None:
             print(f"share {name}: weight {row['weight']}, expected {row['expected']:.1%}, measured {row['share']:.1%}")
         print(f"Jain's index {f['shares']['jain_index']:.4f}")
         s = f["starvation"]
-        print(f"newcomer behind a backlog of {s['backlog']}: waited {s['bob_wait_seconds']:.3f} s, "
-              f"{s['alice_starts_before_bob']} backlog calls started first")  # fmt: skip
-        print(f"{f['many_users']['users']} users: {f['many_users']['per_second']:.1f}/s; 1 user: "
-              f"{f['one_user']['per_second']:.1f}/s; ratio {f['scale_ratio']:.1%}")  # fmt: skip
+        print(
+            f"newcomer behind a backlog of {s['backlog']}: waited {s['bob_wait_seconds']:.3f} s, "
+            f"{s['alice_starts_before_bob']} backlog calls started first"
+        )
+        print(
+            f"{f['many_users']['users']} users: {f['many_users']['per_second']:.1f}/s; 1 user: "
+            f"{f['one_user']['per_second']:.1f}/s; ratio {f['scale_ratio']:.1%}"
+        )
     sandboxes.print_table(results.get("sandboxes", {}))
+    print_curves(results)
     print("\n== goals" + (" (quick size: too small to say anything about them)" if results["size"] == "quick" else ""))
     for key, g in results["goals"].items():
         verdict = "met" if g["met"] else "NOT met"
         print(f"{GOALS[key]:62} {g['value']!s:>10} ({g['target']}): {verdict}")
     for key in GOALS.keys() - results["goals"].keys():
         print(f"{GOALS[key]:62} not measured in this run")
+
+
+def print_curves(results: dict[str, Any]) -> None:
+    if "dispatch" in results:
+        d = results["dispatch"]
+        print(f"\n== dispatch cost per call, {d['slots']} slots busy (µs; Redis commands from the dispatcher)")
+        print(f"{'users waiting':>13} {'freed/pass':>10} {'calls':>6} {'wall':>8} {'p50':>8} {'cpu':>8} {'cmds':>6}")
+        for p in d["points"]:
+            print(
+                f"{p['users']:13} {p['freed_per_pass']:10} {p['calls']:6} {p['per_call_us']:8.1f} "
+                f"{p['per_call_p50_us']:8.1f} {p['cpu_per_call_us']:8.1f} {p['redis_commands_per_call']:6.1f}"
+            )
+    if "depth" in results:
+        d = results["depth"]
+        print(f"\n== submit and drain against queue depth (inputs/s; drain of the first {d['drain_window']:,})")
+        head = ("queued", "filler", "submit", "drain", "1st take s", "disp cpu", "Redis MiB")
+        print("{:>9} {:>6} {:>8} {:>8} {:>10} {:>8} {:>9}".format(*head))
+        for p in d["points"]:
+            r = p["drain"]
+            print(
+                f"{p['queued']:9} {p['filler_path']:>6} {p['submit_per_second']:8.1f} {r['per_second'] or 0:8.1f} "
+                f"{r['first_take_seconds']:10.2f} {r['dispatcher_cpu_share'] or 0:8.0%} {p['redis_used_mib']:9.1f}"
+            )
+    if "workers" in results:
+        w = results["workers"]
+        print(f"\n== workers ({w['slots_per_worker']} slots each, {w['call_seconds'] * 1000:g} ms sleeps; calls/s)")
+        print(f"{'workers':>7} {'inputs':>7} {'drain':>8} {'ceiling':>8} {'disp cpu':>8} {'machine cpu':>11}")
+        for p in w["points"]:
+            print(
+                f"{p['workers']:7} {p['inputs']:7} {p['per_second'] or 0:8.1f} {p['ceiling_per_second']:8.0f} "
+                f"{p['dispatcher_cpu_share'] or 0:8.0%} {p['machine_cpu_busy']:11.0%}"
+            )
+        if w["ratio"]:
+            print(f"{w['points'][-1]['workers']} workers against 1: {w['ratio']:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -388,7 +476,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     size = SIZES["quick" if args.quick else "full"]
     only = set(args.only.split(","))
     runtimes = args.runtimes.split(",")
-    results: dict[str, Any] = {"size": "quick" if args.quick else "full", "cpus": os.cpu_count(), "at": time.time()}
+    results: dict[str, Any] = {
+        "size": "quick" if args.quick else "full",
+        "cpus": os.cpu_count(),
+        "at": time.time(),
+        "machine": machine(),
+        "only": sorted(only),
+    }
+    m = results["machine"]
+    say(
+        "bench",
+        f"{results['size']} size; {sorted(only)}; {m['cpus']} cores, {m['memory_gib']} GiB, commit {m['commit']}",
+    )
     began = time.monotonic()
     if "process" in runtimes:
         process_stack(size, only, results)
@@ -397,16 +496,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "fairness" in only:
         results["fairness"] = measure_fairness(size)
     if "docker" in runtimes and "sandboxes" in only:
+        say("sandboxes", "runc against runsc, a stack each")
         results["sandboxes"] = sandboxes.measure(quick=args.quick)
+    if "dispatch" in only:
+        say("dispatch", f"per-call dispatch cost with {size['dispatch_users']} users waiting")
+        results["dispatch"] = curves.dispatch_cost(size["dispatch_users"], size["dispatch_calls"])
+    if "depth" in only:
+        say("depth", f"submit and drain rate with {size['depths']} inputs queued")
+        results["depth"] = curves.queue_depth(size["depths"], size["depth_drain"], size["depth_http_max"])
+    if "workers" in only:
+        say("workers", f"drain on {size['worker_counts']} worker processes")
+        results["workers"] = curves.worker_scaling(size["worker_counts"], size["worker_inputs"])
     results["goals"] = goals(results)
     results["seconds"] = round(time.monotonic() - began, 1)
     results["homes"] = [str(home) for home in HOMES]
+    results["load_average_at_end"] = list(os.getloadavg())
     print_tables(results)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
-        print("\nwritten to", args.out)
+        path = args.out
     else:
-        print("\nwritten to", write_results("quick" if args.quick else "latest", results))
+        path = write_results("quick" if args.quick else "latest", results)
+    print("\nwritten to", path)
+    png = plot(results, path.with_suffix(".png"))
+    if png:
+        print("curves drawn in", png)
     return results
 
 

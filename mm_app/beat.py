@@ -27,6 +27,7 @@ from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry, get_redi
 from redis.exceptions import LockError
 
 from minimodal import config, protocol
+from minimodal.exception import InvalidError, NotFoundError
 
 from .database import Database
 from .pending import PendingQueues
@@ -116,14 +117,18 @@ class Scheduler(RedBeatScheduler):
         entry = self.reserve(entry) if advance else entry
         function_id, user_id = entry.args
         call_id = run_call_id(entry.name, due)
-        started = submit_call(
-            self._db,
-            self._pending,
-            user_id=user_id,
-            function_id=function_id,
-            call_id=call_id,
-            payload=NO_ARGUMENTS,
-            ttl=config.get("result_ttl"),
-        )
+        try:
+            started = submit_call(
+                self._db,
+                self._pending,
+                user_id=user_id,
+                function_id=function_id,
+                payloads=[NO_ARGUMENTS],
+                ttl=config.get("result_ttl"),
+                call_id=call_id,
+            ).new
+        except (NotFoundError, InvalidError) as exc:  # its app stopped since the last reconcile, say
+            logger.warning("scheduled run of %s not started: %s", function_id, exc)
+            return None
         logger.info("scheduled run of %s: %s%s", function_id, call_id, "" if started else " (already started)")
         return None

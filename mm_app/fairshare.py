@@ -94,9 +94,9 @@ class DeficitRoundRobin:
 
     def restore(self, state: dict[str, object]) -> None:
         """Continue from a previous leader's state (a failover keeps fairness history)."""
-        ring = [int(u) for u in state.get("ring", [])]  # type: ignore[union-attr]
+        ring = [int(u) for u in state.get("ring", [])]  # type: ignore[attr-defined]  # JSON: a list of ids
         self.ring = ring
-        self.pos = int(state.get("pos", 0)) % len(ring) if ring else 0  # type: ignore[call-overload]
+        self.pos = int(state.get("pos", 0)) % len(ring) if ring else 0  # type: ignore[call-overload]  # an int
         self.deficit = {int(u): int(d) for u, d in dict(state.get("deficit", {})).items()}  # type: ignore[call-overload]
         self.granted = False
 

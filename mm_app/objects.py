@@ -24,6 +24,8 @@ from redis import Redis
 from minimodal import protocol
 from minimodal.exception import InvalidError, NotFoundError
 
+from .ownership import check_owner
+
 KINDS = {"dict": "di", "queue": "qu", "volume": "vo"}  # kind -> object id prefix (Modal's)
 MAX_BLOCK_SECONDS = 10.0  # one blocking get waits at most this long; the SDK asks again (a function timeout stays live)
 MAX_PARTITION_KEY = 64  # bytes of a partition key (Modal's limit)
@@ -51,9 +53,8 @@ def resolve(redis: Redis, user_id: int, request: Request) -> str:
     kind = _kind(request)
     object_id = request.get("id")
     if object_id:
-        meta = redis.hmget(protocol.object_key(str(object_id)), "user", "kind")
-        if meta[0] is None or int(meta[0]) != user_id or meta[1].decode() != kind:
-            raise NotFoundError(f"{kind} {object_id} does not exist")
+        owner, owner_kind = redis.hmget(protocol.object_key(str(object_id)), "user", "kind")
+        check_owner(int(owner) if owner is not None and owner_kind == kind.encode() else None, user_id, kind, object_id)
         return str(object_id)
     name = check_name(request.get("name"))
     names = protocol.object_names_key(user_id, kind)
@@ -68,7 +69,10 @@ def resolve(redis: Redis, user_id: int, request: Request) -> str:
     fresh = _new_object(redis, user_id, kind, name)
     if not redis.hsetnx(names, name, fresh):  # another caller created it first: use theirs
         redis.delete(protocol.object_key(fresh))
-    return redis.hget(names, name).decode()
+    winner = redis.hget(names, name)
+    if winner is None:  # deleted by name between the two steps
+        raise NotFoundError(f"{kind} {name!r} was deleted while it was being created; try again")
+    return winner.decode()
 
 
 def _new_object(redis: Redis, user_id: int, kind: str, name: str) -> str:
@@ -168,7 +172,7 @@ def _d_update(redis: Redis, oid: str, req: Request) -> dict[str, Any]:
             raise InvalidError("items must be [key, value] pairs of base64 strings")
         mapping[protocol.unb64(pair[0])] = protocol.unb64(pair[1])
     if mapping:
-        redis.hset(protocol.dict_data_key(oid), mapping=mapping)
+        redis.hset(protocol.dict_data_key(oid), mapping=mapping)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
     return {}
 
 

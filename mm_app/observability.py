@@ -145,7 +145,7 @@ def _on_published(
 ) -> None:
     args = body[0] if isinstance(body, tuple) and body else None  # task message protocol 2: (args, kwargs, embed)
     ids = _task_ids(sender or "", args)
-    span = {"start": args[3], "end": args[4]} if ids and len(args) >= 5 else {}
+    span = {"start": args[3], "end": args[4]} if ids and args is not None and len(args) >= 5 else {}
     task_id = headers.get("id") if isinstance(headers, dict) else None
     _sent_logger.info("sent %s to %s", sender, routing_key, extra={**ids, **span, "task_id": task_id})
 

@@ -17,26 +17,9 @@ from minimodal import protocol
 from minimodal.defaults import DEFAULT_LOG_STREAM_LENGTH, DEFAULT_STREAM_TTL
 from minimodal.exception import InvalidError, NotFoundError, PayloadTooLargeError
 
-CHUNK = 1024 * 1024
+from . import lua
 
-# KEYS: outputs stream, done set. ARGV: ttl, then for each output: its input index, its number of fields
-# and values, those fields and values. Returns each output's entry id, or false for a duplicate.
-_PUBLISH = """
-local ids = {}
-local i = 2
-while i <= #ARGV do
-  local n = tonumber(ARGV[i + 1])
-  if redis.call('SADD', KEYS[2], ARGV[i]) == 1 then
-    ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 2, i + 1 + n))
-  else
-    ids[#ids + 1] = false
-  end
-  i = i + 2 + n
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-return ids
-"""
+CHUNK = 1024 * 1024
 
 
 class Payloads:
@@ -44,7 +27,7 @@ class Payloads:
         self.redis = redis
         self.ttl = ttl
         self.stream_ttl = stream_ttl
-        self._publish = redis.register_script(_PUBLISH)
+        self._publish = lua.Script(redis, "publish")
 
     # ---- inputs ----
 
@@ -74,7 +57,8 @@ class Payloads:
 
     def put_outputs(self, call_id: str, envelopes: list[dict[str, Any]]) -> list[str | None]:
         """Publish several outputs of one call in one round trip, in order, each once (see :meth:`put_output`)."""
-        args: list[Any] = [self.ttl]
+        outputs: list[dict[str, int]] = []
+        data: list[Any] = []
         for envelope in envelopes:
             fields = [
                 part
@@ -82,8 +66,13 @@ class Payloads:
                 if v is not None
                 for part in (k, v if isinstance(v, bytes) else str(v))
             ]
-            args += [envelope[protocol.OUT_INDEX], len(fields), *fields]
-        ids = self._publish(keys=[protocol.outputs_key(call_id), protocol.done_key(call_id)], args=args)
+            outputs.append({"index": int(envelope[protocol.OUT_INDEX]), "size": len(fields)})
+            data += fields
+        ids = self._publish(
+            {"outputs": protocol.outputs_key(call_id), "done": protocol.done_key(call_id)},
+            {"ttl": self.ttl, "outputs": outputs},
+            data,
+        )
         return [i.decode() if i else None for i in ids]
 
     def unpublish_output(self, call_id: str, idx: int, entry_id: str | None) -> None:
@@ -126,7 +115,7 @@ class Payloads:
 
     def read_streams(
         self, cursors: dict[str, str], block_ms: int, count: int = 1000
-    ) -> list[tuple[str, str, dict[str, bytes]]]:
+    ) -> list[tuple[str, str, dict[bytes, bytes]]]:
         """Entries after each key's cursor, waiting up to ``block_ms`` for the first: (key, id, fields)."""
         if block_ms > 0:
             reply = self.redis.xread(cursors, count=count, block=block_ms) or []

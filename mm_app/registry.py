@@ -30,18 +30,9 @@ from minimodal.defaults import DEFAULT_FUNCTION_CPU, DEFAULT_FUNCTION_MEMORY
 from minimodal.exception import InsufficientResourcesError, InvalidError
 from minimodal.protocol import FunctionNeeds, WorkerCapacity
 
-logger = logging.getLogger("minimodal.registry")
+from . import lua
 
-# KEYS: workers, workers seen, heartbeat key, wake list. ARGV: worker id, capacity JSON, heartbeat JSON, ttl.
-_BEAT = """
-local t = redis.call('TIME')
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], t[1], ARGV[1])
-redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
-if old ~= ARGV[2] then redis.call('RPUSH', KEYS[4], '1') end  -- new capacity: dispatch now
-return 1
-"""
+logger = logging.getLogger("minimodal.registry")
 
 
 def live_workers(redis: Redis) -> list[dict[str, Any]]:
@@ -63,17 +54,14 @@ def docker_workers(redis: Redis) -> list[dict[str, Any]]:
 
 def beat(redis: Redis, capacity: WorkerCapacity, info: dict[str, Any], ttl: int) -> None:
     """One heartbeat: register the totals, mark the worker seen now (Redis time), refresh its info key."""
-    redis.eval(
-        _BEAT,
-        4,
-        protocol.workers_key(),
-        protocol.workers_seen_key(),
-        protocol.worker_key(capacity.id),
-        protocol.wake_key(),
-        capacity.id,
-        capacity.to_json(),
-        json.dumps(info),
-        ttl,
+    lua.Script(redis, "beat")(
+        {
+            "workers": protocol.workers_key(),
+            "workers_seen": protocol.workers_seen_key(),
+            "heartbeat": protocol.worker_key(capacity.id),
+            "wake": protocol.wake_key(),
+        },
+        {"worker_id": capacity.id, "capacity": capacity.to_json(), "info": json.dumps(info), "ttl": int(ttl)},
     )
 
 

@@ -65,7 +65,18 @@ def view(record: SandboxRecord, live: dict[str, str] | None = None) -> dict[str,
         "started_at": _iso(record.started_at),
         "finished_at": _iso(record.finished_at),
         "command": record.spec.get("cmd", []),
+        "tunnels": {
+            str(port): {"encrypted": t["encrypted"]} if t["encrypted"] else {**t} for port, t in tunnels(live).items()
+        },
     }
+
+
+def tunnels(live: dict[str, str]) -> dict[int, dict[str, Any]]:
+    """A running sandbox's published ports (its live state's): container port -> host, port, encrypted."""
+    try:
+        return {int(port): t for port, t in json.loads(live.get("tunnels") or "{}").items()}
+    except (ValueError, TypeError):
+        return {}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -92,7 +103,8 @@ def end(
         return False
     fields = {"state": state.value, "returncode": "" if returncode is None else str(returncode), "error": error or ""}
     pipe = redis.pipeline(transaction=True)
-    pipe.hset(key, mapping=fields)
+    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # types-redis: Mapping keys are invariant
+    pipe.hdel(key, "tunnels")  # its ports ended with it
     pipe.expire(key, ttl)
     pipe.xadd(protocol.sandbox_events_key(sandbox_id), {"proc": "", **fields})
     pipe.expire(protocol.sandbox_events_key(sandbox_id), ttl)
@@ -109,10 +121,14 @@ def end(
     return True
 
 
-def started(db: Database, redis: Redis, sandbox_id: str, worker_id: str) -> None:
+def started(
+    db: Database, redis: Redis, sandbox_id: str, worker_id: str, tunnels: dict[int, dict[str, Any]] | None = None
+) -> None:
+    """The sandbox runs on ``worker_id``; ``tunnels``: each published container port -> host, port, encrypted."""
     pipe = redis.pipeline(transaction=True)
     pipe.hset(
-        protocol.sandbox_state_key(sandbox_id), mapping={"state": SandboxState.RUNNING.value, "worker": worker_id}
+        protocol.sandbox_state_key(sandbox_id),
+        mapping={"state": SandboxState.RUNNING.value, "worker": worker_id, "tunnels": json.dumps(tunnels or {})},
     )
     pipe.execute()
     with db.write() as session:

@@ -30,19 +30,9 @@ from redis import Redis
 from minimodal import defaults, protocol
 from minimodal.protocol import WorkerCapacity
 
-from . import registry
+from . import lua, registry
 
 logger = logging.getLogger("minimodal.scaler")
-
-# KEYS: worker target, scale events, dispatch stats. ARGV: worker, expected target, new target, event, length.
-_SHRINK = """
-if tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1') ~= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('LPUSH', KEYS[2], ARGV[4])
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
-redis.call('HINCRBY', KEYS[3], 'shrunk', 1)
-return 1
-"""
 
 
 def record(redis: Redis, event: dict[str, Any], length: int = defaults.DEFAULT_SCALE_EVENTS_LENGTH) -> None:
@@ -68,7 +58,7 @@ class Autoscaler:
         self.events_length = events_length
         self._since: dict[str, float] = {}  # worker -> when its target last was fully used (or changed)
         self._peak: dict[str, int] = {}  # worker -> most slots in use seen since then
-        self._shrink = redis.register_script(_SHRINK)
+        self._shrink = lua.Script(redis, "shrink")
 
     def tick(self, live: dict[str, WorkerCapacity], used: dict[str, dict[str, int]], now: float | None = None) -> int:
         """Lower the target of each worker idle below it for a whole window; return how many changed."""
@@ -93,8 +83,19 @@ class Autoscaler:
                 "to": new,
                 "reason": f"idle for {self.window:g} s",
             }
-            keys = [protocol.worker_target_key(), protocol.scale_events_key(), protocol.dispatch_stats_key()]
-            if self._shrink(keys=keys, args=[worker_id, target, new, json.dumps(event), self.events_length]):
+            keys = {
+                "worker_target": protocol.worker_target_key(),
+                "scale_events": protocol.scale_events_key(),
+                "dispatch_stats": protocol.dispatch_stats_key(),
+            }
+            args = {
+                "worker_id": worker_id,
+                "expected": target,
+                "target": new,
+                "event": json.dumps(event),
+                "length": self.events_length,
+            }
+            if self._shrink(keys, args):
                 logger.info(
                     "scale down: worker %s concurrency %d -> %d (idle %g s)", worker_id, target, new, self.window
                 )

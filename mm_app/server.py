@@ -55,7 +55,7 @@ class JSONErrorWorker(ThreadWorker):
         super().init_process()
 
 
-class ProcessLogger(glogging.Logger):  # type: ignore[misc]
+class ProcessLogger(glogging.Logger):
     """gunicorn's own log lines (start, stop, worker exits) through the process's logging: text or JSON lines.
 
     ``python -m mm_app api`` configures the root logger (mm_app/observability.py) before gunicorn starts,
@@ -82,7 +82,7 @@ def _create_tables(server: Any) -> None:
         db.dispose()
 
 
-class APIServer(BaseApplication):  # type: ignore[misc]
+class APIServer(BaseApplication):
     """``python -m mm_app api``: the Flask app under gunicorn, configured from MiniModal's settings."""
 
     def __init__(self, host: str, port: int) -> None:

@@ -107,7 +107,8 @@ def queue_depths(redis: Redis, names: list[str]) -> dict[str, int]:
 
 def workers_summary(workers: list[dict[str, Any]], now: float, heartbeat_seconds: float) -> dict[str, Any]:
     """Totals over live workers, and one row per worker."""
-    rows, runtimes = [], {}
+    rows: list[dict[str, Any]] = []
+    runtimes: dict[str, int] = {}
     for worker in sorted(workers, key=lambda w: str(w.get("worker_id"))):
         age, healthy = worker_health(worker, now, heartbeat_seconds)
         busy = int(worker.get("busy", 0))
@@ -294,7 +295,7 @@ def snapshot(
         "workers": workers_summary(workers, now, heartbeat_seconds),
         "dispatcher": {
             "heartbeat_age": round(now - float(dispatcher_beat), 3) if dispatcher_beat else None,
-            "alive": bool(dispatcher_beat) and now - float(dispatcher_beat) <= DISPATCHER_STALE_SECONDS,
+            "alive": dispatcher_beat is not None and now - float(dispatcher_beat) <= DISPATCHER_STALE_SECONDS,
         },
         "queues": queue_depths(redis, queue_names(workers)),
         "duration": summary([r.duration for r in recent if r.duration is not None]),

@@ -1,47 +1,164 @@
-"""Submitting a call from inside the control plane (a scheduled run, a web request), as the API does.
+"""Submitting a call: what ``POST /v1/functions/{id}/calls``, a scheduled run (beat) and a web request share.
 
-The same records and queue entries as ``POST /v1/functions/{id}/calls``: a call, its inputs queued in
-the database, their payloads and the pending entry in Redis. A call id chosen by the caller makes a
-repeated submission a no-op (two beats firing the same slot start one call).
+A call is its record and one record per input in the database, then the inputs' payloads and one pending
+entry in Redis (mm_app/pending.py), in that order. A call id chosen by the caller makes a repeated
+submission a no-op: a client retrying a request whose answer it lost, or two beats firing the same slot,
+start one call. If Redis refuses the inputs after the database took them, they end ``failed`` at once
+rather than stay queued forever.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select, update
+from typing import Any, NamedTuple, cast
 
+from sqlalchemy import Table, insert, select, update
+
+from minimodal import protocol
+from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import CallStatus, PendingEntry
 
 from .database import Database
-from .models import CallRecord, InputRecord, utcnow
+from .models import AppRecord, CallRecord, FunctionRecord, InputRecord, utcnow
 from .pending import PendingQueues
+
+UNQUEUED_ERROR = "Redis refused the inputs at submission"  # the error of inputs Redis would not take
+
+
+class Submitted(NamedTuple):
+    """What :func:`submit_call` did."""
+
+    call_id: str
+    new: bool  # False: the id was this user's call already (a repeated submission); nothing was recorded
 
 
 def submit_call(
-    db: Database, pending: PendingQueues, *, user_id: int, function_id: str, call_id: str, payload: bytes, ttl: int
-) -> bool:
-    """Start a one-input call; False when ``call_id`` was already taken (nothing is done then)."""
+    db: Database,
+    pending: PendingQueues,
+    *,
+    user_id: int,
+    function_id: str,
+    payloads: list[bytes],
+    ttl: int,
+    call_id: str | None = None,
+    more: bool = False,
+    parent_call_id: str | None = None,
+    front: bool = False,
+) -> Submitted:
+    """Start a call of ``function_id`` by ``user_id`` with its first inputs.
+
+    Args:
+        payloads: the inputs' pickled arguments (or blob references), never unpickled here.
+        ttl: how long Redis keeps the payloads and outputs, in seconds.
+        call_id: a fresh id when left out; an id that is already this user's call is a repeated
+            submission, which queues the inputs again only if the first stopped before Redis stored them.
+        more: the call stays open for more inputs (a ``.map`` in progress, see :func:`queue_inputs`).
+        parent_call_id: the call whose code makes this one, recorded only when it is the same user's.
+        front: queue before the user's other work (a running parent waits on this call).
+
+    Raises:
+        NotFoundError: the function is not the user's, or its app is stopped.
+        InvalidError: ``call_id`` is another user's call.
+    """
+    call_id = call_id or protocol.new_id("fc")
     with db.write_core() as session:
-        if session.execute(select(CallRecord.id).where(CallRecord.id == call_id)).first() is not None:
-            return False
+        # Core statements: this is every call's path, and the ORM would load the function's code too.
+        found = session.execute(
+            select(FunctionRecord.user_id, AppRecord.state)
+            .join(AppRecord, AppRecord.id == FunctionRecord.app_id)
+            .where(FunctionRecord.id == function_id)
+        ).first()
+        if found is None or found.user_id != user_id:
+            raise NotFoundError(f"no function {function_id!r}")
+        if found.state == "stopped":
+            raise NotFoundError(f"the app of function {function_id!r} is stopped; run it again")
+        owner = session.execute(select(CallRecord.user_id).where(CallRecord.id == call_id)).scalar()
+        if owner is not None and owner != user_id:
+            raise InvalidError(f"the call id {call_id} is taken; leave call_id out to get a fresh one")
+        new = owner is None
+        if new:
+            if parent_call_id is not None:
+                parent_owner = session.execute(
+                    select(CallRecord.user_id).where(CallRecord.id == parent_call_id)
+                ).scalar()
+                parent_call_id = parent_call_id if parent_owner == user_id else None
+            session.execute(
+                insert(CallRecord).values(
+                    id=call_id,
+                    function_id=function_id,
+                    user_id=user_id,
+                    num_inputs=len(payloads),
+                    accepting=more,
+                    created_at=utcnow(),
+                    parent_call_id=parent_call_id,
+                )
+            )
+            add_input_records(session, call_id, 0, len(payloads))
+    # A repeat queues only if the first try stopped between the database and Redis (no payload stored).
+    if new or not pending.redis.hexists(protocol.inputs_key(call_id), "0"):
+        queue_inputs(
+            db,
+            pending,
+            user_id=user_id,
+            function_id=function_id,
+            call_id=call_id,
+            first=0,
+            payloads=payloads,
+            ttl=ttl,
+            front=front,
+        )
+    return Submitted(call_id, new)
+
+
+def add_input_records(session: Any, call_id: str, first: int, count: int) -> None:
+    """The database's records of inputs ``first`` to ``first + count - 1``, queued (in the caller's session)."""
+    if count:
         now = utcnow()
         session.execute(
-            insert(CallRecord).values(
-                id=call_id, function_id=function_id, user_id=user_id, num_inputs=1, accepting=False, created_at=now
-            )
+            insert(cast(Table, InputRecord.__table__)),  # Core: one executemany, no ORM objects
+            [
+                {
+                    "call_id": call_id,
+                    "idx": first + i,
+                    "status": CallStatus.QUEUED.value,
+                    "attempts": 0,
+                    "created_at": now,
+                }
+                for i in range(count)
+            ],
         )
-        session.execute(
-            insert(InputRecord).values(
-                call_id=call_id, idx=0, status=CallStatus.QUEUED.value, attempts=0, created_at=now
-            )
-        )
+
+
+def queue_inputs(
+    db: Database,
+    pending: PendingQueues,
+    *,
+    user_id: int,
+    function_id: str,
+    call_id: str,
+    first: int,
+    payloads: list[bytes],
+    ttl: int,
+    front: bool = False,
+) -> None:
+    """Store recorded inputs' payloads and queue them; if Redis refuses, they end ``failed`` and this raises."""
+    if not payloads:
+        return
+    end = first + len(payloads)
     try:
-        pending.enqueue(user_id, PendingEntry(call_id, function_id, 0, 1), inputs={"0": payload}, ttl=ttl)
-    except Exception as exc:
-        with db.write() as session:  # end it visibly rather than leave it queued forever
+        pending.enqueue(
+            user_id,
+            PendingEntry(call_id, function_id, first, end),
+            inputs={str(first + i): p for i, p in enumerate(payloads)},
+            ttl=ttl,
+            front=front,
+        )
+    except Exception:
+        with db.write() as session:  # end them visibly rather than leave them queued forever
             session.execute(
                 update(InputRecord)
-                .where(InputRecord.call_id == call_id)
-                .values(status=CallStatus.FAILED.value, error=f"could not be queued: {exc}", finished_at=utcnow())
+                .where(
+                    InputRecord.call_id == call_id, InputRecord.idx >= first, InputRecord.idx < first + len(payloads)
+                )
+                .values(status=CallStatus.FAILED.value, error=UNQUEUED_ERROR, finished_at=utcnow())
             )
         raise
-    return True

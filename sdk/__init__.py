@@ -11,7 +11,7 @@ from .image import Image
 from .queue import Queue
 from .retries import Retries
 from .runtime import current_function_call_id, current_input_id, enable_output, is_local
-from .sandbox import ContainerProcess, Sandbox
+from .sandbox import ContainerProcess, Sandbox, Tunnel
 from .schedule import Cron, Period
 from .secret import Secret
 from .volume import Volume
@@ -35,6 +35,7 @@ __all__ = [
     "Period",
     "Retries",
     "Sandbox",
+    "Tunnel",
     "cls",
     "concurrency",
     "concurrent",

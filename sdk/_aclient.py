@@ -10,13 +10,13 @@ gets its own ``httpx.AsyncClient``, closed when ``asyncio.run`` shuts the loop d
 from __future__ import annotations
 
 import asyncio
-import time
 import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from ._client import RATE_LIMIT_WAIT_SECONDS, RECONNECT_SECONDS, Client, error_for
-from .exception import AuthError, RateLimitError, ServiceError
+from ._backoff import Retrying
+from ._client import Client, error_for, request_waits
+from .exception import AuthError, ServiceError
 
 if TYPE_CHECKING:
     import httpx
@@ -83,22 +83,9 @@ async def arequest(
             reconnect=reconnect,
         )
         return reply.content if raw else reply
-    delay, deadline = 0.1, time.monotonic() + RECONNECT_SECONDS
-    rate_deadline = time.monotonic() + RATE_LIMIT_WAIT_SECONDS
-    while True:
-        try:
+    async for attempt in Retrying(request_waits(reconnect)):
+        with attempt:
             return await _request_once(client, method, path, json, data, params, timeout, raw)
-        except ServiceError as exc:
-            if not (reconnect and exc.__cause__ is not None and time.monotonic() < deadline):
-                raise
-        except RateLimitError as exc:
-            wait = exc.retry_after or 1.0
-            if time.monotonic() + wait > rate_deadline:
-                raise
-            await asyncio.sleep(wait)
-            continue
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 2.0)
 
 
 async def _request_once(

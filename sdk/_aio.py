@@ -121,7 +121,7 @@ class _Bound:
 class _AioDescriptor:
     def __init__(self, fn: Callable[..., Any], iterator: bool, native: Callable[..., Any] | None = None) -> None:
         self._fn, self._iterator, self._native = fn, iterator, native
-        functools.update_wrapper(self, fn)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]  # a descriptor: takes the name and doc
 
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:

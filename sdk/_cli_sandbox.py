@@ -76,7 +76,9 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     for reader in readers:
         reader.start()
     if not sys.stdin.isatty():
-        for data in iter(lambda: sys.stdin.buffer.read1(65536), b""):
+        stdin = sys.stdin.buffer
+        read = getattr(stdin, "read1", stdin.read)  # what has arrived, not a full 64 KiB (a buffered stdin)
+        for data in iter(lambda: read(65536), b""):
             process.stdin.write(data)
             process.stdin.drain()
     process.stdin.write_eof()

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import config
+from ._backoff import Backoff, Retrying, WaitAfter
 from .exception import AuthError, Error, RateLimitError, ServiceError, from_response
 from .protocol import b64, unb64
 
@@ -64,25 +65,11 @@ class Client:
         With ``reconnect`` (for requests that are safe to repeat), a server that cannot be reached is
         tried again for up to ``RECONNECT_SECONDS``: an API restart does not fail the caller.
         """
-        delay, deadline = 0.1, time.monotonic() + RECONNECT_SECONDS
-        rate_deadline = time.monotonic() + RATE_LIMIT_WAIT_SECONDS
-        while True:
-            try:
+        for attempt in Retrying(request_waits(reconnect)):
+            with attempt:
                 return self._request_once(
                     method, path, json=json, data=data, params=params, timeout=timeout, stream=stream, raw=raw
                 )
-            except ServiceError as exc:
-                if not (reconnect and exc.__cause__ is not None and time.monotonic() < deadline):
-                    raise
-            except RateLimitError as exc:
-                # Refused before anything was stored: safe to send again once the server says so.
-                wait = exc.retry_after or 1.0
-                if time.monotonic() + wait > rate_deadline:
-                    raise
-                time.sleep(wait)
-                continue
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
     def _request_once(
         self,
@@ -115,10 +102,38 @@ class Client:
         except requests.Timeout as exc:
             raise ServiceError(f"the MiniModal API at {self.server_url} did not answer within {timeout} s") from exc
         if response.status_code >= 400:
+            if data is not None:
+                # An upload refused before its body was read (413, 401, ...): the server may drop that
+                # connection at any moment, and a POST that lands on it is not sent again. Start afresh.
+                response.close()
+                self._session().close()
+                _local.session = None
             raise error_for(response.status_code, response.text, response.headers.get("Retry-After"))
         if raw or stream:
             return response
         return response.json() if response.content else None
+
+
+def request_waits(reconnect: bool) -> WaitAfter:
+    """When a request is sent again (:class:`Client` and the ``.aio`` client alike), and after how long.
+
+    A 429 is waited out as the server's ``Retry-After`` says, for up to ``RATE_LIMIT_WAIT_SECONDS``; with
+    ``reconnect``, a server that cannot be reached is tried again with growing waits for up to
+    ``RECONNECT_SECONDS``. Any other error is the caller's.
+    """
+    backoff = Backoff(0.1, factor=2.0, most=2.0, seconds=RECONNECT_SECONDS)
+    rate_deadline = time.monotonic() + RATE_LIMIT_WAIT_SECONDS
+
+    def wait_after(exc: Exception) -> float | None:
+        if isinstance(exc, RateLimitError):
+            # Refused before anything was stored: safe to send again once the server says so.
+            wait = exc.retry_after or 1.0
+            return wait if time.monotonic() + wait <= rate_deadline else None
+        if reconnect and isinstance(exc, ServiceError) and exc.__cause__ is not None:
+            return backoff.next_wait()
+        return None
+
+    return wait_after
 
 
 def error_for(status: int, body: str, retry_after: str | None) -> Error:

@@ -22,7 +22,7 @@ _REQUIRED = "__mm_required__"  # a parameter() without a default
 class ClsEntry:
     """Calls ``method`` on the container's instance of the user's class for ``params``."""
 
-    def __init__(self, user_cls: type, parameters: dict[str, Any]) -> None:
+    def __init__(self, user_cls: type[Any], parameters: dict[str, Any]) -> None:
         self.user_cls = user_cls
         self.parameters = parameters  # name -> default (or _REQUIRED)
         self.__name__ = user_cls.__name__
@@ -72,7 +72,7 @@ class ClsEntry:
         obj = self._instances.get(key)
         if obj is None:
             if self.parameters:
-                obj = self.user_cls.__new__(self.user_cls)
+                obj = self.user_cls.__new__(self.user_cls)  # type: ignore[call-overload]  # as unpickling does
                 for name, value in full.items():
                     setattr(obj, name, value)
             else:

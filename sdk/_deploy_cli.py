@@ -57,7 +57,7 @@ def cmd_app_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands: argparse._SubParsersAction, app_commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(commands: argparse._SubParsersAction, app_commands: argparse._SubParsersAction) -> None:
     deploy = commands.add_parser("deploy", help="deploy an app file: a new persistent version of the app")
     deploy.add_argument("file", help="FILE.py or FILE.py::APP (default: its only App, or the one named `app`)")
     deploy.add_argument("--name", help="deploy under this name instead of the App's")

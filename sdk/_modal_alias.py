@@ -24,6 +24,7 @@ import importlib
 import importlib.machinery
 import sys
 from types import ModuleType
+from typing import Any
 
 ENV_VAR = "MINIMODAL_AS_MODAL"
 RENAMED = {
@@ -66,7 +67,8 @@ class ModalFinder:
                 f"which has no {name}",
                 name=fullname,
             ) from None
-        return importlib.machinery.ModuleSpec(fullname, _Loader(module), is_package=hasattr(module, "__path__"))
+        loader: Any = _Loader(module)  # duck-typed (see _Loader)
+        return importlib.machinery.ModuleSpec(fullname, loader, is_package=hasattr(module, "__path__"))
 
 
 def install() -> None:

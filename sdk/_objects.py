@@ -154,7 +154,7 @@ class _Object:
             while True:
                 request = steps.send(self._absorb(send(request)))
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            return stop.value
 
     async def _arun(self, steps: Steps[T]) -> T:
         """:meth:`_run` with the async client: nothing blocks the event loop."""
@@ -163,7 +163,7 @@ class _Object:
             while True:
                 request = steps.send(self._absorb(await asend(request)))
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            return stop.value
 
     @classmethod
     def _names(cls) -> list[dict[str, str]]:

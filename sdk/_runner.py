@@ -4,7 +4,8 @@ It imports only the standard library and cloudpickle, so it runs unchanged in a 
 speaks a framed protocol on its stdin and stdout, which it takes for itself before any user code runs;
 what user code prints goes back to the worker as log frames, tagged with the input it belongs to.
 
-A frame is ``kind (1 byte) | header length (4) | body length (4) | JSON header | body``.
+A frame is ``kind (1 byte) | header length (4) | body length (4) | JSON header | body``; ``_frames.py`` reads
+and writes them, and its ``Kind`` names each kind once (``F`` is ``Kind.FUNCTION``, ...).
 
 Worker to runner: ``F`` the cloudpickled function (once), ``C`` one input (header ``call_id``, ``idx``;
 body the pickled ``(args, kwargs)``). Runner to worker: ``R`` ready, ``E`` the function failed to load,
@@ -37,11 +38,9 @@ import concurrent.futures
 import contextvars
 import inspect
 import io
-import json
 import os
 import queue
 import socket
-import struct
 import sys
 import threading
 import time
@@ -49,39 +48,10 @@ import traceback
 import types
 from typing import IO, Any
 
-_PREFIX = struct.Struct(">cII")
-
-
-def write_frame(out: IO[bytes], kind: bytes, header: dict[str, Any] | None = None, body: bytes = b"") -> None:
-    head = json.dumps(header or {}, separators=(",", ":")).encode()
-    out.write(_PREFIX.pack(kind, len(head), len(body)) + head)
-    if body:
-        out.write(body)
-    out.flush()
-
-
-def read_frame(inp: IO[bytes]) -> tuple[bytes, dict[str, Any], bytes] | None:
-    """Read one frame; None at end of stream."""
-    prefix = _read_exact(inp, _PREFIX.size)
-    if prefix is None:
-        return None
-    kind, hlen, blen = _PREFIX.unpack(prefix)
-    head = _read_exact(inp, hlen) if hlen else b"{}"
-    body = _read_exact(inp, blen) if blen else b""
-    if head is None or body is None:
-        return None
-    return kind, json.loads(head), body
-
-
-def _read_exact(inp: IO[bytes], n: int) -> bytes | None:
-    chunks, left = [], n
-    while left:
-        chunk = inp.read(left)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
+if __package__:  # python -m minimodal._runner (the process runtime)
+    from ._frames import Kind, read_frame, write_frame
+else:  # a script beside its frames module (the Docker runtime mounts both in /opt/mm/runner)
+    from minimodal_frames import Kind, read_frame, write_frame  # type: ignore[import-not-found,no-redef]
 
 
 class _LogStream(io.TextIOBase):
@@ -100,7 +70,7 @@ class _LogStream(io.TextIOBase):
             if tag is not None:  # a runner taking several inputs at once: whose text this is
                 header["tag"] = tag
             with self._lock:
-                write_frame(self._out, b"L", header, text.encode("utf-8", "replace"))
+                write_frame(self._out, Kind.LOG, header, text.encode("utf-8", "replace"))
         return len(text)
 
 
@@ -127,7 +97,7 @@ class _Channel:
         with self._lock:
             rid = next(self._ids)
             self._boxes[rid] = box
-            write_frame(self._out, b"Q", {**header, "rid": rid})
+            write_frame(self._out, Kind.REQUEST, {**header, "rid": rid})
         try:
             while True:
                 try:
@@ -158,10 +128,10 @@ class _Channel:
                 for box in list(self._boxes.values()):
                     box.put(None)
                 return
-            if frame[0] == b"A":
-                box = self._boxes.get(frame[1].get("rid"))
-                if box is not None:
-                    box.put(frame[1])
+            if frame[0] == Kind.ANSWER:
+                waiting = self._boxes.get(frame[1].get("rid", -1))
+                if waiting is not None:
+                    waiting.put(frame[1])
 
 
 def _install_channel(channel: _Channel) -> None:
@@ -251,7 +221,7 @@ class _Concurrent:
         if batch:
             threading.Thread(target=self._batch_loop, name="mm-batcher", daemon=True).start()
 
-    def send(self, kind: bytes, header: dict[str, Any], body: bytes = b"") -> None:
+    def send(self, kind: Kind, header: dict[str, Any], body: bytes = b"") -> None:
         with self.lock:
             write_frame(self.out, kind, header, body)
 
@@ -262,7 +232,7 @@ class _Concurrent:
         with self.lock:
             rid = self.rids = self.rids + 1
             self.answers[(tag, rid)] = box
-            write_frame(self.out, b"Q", {**header, "tag": tag, "rid": rid})
+            write_frame(self.out, Kind.REQUEST, {**header, "tag": tag, "rid": rid})
         try:
             answer = box.get()
         finally:
@@ -280,11 +250,11 @@ class _Concurrent:
             if frame is None:
                 break
             kind, header, body = frame
-            if kind == b"A":
-                box = self.answers.get((header.get("tag"), header.get("rid")))
+            if kind == Kind.ANSWER:
+                box = self.answers.get((header.get("tag"), header.get("rid", -1)))
                 if box is not None:
                     box.put(header)
-            elif kind == b"C":
+            elif kind == Kind.CALL:
                 if self.batch:
                     self.pending.put((header, body))
                 else:
@@ -302,7 +272,7 @@ class _Concurrent:
             body = self.pickle.dumps(exc)
         except Exception:  # noqa: BLE001 - an unpicklable exception becomes a RemoteError client-side
             body = b""
-        self.send(b"O", {**_describe(exc), "tag": tag}, body)
+        self.send(Kind.OUTPUT, {**_describe(exc), "tag": tag}, body)
 
     def _await(self, tag: Any, awaitable: Any) -> Any:
         async def tagged() -> Any:
@@ -329,7 +299,7 @@ class _Concurrent:
             self._fail(tag, exc)
             return
         sys.stdout.flush()
-        self.send(b"O", {"ok": True, "tag": tag, **({"items": items} if items is not None else {})}, data)
+        self.send(Kind.OUTPUT, {"ok": True, "tag": tag, **({"items": items} if items is not None else {})}, data)
 
     def _items(self, tag: Any, gen: Any) -> int:
         count = 0
@@ -338,7 +308,7 @@ class _Concurrent:
                 item = self._await(tag, gen.__anext__()) if inspect.isasyncgen(gen) else next(gen)
             except (StopIteration, StopAsyncIteration):
                 return count
-            self.send(b"Y", {"n": count, "tag": tag}, self.pickle.dumps(item))
+            self.send(Kind.ITEM, {"n": count, "tag": tag}, self.pickle.dumps(item))
             count += 1
 
     def _batch_loop(self) -> None:
@@ -409,7 +379,7 @@ class _Concurrent:
             except BaseException as exc:  # noqa: BLE001
                 self._fail(tag, exc)
                 continue
-            self.send(b"O", {"ok": True, "tag": tag}, data)
+            self.send(Kind.OUTPUT, {"ok": True, "tag": tag}, data)
 
 
 def _batch_error(message: str) -> Exception:
@@ -466,8 +436,8 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.dup2(2, 1)  # text written straight to fd 1 (C extensions) joins stderr, which the runtime reads
     lock = threading.Lock()
-    sys.stdout = _LogStream("stdout", proto_out, lock)  # type: ignore[assignment]
-    sys.stderr = _LogStream("stderr", proto_out, lock)  # type: ignore[assignment]
+    sys.stdout = _LogStream("stdout", proto_out, lock)
+    sys.stderr = _LogStream("stderr", proto_out, lock)
     os.environ["MINIMODAL_IS_REMOTE"] = "1"
     sdk_path = os.environ.get("MINIMODAL_SDK_PATH")
     if sdk_path and sdk_path not in sys.path:
@@ -476,24 +446,25 @@ def main() -> None:
 
     os.environ.setdefault("MINIMODAL_TASK_ID", f"ta-{socket.gethostname()}-{os.getpid()}")
     frame = read_frame(proto_in)
-    if frame is not None and frame[0] == b"S":
+    if frame is not None and frame[0] == Kind.SOURCE:
         _unpack_source(frame[2])
         frame = read_frame(proto_in)
-    if frame is None or frame[0] != b"F":
+    if frame is None or frame[0] != Kind.FUNCTION:
         return
     try:
         fn = _load(frame[1], frame[2], cloudpickle)
     except BaseException as exc:  # noqa: BLE001 - report anything, the worker decides
         with lock:
-            write_frame(proto_out, b"E", _describe(exc))
+            write_frame(proto_out, Kind.LOAD_ERROR, _describe(exc))
         return
     with lock:
-        write_frame(proto_out, b"R", {"pid": os.getpid(), "python": f"{sys.version_info[0]}.{sys.version_info[1]}"})
+        python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        write_frame(proto_out, Kind.READY, {"pid": os.getpid(), "python": python})
 
     def emit(n: int, item: Any) -> None:
         data = cloudpickle.dumps(item)
         with lock:
-            write_frame(proto_out, b"Y", {"n": n}, data)
+            write_frame(proto_out, Kind.ITEM, {"n": n}, data)
 
     if int(frame[1].get("max_inputs") or 1) > 1 or frame[1].get("batch"):
         from_header = frame[1]
@@ -505,7 +476,7 @@ def main() -> None:
         if frame is None:
             return
         kind, header, body = frame
-        if kind != b"C":
+        if kind != Kind.CALL:
             continue
         os.environ["MINIMODAL_FUNCTION_CALL_ID"] = header.get("call_id", "")
         os.environ["MINIMODAL_INPUT_INDEX"] = str(header.get("idx", ""))
@@ -528,7 +499,7 @@ def main() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         with lock:
-            write_frame(proto_out, b"O", out_header, out_body)
+            write_frame(proto_out, Kind.OUTPUT, out_header, out_body)
 
 
 if __name__ == "__main__":

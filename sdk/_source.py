@@ -77,7 +77,7 @@ def _root_of(module: ModuleType, name: str) -> Path | None:
 def _local(module: Any) -> bool:
     path = getattr(module, "__file__", None)
     name = getattr(module, "__name__", "")
-    return bool(path) and path.endswith(".py") and not _is_installed(path) and name.split(".")[0] != "minimodal"
+    return path is not None and path.endswith(".py") and not _is_installed(path) and name.split(".")[0] != "minimodal"
 
 
 def _package_files(root: Path, top: str) -> dict[str, bytes]:

@@ -2,7 +2,7 @@
 
 :class:`CallEvents` keeps one cursor per kind. It reads over a WebSocket that the server pushes to,
 and reconnects from the last cursors when the connection drops (backoff from 1 ms, x10, up to 1 s,
-ten tries); where no WebSocket can be opened it falls back to HTTP long-poll. Either way every event
+ten tries: ``_backoff.py``); where no WebSocket can be opened it falls back to HTTP long-poll. Either way every event
 arrives once and in order: anything at or before a cursor is dropped.
 """
 
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import protocol
+from ._backoff import Backoff, Retrying
 from ._client import Client
 from ._websocket import HandshakeError, WebSocket
 from .exception import ServiceError, from_response
@@ -56,24 +57,27 @@ class CallEvents:
     def _connect(self) -> WebSocket | None:
         url = f"{self.client.server_url}/v1/calls/{self.call_id}/ws?{self._query()}"
         headers = {"Authorization": f"Bearer {self.client.token}"} if self.client.token else {}
-        delay = 0.001
-        for _ in range(10):
-            try:
-                return WebSocket.connect(url, headers, timeout=10)
-            except HandshakeError as exc:
-                if exc.status in (401, 403, 404):
-                    try:
-                        error = json.loads(exc.body)["error"]
-                        raise from_response(exc.status, error.get("type"), error["message"]) from None
-                    except (ValueError, KeyError):
-                        raise from_response(exc.status, None, f"HTTP {exc.status}") from None
-                if exc.status in (400, 405, 426):
-                    break  # the server speaks no WebSocket here: long-poll instead
-            except OSError:
-                pass
-            time.sleep(delay)
-            delay = min(delay * 10, 1.0)
-        self.websocket, self.transport = False, "long-poll"
+        backoff = Backoff(0.001, factor=10, most=1.0, tries=10)
+
+        def wait_after(exc: Exception) -> float | None:
+            if isinstance(exc, HandshakeError) and exc.status in (400, 401, 403, 404, 405, 426):
+                return None  # refused for good, or the server speaks no WebSocket here
+            return backoff.next_wait() if isinstance(exc, (HandshakeError, OSError)) else None
+
+        try:
+            for attempt in Retrying(wait_after):
+                with attempt:
+                    return WebSocket.connect(url, headers, timeout=10)
+        except HandshakeError as exc:
+            if exc.status in (401, 403, 404):
+                try:
+                    error = json.loads(exc.body)["error"]
+                    raise from_response(exc.status, error.get("type"), error["message"]) from None
+                except (ValueError, KeyError):
+                    raise from_response(exc.status, None, f"HTTP {exc.status}") from None
+        except OSError:
+            pass
+        self.websocket, self.transport = False, "long-poll"  # out of tries, or no WebSocket here: long-poll
         return None
 
     def next(self, timeout: float = 25) -> list[dict[str, Any]]:

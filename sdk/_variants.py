@@ -95,8 +95,8 @@ class FunctionVariant(Function[Any, Any]):
         if isinstance(base, FunctionVariant):  # f.with_options(a=1).with_options(b=2): one variant of f
             options, base = {**base._variant_options, **options}, base._base
         super().__init__(base._app, base._raw_f, base._tag, base._options, base._image)
-        self._base = base
-        self._variant_options = options
+        self._base: Function[Any, Any] = base
+        self._variant_options: dict[str, Any] = options
         self._is_generator = base._is_generator
         self._extra_spec = base._extra_spec
         self._web_url = base._web_url
@@ -109,7 +109,7 @@ class FunctionVariant(Function[Any, Any]):
         # Compact and complete: a container that unpickles it calls the same variant without asking again.
         return (_rebuild, (self._base, self._variant_options, self._resolved))
 
-    @property  # type: ignore[override]
+    @property
     def object_id(self) -> str | None:
         base_id = self._base.object_id
         if base_id is not None and self._resolved is not None and self._resolved[0] == base_id:

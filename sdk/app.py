@@ -322,7 +322,7 @@ class App:
                 logger.warning("function %r is defined twice in app %r; the later definition wins", tag, self.name)
             _check_image(image)
             web = web_entry(raw_f)  # a web endpoint ships a request handler around the function (sdk/web.py)
-            inputs = concurrency_options(raw_f, tag)  # @minimodal.concurrent / @minimodal.batched
+            inputs: dict[str, Any] = concurrency_options(raw_f, tag)  # @minimodal.concurrent / @minimodal.batched
             if web and "batch_max_size" in inputs:
                 raise InvalidError(f"{tag}: a web endpoint cannot be @minimodal.batched")
             with_inputs = dataclasses.replace(options, **inputs) if inputs else options
@@ -397,7 +397,7 @@ class App:
     def _register(self, client: Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """Build the images and store every function (code, image, options, spec) at ``path``; hydrate them."""
         image_ids: dict[str, str] = {}
-        functions = []
+        functions: list[dict[str, Any]] = []
         sources: dict[str, Source | None] = {}
         for tag, f in self._functions.items():
             image = f._image or self.image or Image.debian_slim()

@@ -91,6 +91,11 @@ _SETTINGS: dict[str, Setting] = {
             help="host:port of the image registry: builders push layers there, workers pull what they lack; "
             "`minimodal up` runs one when it is a loopback address and nothing answers",
         ),
+        Setting(
+            "worker_address",
+            defaults.DEFAULT_WORKER_ADDRESS,
+            help="the address the API and clients reach this worker's host at: sandboxes' ports are published there",
+        ),
         Setting("advertised_redis_url", None, help="Redis URL the API gives joining workers (default: its own)"),
         Setting("advertised_database_url", None, help="database URL the API gives joining workers (default: its own)"),
         Setting("map_request_size", defaults.DEFAULT_MAP_REQUEST_SIZE, int),
@@ -132,6 +137,12 @@ _SETTINGS: dict[str, Setting] = {
         Setting("max_item_size", defaults.DEFAULT_MAX_ITEM_SIZE, int, "bytes of one generator item"),
         Setting("max_log_line", defaults.DEFAULT_MAX_LOG_LINE, int, "characters of one log entry"),
         Setting("max_log_bytes", defaults.DEFAULT_MAX_LOG_BYTES, int, "characters one input may print"),
+        Setting(
+            "sandbox_output_bytes",
+            defaults.DEFAULT_SANDBOX_OUTPUT_BYTES,
+            int,
+            "bytes of one sandbox process's stdout (or stderr) kept in Redis; past them, a marker and then nothing",
+        ),
     ]
 }
 

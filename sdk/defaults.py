@@ -44,6 +44,8 @@ DEFAULT_SANDBOX_TIMEOUT = 300  # seconds a sandbox lives when Sandbox.create set
 MAX_SANDBOX_TIMEOUT = 86400  # the longest timeout a sandbox may ask for (24 h, as Modal)
 DEFAULT_SANDBOX_CPU = 0.125  # cores a sandbox reserves when it sets no cpu (as a function)
 DEFAULT_SANDBOX_MEMORY = 128  # MiB a sandbox reserves when it sets no memory; its container's limit is 2 GiB then
+DEFAULT_SANDBOX_OUTPUT_BYTES = 64 * 1024 * 1024  # bytes of one sandbox process's stdout (or stderr) kept; then a marker
+DEFAULT_WORKER_ADDRESS = "127.0.0.1"  # where a worker publishes sandboxes' ports (reachable from this host only)
 # ---- Output (issue 17) ----
 DEFAULT_PARTIAL_LINE_SECONDS = 0.15  # a printed line without its end is delivered after this long (a prompt, a bar)
 DEFAULT_CONTAINER_RUNTIME = "runc"  # a worker's containers: runc (host kernel) or runsc (gVisor); see SECURITY.md

@@ -234,7 +234,7 @@ class FunctionCall(Generic[R]):
         ok, value = _decode_output(self._client, envelope, await _adata(self._client, envelope))
         if not ok:
             raise value
-        return value  # type: ignore[no-any-return]
+        return value
 
     @aio_iterator
     def stream(self, *, index: int = 0) -> Iterator[Any]:

@@ -13,8 +13,9 @@ import json
 import re
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import StrEnum
+from typing import Any
 
 KEY_PREFIX = "mm"
 
@@ -414,13 +415,13 @@ class PendingEntry:
     end: int
 
     def encode(self) -> str:
-        return f"{self.call_id}|{self.function_id}|{self.start}|{self.end}"
+        """The record in the pending list: a JSON object of the fields by name (mm_app/lua/_sched.lua)."""
+        return json.dumps(asdict(self))
 
     @classmethod
     def decode(cls, raw: str | bytes) -> PendingEntry:
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        call_id, function_id, start, end = text.split("|")
-        return cls(call_id, function_id, int(start), int(end))
+        d = json.loads(raw)
+        return cls(d["call_id"], d["function_id"], int(d["start"]), int(d["end"]))
 
 
 # ---- Placement records --------------------------------------------------------------------------
@@ -487,7 +488,10 @@ class FunctionNeeds:
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> FunctionNeeds:
-        d = json.loads(raw)
+        return cls.from_dict(json.loads(raw))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FunctionNeeds:
         return cls(
             int(d["cpu"]),
             int(d["memory"]),
@@ -572,28 +576,26 @@ class InflightTask:
     dispatcher: str
 
     def encode(self) -> str:
-        fields = (self.user_id, self.function_id, self.call_id, self.start, self.end, self.worker_id, self.cpu)
-        rest = (self.memory, self.gpu, self.gpu_count, self.cost, f"{self.at:.6f}", self.dispatcher)
-        return "|".join(str(f) for f in (*fields, *rest))
+        """The ledger record: a JSON object of the fields by name (mm_app/lua/_sched.lua)."""
+        return json.dumps(asdict(self))
 
     @classmethod
     def decode(cls, raw: str | bytes) -> InflightTask:
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        u, fn, call, start, end, worker, cpu, mem, gpu, gpus, cost, at, dispatcher = text.split("|")
+        d = json.loads(raw)
         return cls(
-            int(u),
-            fn,
-            call,
-            int(start),
-            int(end),
-            worker,
-            int(cpu),
-            int(mem),
-            gpu,
-            int(gpus),
-            int(cost),
-            float(at),
-            dispatcher,
+            int(d["user_id"]),
+            d["function_id"],
+            d["call_id"],
+            int(d["start"]),
+            int(d["end"]),
+            d["worker_id"],
+            int(d["cpu"]),
+            int(d["memory"]),
+            d["gpu"],
+            int(d["gpu_count"]),
+            int(d["cost"]),
+            float(d["at"]),
+            d["dispatcher"],
         )
 
 

@@ -21,11 +21,14 @@ Example::
 
 from __future__ import annotations
 
+import builtins
 import codecs
 import json
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from ._aio import aio_method
 from ._client import Client
@@ -65,6 +68,45 @@ class _AioClassMethod:
         bound.aio = aio  # type: ignore[attr-defined]
         bound.__doc__ = fn.__doc__
         return bound
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """A port of a running sandbox, reachable from outside (``Sandbox.tunnels()``), as Modal's.
+
+    ``url`` (and ``tls_socket``) reach the port through the API: HTTP relayed by the server you talk to,
+    ``https`` when it is served over TLS, for your own token only (send it as a bearer token, as every
+    request to the API). A port given in ``unencrypted_ports=`` also has ``tcp_socket``: the worker's
+    host and the host port Docker published it on, for any TCP client.
+    """
+
+    host: str
+    port: int
+    unencrypted_host: str | None = None
+    unencrypted_port: int | None = None
+    path: str = ""  # where the API serves this port: /v1/sandboxes/{id}/tunnels/{port}
+    scheme: str = "https"
+
+    @property
+    def url(self) -> str:
+        """The URL of the forwarded port (a path of the API's URL)."""
+        default = 443 if self.scheme == "https" else 80
+        netloc = self.host if self.port == default else f"{self.host}:{self.port}"
+        return f"{self.scheme}://{netloc}{self.path}"
+
+    @property
+    def tls_socket(self) -> tuple[str, int]:
+        """(host, port) of the API that serves the tunnel (TLS when it is served over https)."""
+        return self.host, self.port
+
+    @property
+    def tcp_socket(self) -> tuple[str, int]:
+        """(host, port) to connect any TCP client to; only for ``unencrypted_ports``."""
+        if self.unencrypted_host is None or self.unencrypted_port is None:
+            raise InvalidError(
+                "this tunnel has no unencrypted TCP socket: give the port in unencrypted_ports= to get one"
+            )
+        return self.unencrypted_host, self.unencrypted_port
 
 
 class StreamReader:
@@ -305,7 +347,8 @@ class _FileIO:
 def _secret_specs(where: str, secrets: Any, env: dict[str, str] | None) -> list[dict[str, Any]]:
     specs = [s._spec() for s in check_secrets(where, list(secrets or []))]
     if env:
-        specs.append(Secret.from_dict(env)._spec())
+        values: dict[str, str | None] = dict(env)
+        specs.append(Secret.from_dict(values)._spec())
     return specs
 
 
@@ -327,7 +370,7 @@ class Sandbox:
 
     @_AioClassMethod
     def create(
-        cls,
+        cls: type[Sandbox],
         *cmd: str,
         app: Any = None,
         image: Image | None = None,
@@ -340,14 +383,19 @@ class Sandbox:
         memory: int | None = None,
         gpu: str | None = None,
         block_network: bool = False,
+        encrypted_ports: Sequence[int] = (),
+        unencrypted_ports: Sequence[int] = (),
         env: dict[str, str] | None = None,
         tags: dict[str, str] | None = None,
         **unsupported: Any,
     ) -> Sandbox:
         """Start a sandbox running ``cmd`` (none: it waits for ``exec``); return once it runs.
 
+        ``encrypted_ports`` are reached at their tunnel's ``url`` through the API, ``unencrypted_ports``
+        also at a raw TCP socket on the worker's host (see :meth:`tunnels`).
+
         Raises:
-            InvalidError: bad options, or no worker has a Docker engine.
+            InvalidError: bad options (ports with ``block_network=True``), or no worker has a Docker engine.
             SandboxTerminatedError: it could not start (the message says why).
         """
         if unsupported:
@@ -363,6 +411,13 @@ class Sandbox:
                 parse_gpu(gpu)
             except ValueError as exc:
                 raise InvalidError(f"gpu={gpu!r}: {exc}") from None
+        ports = [*encrypted_ports, *unencrypted_ports]
+        if not all(isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in ports):
+            raise InvalidError("encrypted_ports= and unencrypted_ports= take TCP port numbers (1 to 65535)")
+        if ports and block_network:
+            raise InvalidError(
+                "block_network=True takes no encrypted_ports or unencrypted_ports: nothing could reach them"
+            )
         from .app import _ensure_image
 
         client = Client.from_config()
@@ -379,6 +434,8 @@ class Sandbox:
             "memory": memory,
             "gpu": gpu,
             "block_network": block_network,
+            "encrypted_ports": list(encrypted_ports),
+            "unencrypted_ports": list(unencrypted_ports),
             "tags": tags or {},
         }
         app_id = getattr(app, "app_id", None) if app is not None else None
@@ -397,14 +454,14 @@ class Sandbox:
         return sandbox
 
     @_AioClassMethod
-    def from_id(cls, sandbox_id: str) -> Sandbox:
+    def from_id(cls: type[Sandbox], sandbox_id: str) -> Sandbox:
         """The sandbox ``sandbox_id`` (yours); ``NotFoundError`` for anything else."""
         sandbox = cls(sandbox_id)
         sandbox._refresh(0)
         return sandbox
 
     @_AioClassMethod
-    def list(cls, *, app_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[Sandbox]:
+    def list(cls: type[Sandbox], *, app_id: str | None = None, tags: dict[str, str] | None = None) -> Iterator[Sandbox]:
         """Your running sandboxes, newest first (of one app, and with all of ``tags``)."""
         client = Client.from_config()
         params: dict[str, Any] = {"state": "running", "tag": [f"{k}={v}" for k, v in (tags or {}).items()]}
@@ -461,6 +518,37 @@ class Sandbox:
                 raise SandboxTimeoutError(f"sandbox {self.object_id} {why}")
             if state in ("terminated", "failed"):
                 raise SandboxTerminatedError(f"sandbox {self.object_id} was terminated: {why}".rstrip(": "))
+
+    @aio_method
+    def tunnels(self, timeout: float = 50) -> dict[int, Tunnel]:
+        """The sandbox's ports reachable from outside: container port -> :class:`Tunnel` (Modal's).
+
+        Raises:
+            SandboxTimeoutError: it has not started within ``timeout`` seconds.
+            SandboxTerminatedError: it has ended (its ports with it).
+        """
+        deadline = time.monotonic() + timeout
+        while self._refresh(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())), until="running")["state"] == (
+            "queued"
+        ):
+            if time.monotonic() >= deadline:
+                raise SandboxTimeoutError(f"sandbox {self.object_id} has not started within {timeout:g} s")
+        if self._info["state"] != "running":
+            raise SandboxTerminatedError(f"sandbox {self.object_id} has ended ({self._info['state']}): no tunnels")
+        api = urlsplit(self._client.server_url)
+        scheme = api.scheme or "http"
+        host, port = api.hostname or "127.0.0.1", api.port or (443 if scheme == "https" else 80)
+        found = {}
+        for number, raw in (self._info.get("tunnels") or {}).items():
+            found[int(number)] = Tunnel(
+                host,
+                port,
+                raw.get("host"),
+                raw.get("port"),
+                path=f"{api.path.rstrip('/')}/v1/sandboxes/{self.object_id}/tunnels/{number}",
+                scheme=scheme,
+            )
+        return found
 
     @aio_method
     def terminate(self) -> None:
@@ -540,7 +628,7 @@ class Sandbox:
         return _FileIO(self, path, mode)
 
     @aio_method
-    def ls(self, path: str) -> list[str]:
+    def ls(self, path: str) -> builtins.list[str]:  # `list` in this class is Sandbox.list
         """The names in a directory of the sandbox."""
         return json.loads(self._helper("ls", path))
 

@@ -135,6 +135,9 @@ def test_a_payload_over_the_server_limit_answers_413(stack: Stack, user: str) ->
     assert _error(reply)["type"] == "PayloadTooLargeError"
     with pytest.raises(PayloadTooLargeError):
         Client(stack.url, user).request("PUT", "/v1/blobs", data=too_big)
+    # The refused body was never read; the client drops that connection, so its next request (a POST,
+    # which is never sent again) does not land on a socket the server may be closing.
+    assert Client(stack.url, user).request("POST", "/v1/files/missing", json={"shas": []}) is not None
 
 
 def test_the_sdk_refuses_a_payload_over_its_limit_before_sending(user: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -329,3 +332,30 @@ def test_unknown_fields_wrong_types_and_deep_nesting_answer_400_naming_the_probl
     )
     assert reply.status_code == 400, reply.text
     assert fragment in _error(reply)["message"]
+
+
+def test_every_json_body_route_refuses_an_unknown_field_with_a_typed_400_naming_it(stack: Stack, user: str) -> None:
+    # Given every route whose documented body is a JSON object that admits no other fields
+    document = requests.get(stack.url + "/openapi.json", timeout=10).json()
+    schemas = document["components"]["schemas"]
+    routes = []
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            content = operation.get("requestBody", {}).get("content", {})
+            if "application/json" not in content or {"bearer": []} not in operation["security"]:
+                continue
+            name = content["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+            if schemas[name].get("additionalProperties") is False and "403" not in operation["responses"]:
+                routes.append((method.upper(), path.replace("{", "x").replace("}", "")))
+    assert len(routes) >= 12, routes  # the models cover the API, not a few routes
+    for method, path in routes:
+        # When a body carries a field the route does not know
+        reply = requests.request(method, stack.url + path, json={"no_such_field": 1}, headers=_auth(user), timeout=10)
+        # Then it is refused before anything is looked up, naming the field
+        assert reply.status_code == 400, (method, path, reply.text)
+        error = _error(reply)
+        assert error["type"] == "InvalidError" and "unknown fields ['no_such_field']" in error["message"], (
+            method,
+            path,
+            error,
+        )

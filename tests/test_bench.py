@@ -79,6 +79,25 @@ def test_the_bench_measures_every_item_against_a_celery_baseline_and_stops_what_
         "map_first_result",
         "map_memory_flat",
     }
+    assert_curves(results, tmp_path / "bench.png")
+
+
+def assert_curves(results: dict, png: Path) -> None:
+    """The curves of the quick size, their shape only: every point measured, the machine described, drawn."""
+    machine = results["machine"]
+    assert machine["cpus"] >= 1 and machine["memory_gib"] > 0 and machine["kernel"] and machine["python"]
+    assert len(machine["commit"].removesuffix("-dirty")) == 40
+    dispatch = results["dispatch"]["points"]
+    assert [(p["users"], p["freed_per_pass"]) for p in dispatch] == [(1, 1), (1, 16), (10, 1), (10, 16)]
+    for point in dispatch:
+        assert point["calls"] >= 20 and point["per_call_us"] > 0 and point["redis_commands_per_call"] > 0
+    depth = results["depth"]["points"]
+    assert [(p["queued"], p["filler_path"]) for p in depth] == [(300, "http"), (1000, "direct")]
+    for point in depth:
+        assert point["submit_per_second"] > 0 and point["drain"]["inputs"] == 100
+    workers = results["workers"]["points"]
+    assert [(p["workers"], p["slots"], p["inputs"]) for p in workers] == [(1, 4, 100), (2, 8, 100)]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.docker

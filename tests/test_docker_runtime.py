@@ -156,6 +156,7 @@ def test_the_container_carries_the_function_limits_and_no_privileges(
     assert sorted(mounts) == sorted(
         [
             (str(runtime.runner_file), "/opt/mm/runner/minimodal_runner.py", False),
+            (str(runtime.frames_file), "/opt/mm/runner/minimodal_frames.py", False),  # what the runner imports
             (str(runtime.sdk_dir), "/opt/mm/lib/minimodal", False),  # read-only: Dict, Queue, ... in functions
         ]
     )

@@ -142,6 +142,7 @@ ROUTES: dict[str, Route] = {
         "POST", lambda a: f"/v1/sandboxes/{a['sandbox']}/processes/ep/stdin", HIDDEN, {"data": "eA=="}
     ),
     "sandboxes.snapshot": Route("POST", lambda a: f"/v1/sandboxes/{a['sandbox']}/snapshot", HIDDEN),
+    "tunnels.proxy": Route("GET", lambda a: f"/v1/sandboxes/{a['sandbox']}/tunnels/8000/index.html", HIDDEN),
     "internal.cluster_settings": Route("GET", lambda a: "/internal/cluster", WORKER),
     "images.has_file": Route("HEAD", lambda a: "/v1/files/" + "0" * 64, SHARED),
     "images.missing_files": Route("POST", lambda a: "/v1/files/missing", SHARED),
@@ -258,7 +259,10 @@ def _running_sandbox_of(stack: Stack, user_name: str) -> str:
     finally:
         db.dispose()
     assert stack.redis_client is not None
-    stack.redis_client.hset(protocol.sandbox_state_key(sandbox_id), mapping={"state": "running", "worker": "w"})
+    tunnels = '{"8000": {"host": "127.0.0.1", "port": 9, "encrypted": true}}'  # a port for tunnels.proxy to try
+    stack.redis_client.hset(
+        protocol.sandbox_state_key(sandbox_id), mapping={"state": "running", "worker": "w", "tunnels": tunnels}
+    )
     return sandbox_id
 
 

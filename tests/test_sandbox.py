@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -14,7 +15,16 @@ from redis import Redis
 import minimodal
 from minimodal import protocol
 from minimodal.exception import SandboxFilesystemError, SandboxTerminatedError, SandboxTimeoutError
-from tests.conftest import RedisServer, Stack, docker_engine, missing, start_stack, use_stack, wait_for
+from tests.conftest import (
+    RedisServer,
+    Stack,
+    docker_engine,
+    missing,
+    start_stack,
+    stop_process,
+    use_stack,
+    wait_for,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -419,7 +429,7 @@ def test_sandboxes_run_under_the_container_runtime_the_worker_is_configured_with
         use_stack(stack, request, monkeypatch)
         sb = minimodal.Sandbox.create(timeout=120)
         (container,) = sandbox_containers(stack, sb.object_id)
-        assert container.attrs["HostConfig"]["Runtime"] == "runsc"
+        assert container.attrs["HostConfig"]["Runtime"] == "runsc-net"  # gVisor, with the runners' bridge
         assert "gVisor" in sb.exec("dmesg").stdout.read()  # the kernel the sandbox sees is gVisor's
         sb.terminate()
     finally:
@@ -440,3 +450,217 @@ def test_a_running_sandbox_counts_against_its_users_quota(docker_stack: Stack, m
             call.get(timeout=3)  # the sandbox holds the user's only slot
         sb.terminate()
         assert call.get(timeout=60) == 42
+
+
+def test_exec_with_pty_runs_the_command_on_a_terminal(docker_stack: Stack, docker_user: str) -> None:
+    sb = minimodal.Sandbox.create(timeout=120)
+    try:
+        p = sb.exec("sh", "-c", "test -t 0 && test -t 1 && tty", pty=True)
+        assert p.wait() == 0  # stdin and stdout are terminals
+        assert p.stdout.read().strip().startswith("/dev/pts/")
+        assert sb.exec("test", "-t", "1").wait() == 1  # without pty: a pipe
+    finally:
+        sb.terminate()
+
+
+def test_terminating_a_queued_sandbox_ends_it_before_any_container_starts(
+    docker_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from minimodal._client import Client
+    from minimodal.app import _ensure_image
+
+    token = docker_stack.new_user("sandbox-queued-one", quota=1)
+    monkeypatch.setenv("MINIMODAL_TOKEN", token)
+    for key in ("MINIMODAL_HOME", "MINIMODAL_SERVER_URL"):
+        monkeypatch.setenv(key, docker_stack.env[key])
+    since = int(time.time()) - 1
+    first = minimodal.Sandbox.create(timeout=120)  # holds the user's only slot
+    client = Client(docker_stack.url, token)
+    body = {"image": _ensure_image(client, minimodal.Image.debian_slim()), "cmd": ["sleep", "100"], "timeout": 120}
+    queued_id = client.request("POST", "/v1/sandboxes", json=body)["sandbox_id"]
+    queued = minimodal.Sandbox.from_id(queued_id)
+    assert queued.poll() is None and queued._info["state"] == "queued"  # waiting for the user's quota
+    queued.terminate()
+    assert queued.poll() == 137
+    with pytest.raises(SandboxTerminatedError, match="before it started"):
+        queued.wait()
+    first.terminate()  # the slot frees: the queued entry may now be taken, and its task must do nothing
+    assert docker_stack.redis_client is not None
+    redis = docker_stack.redis_client
+
+    def settled() -> bool:  # the queued entry has left the user's queue, and no task of it is in flight
+        queues = [e for k in redis.scan_iter(protocol.pending_key("*")) for e in redis.lrange(k, 0, -1)]
+        return not any(queued_id.encode() in raw for raw in [*queues, *redis.hvals(protocol.inflight_key())])
+
+    wait_for(settled, 60, "the queued entry to leave the queue and the in-flight ledger")
+    record = client.request("GET", f"/v1/sandboxes/{queued_id}")
+    assert (record["state"], record["returncode"], record["started_at"], record["worker"]) == (
+        "terminated",
+        137,
+        None,
+        None,
+    )
+    docker = docker_engine()
+    try:
+        events = docker.events(
+            since=since,
+            until=int(time.time()) + 1,
+            decode=True,
+            filters={"type": "container", "label": f"minimodal.sandbox={queued_id}"},
+        )
+        assert [e.get("Action") for e in events] == []  # no container of it was ever created
+    finally:
+        docker.close()
+
+
+def test_a_server_in_the_sandbox_is_reached_through_its_tunnels(docker_stack: Stack, docker_user: str) -> None:
+    from minimodal.exception import InvalidError
+
+    serve = "mkdir -p /srv && echo hello > /srv/hi.txt && exec python -m http.server 8000 --directory /srv"
+    sb = minimodal.Sandbox.create("sh", "-c", serve, encrypted_ports=[8000], unencrypted_ports=[8001], timeout=120)
+    try:
+        sb.exec("python", "-m", "http.server", "8001", "--directory", "/srv")
+        (container,) = sandbox_containers(docker_stack, sb.object_id)
+        assert list(container.attrs["NetworkSettings"]["Networks"]) == ["minimodal"]  # the runners' bridge
+        tunnels = sb.tunnels()
+        assert sorted(tunnels) == [8000, 8001]
+        encrypted, unencrypted = tunnels[8000], tunnels[8001]
+        assert encrypted.url == f"{docker_stack.url}/v1/sandboxes/{sb.object_id}/tunnels/8000"
+        assert encrypted.tls_socket == ("127.0.0.1", int(docker_stack.url.rsplit(":", 1)[1]))
+        with pytest.raises(InvalidError, match="unencrypted_ports"):
+            _ = encrypted.tcp_socket
+        mine = {"Authorization": f"Bearer {docker_user}"}
+
+        def fetch(url: str, headers: dict[str, str] | None = None) -> requests.Response | None:
+            try:
+                reply = requests.get(url, headers=headers, timeout=10)
+            except requests.ConnectionError:
+                return None  # the server in the sandbox is not listening yet
+            return None if reply.status_code == 503 else reply
+
+        reply = wait_for(lambda: fetch(encrypted.url + "/hi.txt", mine), 60, "the sandbox's server, through the API")
+        assert (reply.status_code, reply.text) == (200, "hello\n")
+        listing = fetch(encrypted.url, mine)  # redirected to .../8000/, the server's directory listing
+        assert listing is not None and listing.status_code == 200 and "hi.txt" in listing.text
+        other = {"Authorization": f"Bearer {docker_stack.new_user('tunnel-stranger')}"}
+        assert requests.get(encrypted.url + "/hi.txt", headers=other, timeout=10).status_code == 404
+        assert requests.get(encrypted.url + "/hi.txt", timeout=10).status_code == 401
+        host, port = unencrypted.tcp_socket  # published on the worker's host: any TCP client reaches it
+        reply = wait_for(lambda: fetch(f"http://{host}:{port}/hi.txt"), 60, "the sandbox's second server, over TCP")
+        assert reply.text == "hello\n"
+        assert fetch(unencrypted.url + "/hi.txt", mine).text == "hello\n"  # and through the API as well
+    finally:
+        sb.terminate()
+    assert requests.get(encrypted.url + "/hi.txt", headers=mine, timeout=10).status_code == 404
+    with pytest.raises(InvalidError, match="block_network"):
+        minimodal.Sandbox.create(block_network=True, encrypted_ports=[8000])
+    from minimodal._client import Client
+
+    body = {"image": "im-x", "block_network": True, "unencrypted_ports": [8001]}
+    with pytest.raises(InvalidError, match="block_network"):  # the API refuses it too
+        Client(docker_stack.url, docker_user).request("POST", "/v1/sandboxes", json=body)
+    assert sb._info["tunnels"] == {}  # an ended sandbox shows no ports
+
+
+def test_a_process_printing_without_end_keeps_only_the_cap_in_redis_then_a_marker(
+    redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docker_engine().close()
+    cap = 1 << 20
+    Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/13").flushdb()  # database 13 is this test's alone
+    worker_env = {"MINIMODAL_SANDBOX_OUTPUT_BYTES": str(cap)}
+    stack = start_stack(redis_server, tmp_path / "home", runtime="docker", db=13, worker_env=worker_env)
+    try:
+        use_stack(stack, request, monkeypatch)
+        sb = minimodal.Sandbox.create(timeout=300)
+        line = "0123456789abcdef\n"
+        p = sb.exec("sh", "-c", f"yes 0123456789abcdef | head -c {100 * cap}; echo done >&2")  # 100 MiB
+        assert p.wait() == 0  # it was never blocked: what is past the cap is read and dropped
+        assert stack.redis_client is not None
+        key = protocol.sandbox_output_key(sb.object_id, p.process_id, 1)
+        kept = sum(len(fields[b"d"]) for _, fields in stack.redis_client.xrange(key) if b"d" in fields)
+        assert cap < kept < cap + 300  # the cap, then the marker
+        # Bounded against the 100 MiB written; each entry's overhead depends on how small the chunks
+        # were read (smaller on a busy machine), so the bound on Redis's own figure is loose.
+        assert stack.redis_client.memory_usage(key) < 8 * cap
+        out = p.stdout.read()
+        assert out[:cap] == (line * (cap // len(line) + 1))[:cap]
+        assert out[cap:] == (
+            "\n[minimodal: truncated] this process wrote over 1,048,576 bytes to stdout "
+            "(MINIMODAL_SANDBOX_OUTPUT_BYTES); the rest of it is dropped\n"
+        )
+        assert p.stderr.read() == "done\n"  # each stream has its own cap
+        assert sb.exec("echo", "small").stdout.read() == "small\n"  # and each process
+        sb.terminate()
+    finally:
+        stack.stop()
+    assert sandbox_containers(stack) == []
+
+
+@pytest.mark.timeout(900)
+def test_a_snapshot_goes_to_the_registry_and_runs_on_another_machines_engine(
+    redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_cluster import _remove_leftovers, join, start_engine, start_registry, worker_ids
+
+    main = docker_engine()
+    registry = start_registry(tmp_path / "registry")
+    engines = start_engine()
+    engine = next(engines)  # a second Docker engine with no image at all: another machine
+    Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/14").flushdb()  # database 14 is this test's alone
+    home = tmp_path / "machine1"
+    stack = start_stack(redis_server, home, runtime="docker", db=14, env={"MINIMODAL_REGISTRY": registry.address})
+    machine2 = None
+    snapshot = None
+    try:
+        use_stack(stack, request, monkeypatch)
+        (first,) = worker_ids(stack)
+        sb = minimodal.Sandbox.create(timeout=300)
+        with sb.open("/opt/answer.txt", "w") as f:
+            f.write("42")
+        image = sb.snapshot_filesystem()
+        sb.terminate()
+        snapshot = image.layers[0]["tag"]
+        assert snapshot.startswith(f"{registry.address}/minimodal/snapshot:")
+
+        machine2 = join(stack, tmp_path / "machine2", engine)  # the first machine's worker leaves
+        wait_for(lambda: len(worker_ids(stack) - {first}) == 1, 90, "the second machine's worker to beat")
+        (joined,) = worker_ids(stack) - {first}
+        stop_process(stack.processes.pop("worker"))
+        wait_for(lambda: worker_ids(stack) == {joined}, 30, "the first worker to leave")
+
+        # The default image was built on machine 1: machine 2's worker pulls it to start the sandbox.
+        plain = minimodal.Sandbox.create("sh", "-c", "exit 3", timeout=300)
+        plain.wait(raise_on_termination=False)
+        assert (plain.returncode, plain._info["worker"]) == (3, joined)
+        other = minimodal.Sandbox.create(image=image, timeout=300)
+        try:
+            assert other.exec("cat", "/opt/answer.txt").stdout.read() == "42"
+            assert other._info["worker"] == joined
+        finally:
+            other.terminate()
+        app = minimodal.App("snapshot-elsewhere")
+
+        def read_answer() -> str:
+            with open("/opt/answer.txt") as f:
+                return f.read()
+
+        fn = app.function(serialized=True, image=image, name="read_answer")(read_answer)
+        with app.run():
+            assert fn.remote() == "42"
+        assert snapshot in [tag for i in engine.client().images.list() for tag in i.tags]  # pulled there
+    finally:
+        if machine2 is not None:
+            stop_process(machine2, timeout=60)
+        stack.stop()
+        _remove_leftovers(main, home, registry.address)
+        if snapshot is not None:
+            with contextlib.suppress(Exception):
+                main.images.remove(snapshot.split("/", 1)[1], noprune=True)  # the engine's local name of it
+        main.close()
+        with contextlib.suppress(StopIteration):
+            next(engines)  # stops the second engine and removes all it made
+        registry.process.terminate()
+        registry.process.wait(timeout=15)

@@ -392,6 +392,40 @@ def test_a_standby_dispatcher_takes_over_when_the_leader_stops_renewing(r: Redis
     assert leader.hold()
 
 
+def test_a_leader_keeps_its_lease_through_a_rebuild_that_outlasts_it(
+    r: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a dispatcher whose rebuild from the database outlasts its lease (a million queued rows take
+    # seconds to read; the slowness is injected)
+    db = Database(f"sqlite:///{tmp_path / 'mm.db'}")
+    db.create_all()
+    rebuilds = []
+    real = recovery.rebuild
+
+    def slow_rebuild(*args: Any, **kwargs: Any) -> int:
+        rebuilds.append(time.monotonic())
+        time.sleep(1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recovery, "rebuild", slow_rebuild)
+    d = Dispatcher(r, RecordingBroker(), db, policy=Policy(dead_after=60.0), lease_seconds=0.3)
+    stop = threading.Event()
+    thread = threading.Thread(target=d.run, args=(stop,), kwargs={"idle_wait": 0.05})
+    # When it takes the lead, rebuilds, and runs on for a while
+    thread.start()
+    try:
+        time.sleep(3.0)
+        holder = r.get(protocol.dispatch_leader_key())
+    finally:
+        stop.set()
+        thread.join(10)
+        db.dispose()
+    # Then it kept the lease throughout and rebuilt once (it used to lose the lease, lead again and rebuild
+    # again, for ever, never dispatching)
+    assert holder == d.id.encode()
+    assert len(rebuilds) == 1
+
+
 def test_calls_are_placed_by_best_fit_and_only_where_they_fit(r: Redis) -> None:
     # Given a 4-CPU worker and a 1-CPU worker
     broker = RecordingBroker()

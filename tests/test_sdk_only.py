@@ -78,3 +78,8 @@ def test_a_normal_install_carries_the_pth_file_that_makes_modal_minimodal_only_w
     plain = subprocess.run(probe, env=env, capture_output=True, text=True, check=False)
     assert plain.returncode == 1 and "No module named 'modal'" in plain.stderr
     assert "minimodal_as_modal.pth" in {p.name for p in (sdk_only / "lib").glob("python3*/site-packages/*.pth")}
+
+
+def test_a_normal_install_carries_py_typed_so_type_checkers_read_the_sdks_annotations(sdk_only: Path) -> None:
+    packages = list((sdk_only / "lib").glob("python3*/site-packages/minimodal"))
+    assert packages and (packages[0] / "py.typed").is_file()

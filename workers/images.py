@@ -91,6 +91,35 @@ def pull(client: Any, image: str) -> str:
         ) from exc
 
 
+def push(client: Any, tag: str, registry: str) -> str:
+    """Push the local image ``tag`` to ``registry`` as ``<registry>/<tag>``; return that name.
+
+    A ``tag`` that names another registry already is left alone (engines pull it from there themselves).
+
+    Raises:
+        PullError: the registry refused the push or cannot be reached (``missing`` is False).
+    """
+    import docker.errors
+    import requests
+
+    target = in_registry(registry, tag)
+    if target == tag:
+        return tag
+    repository, version = split_reference(target)
+    try:
+        client.images.get(tag).tag(repository, version)
+        for chunk in client.api.push(repository, tag=version, stream=True, decode=True):
+            if "error" in chunk or "errorDetail" in chunk:
+                message = chunk.get("error") or chunk["errorDetail"].get("message", "")
+                raise PullError(f"cannot push {target} to the registry {registry}: {message}", missing=False)
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        raise PullError(
+            f"cannot push {target} to the registry {registry} ({exc}); is it running (MINIMODAL_REGISTRY)?",
+            missing=False,
+        ) from exc
+    return target
+
+
 @dataclass
 class BuildResult:
     tag: str
@@ -247,16 +276,12 @@ class ImageBuilder:
     def _push(self, tag: str, log: Log) -> str:
         """Push ``tag`` to the registry as ``<registry>/<tag>``; return that name."""
         assert self.registry is not None
-        target = in_registry(self.registry, tag)
-        if target == tag:  # a base from another registry: engines pull it from there themselves
-            return tag
-        repository, version = split_reference(target)
-        self.client.images.get(tag).tag(repository, version)
-        for chunk in self.client.api.push(repository, tag=version, stream=True, decode=True):
-            if "error" in chunk or "errorDetail" in chunk:
-                message = chunk.get("error") or chunk["errorDetail"].get("message", "")
-                raise BuildError(f"cannot push {target} to the registry {self.registry}: {message}")
-        log(f"=> pushed {target}")
+        try:
+            target = push(self.client, tag, self.registry)
+        except PullError as exc:
+            raise BuildError(str(exc)) from exc
+        if target != tag:
+            log(f"=> pushed {target}")
         return target
 
     def _build(self, tag: str, dockerfile: str, files: dict[str, bytes], log: Log) -> None:
@@ -335,8 +360,9 @@ class ImageBuilder:
                 log(f"=> {layer['op']}: cached {tag}")
             else:
                 log(f"=> {layer['op']}: building {tag}")
+                files: dict[str, bytes] = {}
                 if layer["op"] == "minimodal_runtime":
-                    lines, files = self._runtime_layer(python), {}
+                    lines = self._runtime_layer(python)
                 else:
                     lines, files = _instructions(layer, fetch)
                 self._build(tag, f"FROM {parent}\n{lines}\n", files, log)

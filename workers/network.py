@@ -103,7 +103,7 @@ def bridge_interface(network: str) -> str:
 
 def _nameservers(path: str = "/etc/resolv.conf") -> list[str]:
     """The host's IPv4 resolvers: Docker's embedded DNS forwards containers' queries to them."""
-    found = []
+    found: list[str] = []
     try:
         with open(path) as f:
             lines = f.read().splitlines()
@@ -140,7 +140,8 @@ def firewall_rules(bridge: str) -> list[tuple[str, list[str]]]:
 
     INPUT refuses every connection from the bridge to the host itself: any of its addresses (the gateway,
     the host's LAN address, a published Redis or API port). DOCKER-USER (traffic the host forwards)
-    lets DNS through to the host's resolvers (Docker's embedded DNS forwards queries from the
+    lets through replies of connections made to a container (a sandbox's published port, reached from
+    another machine) and DNS to the host's resolvers (Docker's embedded DNS forwards queries from the
     container), then refuses private, link-local and multicast ranges and the host's own networks, so
     neither other workers' containers nor a metadata service can be reached; the rest (the internet)
     goes out through Docker's NAT.
@@ -151,6 +152,11 @@ def firewall_rules(bridge: str) -> list[tuple[str, list[str]]]:
         ("INPUT", ["-i", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", *tag, "-j", "ACCEPT"]),
         ("INPUT", ["-i", bridge, *tag, "-j", "REJECT", "--reject-with", "icmp-port-unreachable"]),
     ]
+    # Replies of connections opened *to* a container (a sandbox's published port, reached from another
+    # machine through Docker's NAT) go out whatever the client's address; what the container opens is NEW.
+    rules.append(
+        ("DOCKER-USER", ["-i", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", *tag, "-j", "RETURN"])
+    )
     for server in _nameservers():
         for proto in ("udp", "tcp"):
             rules.append(

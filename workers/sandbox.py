@@ -8,8 +8,9 @@ to callbacks chunk by chunk as it arrives (nothing waits for a line or for the e
 
 Unlike function runners, a sandbox's root file system is writable (``pip install`` in a sandbox is the
 point) and its processes run as root, but with every capability dropped, no-new-privileges, a pids and
-memory limit, and under the runtime the worker is configured with (``MINIMODAL_CONTAINER_RUNTIME``, e.g.
-``runsc`` for gVisor; Docker's default otherwise).
+memory limit, and under the engine runtime the task names (``runc``; ``runsc`` or ``runsc-net`` for gVisor).
+A networked sandbox joins the runners' bridge (workers/network.py) and its ports are published on the
+host at ``publish_address``; a snapshot can be pushed to the cluster's registry.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import requests
 
 import minimodal._sandbox_init
 
+from .images import PullError, pull, push, registry_of
 from .runtimes.docker import DEFAULT_MEMORY_LIMIT, DEFAULT_PIDS_LIMIT, LABEL
 
 logger = logging.getLogger("minimodal.workers.sandbox")
@@ -61,9 +63,12 @@ class ContainerSpec:
     cpu: float | None = None
     memory: int | None = None  # MiB
     block_network: bool = False
+    network: str | None = None  # the runners' bridge (workers/network.py); None: Docker's default bridge
+    ports: list[int] = field(default_factory=list)  # container TCP ports to publish on the host
+    publish_address: str = "127.0.0.1"  # the host address they are published on
     mounts: dict[str, str] = field(default_factory=dict)  # container path -> host path
     labels: dict[str, str] = field(default_factory=dict)
-    runtime: str = ""  # "": Docker's default runtime
+    runtime: str = ""  # the engine's runtime name (runc, runsc, runsc-net); "": Docker's default runtime
 
 
 def _socket_of(wrapper: Any) -> socket.socket:
@@ -185,7 +190,7 @@ class SandboxContainer:
         memory = f"{spec.memory or DEFAULT_MEMORY_LIMIT}m"
         cpus = int(min(spec.cpu, self._engine_cpus()) * 1e9) if spec.cpu else None
         try:
-            self.container = self.client.containers.create(
+            self.container = self._create(
                 spec.image,
                 ["python", "-u", INIT_PATH, "init", *spec.cmd],
                 name=f"mm-{spec.sandbox_id.lower()}-{uuid.uuid4().hex[:4]}",
@@ -201,7 +206,10 @@ class SandboxContainer:
                 pids_limit=DEFAULT_PIDS_LIMIT,
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
-                network_mode="none" if spec.block_network else None,
+                network_mode="none" if spec.block_network else spec.network,
+                # Each port on a free host port of the publish address: Docker's NAT (and its proxy for
+                # loopback) brings connections in; the bridge's firewall only refuses what the container opens.
+                ports={f"{port}/tcp": (spec.publish_address, None) for port in spec.ports} or None,
                 runtime=spec.runtime or None,
                 labels=self._labels(),
                 # Mounts, not volumes=: the SDK would also declare them as image volumes, which a snapshot
@@ -229,6 +237,37 @@ class SandboxContainer:
         self._frame(json.dumps(spec.env).encode())  # the environment, before anything else
         self._pump = threading.Thread(target=pump, args=(self._sock, on_output), name="mm-sandbox-ep", daemon=True)
         self._pump.start()
+
+    def _create(self, image: str, *args: Any, **options: Any) -> Any:
+        """Create the container, pulling its image first when this engine lacks it and its name has a registry."""
+        try:
+            return self.client.containers.create(image, *args, **options)
+        except docker.errors.ImageNotFound:
+            if registry_of(image) is None:
+                raise
+        logger.info("pulling %s for sandbox %s", image, self.spec.sandbox_id)
+        try:
+            pull(self.client, image)
+        except PullError as exc:
+            raise SandboxStartError(f"the image {image} is not on this worker's engine, and {exc}") from exc
+        return self.client.containers.create(image, *args, **options)
+
+    def published(self) -> dict[int, tuple[str, int]]:
+        """Each published container port -> the (host address, host port) Docker chose for it."""
+        if not self.spec.ports:
+            return {}
+        self.container.reload()
+        found: dict[int, tuple[str, int]] = {}
+        for name, bindings in (self.container.attrs.get("NetworkSettings", {}).get("Ports") or {}).items():
+            port, _, proto = name.partition("/")
+            for binding in bindings or []:
+                if proto == "tcp" and int(port) in self.spec.ports and binding.get("HostPort"):
+                    found[int(port)] = (binding.get("HostIp") or self.spec.publish_address, int(binding["HostPort"]))
+                    break
+        missing = set(self.spec.ports) - set(found)
+        if missing:
+            raise SandboxStartError(f"Docker published no host port for {sorted(missing)}")
+        return found
 
     def _labels(self) -> dict[str, str]:
         own = {f"{LABEL}.{name}": value for name, value in self.spec.labels.items()}
@@ -288,14 +327,19 @@ class SandboxContainer:
 
     # ---- the end ----
 
-    def snapshot(self, tag: str) -> str:
-        """Commit the file system as ``minimodal/snapshot:<tag>`` (the container pauses meanwhile)."""
+    def snapshot(self, tag: str, registry: str | None = None) -> str:
+        """Commit the file system as ``minimodal/snapshot:<tag>`` (the container pauses meanwhile).
+
+        With a ``registry`` the image is pushed there too and its name is the registry's
+        (``<registry>/minimodal/snapshot:<tag>``), which any worker's engine can pull.
+        """
         # The image must not carry this sandbox's labels: containers of it are not this sandbox.
         blank = " ".join(f'{name}=""' for name in self._labels() if name != LABEL)
         self.container.commit(
             repository=SNAPSHOT_REPOSITORY, tag=tag, pause=True, changes=[f"LABEL {blank}"] if blank else None
         )
-        return f"{SNAPSHOT_REPOSITORY}:{tag}"
+        local = f"{SNAPSHOT_REPOSITORY}:{tag}"
+        return push(self.client, local, registry) if registry else local
 
     def kill(self) -> None:
         """End it now: the container is killed (and so removed); the streams end."""

@@ -28,6 +28,7 @@ from . import (
     sandboxes,
     secrets,
     streams,
+    tunnels,
     users,
     volumes,
     web,
@@ -58,6 +59,7 @@ def create_app(
     app.register_blueprint(secrets.bp)
     app.register_blueprint(volumes.bp)
     app.register_blueprint(sandboxes.bp)  # /v1/sandboxes: containers created at run time, exec and streams
+    app.register_blueprint(tunnels.bp)  # /v1/sandboxes/{id}/tunnels/{port}/: HTTP to a sandbox's port
     app.register_blueprint(containers.bp)  # /v1/containers: list, logs, stop, exec, tty; function shells
     app.register_blueprint(internal.bp)  # workers only: the volume store
     return app

@@ -8,7 +8,8 @@ import json
 import re
 from typing import Any
 
-from flask import Blueprint, g
+from flask import Blueprint, g, request
+from pydantic import Field, ValidationError
 from sqlalchemy import select
 
 from minimodal import protocol
@@ -18,32 +19,88 @@ from minimodal.protocol import ImageStatus
 from .. import objects, sandboxes, vault
 from ..cancel import cancel_calls
 from ..models import AppRecord, CallRecord, FunctionRecord, FunctionSpecRecord, ImageRecord, SourceFileRecord, utcnow
+from ..ownership import owned
 from ..registry import check_gpu_option, needs_of, task_limit
 from ..volumes import check_mount_path
-from .auth import authenticate, check_fields, field, json_body
+from .auth import authenticate
+from .schema import Body, Doc, Int, Reply, Timestamp, invalid
 from .services import services
 
 bp = Blueprint("apps", __name__, url_prefix="/v1")
 bp.before_request(authenticate)
 
-# Options the workers act on, with their JSON types. Anything else is refused, never ignored.
-_OPTIONS: dict[str, type | tuple[type, ...]] = {
-    "cpu": (int, float),
-    "memory": int,
-    "timeout": int,
-    "scaledown_window": int,
-    "min_containers": int,
-    "retries": dict,
-    "max_containers": int,
-    "buffer_containers": int,
-    "gpu": str,  # "T4", "A100:2", "any": placement only (see mm_app/registry.py)
-    "block_network": bool,  # the runner's container gets network_mode=none
-    "container_runtime": str,  # "runc" or "runsc": placed only on a worker whose containers run under it
-    "volumes": dict,  # mount path -> volume id (vo-...) of the user
-    "concurrent_inputs": int,  # @minimodal.concurrent(max_inputs=): inputs one runner takes at once
-    "batch_max_size": int,  # @minimodal.batched(max_batch_size=, wait_ms=)
-    "batch_wait_ms": int,
-}
+doc = Doc("apps")
+
+
+class Options(Body):
+    """A function's options the workers act on. Anything else is refused, never ignored."""
+
+    cpu: float | None = None
+    memory: Int | None = None
+    timeout: Int | None = None
+    scaledown_window: Int | None = None
+    min_containers: Int | None = None
+    retries: dict[str, Any] | None = None
+    max_containers: Int | None = None
+    buffer_containers: Int | None = None
+    gpu: str | None = None  # "T4", "A100:2", "any": placement only (see mm_app/registry.py)
+    block_network: bool | None = None  # the runner's container gets network_mode=none
+    container_runtime: str | None = None  # "runc" or "runsc": placed only on a worker whose containers run under it
+    volumes: dict[str, str] | None = None  # mount path -> volume id (vo-...) of the user
+    concurrent_inputs: Int | None = None  # @minimodal.concurrent(max_inputs=): inputs one runner takes at once
+    batch_max_size: Int | None = None  # @minimodal.batched(max_batch_size=, wait_ms=)
+    batch_wait_ms: Int | None = None
+
+
+class FunctionDef(Body):
+    tag: str
+    code: str = Field(description="base64 cloudpickle of the function")
+    options: dict[str, Any] | None = Field(None, description="see parse_options")
+    image: str | None = None
+    spec: dict[str, Any] | None = None
+    secrets: list[Any] | None = None
+
+
+class NewApp(Body):
+    name: str | None = None
+    functions: list[FunctionDef] = []
+
+    def specs(self) -> list[dict[str, Any]]:
+        """The functions as sent (fields given only), for :func:`register_app`."""
+        return [f.model_dump(exclude_unset=True) for f in self.functions]
+
+
+class AppCreated(Reply):
+    app_id: str
+    functions: dict[str, str]
+    web_urls: dict[str, str]
+
+
+class AppView(Reply):
+    app_id: str
+    name: str
+    state: str = Field(description="ephemeral, deployed, replaced (by a newer version) or stopped")
+    created_at: Timestamp
+    stopped_at: Timestamp | None
+    functions: list[str]
+
+
+class Apps(Reply):
+    apps: list[AppView]
+
+
+class AppStopped(Reply):
+    app_id: str
+    state: str
+
+
+class FunctionView(Reply):
+    function_id: str
+    app_id: str
+    tag: str
+    options: dict[str, Any]
+
+
 _MAY_BE_ZERO = {"min_containers", "buffer_containers", "batch_wait_ms"}
 _AT_MOST = {"concurrent_inputs": 1000, "batch_max_size": 1000, "batch_wait_ms": 600_000}  # as sdk/concurrency.py
 
@@ -72,10 +129,13 @@ def parse_options(tag: str, raw: Any) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise InvalidError(f"function {tag!r}: options must be an object")
-    unknown = sorted(set(raw) - set(_OPTIONS))
+    unknown = sorted(set(raw) - set(Options.model_fields))
     if unknown:
-        raise InvalidError(f"function {tag!r}: unknown options {unknown}; known: {sorted(_OPTIONS)}")
-    options = {name: field(raw, name, kind, required=False) for name, kind in _OPTIONS.items()}
+        raise InvalidError(f"function {tag!r}: unknown options {unknown}; known: {sorted(Options.model_fields)}")
+    try:
+        options = Options.model_validate(raw).model_dump()
+    except ValidationError as exc:
+        raise InvalidError(f"function {tag!r} options: {invalid(exc, Options)}") from None
     if options.get("retries") is not None:
         options["retries"] = _parse_retries(tag, options["retries"])
     if options.get("gpu") is not None:
@@ -101,7 +161,7 @@ def _parse_volumes(raw: dict[str, Any]) -> dict[str, str]:
     """Mount path -> volume id, each volume the user's own (another user's is 404, as if missing)."""
     mounts = {}
     for path, volume_id in raw.items():
-        request = {"kind": "volume", "id": field({"id": volume_id}, "id", str)}
+        request = {"kind": "volume", "id": volume_id}
         mounts[check_mount_path(path)] = objects.resolve(services().redis, g.user.id, request)
     return mounts
 
@@ -119,13 +179,16 @@ def _parse_code(tag: str, text: Any) -> bytes:
 
 
 @bp.post("/apps")
-def create_app_record():  # type: ignore[no-untyped-def]
-    body = json_body("name", "functions")
-    name = field(body, "name", str, required=False)
-    specs = field(body, "functions", list, required=False, default=[])
-    app_id, ids = register_app(name, specs)
-    from .deploys import after_change, web_url
-
+@doc(
+    "Create an app with its functions (code is a base64 cloudpickle)",
+    body=NewApp,
+    reply=AppCreated,
+    ok=201,
+    errors=(404,),
+)
+def create_app_record(body: NewApp):  # type: ignore[no-untyped-def]
+    specs = body.specs()
+    app_id, ids = register_app(body.name, specs)
     webs = {}
     scheduled = False
     for spec in specs:
@@ -151,17 +214,14 @@ def register_app(
     secrets: dict[str, list] = {}  # tag -> its secrets as sent ({"name"} or {"values"}), stored below
     svc = services()
     for spec in specs:
-        if not isinstance(spec, dict):
-            raise InvalidError("each function must be an object with tag, code and options")
-        check_fields(spec, ("tag", "code", "options", "image", "spec", "secrets"), "a function")
-        tag = field(spec, "tag", str)
+        tag = spec["tag"]  # validated by FunctionDef
         if tag in ids:
             raise InvalidError(f"function tag {tag!r} appears twice")
         code = _parse_code(tag, spec.get("code"))
         options = parse_options(tag, spec.get("options"))
         code_hash = hashlib.sha256(code + json.dumps(options, sort_keys=True).encode()).hexdigest()
-        image_id = field(spec, "image", str, required=False)
-        secrets[tag] = field(spec, "secrets", list, required=False, default=[])
+        image_id = spec.get("image")
+        secrets[tag] = spec.get("secrets") or []
         ids[tag] = protocol.new_id("fu")
         extras[ids[tag]] = parse_spec(tag, spec.get("spec"))
         records.append(
@@ -266,13 +326,11 @@ def _attach_image(session: Any, record: FunctionRecord) -> None:
 
 
 def _own_app(session: Any, app_id: str) -> AppRecord:
-    record = session.get(AppRecord, app_id)
-    if record is None or record.user_id != g.user.id:
-        raise NotFoundError(f"no app {app_id!r}")
-    return record
+    return owned(session, AppRecord, app_id, g.user.id, "app")
 
 
 @bp.get("/apps")
+@doc("The user's apps, newest first (at most 200), with their functions' tags", reply=Apps)
 def list_apps():  # type: ignore[no-untyped-def]
     """The user's apps, newest first, with their functions."""
     with services().db.read() as session:
@@ -300,6 +358,7 @@ def list_apps():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/apps/<app_id>/stop")
+@doc("Stop an app", reply=AppStopped, errors=(404,))
 def stop_app(app_id: str):  # type: ignore[no-untyped-def]
     with services().db.write() as session:
         function_ids, cancelled = stop_record(session, _own_app(session, app_id))
@@ -332,15 +391,23 @@ def after_stop(function_ids: list[str]) -> None:
             pipe.sadd(protocol.retired_functions_key(), *function_ids)
             pipe.expire(protocol.retired_functions_key(), 3600)
             pipe.execute()
-    from .deploys import after_change
-
     after_change(g.user.id)
 
 
+def after_change(user_id: int) -> None:
+    """Bring what follows from deployments and apps (schedules) in line with the database."""
+    from ..schedules import reconcile_user
+
+    reconcile_user(services(), user_id)
+
+
+def web_url(user: str, app: str, tag: str) -> str:
+    return f"{request.host_url.rstrip('/')}/web/{user}/{app}/{tag}"
+
+
 @bp.get("/functions/<function_id>")
+@doc("A function's app, tag and options", reply=FunctionView, errors=(404,))
 def get_function(function_id: str):  # type: ignore[no-untyped-def]
     with services().db.read() as session:
-        record = session.get(FunctionRecord, function_id)
-        if record is None or record.user_id != g.user.id:
-            raise NotFoundError(f"no function {function_id!r}")
+        record = owned(session, FunctionRecord, function_id, g.user.id, "function")
         return {"function_id": record.id, "app_id": record.app_id, "tag": record.tag, "options": record.options}

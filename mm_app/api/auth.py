@@ -74,19 +74,6 @@ def require_admin() -> None:
         raise PermissionDeniedError("this needs an admin token")
 
 
-def json_body(*known: str) -> dict[str, Any]:
-    """The request's JSON object; with ``known``, a field outside them is refused (never silently ignored)."""
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:  # nested deeper than the parser goes: not a ValueError, so not silenced
-        body = None
-    if not isinstance(body, dict):
-        raise InvalidError("the request body must be a JSON object")
-    if known:
-        check_fields(body, known, "the request body")
-    return body
-
-
 def seconds(raw: Any, name: str, *, high: float, clamp: bool = False) -> float:
     """A number of seconds from a query or body value: 0 to ``high`` (``clamp``: brought into range)."""
     try:
@@ -99,29 +86,4 @@ def seconds(raw: Any, name: str, *, high: float, clamp: bool = False) -> float:
         return min(max(value, 0.0), high)
     if not 0 <= value <= high:
         raise InvalidError(f"{name} must be between 0 and {high:g} seconds")
-    return value
-
-
-def check_fields(body: dict[str, Any], known: tuple[str, ...], where: str) -> None:
-    unknown = sorted(set(body) - set(known))
-    if unknown:
-        raise InvalidError(f"{where} has unknown fields {unknown[:10]}; known: {sorted(known)}")
-
-
-def field(
-    body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True, default: Any = None
-) -> Any:
-    """One typed field of a JSON body, with a clear error when it is missing or of the wrong type."""
-    if name not in body or body[name] is None:
-        if required:
-            raise InvalidError(f"missing field {name!r}")
-        return default
-    value = body[name]
-    if isinstance(value, bool) and kind in (int, float, (int, float)):
-        raise InvalidError(f"field {name!r} must be a number, not a boolean")
-    if not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise InvalidError(f"field {name!r} must be {names}, got {type(value).__name__}")
-    if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:
-        raise InvalidError(f"field {name!r} is out of range")
     return value

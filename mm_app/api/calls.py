@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import binascii
 import re
-from typing import Any
+from typing import Any, Literal
 
 from flask import Blueprint, Response, g, request
-from sqlalchemy import func, insert, select, update
+from pydantic import Field
+from sqlalchemy import func, select
 
 from minimodal import protocol
 from minimodal.defaults import DEFAULT_LONG_POLL_SECONDS
-from minimodal.exception import InvalidError, NotFoundError, OutputExpiredError, PayloadTooLargeError
-from minimodal.protocol import TERMINAL, CallStatus, PendingEntry
+from minimodal.exception import InvalidError, OutputExpiredError, PayloadTooLargeError
+from minimodal.protocol import TERMINAL, CallStatus
 
 from ..cancel import cancel_calls
 from ..dispatcher import dispatch_direct
-from ..models import AppRecord, AttemptRecord, CallRecord, FunctionRecord, InputRecord, utcnow
-from .auth import authenticate, field, json_body, seconds
+from ..models import AttemptRecord, CallRecord, FunctionRecord, InputRecord
+from ..ownership import check_owner, owned
+from ..submit import add_input_records, queue_inputs, submit_call
+from .auth import authenticate, seconds
+from .schema import Body, Doc, Int, Query, Reply, Timestamp
 from .services import services
 from .streams import encode_entry
 
@@ -28,12 +32,94 @@ MAX_INPUTS_PER_REQUEST = 1000
 INPUTS_SHOWN = 100  # GET /v1/calls/{id} details this many inputs (statuses count them all)
 _CURSOR = re.compile(r"^\d+-\d+$")
 _CALL_ID = re.compile(r"^fc-[A-Za-z0-9]{16}$")
+doc = Doc("calls")
 
 
-def _parse_inputs(body: dict[str, Any]) -> list[bytes]:
+class Inputs(Body):
+    inputs: list[dict[str, Any]] = Field(
+        description="each {args: base64 pickle of (args, kwargs)} or {blob: id from PUT /v1/blobs}; at most 1000"
+    )
+    more: bool = Field(False, description="keep the call open for more inputs (a .map)")
+
+
+class NewCall(Inputs):
+    wait: float = Field(0, description="seconds to wait for outputs in the reply (0-60)")
+    logs: bool = Field(False, description="with wait: return printed lines too")
+    call_id: str | None = Field(None, description="the client's own id (fc-...), so that a retry is not a second call")
+
+
+class MoreInputs(Inputs):
+    first: Int | None = Field(None, description="the index the client expects these inputs to start at")
+
+
+class Envelope(Reply):
+    idx: int = Field(description="input index")
+    status: Literal["completed", "failed", "dead_letter", "cancelled"] = Field(description="terminal status")
+    data: str = Field(description="base64 pickle of the return value or exception")
+    blob: str = Field(description="blob id when the pickle was too large to inline")
+    error_type: str = Field(description="minimodal.exception name of a platform-side failure")
+    message: str
+    traceback: str
+
+
+class Accepted(Reply):
+    call_id: str
+    first: int
+    count: int
+
+
+class CallStarted(Accepted):
+    outputs: list[Envelope]
+    cursor: str
+
+
+class CallView(Reply):
+    call_id: str
+    function_id: str
+    num_inputs: int
+    accepting: bool
+    parent_call_id: str | None = Field(description="the call that made this one")
+    statuses: dict[str, int]
+    done: bool
+
+
+class Cancelled(Reply):
+    call_id: str
+    cancelled: int
+
+
+class Attempt(Reply):
+    index: int
+    attempt: int
+    status: str
+    error: str
+    worker: str
+    started_at: Timestamp
+    finished_at: Timestamp
+
+
+class Attempts(Reply):
+    attempts: list[Attempt]
+
+
+class OutputsAfter(Query):
+    cursor: str = Field("0-0", pattern=_CURSOR.pattern, description="the previous reply's cursor; `0-0` from the start")
+    timeout: float = Field(DEFAULT_LONG_POLL_SECONDS, description="seconds to wait for the first output (0-60)")
+
+
+class Outputs(Reply):
+    outputs: list[Envelope]
+    cursor: str
+
+
+class BlobStored(Reply):
+    blob_id: str
+    size: int
+
+
+def _parse_inputs(inputs: list[dict[str, Any]]) -> list[bytes]:
     """The request's inputs as opaque payloads: checked for pickle framing, never unpickled."""
     svc = services()
-    inputs = field(body, "inputs", list)
     if len(inputs) > MAX_INPUTS_PER_REQUEST:
         raise InvalidError(f"at most {MAX_INPUTS_PER_REQUEST} inputs per request, got {len(inputs)}")
     payloads = []
@@ -42,8 +128,8 @@ def _parse_inputs(body: dict[str, Any]) -> list[bytes]:
             raise InvalidError(f"input {i}: give exactly one of 'args' (base64 pickle) or 'blob' (blob id)")
         if "blob" in item:
             blob_id = item["blob"]
-            if not isinstance(blob_id, str) or svc.payloads.blob_owner(blob_id) != g.user.id:
-                raise NotFoundError(f"input {i}: no blob {blob_id!r}")
+            owner = svc.payloads.blob_owner(blob_id) if isinstance(blob_id, str) else None
+            check_owner(owner, g.user.id, f"blob (input {i})", blob_id)
             payloads.append(protocol.blob_ref(blob_id))
             continue
         if not isinstance(item["args"], str):
@@ -60,49 +146,6 @@ def _parse_inputs(body: dict[str, Any]) -> list[bytes]:
             raise InvalidError(f"input {i}: 'args' is not a pickle (expected a protocol 2-5 header and STOP byte)")
         payloads.append(data)
     return payloads
-
-
-def _enqueue(call_id: str, function_id: str, first: int, payloads: list[bytes]) -> None:
-    if not payloads:
-        return
-    svc = services()
-    svc.pending.enqueue(
-        g.user.id,
-        PendingEntry(call_id, function_id, first, first + len(payloads)),
-        inputs={str(first + i): p for i, p in enumerate(payloads)},
-        ttl=svc.settings["result_ttl"],
-        front=bool(getattr(g, "scoped", False) and request.headers.get(PARENT_HEADER)),
-    )
-    if svc.settings["direct_dispatch"]:
-        dispatch_direct(svc.pending, svc.celery, g.user.id)
-
-
-def _add_inputs(session: Any, call_id: str, first: int, count: int) -> None:
-    if count:
-        now = utcnow()
-        session.execute(
-            insert(InputRecord.__table__),
-            [
-                {
-                    "call_id": call_id,
-                    "idx": first + i,
-                    "status": CallStatus.QUEUED.value,
-                    "attempts": 0,
-                    "created_at": now,
-                }
-                for i in range(count)
-            ],
-        )
-
-
-def _fail_unqueued(call_id: str, first: int, count: int, why: str) -> None:
-    """Redis refused the inputs after the database took them: end them visibly rather than leave them."""
-    with services().db.write() as session:
-        session.execute(
-            update(InputRecord)
-            .where(InputRecord.call_id == call_id, InputRecord.idx >= first, InputRecord.idx < first + count)
-            .values(status=CallStatus.FAILED.value, error=why, finished_at=utcnow())
-        )
 
 
 def _encode_envelope(fields: dict[str, bytes]) -> dict[str, Any]:
@@ -122,60 +165,40 @@ def _parse_wait(raw: Any, name: str) -> float:
 
 
 @bp.post("/functions/<function_id>/calls")
-def create_call(function_id: str):  # type: ignore[no-untyped-def]
+@doc("Start a function call with its first inputs", body=NewCall, reply=CallStarted, ok=201, errors=(404, 429))
+def create_call(function_id: str, body: NewCall):  # type: ignore[no-untyped-def]
     """Start a function call with its first inputs; ``more: true`` keeps it open for a .map."""
     services().rate_limiter.check(g.user.id)
-    body = json_body("inputs", "more", "wait", "call_id", "logs")
-    more = field(body, "more", bool, required=False, default=False)
-    wait = _parse_wait(body.get("wait", 0), "wait")
-    payloads = _parse_inputs(body)
+    more = body.more
+    wait = _parse_wait(body.wait, "wait")
+    payloads = _parse_inputs(body.inputs)
     if not payloads and not more:
         raise InvalidError("a call needs at least one input")
     svc = services()
-    call_id = field(body, "call_id", str, required=False) or protocol.new_id("fc")
+    call_id = body.call_id or protocol.new_id("fc")
     if not _CALL_ID.match(call_id):
         raise InvalidError("call_id must look like 'fc-' and 16 letters or digits (or be left out)")
-    with svc.db.write_core() as session:
-        # Core statements: this is every call's path, and the ORM would load the function's code too.
-        found = session.execute(
-            select(FunctionRecord.user_id, AppRecord.state)
-            .join(AppRecord, AppRecord.id == FunctionRecord.app_id)
-            .where(FunctionRecord.id == function_id)
-        ).first()
-        if found is None or found.user_id != g.user.id:
-            raise NotFoundError(f"no function {function_id!r}")
-        if found.state == "stopped":
-            raise NotFoundError(f"the app of function {function_id!r} is stopped; run it again")
-        owner = session.execute(select(CallRecord.user_id).where(CallRecord.id == call_id)).scalar()
-        if owner is not None and owner != g.user.id:
-            raise InvalidError(f"the call id {call_id} is taken; leave call_id out to get a fresh one")
-        accepted_before = owner is not None  # the client retried a request whose answer it never got
-        if not accepted_before:
-            session.execute(
-                insert(CallRecord).values(
-                    id=call_id,
-                    function_id=function_id,
-                    user_id=g.user.id,
-                    num_inputs=len(payloads),
-                    accepting=more,
-                    created_at=utcnow(),
-                    parent_call_id=_parent_call(session),
-                )
-            )
-            _add_inputs(session, call_id, 0, len(payloads))
-    # A retry enqueues only if the first try stopped between the database and Redis (no payload stored).
-    if not accepted_before or not svc.redis.hexists(protocol.inputs_key(call_id), "0"):
-        try:
-            _enqueue(call_id, function_id, 0, payloads)
-        except Exception:
-            _fail_unqueued(call_id, 0, len(payloads), "Redis refused the inputs at submission")
-            raise
+    parent = _parent_call()
+    submit_call(
+        svc.db,
+        svc.pending,
+        user_id=g.user.id,
+        function_id=function_id,
+        payloads=payloads,
+        ttl=svc.settings["result_ttl"],
+        call_id=call_id,
+        more=more,
+        parent_call_id=parent,
+        front=parent is not None,
+    )
+    if payloads and svc.settings["direct_dispatch"]:
+        dispatch_direct(svc.pending, svc.celery, g.user.id)  # nobody else waits: no dispatcher pass needed
     reply: dict[str, Any] = {"call_id": call_id, "first": 0, "count": len(payloads)}
     if wait > 0:
         envelopes, cursor = svc.payloads.read_outputs(call_id, "0-0", int(wait * 1000))
         reply["outputs"] = [_encode_envelope(e) for e in envelopes]
         reply["cursor"] = cursor
-        if envelopes and field(body, "logs", bool, required=False, default=False):
+        if envelopes and body.logs:
             # The call is over: what it printed comes back with its result, in the same round trip.
             entries = svc.payloads.read_streams({protocol.logs_key(call_id): "0-0"}, 0, count=5000)
             reply["logs"] = [encode_entry("logs", entry_id, fields) for _, entry_id, fields in entries]
@@ -185,31 +208,27 @@ def create_call(function_id: str):  # type: ignore[no-untyped-def]
 PARENT_HEADER = "X-MiniModal-Parent-Call"  # sent by a worker forwarding a function's call (mm_app/tasks/forward.py)
 
 
-def _parent_call(session: Any) -> str | None:
+def _parent_call() -> str | None:
     """The call whose code makes this one: named by the worker, believed only from a worker-scoped token
-    and only when that call is the same user's."""
+    (and recorded only when that call is the same user's, by submit_call)."""
     parent = request.headers.get(PARENT_HEADER)
     if not parent or not getattr(g, "scoped", False) or not _CALL_ID.match(parent):
         return None
-    owner = session.execute(select(CallRecord.user_id).where(CallRecord.id == parent)).scalar()
-    return parent if owner == g.user.id else None
+    return parent
 
 
 def _own_call(session: Any, call_id: str) -> CallRecord:
-    call = session.get(CallRecord, call_id)
-    if call is None or call.user_id != g.user.id:
-        raise NotFoundError(f"no function call {call_id!r}")
-    return call
+    return owned(session, CallRecord, call_id, g.user.id, "function call")
 
 
 @bp.post("/calls/<call_id>/inputs")
-def add_inputs(call_id: str):  # type: ignore[no-untyped-def]
+@doc("Add inputs to an open call (.map)", body=MoreInputs, reply=Accepted, errors=(404, 429))
+def add_inputs(call_id: str, body: MoreInputs):  # type: ignore[no-untyped-def]
     """Append inputs to an open call (a .map in progress); ``more: false`` closes it."""
     services().rate_limiter.check(g.user.id)
-    body = json_body("inputs", "more", "first")
-    more = field(body, "more", bool, required=False, default=False)
-    payloads = _parse_inputs(body)
-    expected = field(body, "first", int, required=False)
+    more = body.more
+    payloads = _parse_inputs(body.inputs)
+    expected = body.first
     with services().db.write() as session:
         call = _own_call(session, call_id)
         if expected is not None and expected < call.num_inputs:
@@ -223,16 +242,26 @@ def add_inputs(call_id: str):  # type: ignore[no-untyped-def]
         call.num_inputs += len(payloads)
         call.accepting = more
         function_id = call.function_id
-        _add_inputs(session, call_id, first, len(payloads))
-    try:
-        _enqueue(call_id, function_id, first, payloads)
-    except Exception:
-        _fail_unqueued(call_id, first, len(payloads), "Redis refused the inputs at submission")
-        raise
+        add_input_records(session, call_id, first, len(payloads))
+    svc = services()
+    queue_inputs(
+        svc.db,
+        svc.pending,
+        user_id=g.user.id,
+        function_id=function_id,
+        call_id=call_id,
+        first=first,
+        payloads=payloads,
+        ttl=svc.settings["result_ttl"],
+        front=_parent_call() is not None,
+    )
+    if payloads and svc.settings["direct_dispatch"]:
+        dispatch_direct(svc.pending, svc.celery, g.user.id)
     return {"call_id": call_id, "first": first, "count": len(payloads)}
 
 
 @bp.get("/calls/<call_id>")
+@doc("A call's inputs by status", reply=CallView, errors=(404,))
 def get_call(call_id: str):  # type: ignore[no-untyped-def]
     with services().db.read() as session:
         call = _own_call(session, call_id)
@@ -275,6 +304,11 @@ def get_call(call_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/calls/<call_id>/cancel")
+@doc(
+    "Cancel what has not ended of a call and of the calls it made: each such input ends cancelled",
+    reply=Cancelled,
+    errors=(404,),
+)
 def cancel_call(call_id: str):  # type: ignore[no-untyped-def]
     """``FunctionCall.cancel()``: what has not ended of the call (and of the calls it made) ends ``cancelled``."""
     svc = services()
@@ -287,6 +321,7 @@ def cancel_call(call_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/calls/<call_id>/attempts")
+@doc("Every attempt at every input of a call", reply=Attempts, errors=(404,))
 def get_attempts(call_id: str):  # type: ignore[no-untyped-def]
     """Every attempt at every input of the call: number, status, error, worker, start and end."""
     with services().db.read() as session:
@@ -311,12 +346,11 @@ def get_attempts(call_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/calls/<call_id>/outputs")
-def get_outputs(call_id: str):  # type: ignore[no-untyped-def]
+@doc("Outputs after a cursor (long-poll)", query=OutputsAfter, reply=Outputs, errors=(404, 410))
+def get_outputs(call_id: str, query: OutputsAfter):  # type: ignore[no-untyped-def]
     """Outputs after ``cursor``, waiting up to ``timeout`` seconds for the first (long-poll)."""
-    cursor = request.args.get("cursor", "0-0")
-    if not _CURSOR.match(cursor):
-        raise InvalidError("cursor must look like '<ms>-<seq>' (use the cursor of the previous reply)")
-    wait = _parse_wait(request.args.get("timeout", DEFAULT_LONG_POLL_SECONDS), "timeout")
+    cursor = query.cursor
+    wait = _parse_wait(query.timeout, "timeout")
     svc = services()
     with svc.db.read() as session:
         _own_call(session, call_id)
@@ -334,6 +368,7 @@ def get_outputs(call_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.put("/blobs")
+@doc("Upload a large payload (streamed body)", raw_body="application/octet-stream", reply=BlobStored, ok=201)
 def put_blob():  # type: ignore[no-untyped-def]
     """Store a large payload from a streamed request body; answer its id."""
     svc = services()
@@ -345,8 +380,8 @@ def put_blob():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/blobs/<blob_id>")
+@doc("Download a blob", reply=bytes, media="application/octet-stream", errors=(404,))
 def get_blob(blob_id: str):  # type: ignore[no-untyped-def]
     svc = services()
-    if svc.payloads.blob_owner(blob_id) != g.user.id:
-        raise NotFoundError(f"no blob {blob_id!r}")
+    check_owner(svc.payloads.blob_owner(blob_id), g.user.id, "blob", blob_id)
     return Response(svc.payloads.iter_blob(blob_id), mimetype="application/octet-stream")

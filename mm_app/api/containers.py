@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, g, request
 from flask_sock import Sock
+from pydantic import Field
 from sqlalchemy import select
 
 from minimodal import protocol
@@ -21,12 +22,63 @@ from minimodal.exception import BY_NAME, InvalidError, NotFoundError, ServiceErr
 
 from .. import registry
 from ..models import AppRecord, FunctionRecord
-from .auth import authenticate, field, json_body, token_revoked
+from ..ownership import owned
+from .auth import authenticate, token_revoked
+from .schema import Body, Doc, Query, Reply
 from .services import services
 
 bp = Blueprint("containers", __name__, url_prefix="/v1")
 bp.before_request(authenticate)
 sock = Sock()
+doc = Doc("containers")
+
+
+class Container(Reply):
+    id: str
+    app: str
+    app_name: str
+    function: str
+    function_id: str
+    runtime: str
+    worker: str
+    started_at: float
+    sandbox: bool
+
+
+class Containers(Reply):
+    containers: list[Container]
+
+
+class ContainerLogs(Reply):
+    logs: list[dict[str, Any]]
+
+
+class Stopped(Reply):
+    stopped: str
+
+
+class Command(Body):
+    cmd: list[str]
+    timeout: float = Field(60, description="seconds, at most EXEC_TIMEOUT_MAX")
+
+
+class Finished(Reply):
+    exit_code: int
+    output: str = Field(json_schema_extra={"format": "byte"})
+
+
+class Shell(Reply):
+    container_id: str
+    worker: str
+
+
+class Terminal(Query):
+    cmd: str = Field('["/bin/sh"]', description="JSON list: the command (default a shell)")
+    rows: int = Field(24, ge=1, le=10_000, description="terminal rows")
+    cols: int = Field(80, ge=1, le=10_000, description="terminal columns")
+    secrets: str = Field("0", description="1: the function's secrets in its environment")
+    stop_after: str = Field("0", description="1: stop the container when the terminal ends")
+
 
 CONTROL_WAIT_SECONDS = 30  # how long the API waits for a worker to answer a stop, a tty or a sandbox
 EXEC_TIMEOUT_MAX = 600  # seconds `container exec` may run at most
@@ -82,16 +134,19 @@ def control(worker_id: str, op: str, wait: float = CONTROL_WAIT_SECONDS, **field
 
 
 @bp.get("/containers")
+@doc("The user's running containers (runners): app, function, worker, start time", reply=Containers)
 def list_containers():  # type: ignore[no-untyped-def]
     return {"containers": _containers()}
 
 
 @bp.get("/containers/<container_id>")
+@doc("One running container", reply=Container, errors=(404,))
 def get_container(container_id: str):  # type: ignore[no-untyped-def]
     return _own_container(container_id)
 
 
 @bp.get("/containers/<container_id>/logs")
+@doc("What the inputs that ran in the container printed", reply=ContainerLogs, errors=(404,))
 def container_logs(container_id: str):  # type: ignore[no-untyped-def]
     """What the inputs that ran in this container printed (from its app's log stream)."""
     item = _own_container(container_id)
@@ -103,19 +158,19 @@ def container_logs(container_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/containers/<container_id>/stop")
+@doc("Stop the container (an input running there is retried by its policy)", reply=Stopped, errors=(404, 503))
 def stop_container(container_id: str):  # type: ignore[no-untyped-def]
     item = _own_container(container_id)
     return control(item["worker"], "stop", container=container_id)
 
 
 @bp.post("/containers/<container_id>/exec")
-def exec_in_container(container_id: str):  # type: ignore[no-untyped-def]
+@doc("Run a command in the container to its end", body=Command, reply=Finished, errors=(404, 503))
+def exec_in_container(container_id: str, body: Command):  # type: ignore[no-untyped-def]
     """Run a command in the container to its end: ``{"cmd": [...], "timeout": s}`` -> exit code and output."""
-    body = json_body("cmd", "timeout")
-    cmd = field(body, "cmd", list)
-    if not cmd or not all(isinstance(part, str) for part in cmd):
+    cmd, timeout = body.cmd, body.timeout
+    if not cmd:
         raise InvalidError("cmd must be a non-empty list of strings")
-    timeout = field(body, "timeout", (int, float), required=False, default=60)
     if not 0 < timeout <= EXEC_TIMEOUT_MAX:
         raise InvalidError(f"timeout must be above 0 and at most {EXEC_TIMEOUT_MAX} s")
     item = _own_container(container_id)
@@ -123,12 +178,15 @@ def exec_in_container(container_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/functions/<function_id>/shell")
+@doc(
+    "Start a container of the function that runs no input, for a terminal (minimodal shell)",
+    reply=Shell,
+    errors=(404, 503),
+)
 def start_shell(function_id: str):  # type: ignore[no-untyped-def]
     """Start a container of the function (its image, volumes, secrets) that runs no input: ``minimodal shell``."""
     with services().db.read() as session:
-        record = session.get(FunctionRecord, function_id)
-        if record is None or record.user_id != g.user.id:
-            raise NotFoundError(f"no function {function_id!r}")
+        record = owned(session, FunctionRecord, function_id, g.user.id, "function")
         needs_docker = record.image_tag is not None
     runtime = "docker" if needs_docker else "process"
     workers = [w for w in registry.live_workers(services().redis) if runtime in w.get("runtimes", [])]
@@ -143,7 +201,17 @@ def start_shell(function_id: str):  # type: ignore[no-untyped-def]
 
 
 @sock.route("/containers/<container_id>/tty", bp=bp)
-def tty(ws: Any, container_id: str) -> None:
+@doc(
+    "WebSocket of a terminal in the container",
+    query=Terminal,
+    ok=101,
+    errors=(404,),
+    description=(
+        'Upgrade to a WebSocket. The client sends `{"in": base64}`, `{"resize": [rows, cols]}`, '
+        '`{"close": true}`; the server sends `{"out": base64}`, then `{"exit": code}`.'
+    ),
+)
+def tty(ws: Any, container_id: str, query: Terminal) -> None:
     """A terminal in the container: ``?cmd=`` (JSON list, default a shell), ``rows``/``cols``, ``secrets=1``,
     ``stop_after=1`` (stop the container when the terminal ends: ``minimodal shell``).
 
@@ -152,12 +220,12 @@ def tty(ws: Any, container_id: str) -> None:
     """
     item = _own_container(container_id)
     try:
-        cmd = json.loads(request.args.get("cmd") or '["/bin/sh"]')
+        cmd = json.loads(query.cmd or '["/bin/sh"]')
     except ValueError as exc:
         raise InvalidError("cmd must be a JSON list of strings") from exc
     if not isinstance(cmd, list) or not cmd or not all(isinstance(c, str) for c in cmd):
         raise InvalidError("cmd must be a JSON list of strings")
-    size = [int(request.args.get("rows", 24)), int(request.args.get("cols", 80))]
+    size = [query.rows, query.cols]
     session = protocol.new_id("tt")
     control(
         item["worker"],
@@ -166,8 +234,8 @@ def tty(ws: Any, container_id: str) -> None:
         session=session,
         cmd=cmd,
         size=size,
-        secrets=request.args.get("secrets") == "1",
-        stop_after=request.args.get("stop_after") == "1",
+        secrets=query.secrets == "1",
+        stop_after=query.stop_after == "1",
     )
     redis, in_key, out_key = services().redis, protocol.tty_in_key(session), protocol.tty_out_key(session)
     import threading

@@ -12,9 +12,20 @@ from flask import Blueprint, Response, render_template
 
 from minimodal.protocol import CallStatus
 
+from .schema import Doc
+
 bp = Blueprint(
     "dashboard", __name__, static_folder="static", static_url_path="/dashboard/static", template_folder="templates"
 )
+doc = Doc("operations", security="none")
+# Flask adds the static route when the blueprint is registered, with this attribute as its view.
+bp.send_static_file = doc(  # type: ignore[method-assign]
+    "The dashboard's script, style sheet and charting library",
+    reply=bytes,
+    media="application/octet-stream",
+    errors=(404,),
+    params={"filename": "file name"},
+)(bp.send_static_file)
 
 POLL_SECONDS = 1.5  # how often the page asks /stats; the issue asks for 1-2 s
 SHOWN_STATUSES = ("queued", "running", "completed", "failed", "dead_letter")  # the cards and the chart's series
@@ -29,6 +40,7 @@ assert set(SHOWN_STATUSES) <= {s.value for s in CallStatus}
 
 
 @bp.get("/dashboard")
+@doc("The operator's dashboard (HTML; asks for a token, then polls /stats)", reply=str, media="text/html")
 def dashboard() -> Response:
     page = render_template(
         "dashboard.html", statuses=SHOWN_STATUSES, poll_ms=int(POLL_SECONDS * 1000), chart_js=CHART_JS

@@ -7,7 +7,10 @@ attempt sequence; when it then succeeds, the call completes and ``get()`` return
 
 from __future__ import annotations
 
-from flask import Blueprint, g, request
+from typing import Literal
+
+from flask import Blueprint, g
+from pydantic import Field
 from sqlalchemy import func, select, update
 
 from minimodal import protocol
@@ -15,43 +18,68 @@ from minimodal.exception import InvalidError, NotFoundError
 from minimodal.protocol import CallStatus, PendingEntry
 
 from ..models import DeadLetterRecord, FunctionRecord, InputRecord, utcnow
+from ..ownership import owned
 from .auth import MAX_INT, authenticate
+from .schema import Doc, Query, Reply, Timestamp
 from .services import services
 
 bp = Blueprint("deadletters", __name__)
 bp.before_request(authenticate)
+doc = Doc("dead letters")
 
 MAX_PER_PAGE = 200
 MAX_PAGE = 10**9  # far past any real list, and far inside the database's integers
 
 
-def _page_args() -> tuple[int, int]:
-    try:
-        page, per_page = int(request.args.get("page", 1)), int(request.args.get("per_page", 50))
-    except ValueError as exc:
-        raise InvalidError("page and per_page must be whole numbers") from exc
-    if not 1 <= page <= MAX_PAGE or not 1 <= per_page <= MAX_PER_PAGE:
-        raise InvalidError(f"page starts at 1; per_page is 1 to {MAX_PER_PAGE}")
-    return page, per_page
+class Page(Query):
+    page: int = Field(1, ge=1, le=MAX_PAGE, description="page number, from 1")
+    per_page: int = Field(50, ge=1, le=MAX_PER_PAGE, description=f"entries per page (1-{MAX_PER_PAGE})")
+    state: Literal["open", "retried", "all"] = Field("open", description="open (default), retried or all")
+
+
+class DeadLetter(Reply):
+    id: int
+    call_id: str
+    index: int
+    function_id: str
+    function: str
+    attempts: int
+    error: str
+    traceback: str
+    state: Literal["open", "retried"]
+    created_at: Timestamp
+    retried_at: Timestamp | None
+
+
+class DeadLetters(Reply):
+    items: list[DeadLetter]
+    page: int
+    per_page: int
+    total: int
+
+
+class Retried(Reply):
+    id: int
+    call_id: str
+    index: int
+    state: str
 
 
 @bp.get("/dead-letter-queue")
-def list_dead_letters():  # type: ignore[no-untyped-def]
-    page, per_page = _page_args()
-    state = request.args.get("state", "open")
-    if state not in ("open", "retried", "all"):
-        raise InvalidError("state is open, retried or all")
-    query = select(DeadLetterRecord, FunctionRecord.tag).join(
+@doc("Inputs whose retries ran out (a user's own; an admin sees all)", query=Page, reply=DeadLetters)
+def list_dead_letters(query: Page):  # type: ignore[no-untyped-def]
+    page, per_page, state = query.page, query.per_page, query.state
+    selected = select(DeadLetterRecord, FunctionRecord.tag).join(
         FunctionRecord, FunctionRecord.id == DeadLetterRecord.function_id
     )
     if not g.user.is_admin:
-        query = query.where(DeadLetterRecord.user_id == g.user.id)
+        selected = selected.where(DeadLetterRecord.user_id == g.user.id)
     if state != "all":
-        query = query.where(DeadLetterRecord.state == state)
+        selected = selected.where(DeadLetterRecord.state == state)
     with services().db.read() as session:
-        total = session.scalar(select(func.count()).select_from(query.subquery()))
+        total = session.scalar(select(func.count()).select_from(selected.subquery()))
         rows = session.execute(
-            query.order_by(DeadLetterRecord.id.desc()).offset((page - 1) * per_page).limit(per_page)
+            selected.order_by(DeadLetterRecord.id.desc()).offset((page - 1) * per_page).limit(per_page)
         ).all()
         items = [
             {
@@ -73,12 +101,13 @@ def list_dead_letters():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/dead-letter-queue/<int:dead_letter_id>/retry")
+@doc("Queue a dead-lettered input again", reply=Retried, errors=(404,), params={"dead_letter_id": "dead-letter entry"})
 def retry_dead_letter(dead_letter_id: int):  # type: ignore[no-untyped-def]
     svc = services()
     with svc.db.write() as session:
-        record = session.get(DeadLetterRecord, dead_letter_id) if dead_letter_id <= MAX_INT else None
-        if record is None or (record.user_id != g.user.id and not g.user.is_admin):
-            raise NotFoundError(f"no dead letter {dead_letter_id}")
+        if dead_letter_id > MAX_INT:  # the database's integers end there
+            raise NotFoundError(f"no dead letter {dead_letter_id!r}")
+        record = owned(session, DeadLetterRecord, dead_letter_id, g.user.id, "dead letter", admin=g.user.is_admin)
         if record.state != "open":
             raise InvalidError(f"dead letter {dead_letter_id} was retried already")
         if not svc.redis.hexists(protocol.inputs_key(record.call_id), str(record.idx)):

@@ -14,7 +14,8 @@ import json
 import re
 from typing import Any
 
-from flask import Blueprint, g, request
+from flask import Blueprint, g
+from pydantic import Field
 from sqlalchemy import func, select
 
 from minimodal import protocol
@@ -22,9 +23,11 @@ from minimodal.exception import InvalidError, NotFoundError
 
 from .. import sandboxes, vault
 from ..models import AppRecord, CallRecord, DeploymentRecord, FunctionRecord, FunctionSpecRecord, InputRecord, utcnow
+from ..ownership import owned
 from ..registry import needs_of, task_limit
-from .apps import after_stop, parse_options, register_app, stop_record
-from .auth import authenticate, field, json_body
+from .apps import NewApp, after_change, after_stop, parse_options, register_app, stop_record, web_url
+from .auth import authenticate
+from .schema import Body, Doc, Reply
 from .services import services
 
 bp = Blueprint("deploys", __name__, url_prefix="/v1")
@@ -32,16 +35,58 @@ bp.before_request(authenticate)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 HISTORY_CALLS = 50  # ``history`` shows this many of the newest calls
+doc = Doc("deployments")
+_NAMED = {"name": "the deployed app's name"}
+
+
+class NewDeployment(NewApp):
+    name: str  # a deployed app needs one
+
+
+class Deployed(Reply):
+    app_id: str
+    name: str
+    version: int
+    functions: dict[str, str] = Field(description="tag -> function id")
+    web_urls: dict[str, str]
+
+
+class DeployedFunction(Reply):
+    function_id: str
+    app_id: str
+    version: int
+    spec: dict[str, Any]
+    web_url: str
+
+
+class DeploymentStopped(Reply):
+    name: str
+    app_id: str
+    version: int
+    state: str
+
+
+class History(Reply):
+    name: str
+    versions: list[Any]
+    calls: list[Any]
+
+
+class NewVariant(Body):
+    options: dict[str, Any]
+    secrets: list[Any] | None = Field(None, description="deploy specs, as in POST /v1/apps")
+
+
+class Variant(Reply):
+    function_id: str
+    tag: str
+    options: dict[str, Any]
 
 
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidError(f"app name {name!r}: give 1-64 letters, digits, '-', '_' or '.' (a deployed app needs one)")
     return name
-
-
-def web_url(user: str, app: str, tag: str) -> str:
-    return f"{request.host_url.rstrip('/')}/web/{user}/{app}/{tag}"
 
 
 def current(session: Any, user_id: int, name: str) -> tuple[DeploymentRecord, AppRecord] | None:
@@ -57,18 +102,17 @@ def current(session: Any, user_id: int, name: str) -> tuple[DeploymentRecord, Ap
     return deployment, session.get(AppRecord, deployment.app_id)
 
 
-def after_change(user_id: int) -> None:
-    """Bring what follows from deployments (schedules) in line with the database."""
-    from ..schedules import reconcile_user
-
-    reconcile_user(services(), user_id)
-
-
 @bp.post("/deployments")
-def deploy():  # type: ignore[no-untyped-def]
-    body = json_body()
-    name = check_name(body.get("name"))
-    specs = field(body, "functions", list, required=False, default=[])
+@doc(
+    "Deploy a new version of a named app (body as POST /v1/apps); it becomes the current version",
+    body=NewDeployment,
+    reply=Deployed,
+    ok=201,
+    errors=(404,),
+)
+def deploy(body: NewDeployment):  # type: ignore[no-untyped-def]
+    name = check_name(body.name)
+    specs = body.specs()
     found: dict[str, Any] = {}
 
     def switch(session: Any, app_id: str, records: list[FunctionRecord]) -> None:
@@ -93,6 +137,12 @@ def deploy():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/deployments/<name>/functions/<tag>")
+@doc(
+    "Look up a function of the current version of a deployed app",
+    reply=DeployedFunction,
+    errors=(404,),
+    params={**_NAMED, "tag": "the function's tag"},
+)
 def lookup(name: str, tag: str):  # type: ignore[no-untyped-def]
     """The current version's function ``tag`` (``Function.from_name``)."""
     with services().db.read() as session:
@@ -120,6 +170,12 @@ def lookup(name: str, tag: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/deployments/<name>/stop")
+@doc(
+    "Stop the current version of a deployed app (its schedules stop too)",
+    reply=DeploymentStopped,
+    errors=(404,),
+    params=_NAMED,
+)
 def stop(name: str):  # type: ignore[no-untyped-def]
     with services().db.write() as session:
         found = current(session, g.user.id, name)
@@ -133,6 +189,7 @@ def stop(name: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/deployments/<name>/history")
+@doc("A deployed app's versions and its newest calls", reply=History, errors=(404,), params=_NAMED)
 def history(name: str):  # type: ignore[no-untyped-def]
     """Every version of ``name`` (newest first) and its newest calls, scheduled runs included."""
     with services().db.read() as session:
@@ -185,96 +242,22 @@ def history(name: str):  # type: ignore[no-untyped-def]
         }
 
 
-def openapi_paths() -> dict[str, Any]:
-    """This blueprint's part of ``/openapi.json``."""
-    from .openapi import _obj, _op, _path, _str
-
-    name = _path("name", "the deployed app's name")
-    functions = {"type": "object", "additionalProperties": _str(), "description": "tag -> function id"}
-    return {
-        "/v1/deployments": {
-            "post": _op(
-                "Deploy a new version of a named app (body as POST /v1/apps); it becomes the current version",
-                "deployments",
-                ok="201",
-                body=_obj({"name": _str(), "functions": {"type": "array", "items": {"type": "object"}}}, ["name"]),
-                reply=_obj(
-                    {
-                        "app_id": _str(),
-                        "name": _str(),
-                        "version": {"type": "integer"},
-                        "functions": functions,
-                        "web_urls": {"type": "object", "additionalProperties": _str()},
-                    }
-                ),
-                errors=("400", "404"),
-            )
-        },
-        "/v1/deployments/{name}/functions/{tag}": {
-            "get": _op(
-                "Look up a function of the current version of a deployed app",
-                "deployments",
-                params=[name, _path("tag", "the function's tag")],
-                reply=_obj(
-                    {
-                        "function_id": _str(),
-                        "app_id": _str(),
-                        "version": {"type": "integer"},
-                        "spec": {"type": "object"},
-                        "web_url": _str(),
-                    }
-                ),
-                errors=("404",),
-            )
-        },
-        "/v1/deployments/{name}/stop": {
-            "post": _op(
-                "Stop the current version of a deployed app (its schedules stop too)",
-                "deployments",
-                params=[name],
-                reply=_obj({"name": _str(), "app_id": _str(), "version": {"type": "integer"}, "state": _str()}),
-                errors=("404",),
-            )
-        },
-        "/v1/functions/{function_id}/variants": {
-            "post": _op(
-                "The same function with other options (with_options); one variant per option set",
-                "deployments",
-                ok="201",
-                params=[_path("function_id", "function id (fu-...)")],
-                body=_obj(
-                    {"options": {"type": "object"}, "secrets": {"type": "array", "items": {"type": "object"}}},
-                    ["options"],
-                ),
-                reply=_obj({"function_id": _str(), "tag": _str(), "options": {"type": "object"}}),
-                errors=("400", "404"),
-            )
-        },
-        "/v1/deployments/{name}/history": {
-            "get": _op(
-                "A deployed app's versions and its newest calls",
-                "deployments",
-                params=[name],
-                reply=_obj({"name": _str(), "versions": {"type": "array"}, "calls": {"type": "array"}}),
-                errors=("404",),
-            )
-        },
-    }
-
-
 @bp.post("/functions/<function_id>/variants")
-def variant(function_id: str):  # type: ignore[no-untyped-def]
+@doc(
+    "The same function with other options (with_options); one variant per option set",
+    body=NewVariant,
+    reply=Variant,
+    ok=201,
+    errors=(404,),
+)
+def variant(function_id: str, body: NewVariant):  # type: ignore[no-untyped-def]
     """The same code with other options (``with_options``): one function per distinct option set, reused.
 
     ``secrets`` (deploy specs, as in ``POST /v1/apps``), when given, replace the base function's.
     """
-    body = json_body("options", "secrets")
-    overrides = field(body, "options", dict)
-    secret_specs = field(body, "secrets", list, required=False)
+    overrides, secret_specs = body.options, body.secrets
     with services().db.write() as session:
-        base = session.get(FunctionRecord, function_id)
-        if base is None or base.user_id != g.user.id:
-            raise NotFoundError(f"no function {function_id!r}")
+        base = owned(session, FunctionRecord, function_id, g.user.id, "function")
         inherited = {k: v for k, v in base.options.items() if k != "secrets"}  # resolved ids, not an option
         options = parse_options(base.tag, {**inherited, **overrides})
         secrets_of = {"specs": secret_specs} if secret_specs is not None else {"ids": base.options.get("secrets")}

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Literal
 
 from flask import Blueprint, request
+from pydantic import Field
 from sqlalchemy import select
 
 from minimodal import config, protocol
@@ -21,7 +22,8 @@ from minimodal.protocol import ImageStatus
 
 from ..models import ImageRecord, SourceFileRecord
 from ..registry import docker_workers, live_workers
-from .auth import authenticate, field, json_body, seconds
+from .auth import authenticate, seconds
+from .schema import Body, Doc, Query, Reply, Timestamp
 from .services import services
 
 bp = Blueprint("images", __name__, url_prefix="/v1")
@@ -144,12 +146,51 @@ def _describe(record: ImageRecord) -> dict[str, Any]:
 
 
 MAX_FILES_ASKED = 10_000  # shas in one /files/missing request
+doc = Doc("images")
+
+
+class FileShas(Body):
+    shas: list[str] = Field(max_length=MAX_FILES_ASKED)
+
+
+class Missing(Reply):
+    missing: list[str]
+
+
+class FileStored(Reply):
+    sha: str
+    size: int
+
+
+class ImageSpec(Body):
+    layers: list[dict[str, Any]] = Field(description="the first a base (debian_slim, from_registry, ...), then steps")
+    python: str = Field(description="the Python version, e.g. '3.11'")
+
+
+class ImageView(Reply):
+    image_id: str
+    status: Literal["building", "ready", "failed", "process"]
+    tag: str
+    error: str
+    events: list[dict[str, Any]]
+    built_at: Timestamp
+
+
+class BuildLog(Query):
+    cursor: str = Field("0-0", description="stream cursor of the previous reply, `<ms>-<seq>`; `0-0` from the start")
+    timeout: float = Field(0, description="seconds (0-30)")
+
+
+class ImageProgress(ImageView):
+    logs: list[str]
+    cursor: str
 
 
 @bp.post("/files/missing")
-def missing_files():  # type: ignore[no-untyped-def]
+@doc("Which of these files (by sha256) the server lacks: the client uploads only those", body=FileShas, reply=Missing)
+def missing_files(body: FileShas):  # type: ignore[no-untyped-def]
     """Which of the named files are not stored (neither uploaded recently nor pinned by an app's source)."""
-    shas = field(json_body("shas"), "shas", list)
+    shas = body.shas
     if len(shas) > MAX_FILES_ASKED or not all(isinstance(sha, str) and _SHA.match(sha) for sha in shas):
         raise InvalidError(f"shas must be a list of at most {MAX_FILES_ASKED} sha256 hex digests")
     svc = services()
@@ -166,6 +207,7 @@ def missing_files():  # type: ignore[no-untyped-def]
 
 
 @bp.route("/files/<sha>", methods=["HEAD"])
+@doc("Whether a build file is stored", errors=(404,), params={"sha": "sha256"})
 def has_file(sha: str):  # type: ignore[no-untyped-def]
     if not services().redis.exists(protocol.file_key(sha)):
         raise NotFoundError(f"no file {sha!r}")  # a JSON error, as on every route (a HEAD reply drops the body)
@@ -173,6 +215,13 @@ def has_file(sha: str):  # type: ignore[no-untyped-def]
 
 
 @bp.put("/files/<sha>")
+@doc(
+    "Upload a build file, named by its sha256",
+    raw_body="application/octet-stream",
+    reply=FileStored,
+    ok=201,
+    params={"sha": "sha256 hex digest of the body"},
+)
 def put_file(sha: str):  # type: ignore[no-untyped-def]
     if not _SHA.match(sha):
         raise InvalidError("the file name must be its sha256 hex digest")
@@ -187,9 +236,9 @@ def put_file(sha: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/images")
-def create_image():  # type: ignore[no-untyped-def]
-    spec = json_body("layers", "python")
-    layers, python, files = _validate(spec)
+@doc("Register an image spec and start its build", body=ImageSpec, reply=ImageView, ok=201)
+def create_image(body: ImageSpec):  # type: ignore[no-untyped-def]
+    layers, python, files = _validate(body.model_dump())
     spec = {"layers": layers, "python": python}
     image_id = image_id_for(spec)
     svc = services()
@@ -226,11 +275,12 @@ def create_image():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/images/<image_id>")
-def get_image(image_id: str):  # type: ignore[no-untyped-def]
+@doc("An image's build status and log lines after a cursor", query=BuildLog, reply=ImageProgress, errors=(404,))
+def get_image(image_id: str, query: BuildLog):  # type: ignore[no-untyped-def]
     """Status and build log lines after ``cursor``, waiting up to ``timeout`` s while it builds."""
     svc = services()
-    cursor = request.args.get("cursor", "0-0")
-    wait = seconds(request.args.get("timeout", 0), "timeout", high=30, clamp=True)
+    cursor = query.cursor
+    wait = seconds(query.timeout, "timeout", high=30, clamp=True)
     with svc.db.read() as session:
         record = session.get(ImageRecord, image_id)
         if record is None:

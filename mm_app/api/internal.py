@@ -17,8 +17,22 @@ from minimodal.exception import AuthError, NotFoundError, PermissionDeniedError
 
 from .. import credential, vault, volumes
 from .auth import authenticate
+from .schema import Doc, Reply
 
 bp = Blueprint("internal", __name__, url_prefix="/internal")
+doc = Doc("internal", security="worker")  # the workers' credential (MINIMODAL_WORKER_TOKEN); a user token is 403
+
+
+class Stored(Reply):
+    sha: str
+    size: int
+
+
+class ClusterSettings(Reply):
+    redis_url: str
+    database_url: str
+    registry: str | None
+    secret_key: str
 
 
 @bp.before_request
@@ -33,6 +47,12 @@ def worker_only() -> None:
 
 
 @bp.get("/volume-blobs/<sha>")
+@doc(
+    "Stream a stored volume file version out (workers only; HEAD: whether it is stored)",
+    reply=bytes,
+    media="application/octet-stream",
+    errors=(404,),
+)
 def get_volume_blob(sha: str):  # type: ignore[no-untyped-def]
     store = volumes.BlobStore()
     if not store.has(sha):
@@ -43,6 +63,12 @@ def get_volume_blob(sha: str):  # type: ignore[no-untyped-def]
 
 
 @bp.put("/volume-blobs/<sha>")
+@doc(
+    "Stream a volume file version in; kept only if it hashes to {sha} (workers only)",
+    ok=201,
+    raw_body="application/octet-stream",
+    reply=Stored,
+)
 def put_volume_blob(sha: str):  # type: ignore[no-untyped-def]
     store = volumes.BlobStore()
     request.max_content_length = 1 << 50  # a volume file may be larger than call payloads: it streams to disk
@@ -51,6 +77,7 @@ def put_volume_blob(sha: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/cluster")
+@doc("What a worker joining from another machine needs: Redis, database, registry, secrets' key", reply=ClusterSettings)
 def cluster_settings():  # type: ignore[no-untyped-def]
     """The settings a worker on another machine needs: what this API uses, unless advertised otherwise.
 

@@ -20,10 +20,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from .. import stats
 from .auth import authenticate, require_admin
+from .schema import Doc
 from .services import services
 from .stats import snapshot
 
 bp = Blueprint("metrics", __name__)
+doc = Doc("operations")
 
 
 def _gauge(name: str, doc: str, value: float | None = None, labels: dict[str, Any] | None = None) -> Metric:
@@ -103,6 +105,13 @@ class _Fixed:
 
 
 @bp.get("/metrics")
+@doc(
+    "Prometheus metrics (admin)",
+    reply=str,
+    media="text/plain",
+    errors=(403,),
+    description="Text exposition format: the /stats numbers and `minimodal_call_latency_seconds`.",
+)
 def get_metrics():  # type: ignore[no-untyped-def]
     authenticate()
     require_admin()

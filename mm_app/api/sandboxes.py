@@ -14,9 +14,10 @@ import base64
 import json
 import re
 import time
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from flask import Blueprint, g, request
+from flask import Blueprint, g
+from pydantic import Field
 from sqlalchemy import select
 
 from minimodal import defaults, protocol
@@ -25,7 +26,9 @@ from minimodal.protocol import PendingEntry, SandboxState
 
 from .. import objects, sandboxes, vault
 from ..models import AppRecord, ImageRecord, SandboxRecord
-from .auth import authenticate, field, json_body
+from ..ownership import owned
+from .auth import authenticate
+from .schema import Body, Doc, Query, Reply
 from .services import services
 
 bp = Blueprint("sandboxes", __name__, url_prefix="/v1/sandboxes")
@@ -34,27 +37,124 @@ bp.before_request(authenticate)
 MAX_WAIT = 30.0  # seconds one long-poll may block
 MAX_CHUNKS = 1000  # stream entries one output read returns
 _CURSOR = re.compile(r"^\d+-\d+$")
-_CREATE_FIELDS = (
-    "app_id",
-    "cmd",
-    "image",
-    "secrets",
-    "volumes",
-    "workdir",
-    "timeout",
-    "idle_timeout",
-    "cpu",
-    "memory",
-    "gpu",
-    "block_network",
-    "tags",
-)
+doc = Doc("sandboxes")
+Tags = dict[str, str]
+Port = Annotated[int, Field(ge=1, le=65535)]  # a TCP port number
+
+
+class NewSandbox(Body):
+    cmd: list[str] = []
+    image: str | None = Field(None, description="id of a built image (POST /v1/images)")
+    app_id: str | None = None
+    secrets: list[Any] | None = None
+    volumes: dict[str, str] = Field({}, description="path -> volume id")
+    workdir: str | None = None
+    timeout: float | None = Field(None, description="seconds until it is ended (default 300)")
+    idle_timeout: float | None = Field(None, description="seconds without exec or stdin activity until it is ended")
+    cpu: float | None = None
+    memory: float | None = Field(None, description="MiB")
+    gpu: str | None = None
+    block_network: bool = False
+    encrypted_ports: list[Port] = Field([], description="served at .../tunnels/{port}/")
+    unencrypted_ports: list[Port] = Field([], description="also published on the worker")
+    tags: Tags | None = None
+
+
+class SandboxCreated(Reply):
+    sandbox_id: str
+    state: str
+
+
+class SandboxView(Reply):
+    sandbox_id: str
+    app_id: str | None
+    state: SandboxState
+    returncode: int | None
+    error: str | None
+    worker: str | None
+    tags: Tags
+    command: list[str]
+    tunnels: dict[str, dict[str, Any]] = Field(
+        description="container port -> {encrypted}; an unencrypted one also {host, port} on the worker"
+    )
+
+
+class Sandboxes(Reply):
+    sandboxes: list[SandboxView]
+
+
+class Filter(Query):
+    app_id: str = Field("", description="only this app's")
+    tag: list[str] = Field([], description="key=value; repeat for several")
+    state: str = Field("", description="running: only those queued or running")
+
+
+class Wait(Query):
+    wait: float = Field(0, description=f"seconds to wait (at most {MAX_WAIT:g})")
+
+
+class WaitUntil(Wait):
+    until: Literal["ended", "running"] = Field("ended", description="ended or running")
+
+
+class NewTags(Body):
+    tags: Tags
+
+
+class TagsSet(Reply):
+    sandbox_id: str
+    tags: Tags
+
+
+class Terminated(Reply):
+    sandbox_id: str
+
+
+class NewProcess(Body):
+    cmd: list[str]
+    workdir: str | None = None
+    timeout: float | None = None
+    secrets: list[Any] | None = None
+    pty: bool = False
+
+
+class ProcessStarted(Reply):
+    process_id: str
+
+
+class ProcessView(Reply):
+    process_id: str
+    returncode: int | None
+    done: bool
+
+
+class OutputAfter(Query):
+    fd: Literal["1", "2"] = Field("1", description="1 stdout, 2 stderr")
+    cursor: str = Field("0-0", pattern=_CURSOR.pattern, description="cursor of the previous reply; 0-0 from the start")
+    timeout: float = Field(0, description="seconds to wait for the first chunk")
+
+
+class Output(Reply):
+    chunks: list[str] = Field(description="base64")
+    cursor: str
+    eof: bool
+
+
+class Stdin(Body):
+    data: str = Field("", description="base64")
+    eof: bool = False
+
+
+class StdinWritten(Reply):
+    written: int
+
+
+class Snapshot(Reply):
+    image: str
 
 
 def _own(session: Any, sandbox_id: str) -> SandboxRecord:
-    record = session.get(SandboxRecord, sandbox_id)
-    if record is None or record.user_id != g.user.id:
-        raise NotFoundError(f"sandbox {sandbox_id} does not exist")
+    record = owned(session, SandboxRecord, sandbox_id, g.user.id, "sandbox")
     session.expunge(record)
     return record
 
@@ -64,27 +164,20 @@ def _record(sandbox_id: str) -> SandboxRecord:
         return _own(session, sandbox_id)
 
 
-def _wait_arg(name: str = "timeout", default: float = 0.0) -> float:
-    try:
-        value = float(request.args.get(name, default))
-    except ValueError:
-        raise InvalidError(f"{name} must be a number of seconds") from None
-    return max(0.0, min(MAX_WAIT, value))
+def _clamped(seconds: float) -> float:
+    return max(0.0, min(MAX_WAIT, seconds))
 
 
-def _strings(value: Any, what: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidError(f"{what} must be a list of strings")
-    return value
-
-
-def _number(body: dict[str, Any], name: str, *, low: float, high: float) -> float | None:
-    value = body.get(name)
+def _number(value: float | None, name: str, *, low: float, high: float) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+    if not low <= value <= high:
         raise InvalidError(f"{name} must be a number from {low:g} to {high:g}")
     return value
+
+
+def _ports(value: list[int]) -> list[int]:
+    return sorted(set(value))
 
 
 def _tags(value: Any) -> dict[str, str]:
@@ -94,22 +187,32 @@ def _tags(value: Any) -> dict[str, str]:
 
 
 @bp.post("")
-def create_sandbox():  # type: ignore[no-untyped-def]
-    body = json_body(*_CREATE_FIELDS)
-    cmd = _strings(body.get("cmd") or [], "cmd")
-    timeout = _number(body, "timeout", low=1, high=defaults.MAX_SANDBOX_TIMEOUT) or defaults.DEFAULT_SANDBOX_TIMEOUT
-    idle_timeout = _number(body, "idle_timeout", low=1, high=defaults.MAX_SANDBOX_TIMEOUT)
-    cpu = _number(body, "cpu", low=0.001, high=1024)
-    memory = _number(body, "memory", low=1, high=1 << 22)
-    workdir = field(body, "workdir", str, required=False)
+@doc(
+    "Create a sandbox: it is queued like a call and runs on a Docker worker",
+    body=NewSandbox,
+    reply=SandboxCreated,
+    ok=201,
+    errors=(404,),
+)
+def create_sandbox(body: NewSandbox):  # type: ignore[no-untyped-def]
+    cmd = body.cmd
+    timeout = _number(body.timeout, "timeout", low=1, high=defaults.MAX_SANDBOX_TIMEOUT)
+    timeout = timeout or defaults.DEFAULT_SANDBOX_TIMEOUT
+    idle_timeout = _number(body.idle_timeout, "idle_timeout", low=1, high=defaults.MAX_SANDBOX_TIMEOUT)
+    cpu = _number(body.cpu, "cpu", low=0.001, high=1024)
+    memory = _number(body.memory, "memory", low=1, high=1 << 22)
+    workdir = body.workdir
     if workdir is not None and not workdir.startswith("/"):
         raise InvalidError(f"workdir={workdir!r} must be an absolute path")
     try:
-        protocol.parse_gpu(field(body, "gpu", str, required=False))
+        protocol.parse_gpu(body.gpu)
     except ValueError as exc:
         raise InvalidError(f"gpu: {exc}") from None
+    encrypted, unencrypted = _ports(body.encrypted_ports), _ports(body.unencrypted_ports)
+    if (encrypted or unencrypted) and body.block_network:
+        raise InvalidError("block_network=True takes no encrypted_ports or unencrypted_ports: nothing could reach them")
     svc = services()
-    volumes = field(body, "volumes", dict, required=False, default={})
+    volumes = body.volumes
     mounted = {}
     for path, volume_id in volumes.items():
         if not isinstance(path, str) or not path.startswith("/") or not isinstance(volume_id, str):
@@ -117,17 +220,13 @@ def create_sandbox():  # type: ignore[no-untyped-def]
         mounted[path] = objects.resolve(svc.redis, g.user.id, {"kind": "volume", "id": volume_id})
     sandbox_id = protocol.new_id("sb")
     with svc.db.write() as session:
-        app_id = field(body, "app_id", str, required=False)
+        app_id = body.app_id
         if app_id is not None:
-            app = session.get(AppRecord, app_id)
-            if app is None or app.user_id != g.user.id:
-                raise NotFoundError(f"app {app_id} does not exist")
+            app = owned(session, AppRecord, app_id, g.user.id, "app")
             if app.state in ("stopped", "replaced"):
                 raise InvalidError(f"app {app_id} is {app.state}; sandboxes need a running app")
-        image_tag = _image_tag(session, field(body, "image", str, required=False))
-        secret_ids = vault.attach(
-            session, g.user.id, "sandbox", field(body, "secrets", list, required=False, default=[])
-        )
+        image_tag = _image_tag(session, body.image)
+        secret_ids = vault.attach(session, g.user.id, "sandbox", body.secrets or [])
         spec = {
             "cmd": cmd,
             "image": image_tag,
@@ -138,8 +237,10 @@ def create_sandbox():  # type: ignore[no-untyped-def]
             "idle_timeout": idle_timeout,
             "cpu": cpu,
             "memory": memory,
-            "gpu": body.get("gpu"),
-            "block_network": bool(body.get("block_network", False)),
+            "gpu": body.gpu,
+            "block_network": body.block_network,
+            "encrypted_ports": encrypted,
+            "unencrypted_ports": unencrypted,
         }
         session.add(
             SandboxRecord(
@@ -147,7 +248,7 @@ def create_sandbox():  # type: ignore[no-untyped-def]
                 user_id=g.user.id,
                 app_id=app_id,
                 spec=spec,
-                tags=_tags(body.get("tags") or {}),
+                tags=_tags(body.tags or {}),
                 state=SandboxState.QUEUED.value,
             )
         )
@@ -176,17 +277,18 @@ def _image_tag(session: Any, image_id: str | None) -> str:
 
 
 @bp.get("")
-def list_sandboxes():  # type: ignore[no-untyped-def]
+@doc("The user's sandboxes, newest first", query=Filter, reply=Sandboxes)
+def list_sandboxes(query: Filter):  # type: ignore[no-untyped-def]
     """The user's sandboxes, newest first: ``?app_id=``, ``?tag=key=value`` (repeatable), ``?state=``."""
     svc = services()
-    query = select(SandboxRecord).where(SandboxRecord.user_id == g.user.id)
-    if request.args.get("app_id"):
-        query = query.where(SandboxRecord.app_id == request.args["app_id"])
-    if request.args.get("state") == "running":
-        query = query.where(SandboxRecord.state.in_([SandboxState.QUEUED.value, SandboxState.RUNNING.value]))
-    wanted = dict(t.partition("=")[::2] for t in request.args.getlist("tag"))
+    selected = select(SandboxRecord).where(SandboxRecord.user_id == g.user.id)
+    if query.app_id:
+        selected = selected.where(SandboxRecord.app_id == query.app_id)
+    if query.state == "running":
+        selected = selected.where(SandboxRecord.state.in_([SandboxState.QUEUED.value, SandboxState.RUNNING.value]))
+    wanted = dict(t.partition("=")[::2] for t in query.tag)
     with svc.db.read() as session:
-        records = list(session.scalars(query.order_by(SandboxRecord.created_at.desc()).limit(1000)))
+        records = list(session.scalars(selected.order_by(SandboxRecord.created_at.desc()).limit(1000)))
         for r in records:
             session.expunge(r)
     records = [r for r in records if all((r.tags or {}).get(k) == v for k, v in wanted.items())]
@@ -194,12 +296,18 @@ def list_sandboxes():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/<sandbox_id>")
-def get_sandbox(sandbox_id: str):  # type: ignore[no-untyped-def]
+@doc(
+    "A sandbox's state; wait long-polls for its end (until=running: for its start)",
+    query=WaitUntil,
+    reply=SandboxView,
+    errors=(404,),
+)
+def get_sandbox(sandbox_id: str, query: WaitUntil):  # type: ignore[no-untyped-def]
     """The sandbox's state; ``?wait=`` long-polls until it ends (``?until=running``: until it started)."""
     record = _record(sandbox_id)
     svc = services()
-    wait = _wait_arg("wait")
-    until = request.args.get("until", "ended")
+    wait = _clamped(query.wait)
+    until = query.until
     deadline = time.monotonic() + wait
     while True:
         live = sandboxes.live_state(svc.redis, sandbox_id)
@@ -217,17 +325,18 @@ def get_sandbox(sandbox_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/<sandbox_id>/tags")
-def set_tags(sandbox_id: str):  # type: ignore[no-untyped-def]
-    tags = _tags(json_body("tags").get("tags"))
+@doc("Replace a sandbox's tags", body=NewTags, reply=TagsSet, errors=(404,))
+def set_tags(sandbox_id: str, body: NewTags):  # type: ignore[no-untyped-def]
+    tags = body.tags
     with services().db.write() as session:
-        record = _own(session, sandbox_id)
-        record = session.get(SandboxRecord, record.id)
-        assert record is not None
-        record.tags = tags
+        owned_record = session.get(SandboxRecord, _own(session, sandbox_id).id)
+        assert owned_record is not None
+        owned_record.tags = tags
     return {"sandbox_id": sandbox_id, "tags": tags}
 
 
 @bp.post("/<sandbox_id>/terminate")
+@doc("End a sandbox now", reply=Terminated, errors=(404,))
 def terminate(sandbox_id: str):  # type: ignore[no-untyped-def]
     _record(sandbox_id)
     svc = services()
@@ -244,21 +353,27 @@ def _running(sandbox_id: str) -> None:
 
 
 @bp.post("/<sandbox_id>/exec")
-def exec_process(sandbox_id: str):  # type: ignore[no-untyped-def]
-    body = json_body("cmd", "workdir", "timeout", "secrets", "pty")
-    cmd = _strings(body.get("cmd"), "cmd")
+@doc(
+    "Run a command in the sandbox; read its output from its process",
+    body=NewProcess,
+    reply=ProcessStarted,
+    ok=201,
+    errors=(404, 409),
+)
+def exec_process(sandbox_id: str, body: NewProcess):  # type: ignore[no-untyped-def]
+    cmd = body.cmd
     if not cmd:
         raise InvalidError("exec needs a command")
-    workdir = field(body, "workdir", str, required=False)
+    workdir = body.workdir
     if workdir is not None and not workdir.startswith("/"):
         raise InvalidError(f"workdir={workdir!r} must be an absolute path")
-    timeout = _number(body, "timeout", low=0.001, high=defaults.MAX_SANDBOX_TIMEOUT)
+    timeout = _number(body.timeout, "timeout", low=0.001, high=defaults.MAX_SANDBOX_TIMEOUT)
     _running(sandbox_id)
     svc = services()
     secret_ids: list[str] = []
-    if body.get("secrets"):
+    if body.secrets:
         with svc.db.write() as session:
-            secret_ids = vault.attach(session, g.user.id, "exec", field(body, "secrets", list))
+            secret_ids = vault.attach(session, g.user.id, "exec", body.secrets)
     process_id = protocol.new_id("sp")
     message = {
         "op": "exec",
@@ -267,7 +382,7 @@ def exec_process(sandbox_id: str):  # type: ignore[no-untyped-def]
         "workdir": workdir,
         "timeout": timeout,
         "secrets": secret_ids,
-        "pty": bool(body.get("pty", False)),
+        "pty": body.pty,
     }
     key = protocol.sandbox_control_key(sandbox_id)
     pipe = svc.redis.pipeline(transaction=False)
@@ -284,22 +399,23 @@ def _process_id(process_id: str) -> str:
 
 
 @bp.get("/<sandbox_id>/processes/<process_id>/output")
-def read_output(sandbox_id: str, process_id: str):  # type: ignore[no-untyped-def]
+@doc(
+    "A process's stdout or stderr chunks after a cursor (long-poll); eof once it ended",
+    query=OutputAfter,
+    reply=Output,
+    errors=(404,),
+)
+def read_output(sandbox_id: str, process_id: str, query: OutputAfter):  # type: ignore[no-untyped-def]
     """A process's stdout (``fd=1``) or stderr (``fd=2``) after ``cursor``, waiting up to ``timeout`` s.
 
     ``eof`` is true once the stream has ended (the process ended, or the sandbox with it).
     """
     record = _record(sandbox_id)
     process_id = _process_id(process_id)
-    fd = request.args.get("fd", "1")
-    if fd not in ("1", "2"):
-        raise InvalidError("fd must be 1 (stdout) or 2 (stderr)")
-    cursor = request.args.get("cursor", "0-0")
-    if not _CURSOR.match(cursor):
-        raise InvalidError("cursor must look like '<ms>-<seq>' (use the cursor of the previous reply)")
+    fd, cursor = query.fd, query.cursor
     svc = services()
     key = protocol.sandbox_output_key(sandbox_id, process_id, int(fd))
-    wait = _wait_arg()
+    wait = _clamped(query.timeout)
     deadline = time.monotonic() + wait
     chunks: list[str] = []
     eof = False
@@ -329,20 +445,20 @@ def read_output(sandbox_id: str, process_id: str):  # type: ignore[no-untyped-de
 
 
 @bp.post("/<sandbox_id>/processes/<process_id>/stdin")
-def write_stdin(sandbox_id: str, process_id: str):  # type: ignore[no-untyped-def]
+@doc("Append to a process's stdin (base64), or close it with eof", body=Stdin, reply=StdinWritten, errors=(404, 409))
+def write_stdin(sandbox_id: str, process_id: str, body: Stdin):  # type: ignore[no-untyped-def]
     """Append to a process's stdin: ``{"data": base64}``, and/or ``{"eof": true}`` to close it."""
-    body = json_body("data", "eof")
     _running(sandbox_id)
     process_id = _process_id(process_id)
     try:
-        data = base64.b64decode(field(body, "data", str, required=False, default=""), validate=True)
+        data = base64.b64decode(body.data, validate=True)
     except ValueError:
         raise InvalidError("data must be base64") from None
     key = protocol.sandbox_stdin_key(sandbox_id, process_id)
     pipe = services().redis.pipeline(transaction=False)
     if data:
         pipe.rpush(key, data)
-    if body.get("eof"):
+    if body.eof:
         pipe.rpush(key, b"")
     pipe.expire(key, defaults.MAX_SANDBOX_TIMEOUT)
     pipe.execute()
@@ -350,13 +466,19 @@ def write_stdin(sandbox_id: str, process_id: str):  # type: ignore[no-untyped-de
 
 
 @bp.get("/<sandbox_id>/processes/<process_id>")
-def get_process(sandbox_id: str, process_id: str):  # type: ignore[no-untyped-def]
+@doc(
+    "A process's returncode (null while it runs); wait long-polls for its end",
+    query=Wait,
+    reply=ProcessView,
+    errors=(404,),
+)
+def get_process(sandbox_id: str, process_id: str, query: Wait):  # type: ignore[no-untyped-def]
     """A process's ``returncode`` (null while it runs); ``?wait=`` long-polls for its end."""
     record = _record(sandbox_id)
     process_id = _process_id(process_id)
     svc = services()
     key = protocol.sandbox_events_key(sandbox_id)
-    deadline = time.monotonic() + _wait_arg("wait")
+    deadline = time.monotonic() + _clamped(query.wait)
     cursor = "0-0"
     while True:
         block = max(1, int(min(1.0, max(0.0, deadline - time.monotonic())) * 1000))
@@ -377,6 +499,12 @@ def get_process(sandbox_id: str, process_id: str):  # type: ignore[no-untyped-de
 
 
 @bp.post("/<sandbox_id>/snapshot")
+@doc(
+    "Commit the sandbox's file system as an image (its tag, for Image.from_registry)",
+    reply=Snapshot,
+    ok=201,
+    errors=(404, 409, 503),
+)
 def snapshot(sandbox_id: str):  # type: ignore[no-untyped-def]
     """Commit the sandbox's file system as an image; answer its tag (``Image.from_registry`` uses it)."""
     _running(sandbox_id)
@@ -392,157 +520,3 @@ def snapshot(sandbox_id: str):  # type: ignore[no-untyped-def]
     if "error" in reply:
         raise ServiceError(reply["error"])
     return {"image": reply["image"]}, 201
-
-
-def openapi_paths() -> dict[str, Any]:
-    """This blueprint's part of ``/openapi.json``."""
-    from .openapi import _int, _num, _obj, _op, _path, _query, _str
-
-    sb = _path("sandbox_id", "sandbox id (sb-...)")
-    proc = _path("process_id", "process id (sp-...), or ep for the entrypoint")
-    strings = {"type": "array", "items": _str()}
-    tags = {"type": "object", "additionalProperties": _str()}
-    view = _obj(
-        {
-            "sandbox_id": _str(),
-            "app_id": {"type": ["string", "null"]},
-            "state": _str(enum=[s.value for s in SandboxState]),
-            "returncode": {"type": ["integer", "null"]},
-            "error": {"type": ["string", "null"]},
-            "worker": {"type": ["string", "null"]},
-            "tags": tags,
-            "command": strings,
-        }
-    )
-    create = _obj(
-        {
-            "cmd": strings,
-            "image": _str("id of a built image (POST /v1/images)"),
-            "app_id": _str(),
-            "secrets": {"type": "array", "items": {"type": "object"}},
-            "volumes": {"type": "object", "additionalProperties": _str(), "description": "path -> volume id"},
-            "workdir": _str(),
-            "timeout": _num("seconds until it is ended (default 300)"),
-            "idle_timeout": _num("seconds without exec or stdin activity until it is ended"),
-            "cpu": _num(),
-            "memory": _int("MiB"),
-            "gpu": _str(),
-            "block_network": {"type": "boolean"},
-            "tags": tags,
-        },
-        ["image"],
-    )
-    return {
-        "/v1/sandboxes": {
-            "post": _op(
-                "Create a sandbox: it is queued like a call and runs on a Docker worker",
-                "sandboxes",
-                ok="201",
-                body=create,
-                reply=_obj({"sandbox_id": _str(), "state": _str()}),
-                errors=("400", "404"),
-            ),
-            "get": _op(
-                "The user's sandboxes, newest first",
-                "sandboxes",
-                params=[
-                    _query("app_id", "only this app's"),
-                    _query("tag", "key=value; repeat for several"),
-                    _query("state", "running: only those queued or running"),
-                ],
-                reply=_obj({"sandboxes": {"type": "array", "items": view}}),
-            ),
-        },
-        "/v1/sandboxes/{sandbox_id}": {
-            "get": _op(
-                "A sandbox's state; wait long-polls for its end (until=running: for its start)",
-                "sandboxes",
-                params=[sb, _query("wait", "seconds to wait", _num()), _query("until", "ended or running")],
-                reply=view,
-                errors=("404",),
-            )
-        },
-        "/v1/sandboxes/{sandbox_id}/tags": {
-            "post": _op(
-                "Replace a sandbox's tags",
-                "sandboxes",
-                params=[sb],
-                body=_obj({"tags": tags}, ["tags"]),
-                reply=_obj({"sandbox_id": _str(), "tags": tags}),
-                errors=("404",),
-            )
-        },
-        "/v1/sandboxes/{sandbox_id}/terminate": {
-            "post": _op(
-                "End a sandbox now", "sandboxes", params=[sb], reply=_obj({"sandbox_id": _str()}), errors=("404",)
-            )
-        },
-        "/v1/sandboxes/{sandbox_id}/exec": {
-            "post": _op(
-                "Run a command in the sandbox; read its output from its process",
-                "sandboxes",
-                ok="201",
-                params=[sb],
-                body=_obj(
-                    {
-                        "cmd": strings,
-                        "workdir": _str(),
-                        "timeout": _num(),
-                        "secrets": {"type": "array", "items": {"type": "object"}},
-                        "pty": {"type": "boolean"},
-                    },
-                    ["cmd"],
-                ),
-                reply=_obj({"process_id": _str()}),
-                errors=("404", "409"),
-            )
-        },
-        "/v1/sandboxes/{sandbox_id}/processes/{process_id}": {
-            "get": _op(
-                "A process's returncode (null while it runs); wait long-polls for its end",
-                "sandboxes",
-                params=[sb, proc, _query("wait", "seconds to wait", _num())],
-                reply=_obj(
-                    {"process_id": _str(), "returncode": {"type": ["integer", "null"]}, "done": {"type": "boolean"}}
-                ),
-                errors=("404",),
-            )
-        },
-        "/v1/sandboxes/{sandbox_id}/processes/{process_id}/output": {
-            "get": _op(
-                "A process's stdout or stderr chunks after a cursor (long-poll); eof once it ended",
-                "sandboxes",
-                params=[
-                    sb,
-                    proc,
-                    _query("fd", "1 stdout, 2 stderr"),
-                    _query("cursor", "cursor of the previous reply; 0-0 from the start"),
-                    _query("timeout", "seconds to wait for the first chunk", _num()),
-                ],
-                reply=_obj(
-                    {"chunks": {"type": "array", "items": _str("base64")}, "cursor": _str(), "eof": {"type": "boolean"}}
-                ),
-                errors=("404",),
-            )
-        },
-        "/v1/sandboxes/{sandbox_id}/processes/{process_id}/stdin": {
-            "post": _op(
-                "Append to a process's stdin (base64), or close it with eof",
-                "sandboxes",
-                params=[sb, proc],
-                body=_obj({"data": _str("base64"), "eof": {"type": "boolean"}}),
-                reply=_obj({"written": _int()}),
-                errors=("404", "409"),
-            )
-        },
-        "/v1/sandboxes/{sandbox_id}/snapshot": {
-            "post": _op(
-                "Commit the sandbox's file system as an image (its tag, for Image.from_registry)",
-                "sandboxes",
-                ok="201",
-                params=[sb],
-                reply=_obj({"image": _str()}),
-                errors=("404", "409", "503"),
-            )
-        },
-    }

@@ -7,6 +7,8 @@ see :mod:`mm_app.vault`); ``GET /v1/secrets`` lists names and variable names; ``
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, g
 from sqlalchemy import select
 
@@ -14,19 +16,41 @@ from minimodal.exception import NotFoundError
 
 from .. import vault
 from ..models import SecretRecord
-from .auth import authenticate, field, json_body
+from .auth import authenticate
+from .schema import Body, Doc, Reply, Timestamp
 from .services import services
 
 bp = Blueprint("secrets", __name__, url_prefix="/v1")
 bp.before_request(authenticate)
+doc = Doc("secrets")
+_NAMED = {"name": "secret name"}
+
+
+class NewSecret(Body):
+    name: str
+    values: dict[str, Any]
+    overwrite: bool = False
+
+
+class SecretView(Reply):
+    name: str
+    keys: list[str]
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class Secrets(Reply):
+    secrets: list[SecretView]
+
+
+class Deleted(Reply):
+    deleted: str
 
 
 @bp.post("/secrets")
-def create_secret():  # type: ignore[no-untyped-def]
-    body = json_body("name", "values", "overwrite")
-    name = field(body, "name", str)
-    values = field(body, "values", dict)
-    overwrite = field(body, "overwrite", bool, required=False, default=False)
+@doc("Store a secret (encrypted); 201 when new, 200 when overwritten", body=NewSecret, reply=SecretView, ok=201)
+def create_secret(body: NewSecret):  # type: ignore[no-untyped-def]
+    name, values, overwrite = body.name, body.values, body.overwrite
     with services().db.write() as session:
         existed = vault.named(session, g.user.id, name) is not None
         record = vault.put(session, g.user.id, name, values, overwrite)
@@ -34,6 +58,7 @@ def create_secret():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/secrets")
+@doc("The user's secrets: names and variable names, never values", reply=Secrets)
 def list_secrets():  # type: ignore[no-untyped-def]
     with services().db.read() as session:
         records = session.scalars(
@@ -52,12 +77,14 @@ def _named(session, name: str) -> SecretRecord:  # type: ignore[no-untyped-def]
 
 
 @bp.get("/secrets/<name>")
+@doc("One secret, without its values", reply=SecretView, errors=(404,), params=_NAMED)
 def show_secret(name: str):  # type: ignore[no-untyped-def]
     with services().db.read() as session:
         return vault.describe(_named(session, name))
 
 
 @bp.delete("/secrets/<name>")
+@doc("Delete a secret", reply=Deleted, errors=(404,), params=_NAMED)
 def delete_secret(name: str):  # type: ignore[no-untyped-def]
     with services().db.write() as session:
         session.delete(_named(session, name))

@@ -15,17 +15,20 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from flask import Blueprint, g, request
 from flask_sock import Sock
+from pydantic import Field
 from sqlalchemy import select
 
 from minimodal import protocol
-from minimodal.exception import InvalidError, NotFoundError
+from minimodal.exception import NotFoundError
 
 from ..models import AppRecord, CallRecord
+from ..ownership import check_owner
 from .auth import authenticate, seconds, token_revoked
+from .schema import Doc, Query, Reply
 from .services import services
 
 bp = Blueprint("streams", __name__, url_prefix="/v1")
@@ -47,18 +50,47 @@ REVOKE_CHECK_SECONDS = 1  # an open WebSocket re-reads its user's token state th
 PING_SECONDS = 5  # a WebSocket with nothing to say sends a ping this often, which also detects a gone client
 
 
-def _cursor(name: str, default: str | None) -> str | None:
-    value = request.args.get(name, default)
-    if value is not None and not _CURSOR.match(value):
-        raise InvalidError(f"{name} must be a stream cursor like '0-0'")
-    return value
+doc = Doc("calls")
+Cursor = Annotated[str, Field(pattern=_CURSOR.pattern)]
+
+
+class Cursors(Query):
+    items: Cursor | None = Field(None, description="cursor of the items stream")
+    outputs: Cursor | None = Field(None, description="cursor of the outputs stream")
+    logs: Cursor | None = Field(None, description="cursor of the logs stream")
+
+    def given(self) -> dict[str, str]:
+        """The cursors given, or every stream from its start."""
+        found = {kind: getattr(self, kind) for kind in KINDS if getattr(self, kind) is not None}
+        return found or {kind: "0-0" for kind in KINDS}
+
+
+class CursorsWait(Cursors):
+    timeout: float = Field(0, description="seconds to wait (0-60)")
+
+
+class LogCursor(Query):
+    cursor: Cursor = Field("0-0", description="stream cursor of the previous reply, `<ms>-<seq>`; `0-0` from the start")
+    follow: str = Field("0", description="1: wait for more lines")
+
+
+class Events(Reply):
+    events: list[dict[str, Any]]
+
+
+class Logs(Reply):
+    logs: list[dict[str, Any]]
+    cursor: str
+
+
+class AppLogs(Logs):
+    app_id: str
 
 
 def _own_call(call_id: str) -> None:
     with services().db.read_core() as connection:
         owner = connection.execute(select(CallRecord.user_id).where(CallRecord.id == call_id)).scalar()
-    if owner is None or owner != g.user.id:
-        raise NotFoundError(f"no function call {call_id!r}")
+    check_owner(owner, g.user.id, "function call", call_id)
 
 
 def encode_entry(kind: str, entry_id: str, fields: dict[bytes, bytes]) -> dict[str, Any]:
@@ -94,17 +126,29 @@ def _read(call_id: str, cursors: dict[str, str], block_ms: int) -> list[dict[str
 
 
 @bp.get("/calls/<call_id>/stream")
-def stream(call_id: str):  # type: ignore[no-untyped-def]
+@doc(
+    "Generator items, outputs and logs after per-kind cursors (long-poll)",
+    query=CursorsWait,
+    reply=Events,
+    errors=(404,),
+)
+def stream(call_id: str, query: CursorsWait):  # type: ignore[no-untyped-def]
     _own_call(call_id)
-    cursors = {kind: c for kind in KINDS if (c := _cursor(kind, None)) is not None} or {k: "0-0" for k in KINDS}
-    wait = seconds(request.args.get("timeout", 0), "timeout", high=60, clamp=True)
-    return {"events": _read(call_id, cursors, int(wait * 1000))}
+    wait = seconds(query.timeout, "timeout", high=60, clamp=True)
+    return {"events": _read(call_id, query.given(), int(wait * 1000))}
 
 
 @sock.route("/calls/<call_id>/ws", bp=bp)
-def stream_ws(ws: Any, call_id: str) -> None:
+@doc(
+    "WebSocket of the same events as /stream",
+    query=Cursors,
+    ok=101,
+    errors=(404,),
+    description="Upgrade to a WebSocket; the server sends JSON text messages (`batch` or `ping`).",
+)
+def stream_ws(ws: Any, call_id: str, query: Cursors) -> None:
     """Push items, outputs and logs after the given cursors until the client closes."""
-    cursors = {kind: c for kind in KINDS if (c := _cursor(kind, None)) is not None} or {k: "0-0" for k in KINDS}
+    cursors = query.given()
     checked = pinged = time.monotonic()
     while True:
         if time.monotonic() - checked >= REVOKE_CHECK_SECONDS:
@@ -126,13 +170,22 @@ def stream_ws(ws: Any, call_id: str) -> None:
 
 
 @bp.get("/calls/<call_id>/logs")
-def call_logs(call_id: str):  # type: ignore[no-untyped-def]
+@doc("What a call printed", query=LogCursor, reply=Logs, errors=(404,), tag="logs")
+def call_logs(call_id: str, query: LogCursor):  # type: ignore[no-untyped-def]
     _own_call(call_id)
-    return _logs(protocol.logs_key(call_id))
+    return _logs(protocol.logs_key(call_id), query)
 
 
 @bp.get("/apps/<app>/logs")
-def app_logs(app: str):  # type: ignore[no-untyped-def]
+@doc(
+    "What an app's calls printed",
+    query=LogCursor,
+    reply=AppLogs,
+    errors=(404,),
+    tag="logs",
+    params={"app": "app id or name (the newest app of that name)"},
+)
+def app_logs(app: str, query: LogCursor):  # type: ignore[no-untyped-def]
     """Logs of an app, by id or by name (the newest app of that name)."""
     with services().db.read_core() as connection:
         app_id = connection.execute(
@@ -143,12 +196,12 @@ def app_logs(app: str):  # type: ignore[no-untyped-def]
         ).scalar()
     if app_id is None:
         raise NotFoundError(f"no app {app!r}")
-    return {"app_id": app_id, **_logs(protocol.app_logs_key(app_id))}
+    return {"app_id": app_id, **_logs(protocol.app_logs_key(app_id), query)}
 
 
-def _logs(key: str) -> dict[str, Any]:
-    cursor = _cursor("cursor", "0-0") or "0-0"
-    follow = request.args.get("follow", "0") in ("1", "true")
+def _logs(key: str, query: LogCursor) -> dict[str, Any]:
+    cursor = query.cursor
+    follow = query.follow in ("1", "true")
     entries = services().payloads.read_streams({key: cursor}, 15000 if follow else 0, count=5000)
     events = [encode_entry("logs", entry_id, fields) for _, entry_id, fields in entries]
     return {"logs": events, "cursor": events[-1]["cursor"] if events else cursor}

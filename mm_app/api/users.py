@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, g, request
+from flask import Blueprint, g
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -16,11 +17,48 @@ from minimodal.exception import InvalidError, NotFoundError, PermissionDeniedErr
 from minimodal.protocol import new_token
 
 from ..models import UserRecord, utcnow
-from .auth import authenticate, field, hash_token, json_body, require_admin
+from .auth import authenticate, hash_token
+from .schema import Body, Doc, Positive, Reply
 from .services import services
 
 bp = Blueprint("users", __name__, url_prefix="/v1")
 bp.before_request(authenticate)
+doc = Doc("users")
+
+
+class NewUser(Body):
+    name: str
+    quota: Positive | None = None
+    weight: Positive | None = None
+
+
+class UserChange(Body):
+    quota: Positive | None = None
+    weight: Positive | None = None
+
+
+class Revoke(Body):
+    user: str | None = Field(None, description="whose token (admin only when not the caller)")
+
+
+class UserView(Reply):
+    name: str
+    quota: int
+    weight: int
+    is_admin: bool
+
+
+class NewUserView(Reply):
+    name: str
+    quota: int
+    weight: int
+    token: str
+
+
+class Revoked(Reply):
+    user: str
+    revoked_at: str
+
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -36,26 +74,19 @@ def create_user(session: Session, name: str, *, quota: int, weight: int, is_admi
     return token
 
 
-def _positive(body: dict, name: str) -> int | None:  # type: ignore[type-arg]
-    value = field(body, name, int, required=False)
-    if value is not None and value < 1:
-        raise InvalidError(f"{name} must be at least 1")
-    return value
-
-
 @bp.get("/me")
+@doc("The token's user", reply=UserView)
 def me():  # type: ignore[no-untyped-def]
     return g.user.to_json()
 
 
 @bp.post("/users")
-def create():  # type: ignore[no-untyped-def]
-    require_admin()
-    body = json_body("name", "quota", "weight")
+@doc("Create a user (admin); the token is shown once", body=NewUser, reply=NewUserView, ok=201, admin=True)
+def create(body: NewUser):  # type: ignore[no-untyped-def]
     svc = services()
-    name = field(body, "name", str)
-    quota = _positive(body, "quota") or svc.settings["default_quota"]
-    weight = _positive(body, "weight") or svc.settings["default_weight"]
+    name = body.name
+    quota = body.quota or svc.settings["default_quota"]
+    weight = body.weight or svc.settings["default_weight"]
     with svc.db.write() as session:
         token = create_user(session, name, quota=quota, weight=weight)
         user = session.scalar(select(UserRecord).where(UserRecord.name == name))
@@ -66,10 +97,16 @@ def create():  # type: ignore[no-untyped-def]
 
 
 @bp.patch("/users/<name>")
-def update(name: str):  # type: ignore[no-untyped-def]
-    require_admin()
-    body = json_body("quota", "weight")
-    quota, weight = _positive(body, "quota"), _positive(body, "weight")
+@doc(
+    "Change a user's quota or weight (admin)",
+    body=UserChange,
+    reply=UserView,
+    admin=True,
+    errors=(404,),
+    params={"name": "user name"},
+)
+def update(name: str, body: UserChange):  # type: ignore[no-untyped-def]
+    quota, weight = body.quota, body.weight
     svc = services()
     with svc.db.write() as session:
         user = session.scalar(select(UserRecord).where(UserRecord.name == name))
@@ -86,10 +123,16 @@ def update(name: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/tokens/revoke")
-def revoke():  # type: ignore[no-untyped-def]
+@doc(
+    "Revoke the caller's token, or (admin) the token of `user`; refused from the next request on",
+    body=Revoke,
+    optional_body=True,
+    reply=Revoked,
+    errors=(403, 404),
+)
+def revoke(body: Revoke):  # type: ignore[no-untyped-def]
     """Revoke a token at once: the caller's own, or with ``user`` (admin only) another user's."""
-    body = json_body("user") if request.content_length else {}
-    name = field(body, "user", str, required=False) or g.user.name
+    name = body.user or g.user.name
     if name != g.user.name and not g.user.is_admin:
         raise PermissionDeniedError("revoking another user's token needs an admin token")
     with services().db.write() as session:

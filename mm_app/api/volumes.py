@@ -9,33 +9,68 @@ volume is 404.
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, g, request
+from pydantic import Field
 
 from minimodal.exception import InvalidError, NotFoundError
 
 from .. import objects, volumes
 from .auth import authenticate
+from .schema import Doc, Query, Reply
 from .services import services
 
 bp = Blueprint("volumes", __name__, url_prefix="/v1/volumes")
 bp.before_request(authenticate)
+doc = Doc("volumes")
+_PATHS = {"path": "file path"}
+
+
+class Listing(Query):
+    path: str = Field("", description="directory or file")
+    recursive: str = Field("0", description="1 to list all below")
+
+
+class WriteFlags(Query):
+    force: str = Field("0", description="1 to overwrite")
+
+
+class RemoveFlags(Query):
+    recursive: str = Field("0", description="1 for a directory")
+
+
+class Entries(Reply):
+    entries: list[dict[str, Any]]
+
+
+class FileWritten(Reply):
+    path: str
+    sha: str
+    size: int
+
+
+class Removed(Reply):
+    removed: list[str]
 
 
 def _volume(volume_id: str) -> str:
     return objects.resolve(services().redis, g.user.id, {"kind": "volume", "id": volume_id})
 
 
-def _flag(name: str) -> bool:
-    return request.args.get(name, "0").lower() in ("1", "true", "yes")
+def _flag(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes")
 
 
 @bp.get("/<volume_id>/entries")
-def list_entries(volume_id: str):  # type: ignore[no-untyped-def]
+@doc("Files and directories of a volume", query=Listing, reply=Entries, errors=(404,))
+def list_entries(volume_id: str, query: Listing):  # type: ignore[no-untyped-def]
     files = volumes.manifest(services().redis, _volume(volume_id))
-    return {"entries": volumes.listdir(files, request.args.get("path", ""), _flag("recursive"))}
+    return {"entries": volumes.listdir(files, query.path, _flag(query.recursive))}
 
 
 @bp.get("/<volume_id>/files/<path:path>")
+@doc("Stream a file out", reply=bytes, media="application/octet-stream", errors=(404,), params=_PATHS)
 def read_file(volume_id: str, path: str):  # type: ignore[no-untyped-def]
     files = volumes.manifest(services().redis, _volume(volume_id))
     meta = files.get(volumes.normalize(path))
@@ -49,13 +84,22 @@ def read_file(volume_id: str, path: str):  # type: ignore[no-untyped-def]
 
 
 @bp.put("/<volume_id>/files/<path:path>")
-def write_file(volume_id: str, path: str):  # type: ignore[no-untyped-def]
+@doc(
+    "Stream a file in and commit it",
+    ok=201,
+    query=WriteFlags,
+    raw_body="application/octet-stream",
+    reply=FileWritten,
+    errors=(404,),
+    params=_PATHS,
+)
+def write_file(volume_id: str, path: str, query: WriteFlags):  # type: ignore[no-untyped-def]
     volume_id = _volume(volume_id)
     target = volumes.normalize(path)
     if not target:
         raise InvalidError("give a file path")
     redis = services().redis
-    if not _flag("force") and target in volumes.manifest(redis, volume_id):
+    if not _flag(query.force) and target in volumes.manifest(redis, volume_id):
         raise InvalidError(f"{target} exists in the volume; pass force to overwrite it")
     request.max_content_length = 1 << 50  # files may be larger than call payloads: they stream to disk
     sha, size = volumes.BlobStore().put_stream(request.stream)
@@ -64,6 +108,13 @@ def write_file(volume_id: str, path: str):  # type: ignore[no-untyped-def]
 
 
 @bp.delete("/<volume_id>/files/<path:path>")
-def remove_file(volume_id: str, path: str):  # type: ignore[no-untyped-def]
-    removed = volumes.remove(services().redis, _volume(volume_id), path, _flag("recursive"))
+@doc(
+    "Remove a file, or a directory with recursive=1",
+    query=RemoveFlags,
+    reply=Removed,
+    errors=(404,),
+    params={"path": "file or directory"},
+)
+def remove_file(volume_id: str, path: str, query: RemoveFlags):  # type: ignore[no-untyped-def]
+    removed = volumes.remove(services().redis, _volume(volume_id), path, _flag(query.recursive))
     return {"removed": removed}

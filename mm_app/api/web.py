@@ -30,9 +30,11 @@ from ..models import AppRecord, FunctionRecord, FunctionSpecRecord, UserRecord
 from ..submit import submit_call
 from .auth import hash_token
 from .deploys import current
+from .schema import Doc
 from .services import services
 
 bp = Blueprint("web", __name__)
+doc = Doc("web", security="none")
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
@@ -94,6 +96,17 @@ def _check_proxy_auth(user_id: int) -> None:
 
 @bp.route("/web/<user_name>/<app_name>/<tag>", methods=METHODS, defaults={"rest": ""}, strict_slashes=False)
 @bp.route("/web/<user_name>/<app_name>/<tag>/<path:rest>", methods=METHODS)
+@doc(
+    "Call a web endpoint of a deployed app (public unless it requires proxy auth)",
+    errors=(401, 404, 413),
+    description="Answers what the endpoint answers: its status, headers and streamed body.",
+    params={
+        "user_name": "the app owner's user name",
+        "app_name": "the deployed app",
+        "tag": "the web endpoint function",
+        "rest": "the path inside the endpoint's app",
+    },
+)
 def serve(user_name: str, app_name: str, tag: str, rest: str):  # type: ignore[no-untyped-def]
     svc = services()
     user_id, record, web = _resolve(user_name, app_name, tag)
@@ -122,16 +135,9 @@ def serve(user_name: str, app_name: str, tag: str, rest: str):  # type: ignore[n
     payload = pickle.dumps(((envelope,), {}), protocol=5)
     if len(payload) > svc.settings["inline_payload_size"]:
         payload = protocol.blob_ref(svc.payloads.put_blob_bytes(user_id, payload))
-    call_id = protocol.new_id("fc")
-    submit_call(
-        svc.db,
-        svc.pending,
-        user_id=user_id,
-        function_id=record.id,
-        call_id=call_id,
-        payload=payload,
-        ttl=svc.settings["result_ttl"],
-    )
+    call_id = submit_call(
+        svc.db, svc.pending, user_id=user_id, function_id=record.id, payloads=[payload], ttl=svc.settings["result_ttl"]
+    ).call_id
     deadline = time.monotonic() + float(record.options.get("timeout", 300)) + START_WAIT_SECONDS
     parts = _items(call_id, deadline)
     head = next(parts, None)
@@ -172,29 +178,3 @@ def _items(call_id: str, deadline: float) -> Iterator[Any]:
                 data = svc.payloads.get_blob(blob.decode())
             if data is not None:
                 yield _plain(data)
-
-
-def openapi_paths() -> dict[str, Any]:
-    """This blueprint's part of ``/openapi.json``."""
-    from .openapi import _op, _path
-
-    def item(with_rest: bool) -> dict[str, Any]:
-        params = [
-            _path("user_name", "the app owner's user name"),
-            _path("app_name", "the deployed app"),
-            _path("tag", "the web endpoint function"),
-        ]
-        if with_rest:
-            params.append(_path("rest", "the path inside the endpoint's app"))
-        op = _op(
-            "Call a web endpoint of a deployed app (public unless it requires proxy auth)",
-            "web",
-            auth=False,
-            params=params,
-            media="*/*",
-            errors=("401", "404", "413"),
-            description="Answers what the endpoint answers: its status, headers and streamed body.",
-        )
-        return {method.lower(): op for method in METHODS if method not in ("HEAD", "OPTIONS")}  # automatic
-
-    return {"/web/{user_name}/{app_name}/{tag}": item(False), "/web/{user_name}/{app_name}/{tag}/{rest}": item(True)}

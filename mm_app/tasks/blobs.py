@@ -9,10 +9,10 @@ are checked against their SHA-256 on arrival, so neither side ever holds one who
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 from minimodal import config
+from minimodal._backoff import Backoff, Retrying
 from minimodal._client import Client
 from minimodal.exception import AuthError, InvalidError, NotFoundError, ServiceError
 
@@ -70,18 +70,18 @@ class RemoteBlobStore:
         """Send a local file unless the store has its content; ContentChanged if it no longer hashes to ``sha``."""
         if self.has(sha):
             return
-        delay, deadline = 0.2, time.monotonic() + RETRY_SECONDS
-        while True:
-            try:
-                with open(source, "rb") as body:  # opened again on each try: a failed try moved its position
-                    self.client.request("PUT", self._path(sha), data=body, timeout=300)
-                return
-            except InvalidError as exc:
-                raise ContentChanged(str(exc)) from None
-            except AuthError as exc:
-                raise self._refused(exc) from None
-            except ServiceError as exc:
-                if exc.__cause__ is None or time.monotonic() > deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        backoff = Backoff(0.2, factor=2.0, most=2.0, seconds=RETRY_SECONDS)
+
+        def wait_after(exc: Exception) -> float | None:  # an API that cannot be reached (a restart) is waited for
+            return backoff.next_wait() if isinstance(exc, ServiceError) and exc.__cause__ is not None else None
+
+        for attempt in Retrying(wait_after):
+            with attempt:
+                try:
+                    with open(source, "rb") as body:  # opened again on each try: a failed try moved its position
+                        self.client.request("PUT", self._path(sha), data=body, timeout=300)
+                    return
+                except InvalidError as exc:
+                    raise ContentChanged(str(exc)) from None
+                except AuthError as exc:
+                    raise self._refused(exc) from None

@@ -13,14 +13,18 @@ from workers.images import BuildError, ImageBuilder
 
 from ..celery_app import app
 from ..models import ImageRecord, utcnow
-from .context import get_context
+from .context import WorkerContext, open_context
 
 logger = logging.getLogger("minimodal.worker.build")
 
 
-@app.task(name=protocol.TASK_BUILD_IMAGE, acks_late=True, ignore_result=True)
-def build_image(image_id: str) -> None:
-    ctx = get_context()
+@app.task(name=protocol.TASK_BUILD_IMAGE, bind=True, acks_late=True, ignore_result=True)
+def build_image(self: Any, image_id: str) -> None:
+    build(open_context(self.app), image_id)
+
+
+def build(ctx: WorkerContext, image_id: str) -> None:
+    """Build the image record's spec with this worker's Docker engine; the record ends ready or failed."""
     log_key = protocol.build_log_key(image_id)
 
     def log(line: str) -> None:
@@ -42,9 +46,12 @@ def build_image(image_id: str) -> None:
     try:
         if docker is None:
             raise BuildError("this worker has no Docker engine")
+        from workers.runtimes.docker import DockerRuntime  # the docker SDK: only where it builds
+
+        assert isinstance(docker.runtime, DockerRuntime)
         builder = ImageBuilder(
             docker.runtime.client,
-            cloudpickle_version=cloudpickle.__version__,  # type: ignore[attr-defined]
+            cloudpickle_version=cloudpickle.__version__,
             debian_slim=config.get("debian_slim_image"),
             registry=config.get("registry"),
         )

@@ -222,7 +222,7 @@ class _Terminal:
     def __init__(
         self,
         read: Callable[[], bytes],
-        write: Callable[[bytes], None],
+        write: Callable[[bytes], object],  # what it answers (os.write counts bytes) is not used
         resize: Callable[[int, int], None],
         exit_code: Callable[[], int | None],
         close: Callable[[], None],

@@ -1,6 +1,8 @@
 """What one worker process holds: its id, database, Redis, warm pool and heartbeat thread.
 
-Built once per worker process on first use, and torn down on worker shutdown (no runner leaks).
+Built once per worker process when it is ready (or by its first task, if that comes first) and kept on
+the worker's Celery app: a task takes it from there once, at its boundary (``open_context(self.app)``),
+and passes it to everything below. Torn down on worker shutdown (no runner leaks).
 """
 
 from __future__ import annotations
@@ -267,8 +269,8 @@ class WorkerContext:
         retired = {m.decode() for m in self.redis.smembers(protocol.retired_functions_key())}
         if retired:
             keys = {key for key, (function_id, _) in list(self._runner_keys.items()) if function_id in retired}
-            for pool in self.pools.values():
-                pool.retire(keys - pool.retired)
+            for each in self.pools.values():
+                each.retire(keys - each.retired)
         wanted = self.pending.warm_functions()
         for function_id in set(wanted) | set(self._warm):
             spec = self.function(function_id)
@@ -471,28 +473,30 @@ def _task_dropped(request: Any = None, **_: Any) -> None:
             _active.discard(request.id)
 
 
-@signals.worker_shutting_down.connect
-def _on_shutting_down(**_: Any) -> None:
-    if _context is not None:
-        _context.drain()
-
-
-_context: WorkerContext | None = None
+_ATTRIBUTE = "minimodal_worker_context"  # where a worker's Celery app holds its context
 _context_lock = threading.Lock()
 
 
-def get_context() -> WorkerContext:
-    global _context
+def open_context(celery_app: Any) -> WorkerContext:
+    """The context of the worker that runs ``celery_app``: built, and its heartbeat started, on first use."""
     with _context_lock:
-        if _context is None:
-            _context = WorkerContext.from_config()
-            _context.start_heartbeat()
-        return _context
+        ctx: WorkerContext | None = getattr(celery_app, _ATTRIBUTE, None)
+        if ctx is None:
+            ctx = WorkerContext.from_config()
+            ctx.start_heartbeat()
+            setattr(celery_app, _ATTRIBUTE, ctx)
+        return ctx
 
 
-def close_context() -> None:
-    global _context
+def existing_context(celery_app: Any) -> WorkerContext | None:
+    """The worker's context if it was built (a worker shutting down before any use has none)."""
+    return getattr(celery_app, _ATTRIBUTE, None)
+
+
+def close_context(celery_app: Any) -> None:
+    """Stop the worker's heartbeat, runners and recorder, and hand back the tasks it never started."""
     with _context_lock:
-        if _context is not None:
-            _context.close()
-            _context = None
+        ctx: WorkerContext | None = getattr(celery_app, _ATTRIBUTE, None)
+        if ctx is not None:
+            ctx.close()
+            setattr(celery_app, _ATTRIBUTE, None)

@@ -31,7 +31,7 @@ from .. import objects, vault
 from ..celery_app import app
 from . import volumes
 from .caps import LogBudget
-from .context import WorkerContext, close_context, get_context
+from .context import WorkerContext, close_context, existing_context, open_context
 from .lines import LineBuffer
 from .recorder import Ended
 
@@ -40,12 +40,19 @@ logger = logging.getLogger("minimodal.worker")
 
 @signals.worker_ready.connect
 def _on_worker_ready(**_: Any) -> None:
-    get_context()
+    open_context(app)
+
+
+@signals.worker_shutting_down.connect
+def _on_shutting_down(**_: Any) -> None:
+    ctx = existing_context(app)
+    if ctx is not None:
+        ctx.drain()
 
 
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
-    close_context()
+    close_context(app)
 
 
 def _envelope(ctx: WorkerContext, user_id: int, idx: int, outcome: Outcome) -> dict[str, Any]:
@@ -223,7 +230,7 @@ class _Task:
 def execute(
     self: Any, call_id: str, function_id: str, user_id: int, start: int, end: int, attempt: int = 1, first: int = 1
 ) -> None:
-    ctx = get_context()
+    ctx = open_context(self.app)
     queue = (self.request.delivery_info or {}).get("routing_key") or protocol.QUEUE_CPU
     task = _Task(ctx, call_id, function_id, user_id, list(range(start, end)), attempt, first, queue, self.request.id)
     report = ctx.recorder.running(call_id, function_id, user_id, task.indexes)
@@ -464,7 +471,7 @@ class _Sinks:
         self.lines.write(stream, text)  # whole lines reach _store (mm_app/tasks/lines.py)
 
     def _store(self, lines: list[tuple[str, str]]) -> None:
-        entries = []
+        entries: list[dict[str, str]] = []
         for stream, line in lines:
             text = self.budget.take(line)
             if text is None:

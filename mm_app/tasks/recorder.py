@@ -17,9 +17,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import Table, bindparam, insert, or_, select, update
 
 from minimodal.protocol import CallStatus
 
@@ -29,7 +29,7 @@ from ..models import AttemptRecord, DeadLetterRecord, InputRecord, utcnow
 logger = logging.getLogger("minimodal.worker.recorder")
 
 _UNSTARTED = [CallStatus.QUEUED.value, CallStatus.DISPATCHED.value]
-_inputs = InputRecord.__table__
+_inputs = cast(Table, InputRecord.__table__)  # a mapped class's table (typed as any FromClause)
 
 
 @dataclass
@@ -134,8 +134,8 @@ class Recorder:
                         attempts=InputRecord.attempts + 1,
                     )
                 )
-            for report in finished:
-                self._write_finished(session, report, now)
+            for ended in finished:
+                self._write_finished(session, ended, now)
 
     def _write_finished(self, session: Any, report: _Finished, now: datetime) -> None:
         start, ended = report.start, report.ended

@@ -21,13 +21,15 @@ from celery import signals
 
 from minimodal import config, protocol
 from minimodal.protocol import SandboxState
+from workers.runtimes.base import RunnerStartError
 from workers.sandbox import ContainerSpec, ExecProcess, SandboxContainer, SandboxStartError, remove_orphans
 
 from .. import registry, sandboxes, vault
 from ..celery_app import app
 from ..models import SandboxRecord
 from . import volumes
-from .context import WorkerContext, get_context
+from .caps import TRUNCATED
+from .context import WorkerContext, open_context
 
 logger = logging.getLogger("minimodal.worker")
 
@@ -45,6 +47,7 @@ class _Life:
         self.app_id = record.app_id
         self.redis = ctx.redis
         self.ttl = config.get("stream_ttl")
+        self.output_cap = config.get("sandbox_output_bytes")
         self.keys: set[str] = set()
         self.running: dict[str, ExecProcess] = {}
         self.lock = threading.Lock()
@@ -62,8 +65,28 @@ class _Life:
         return key
 
     def output(self, process_id: str) -> Any:
+        """The callback that stores one process's chunks: at most ``sandbox_output_bytes`` per stream, then a marker.
+
+        Past the cap the process runs on and its output is still read (so it never blocks on a full pipe),
+        but dropped: a command printing gigabytes keeps Redis at the cap.
+        """
+        written = {1: 0, 2: 0}
+
         def on_output(fd: int, chunk: bytes | None) -> None:
             key = self._touch(protocol.sandbox_output_key(self.id, process_id, fd))
+            if chunk is not None:
+                room = self.output_cap - written[fd]
+                if room < 0:
+                    return  # past the cap and its marker: dropped
+                written[fd] += len(chunk)
+                if len(chunk) > room:
+                    name = "stdout" if fd == 1 else "stderr"
+                    marker = (
+                        f"\n{TRUNCATED} this process wrote over {self.output_cap:,} bytes to {name} "
+                        "(MINIMODAL_SANDBOX_OUTPUT_BYTES); the rest of it is dropped\n"
+                    )
+                    chunk = chunk[:room] + marker.encode()
+                    written[fd] = self.output_cap + 1
             try:
                 self.redis.xadd(key, {"eof": "1"} if chunk is None else {"d": chunk})
                 self.redis.expire(key, self.ttl + int(self.spec.get("timeout", 0)))
@@ -110,9 +133,15 @@ class _Life:
         pool = ctx.pools.get("docker")
         if pool is None:
             raise SandboxStartError("this worker has no Docker engine; sandboxes run in containers")
-        client = pool.runtime.client  # type: ignore[attr-defined]
+        runtime: Any = pool.runtime
+        block_network = bool(spec.get("block_network"))
+        encrypted, unencrypted = spec.get("encrypted_ports") or [], spec.get("unencrypted_ports") or []
+        try:  # a networked sandbox joins the runners' bridge: no other container, host or private range
+            network = None if block_network else runtime.network_name()
+        except RunnerStartError as exc:
+            raise SandboxStartError(str(exc)) from exc
         self.container = SandboxContainer(
-            client,
+            runtime.client,
             ContainerSpec(
                 sandbox_id=self.id,
                 image=spec["image"],
@@ -121,7 +150,10 @@ class _Life:
                 workdir=spec.get("workdir"),
                 cpu=spec.get("cpu"),
                 memory=spec.get("memory"),
-                block_network=bool(spec.get("block_network")),
+                block_network=block_network,
+                network=network,
+                ports=sorted({*encrypted, *unencrypted}),
+                publish_address=config.get("worker_address"),
                 mounts=volumes.mounts(self.redis, {"volumes": mounted}),
                 labels={
                     "user": str(self.user_id),
@@ -129,11 +161,15 @@ class _Life:
                     "worker": ctx.worker_id,
                     "home": str(config.home()),
                 },
-                runtime=config.get("container_runtime"),
+                runtime=runtime.engine_runtime(block_network),
             ),
             self.output(protocol.SANDBOX_ENTRYPOINT),
         )
-        sandboxes.started(ctx.db, self.redis, self.id, ctx.worker_id)
+        tunnels = {
+            port: {"host": host, "port": host_port, "encrypted": port not in unencrypted}
+            for port, (host, host_port) in self.container.published().items()
+        }
+        sandboxes.started(ctx.db, self.redis, self.id, ctx.worker_id, tunnels)
         threading.Thread(
             target=self._stdin_reader,
             args=(protocol.SANDBOX_ENTRYPOINT, self.container.write_stdin, self.container.close_stdin, lambda: True),
@@ -212,7 +248,9 @@ class _Life:
         assert self.container is not None
         reply_key = protocol.sandbox_reply_key(self.id, request["id"])
         try:
-            tag = self.container.snapshot(f"{self.id.lower()}-{request['id'][:8].lower()}")
+            tag = self.container.snapshot(
+                f"{self.id.lower()}-{request['id'][:8].lower()}", registry=config.get("registry")
+            )
             reply = {"image": tag}
         except Exception as exc:  # noqa: BLE001 - the commit failed: the caller gets the reason
             reply = {"error": f"cannot snapshot the sandbox: {exc}"}
@@ -236,7 +274,10 @@ class _Life:
 
 @app.task(name=protocol.TASK_SANDBOX, bind=True, acks_late=True, ignore_result=True)
 def run_sandbox(self: Any, sandbox_id: str, user_id: int) -> None:
-    ctx = get_context()
+    _run_sandbox(open_context(self.app), sandbox_id, user_id, self.request.id)
+
+
+def _run_sandbox(ctx: WorkerContext, sandbox_id: str, user_id: int, task_id: str) -> None:
     try:
         with ctx.db.read() as session:
             record = session.get(SandboxRecord, sandbox_id)
@@ -266,7 +307,7 @@ def run_sandbox(self: Any, sandbox_id: str, user_id: int) -> None:
         sandboxes.end(ctx.db, ctx.redis, sandbox_id, state, code, error)
         logger.info("sandbox %s ended: %s (%s)", sandbox_id, state.value, code)
     finally:
-        ctx.pending.finish(user_id, sandbox_id, 0, task_id=self.request.id)
+        ctx.pending.finish(user_id, sandbox_id, 0, task_id=task_id)
 
 
 @signals.worker_shutting_down.connect
@@ -284,12 +325,13 @@ def _terminate_all(**_: Any) -> None:
 @signals.worker_ready.connect
 def _on_worker_ready(**_: Any) -> None:
     if config.get("worker_runtime") != "process":  # off the start path: the worker takes work meanwhile
-        threading.Thread(target=_remove_orphans, name="mm-sandbox-orphans", daemon=True).start()
+        thread = threading.Thread(target=_remove_orphans, args=(open_context(app),), name="mm-sandbox-orphans")
+        thread.daemon = True
+        thread.start()
 
 
-def _remove_orphans() -> None:
+def _remove_orphans(ctx: WorkerContext) -> None:
     """A worker restarted after a crash: remove this stack's sandbox containers no live worker owns."""
-    ctx = get_context()
     pool = ctx.pools.get("docker")
     if pool is None:
         return

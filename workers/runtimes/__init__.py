@@ -12,7 +12,7 @@ __all__ = ["Outcome", "Runner", "RunnerSpec", "Runtime", "docker_client"]
 logger = logging.getLogger("minimodal.workers")
 
 
-def docker_client(timeout: float = 30) -> Any | None:
+def docker_client(timeout: int = 30) -> Any | None:
     """A client of the local Docker engine if one answers, else None (the docker SDK is imported lazily).
 
     ``timeout`` applies to every API call of the client: force-removing a container that holds much

@@ -1,5 +1,9 @@
 """The runtime interface: a Runtime starts Runners; a Runner runs one input at a time (or, for
-``@concurrent``/``@batched`` functions, several: :meth:`Runner.call_shared`) and stays warm."""
+``@concurrent``/``@batched`` functions, several: :meth:`Runner.call_shared`) and stays warm.
+
+Every input runs through :meth:`FrameLink.call`, whatever the runtime: a runtime gives its runners a way
+to send and read frames (``minimodal._frames``), to be stopped, and to say how a runner was lost.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from minimodal._frames import Frame, Kind
 
 
 @dataclass(frozen=True)
@@ -29,8 +35,8 @@ class RunnerSpec:
     mounts: dict[str, str] = field(default_factory=dict)  # container path -> host directory (volumes)
     max_inputs: int = 1  # inputs the runner takes at once (@concurrent; @batched: its max_batch_size)
     batch_wait_ms: int | None = None  # set for a @batched function: the runner groups inputs into calls
-    # Import by name: the app's shipped source (a zip, sent as an ``S`` frame before ``F``), and what the
-    # ``F`` header adds (``import``: module and tag; ``app``: the app's id and every function's id by tag).
+    # Import by name: the app's shipped source (a zip, sent as a SOURCE frame before FUNCTION), and what the
+    # FUNCTION header adds (``import``: module and tag; ``app``: the app's id and every function's id by tag).
     source: bytes | None = field(default=None, repr=False, compare=False)
     load: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -40,7 +46,7 @@ class RunnerSpec:
         return self.max_inputs > 1 or self.batch_wait_ms is not None
 
     def load_header(self) -> dict[str, Any]:
-        """The header of the ``F`` frame: how to load the function, how the runner takes inputs."""
+        """The header of the FUNCTION frame: how to load the function, how the runner takes inputs."""
         header: dict[str, Any] = dict(self.load)
         if not self.shared:
             return header
@@ -68,17 +74,16 @@ LogSink = Callable[[str, str], None]  # (stream name, text)
 ItemSink = Callable[[int, bytes], None]  # (item index, pickled item) of a generator
 # A request of the function's code to the platform (a Dict or Queue operation, ...): JSON in, JSON out.
 RequestHandler = Callable[[dict[str, Any]], dict[str, Any]]
-Frame = tuple[bytes, dict[str, Any], bytes]
-Send = Callable[[bytes, dict[str, Any], bytes], None]
+Send = Callable[[Kind, dict[str, Any], bytes], None]
 
 
 def call_header(call_id: str, idx: int, env: dict[str, str] | None) -> dict[str, Any]:
-    """The header of a ``C`` frame: the input, and the environment (secrets) it runs with."""
+    """The header of a CALL frame: the input, and the environment (secrets) it runs with."""
     return {"call_id": call_id, "idx": idx, **({"env": env} if env else {})}
 
 
 def answer_request(handler: RequestHandler | None, header: dict[str, Any]) -> dict[str, Any]:
-    """The answer to a runner's ``Q`` frame; a failure becomes ``{"error": {"type", "message"}}``."""
+    """The answer to a runner's REQUEST frame; a failure becomes ``{"error": {"type", "message"}}``."""
     if handler is None:
         return {"error": {"type": "ServiceError", "message": "this runner serves no platform requests"}}
     try:
@@ -101,7 +106,7 @@ def serve_frames(
     """Read a runner's frames for one input until its output; None if the runner went away first.
 
     Log and item frames go to the sinks as they come; neither the frames nor the output are unpickled.
-    A ``Q`` frame (a request of the function's code) is answered with an ``A`` frame through ``send``,
+    A REQUEST frame (a request of the function's code) is answered with an ANSWER frame through ``send``,
     echoing its ``rid``; a request that may wait (an API call of a function calling a function: ``kind``
     ``http``) is answered from a thread, so the input's logs and its other requests flow meanwhile. An
     answer that comes after the input ended is dropped.
@@ -114,7 +119,7 @@ def serve_frames(
 
 
 class _Answers:
-    """Answers a runner's ``Q`` frames for one input; the waiting ones from threads, under one lock."""
+    """Answers a runner's REQUEST frames for one input; the waiting ones from threads, under one lock."""
 
     def __init__(self, send: Send | None, handler: RequestHandler | None) -> None:
         self.send, self.handler = send, handler
@@ -131,7 +136,7 @@ class _Answers:
         answer = {**answer_request(self.handler, header), **({"rid": header["rid"]} if "rid" in header else {})}
         with self.lock:
             if not self.closed and self.send is not None:
-                self.send(b"A", answer, b"")
+                self.send(Kind.ANSWER, answer, b"")
 
     def close(self) -> None:
         with self.lock:
@@ -150,15 +155,15 @@ def _serve(
         if frame is None:
             return None
         kind, header, body = frame
-        if kind == b"L":
+        if kind == Kind.LOG:
             if on_log is not None:
                 on_log(header.get("stream", "stdout"), body.decode("utf-8", "replace"))
-        elif kind == b"Y":
+        elif kind == Kind.ITEM:
             if on_item is not None:
                 on_item(int(header["n"]), body)
-        elif kind == b"Q" and answers.send is not None:
+        elif kind == Kind.REQUEST and answers.send is not None:
             answers.answer(header)
-        elif kind == b"O":
+        elif kind == Kind.OUTPUT:
             duration = time.monotonic() - started
             if header.get("ok"):
                 return Outcome(ok=True, data=body, duration=duration, items=header.get("items"))
@@ -170,13 +175,15 @@ def _serve(
 _SHARED_LOCK = threading.Lock()
 
 
-class Runner(abc.ABC):
-    spec: RunnerSpec
-    started_in: float | None = None  # seconds its start took, until the first input takes it (then None)
-    container_id: str | None = None  # ct-...: its name in `minimodal container ...` (set by the pool)
-    started_at: float | None = None  # time.time() when it started
+class FrameLink(abc.ABC):
+    """What one input's frames travel over: a runner's own stream (a :class:`Runner`), or one share of it
+    (``workers/runtimes/shared.py``). :meth:`call` is the one way an input runs, on either."""
 
+    @property
     @abc.abstractmethod
+    def timeout(self) -> float:
+        """Seconds one input may run."""
+
     def call(
         self,
         payload: bytes,
@@ -192,16 +199,85 @@ class Runner(abc.ABC):
 
         ``env`` is set in the runner's ``os.environ`` for this input only (secrets travel this way, in
         the call frame, never in the container's configuration); ``on_request`` answers the requests
-        the code makes to the platform (Dict, Queue, ...) while it runs.
+        the code makes to the platform (Dict, Queue, ...) while it runs. An input that runs past the
+        timeout stops the runner; a runner that dies, or whose stream breaks, ends it with ``runner_lost``.
         """
+        started = time.monotonic()
+        deadline = started + self.timeout
+        try:
+            if not self.begin_input(on_log):
+                return self.lost(started, idx)
+            self.send_frame(Kind.CALL, call_header(call_id, idx, env), payload, deadline)
+            outcome = serve_frames(
+                lambda: self.read_frame(deadline),
+                started,
+                on_log=on_log,
+                on_item=on_item,
+                on_request=on_request,
+                send=lambda kind, header, body: self.send_frame(kind, header, body, deadline),
+            )
+            if outcome is None:
+                return self.lost(started, idx)
+            self.end_input()
+            return outcome
+        except TimeoutError:
+            stopped = self.time_out()
+            return Outcome(
+                ok=False,
+                error_type="FunctionTimeoutError",
+                message=f"input {idx} of {call_id} ran past its timeout of {self.timeout:g} s; {stopped}",
+                duration=time.monotonic() - started,
+                runner_lost=True,
+            )
+        except (OSError, ValueError):  # the pipe or socket broke, stop() closed it meanwhile, or a frame was bad
+            return self.lost(started, idx)
+        finally:
+            self.finish_input()
+
+    @abc.abstractmethod
+    def send_frame(self, kind: Kind, header: dict[str, Any], body: bytes, deadline: float) -> None:
+        """Send one frame to the runner (TimeoutError at ``deadline``)."""
+
+    @abc.abstractmethod
+    def read_frame(self, deadline: float) -> Frame | None:
+        """The runner's next frame (TimeoutError at ``deadline``, keeping a partial frame); None at its end."""
+
+    @abc.abstractmethod
+    def lost(self, started: float, idx: int) -> Outcome:
+        """Stop the runner, which died under input ``idx``, and describe how (``runner_lost``)."""
+
+    @abc.abstractmethod
+    def time_out(self) -> str:
+        """Stop the runner of an input that ran past its timeout; say what was stopped."""
+
+    def begin_input(self, on_log: LogSink | None) -> bool:
+        """Get ready for an input whose logs go to ``on_log``; False when the runner is gone already."""
+        return True
+
+    def end_input(self) -> None:  # noqa: B027 - optional hook
+        """After the input's output frame: take in what else it wrote (its stderr)."""
+
+    def finish_input(self) -> None:  # noqa: B027 - optional hook
+        """At the end of every input, however it ended."""
+
+
+class Runner(FrameLink):
+    spec: RunnerSpec
+    started_in: float | None = None  # seconds its start took, until the first input takes it (then None)
+    container_id: str | None = None  # ct-...: its name in `minimodal container ...` (set by the pool)
+    started_at: float | None = None  # time.time() when it started
+
+    @property
+    def timeout(self) -> float:
+        return self.spec.timeout
 
     _shared: Any = None  # SharedCalls, made by the first call_shared
 
     def call_shared(self, payload: bytes, **call: Any) -> Outcome:
         """:meth:`call` for a runner that takes several inputs at once (``spec.max_inputs`` > 1): thread-safe.
 
-        Frames are tagged per input (workers/runtimes/shared.py); the runtime provides
-        :meth:`send_frame`, :meth:`read_frame` and :meth:`lost`.
+        Frames are tagged per input (workers/runtimes/shared.py), over this runner's :meth:`send_frame`
+        and :meth:`read_frame`.
         """
         from .shared import SharedCalls
 
@@ -218,17 +294,6 @@ class Runner(abc.ABC):
     def broken(self) -> bool:
         """A shared runner that died or timed out: no new input may be given to it."""
         return bool(self._shared is not None and self._shared.broken)
-
-    def send_frame(self, kind: bytes, header: dict[str, Any], body: bytes, deadline: float) -> None:
-        raise NotImplementedError(f"{type(self).__name__} cannot take several inputs at once")
-
-    def read_frame(self, deadline: float) -> Frame | None:
-        """The runner's next frame (TimeoutError at ``deadline``, keeping a partial frame); None at its end."""
-        raise NotImplementedError(f"{type(self).__name__} cannot take several inputs at once")
-
-    def lost(self, started: float, idx: int) -> Outcome:
-        """Stop the runner, which died under input ``idx``, and describe how (``runner_lost``)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot take several inputs at once")
 
     def load(self, spec: RunnerSpec) -> None:
         """Load ``spec``'s function into this blank runner (from :meth:`Runtime.start_blank`), binding it to

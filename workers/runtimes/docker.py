@@ -2,9 +2,10 @@
 
 A container starts from an image that has Python and cloudpickle (``minimodal/base:bookworm``, built by
 ``docker/base/build.sh``). The runner module (``sdk/_runner.py``) is bind-mounted read-only into it and
-run as a script, so images need no copy of MiniModal. The worker talks to the runner over the
-container's attached stdin and stdout, with the same frames as the process runtime; nothing runs
-through ``docker exec``, and a warm container serves input after input.
+run as a script, with the one module it imports beside it (``sdk/_frames.py`` as ``minimodal_frames.py``),
+so images need no copy of MiniModal. The worker talks to the runner over the container's attached
+stdin and stdout, with the same frames as the process runtime; nothing runs through ``docker exec``,
+and a warm container serves input after input.
 
 Limits come from the function's options: ``memory`` (MiB, a hard limit without swap; 2 GiB when not
 set), ``cpu`` (a CFS quota) and a pids limit. The container runs as uid 1000 with no capabilities and
@@ -34,8 +35,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import io
-import json
 import logging
 import select
 import socket
@@ -48,26 +47,17 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.models.containers  # the Container type of annotations
 import requests
 
+import minimodal._frames
 import minimodal._runner
-from minimodal._runner import write_frame
+from minimodal._frames import Frame, Kind, encode_frame, take_frame
 from minimodal.exception import InvalidError, ServiceError
 from workers.network import DEFAULT_NETWORK, FirewallError, ensure_network
 
 from ..images import PullError, pull, registry_of
-from .base import (
-    ItemSink,
-    LogSink,
-    Outcome,
-    RequestHandler,
-    Runner,
-    RunnerSpec,
-    RunnerStartError,
-    Runtime,
-    call_header,
-    serve_frames,
-)
+from .base import LogSink, Outcome, Runner, RunnerSpec, RunnerStartError, Runtime
 
 logger = logging.getLogger("minimodal.workers.docker")
 
@@ -76,6 +66,7 @@ DEFAULT_PIDS_LIMIT = 256  # processes and threads per container; stops fork bomb
 DEFAULT_MEMORY_LIMIT = 2048  # MiB a container may use when its function sets no `memory`
 TMP_SIZE = "512m"  # the writable /tmp (tmpfs); its pages count in the container's memory limit
 RUNNER_PATH = "/opt/mm/runner/minimodal_runner.py"  # its own directory: sys.path[0] holds nothing else
+FRAMES_PATH = "/opt/mm/runner/minimodal_frames.py"  # sdk/_frames.py, beside the runner: what it imports of MiniModal
 SDK_PATH = "/opt/mm/lib/minimodal"  # this installation's minimodal package, read-only, last on sys.path
 RUNNER_UID = "1000:1000"  # the mm user of the base image
 LABEL = "minimodal"  # every container we start carries minimodal=1
@@ -88,7 +79,6 @@ _ENGINE_RUNTIMES = {
     ("runsc", True): "runsc",
 }
 
-_PREFIX = struct.Struct(">cII")  # a runner frame: kind, header length, body length
 _MUX = struct.Struct(">BxxxL")  # a Docker attach chunk without a TTY: stream (1 stdout, 2 stderr), length
 _STDOUT, _STDERR = 1, 2
 _STDERR_TAIL = 2000  # characters of the container's stderr kept for error messages
@@ -146,19 +136,9 @@ class _AttachStream:
             self._receive(wait)
         return True
 
-    def read_frame(self, deadline: float) -> tuple[bytes, dict[str, Any], bytes] | None:
+    def read_frame(self, deadline: float) -> Frame | None:
         """The next runner frame; None when the container's stdout ended first."""
-        if not self._fill(_PREFIX.size, deadline):
-            return None
-        kind, hlen, blen = _PREFIX.unpack_from(self.stdout)
-        end = _PREFIX.size + hlen + blen
-        if not self._fill(end, deadline):
-            return None
-        with memoryview(self.stdout) as view:
-            head = bytes(view[_PREFIX.size : _PREFIX.size + hlen]) or b"{}"
-            body = bytes(view[_PREFIX.size + hlen : end])
-        del self.stdout[:end]
-        return kind, json.loads(head), body
+        return take_frame(self.stdout, lambda n: self._fill(n, deadline))
 
 
 def _describe_exit(code: int | None) -> str:
@@ -256,6 +236,7 @@ class DockerRunner(Runner):
                 labels=_labels(spec, runtime.id),
                 volumes={
                     str(runtime.runner_file): {"bind": RUNNER_PATH, "mode": "ro"},
+                    str(runtime.frames_file): {"bind": FRAMES_PATH, "mode": "ro"},
                     # The SDK, so that code in the container can use minimodal.Dict, Queue, ... (their
                     # requests go through the runner's stdio, since the container cannot reach the API).
                     str(runtime.sdk_dir): {"bind": SDK_PATH, "mode": "ro"},
@@ -266,7 +247,8 @@ class DockerRunner(Runner):
             )
             # Attach before start: nothing the runner writes can be missed.
             self._attach = self._client.api.attach_socket(
-                self.container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+                self.container.id,  # type: ignore[arg-type]  # a created container has its id
+                params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1},
             )
             self._sock = getattr(self._attach, "_sock", self._attach)
             self._stream = _AttachStream(self._sock, self._take_stderr)
@@ -294,8 +276,8 @@ class DockerRunner(Runner):
         deadline = time.monotonic() + runtime.startup_timeout
         try:
             if spec.source:
-                self._send(b"S", {}, spec.source, deadline)
-            self._send(b"F", spec.load_header(), spec.code, deadline)
+                self.send_frame(Kind.SOURCE, {}, spec.source, deadline)
+            self.send_frame(Kind.FUNCTION, spec.load_header(), spec.code, deadline)
             frame = stream.read_frame(deadline)
         except TimeoutError as exc:
             raise RunnerStartError(
@@ -310,7 +292,7 @@ class DockerRunner(Runner):
                 f"the runner container {_describe_exit(code)} before loading the function{self._stderr_note()}"
             )
         kind, header, _ = frame
-        if kind != b"R":
+        if kind != Kind.READY:
             raise RunnerStartError(
                 f"the function could not be loaded in the runner: {header.get('repr', 'unknown error')}",
                 header.get("traceback"),
@@ -341,9 +323,8 @@ class DockerRunner(Runner):
         tail = self._stderr_tail.strip()
         return f"; its stderr ends with:\n{tail}" if tail else ""
 
-    def _send(self, kind: bytes, header: dict[str, Any], body: bytes, deadline: float) -> None:
-        buffer = io.BytesIO()
-        write_frame(buffer, kind, header, body)
+    def send_frame(self, kind: Kind, header: dict[str, Any], body: bytes, deadline: float) -> None:
+        frame = encode_frame(kind, header, body)
         sock = self._sock
         if sock is None:  # stopped meanwhile
             raise BrokenPipeError
@@ -352,7 +333,7 @@ class DockerRunner(Runner):
             raise TimeoutError
         sock.settimeout(wait)  # a runner that stops reading its stdin must not block us forever
         try:
-            sock.sendall(buffer.getbuffer())
+            sock.sendall(frame)
         finally:
             sock.settimeout(None)
 
@@ -369,61 +350,31 @@ class DockerRunner(Runner):
             return False
         return not stream.eof
 
-    def call(
-        self,
-        payload: bytes,
-        *,
-        call_id: str,
-        idx: int,
-        on_log: LogSink | None = None,
-        on_item: ItemSink | None = None,
-        on_request: RequestHandler | None = None,
-        env: dict[str, str] | None = None,
-    ) -> Outcome:
-        started = time.monotonic()
-        deadline = started + self.spec.timeout
+    def begin_input(self, on_log: LogSink | None) -> bool:
         stream = self._stream
         if self._stopped or stream is None:
-            return self._lost(started, idx)
-        try:
-            stream.drain()  # stderr that came after the previous input belongs to no input: it is logged here
-            if stream.eof:
-                return self._lost(started, idx)
-            self._on_log = on_log
-            self._send(b"C", call_header(call_id, idx, env), payload, deadline)
-            outcome = serve_frames(
-                lambda: stream.read_frame(deadline),
-                started,
-                on_log=on_log,
-                on_item=on_item,
-                on_request=on_request,
-                send=lambda kind, header, body: self._send(kind, header, body, deadline),
-            )
-            if outcome is None:
-                return self._lost(started, idx)
-            # Docker does not order stderr against stdout: take the stderr that is here already.
+            return False
+        stream.drain()  # stderr that came after the previous input belongs to no input: it is logged here
+        if stream.eof:
+            return False
+        self._on_log = on_log
+        return True
+
+    def end_input(self) -> None:
+        # Docker does not order stderr against stdout: take the stderr that is here already.
+        stream = self._stream
+        if stream is not None:
             with contextlib.suppress(OSError, ValueError):
                 stream.drain()
-            return outcome
-        except TimeoutError:
-            self.stop()
-            return Outcome(
-                ok=False,
-                error_type="FunctionTimeoutError",
-                message=f"input {idx} of {call_id} ran longer than its timeout of {self.spec.timeout:g} s "
-                "and its container was stopped",
-                duration=time.monotonic() - started,
-                runner_lost=True,
-            )
-        except (OSError, ValueError):  # the socket broke, or stop() closed it from another thread
-            return self._lost(started, idx)
-        finally:
-            self._on_log = None
 
-    def send_frame(self, kind: bytes, header: dict[str, Any], body: bytes, deadline: float) -> None:
-        self._send(kind, header, body, deadline)
+    def finish_input(self) -> None:
+        self._on_log = None
 
-    def read_frame(self, deadline: float) -> tuple[bytes, dict[str, Any], bytes] | None:
+    def time_out(self) -> str:
+        self.stop()
+        return "its container was stopped"
+
+    def read_frame(self, deadline: float) -> Frame | None:
         stream = self._stream
         if self._stopped or stream is None:
             return None
@@ -518,6 +469,7 @@ class DockerRuntime(Runtime):
         startup_timeout: seconds a container may take to start and load the function.
         pids_limit: processes and threads per container.
         runner_file: the runner script to bind-mount; by default this installation's ``minimodal/_runner.py``.
+            This installation's ``minimodal/_frames.py`` is mounted beside it (the runner imports it).
             It must be a path on the Docker host, so the worker and the engine share a filesystem.
         container_runtime: ``runc`` or ``runsc`` (gVisor, registered by ``docker/runsc/setup.sh``).
         network: the bridge network of networked runners, made by :func:`workers.network.ensure_network`.
@@ -561,6 +513,7 @@ class DockerRuntime(Runtime):
         self.startup_timeout = startup_timeout
         self.pids_limit = pids_limit
         self.runner_file = Path(runner_file or minimodal._runner.__file__).resolve()
+        self.frames_file = Path(minimodal._frames.__file__).resolve()
         self.sdk_dir = Path(minimodal._runner.__file__).resolve().parent
         self.id = uuid.uuid4().hex[:12]  # labels this runtime's containers, for shutdown()
         self._engine_cpus: int | None = None

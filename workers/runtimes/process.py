@@ -7,33 +7,19 @@ in a container: resource limits other than ``timeout`` need the Docker runtime.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import signal
-import struct
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from minimodal._runner import write_frame
+from minimodal._frames import Frame, Kind, take_frame, write_frame
 
-from .base import (
-    ItemSink,
-    LogSink,
-    Outcome,
-    RequestHandler,
-    Runner,
-    RunnerSpec,
-    RunnerStartError,
-    Runtime,
-    call_header,
-    serve_frames,
-)
+from .base import LogSink, Outcome, Runner, RunnerSpec, RunnerStartError, Runtime
 
-_PREFIX_SIZE = 9
 GRACEFUL_EXIT_SECONDS = 2.0  # an idle runner told to stop gets this long to run its exit hooks
 
 
@@ -89,16 +75,8 @@ class _FrameReader:
             self.buffer += chunk
         return True
 
-    def read(self, deadline: float) -> tuple[bytes, dict[str, Any], bytes] | None:
-        if not self._fill(_PREFIX_SIZE, deadline):
-            return None
-        kind, hlen, blen = struct.unpack(">cII", self.buffer[:_PREFIX_SIZE])
-        if not self._fill(_PREFIX_SIZE + hlen + blen, deadline):
-            return None
-        head = bytes(self.buffer[_PREFIX_SIZE : _PREFIX_SIZE + hlen])
-        body = bytes(self.buffer[_PREFIX_SIZE + hlen : _PREFIX_SIZE + hlen + blen])
-        del self.buffer[: _PREFIX_SIZE + hlen + blen]
-        return kind, json.loads(head), body
+    def read(self, deadline: float) -> Frame | None:
+        return take_frame(self.buffer, lambda n: self._fill(n, deadline))
 
 
 def _describe_exit(code: int | None) -> str:
@@ -141,13 +119,13 @@ class ProcessRunner(Runner):
         self.spec = spec
         try:
             if spec.source:
-                write_frame(self._stdin, b"S", {}, spec.source)
-            write_frame(self._stdin, b"F", spec.load_header(), spec.code)
+                write_frame(self._stdin, Kind.SOURCE, {}, spec.source)
+            write_frame(self._stdin, Kind.FUNCTION, spec.load_header(), spec.code)
             frame = self._reader.read(time.monotonic() + self.startup_timeout)
         except (TimeoutError, BrokenPipeError) as exc:
             self.stop()
             raise RunnerStartError(f"the runner did not start within {self.startup_timeout} s") from exc
-        if frame is None or frame[0] != b"R":
+        if frame is None or frame[0] != Kind.READY:
             self.stop()
             header = frame[1] if frame else {}
             why = header.get("repr") or f"the runner {_describe_exit(self.process.poll())}"
@@ -168,55 +146,27 @@ class ProcessRunner(Runner):
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def call(
-        self,
-        payload: bytes,
-        *,
-        call_id: str,
-        idx: int,
-        on_log: LogSink | None = None,
-        on_item: ItemSink | None = None,
-        on_request: RequestHandler | None = None,
-        env: dict[str, str] | None = None,
-    ) -> Outcome:
-        started = time.monotonic()
-        deadline = started + self.spec.timeout
+    def begin_input(self, on_log: LogSink | None) -> bool:
         self._busy = True
-        try:
-            self._reader.drain_stderr()  # what came between inputs belongs to none of them
-            self._on_log = on_log
-            write_frame(self._stdin, b"C", call_header(call_id, idx, env), payload)
-            outcome = serve_frames(
-                lambda: self._reader.read(deadline),
-                started,
-                on_log=on_log,
-                on_item=on_item,
-                on_request=on_request,
-                send=lambda kind, header, body: write_frame(self._stdin, kind, header, body),
-            )
-            if outcome is None:
-                return self._lost(started, idx)
-            self._reader.drain_stderr()  # written before the output frame, so it is in the pipe already
-            return outcome
-        except BrokenPipeError:
-            return self._lost(started, idx)
-        except TimeoutError:
-            self.stop()
-            return Outcome(
-                ok=False,
-                error_type="FunctionTimeoutError",
-                message=f"input {idx} of {call_id} ran past its timeout of {self.spec.timeout:g} s and was stopped",
-                duration=time.monotonic() - started,
-                runner_lost=True,
-            )
-        finally:
-            self._on_log = None
-            self._busy = False
+        self._reader.drain_stderr()  # what came between inputs belongs to none of them
+        self._on_log = on_log
+        return True
 
-    def send_frame(self, kind: bytes, header: dict[str, Any], body: bytes, deadline: float) -> None:
+    def end_input(self) -> None:
+        self._reader.drain_stderr()  # written before the output frame, so it is in the pipe already
+
+    def finish_input(self) -> None:
+        self._on_log = None
+        self._busy = False
+
+    def time_out(self) -> str:
+        self.stop()
+        return "its process was stopped"
+
+    def send_frame(self, kind: Kind, header: dict[str, Any], body: bytes, deadline: float) -> None:
         write_frame(self._stdin, kind, header, body)
 
-    def read_frame(self, deadline: float) -> tuple[bytes, dict[str, Any], bytes] | None:
+    def read_frame(self, deadline: float) -> Frame | None:
         return self._reader.read(deadline)
 
     def lost(self, started: float, idx: int) -> Outcome:

@@ -1,8 +1,8 @@
 """Several inputs in flight on one runner at once (``@concurrent``, ``@batched``): frames tagged per input.
 
-A runner loaded with ``max_inputs`` > 1 answers every frame of an input with the ``tag`` its ``C`` frame
+A runner loaded with ``max_inputs`` > 1 answers every frame of an input with the ``tag`` its CALL frame
 gave it (sdk/_runner.py ``_Concurrent``). Here each input is one caller thread (one Celery task, or one
-input of a task): it sends its ``C`` frame and then reads only its own frames. No thread of its own
+input of a task): it sends its CALL frame and then reads only its own frames. No thread of its own
 reads the runner: whichever caller holds the read lock reads the next frame and drops it in the inbox
 of the input it belongs to, so the frames of all inputs are read in order, once, by their callers.
 
@@ -20,7 +20,9 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .base import Frame, ItemSink, LogSink, Outcome, RequestHandler, call_header, serve_frames
+from minimodal._frames import Frame, Kind
+
+from .base import FrameLink, LogSink, Outcome
 
 if TYPE_CHECKING:
     from .base import Runner
@@ -44,56 +46,20 @@ class SharedCalls:
         self.broken = False  # the runner died or was stopped: no new input may use it
         self.in_flight = 0
 
-    def call(
-        self,
-        payload: bytes,
-        *,
-        call_id: str,
-        idx: int,
-        on_log: LogSink | None = None,
-        on_item: ItemSink | None = None,
-        on_request: RequestHandler | None = None,
-        env: dict[str, str] | None = None,
-    ) -> Outcome:
-        started = time.monotonic()
-        deadline = started + self.runner.spec.timeout
-        inbox: queue.SimpleQueue[Frame | None] = queue.SimpleQueue()
+    def call(self, payload: bytes, **call: Any) -> Outcome:
+        """:meth:`FrameLink.call` on a share of the runner of its own: one tag, one inbox."""
         with self._lock:
             tag, self._next_tag = self._next_tag, self._next_tag + 1
-            self._inboxes[tag] = inbox
+            inbox = self._inboxes[tag] = queue.SimpleQueue()
             self.in_flight += 1
-        try:
-            if self.broken:
-                return self._lost(started, idx)
-            self._send(b"C", {**call_header(call_id, idx, env), "tag": tag}, payload, deadline)
-            outcome = serve_frames(
-                lambda: self._next_frame(inbox, deadline),
-                started,
-                on_log=on_log,
-                on_item=on_item,
-                on_request=on_request,
-                send=lambda kind, header, body: self._send(kind, {**header, "tag": tag}, body, deadline),
-            )
-            return outcome if outcome is not None else self._lost(started, idx)
-        except TimeoutError:
-            self._break()
-            self.runner.stop()
-            return Outcome(
-                ok=False,
-                error_type="FunctionTimeoutError",
-                message=f"input {idx} of {call_id} ran past its timeout of {self.runner.spec.timeout:g} s; its "
-                "runner was stopped, with the other inputs it was running",
-                duration=time.monotonic() - started,
-                runner_lost=True,
-            )
-        except (OSError, ValueError):  # the pipe or socket broke, or stop() closed it from another thread
-            return self._lost(started, idx)
-        finally:
-            with self._lock:
-                self._inboxes.pop(tag, None)
-                self.in_flight -= 1
+        return _Share(self, tag, inbox).call(payload, **call)
 
-    def _send(self, kind: bytes, header: dict[str, Any], body: bytes, deadline: float) -> None:
+    def _end(self, tag: int) -> None:
+        with self._lock:
+            self._inboxes.pop(tag, None)
+            self.in_flight -= 1
+
+    def _send(self, kind: Kind, header: dict[str, Any], body: bytes, deadline: float) -> None:
         with self._send_lock:
             self.runner.send_frame(kind, header, body, deadline)
 
@@ -146,5 +112,36 @@ class SharedCalls:
             inbox = self._inboxes.get(tag) if isinstance(tag, int) else None
         if inbox is not None:
             inbox.put((kind, header, body))
-        elif kind == b"L":
+        elif kind == Kind.LOG:
             logger.info("runner output of no running input: %s", body.decode("utf-8", "replace").rstrip())
+
+
+class _Share(FrameLink):
+    """One input's share of a shared runner: its frames go out with its tag and come from its inbox."""
+
+    def __init__(self, calls: SharedCalls, tag: int, inbox: queue.SimpleQueue[Frame | None]) -> None:
+        self.calls, self.tag, self.inbox = calls, tag, inbox
+
+    @property
+    def timeout(self) -> float:
+        return self.calls.runner.spec.timeout
+
+    def begin_input(self, on_log: LogSink | None) -> bool:
+        return not self.calls.broken
+
+    def send_frame(self, kind: Kind, header: dict[str, Any], body: bytes, deadline: float) -> None:
+        self.calls._send(kind, {**header, "tag": self.tag}, body, deadline)
+
+    def read_frame(self, deadline: float) -> Frame | None:
+        return self.calls._next_frame(self.inbox, deadline)
+
+    def lost(self, started: float, idx: int) -> Outcome:
+        return self.calls._lost(started, idx)
+
+    def time_out(self) -> str:
+        self.calls._break()
+        self.calls.runner.stop()
+        return "its runner was stopped, with the other inputs it was running"
+
+    def finish_input(self) -> None:
+        self.calls._end(self.tag)
