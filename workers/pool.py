@@ -52,6 +52,7 @@ class WarmPool:
         self._blank_failed: dict[str, float] = {}  # blank key -> when a blank start last failed
         self._templates: OrderedDict[str, RunnerSpec] = OrderedDict()  # blank key -> what blanks start as
         self.bound = 0  # blank runners bound to a runner key at first use
+        self._blank_threads: set[threading.Thread] = set()  # starting blank runners; shutdown waits for them
         self._idle: dict[str, list[tuple[float, Runner]]] = defaultdict(list)
         self._busy: dict[str, set[Runner]] = defaultdict(set)
         self._starting: dict[str, int] = defaultdict(int)
@@ -273,10 +274,23 @@ class WarmPool:
             if missing <= 0:
                 return
             self._blank_starting[key] += missing
-        for _ in range(missing):
-            threading.Thread(target=self._start_blank, args=(key, template), name="mm-blank", daemon=True).start()
+            threads = [
+                threading.Thread(target=self._start_blank, args=(key, template), name="mm-blank", daemon=True)
+                for _ in range(missing)
+            ]
+            # Started under the lock that saw the pool open, so that shutdown() waits for each of them.
+            self._blank_threads.update(threads)
+            for thread in threads:
+                thread.start()
 
     def _start_blank(self, key: str, template: RunnerSpec) -> None:
+        try:
+            self._start_blank_runner(key, template)
+        finally:
+            with self._lock:
+                self._blank_threads.discard(threading.current_thread())
+
+    def _start_blank_runner(self, key: str, template: RunnerSpec) -> None:
         try:
             runner = self.runtime.start_blank(template)
         except RunnerStartError:
@@ -290,7 +304,7 @@ class WarmPool:
             if not self._closed.is_set() and key in self._templates:
                 self._blank[key].append(runner)
                 return
-        runner.stop()
+        runner.stop()  # the pool closed while it started: nothing may outlive the pool
 
     def blanks(self) -> int:
         """Blank runners ready now (started, no function loaded)."""
@@ -388,6 +402,12 @@ class WarmPool:
             runners += [r for blanks in self._blank.values() for r in blanks]
             self._idle.clear()
             self._busy.clear()
+            self._blank.clear()
+            starting = list(self._blank_threads)
+        for thread in starting:  # each stops the runner it started, the pool being closed
+            thread.join(timeout=60)
+        with self._lock:
+            runners += [r for blanks in self._blank.values() for r in blanks]  # none, unless one raced the close
             self._blank.clear()
         for runner in runners:
             runner.stop()
