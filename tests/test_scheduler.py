@@ -873,7 +873,7 @@ def test_the_api_sends_a_lone_users_call_to_a_free_worker_without_the_dispatcher
     make_stack: Callable[..., Stack],
 ) -> None:
     # Given a stack whose dispatcher is stopped, though its lease says one leads (it died a moment ago)
-    stack = make_stack({"w": {"MINIMODAL_WORKER_CONCURRENCY": "2"}})
+    stack = make_stack({"w": {"MINIMODAL_WORKER_CONCURRENCY": "2"}}, env={"MINIMODAL_DIRECT_DISPATCH": "1"})
     stop_process(stack.processes.pop("dispatcher0"))
     stack.redis_client.set(protocol.dispatch_leader_key(), "a-dispatcher-that-died", px=120_000)
     alice = Tenant(stack, "alice")
