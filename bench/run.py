@@ -10,11 +10,12 @@ bench/results/latest.json (``--quick``: bench/results/quick.json).
 
 1. baseline: bare Celery ``delay().get()`` round trip, and throughput of many no-op tasks sent at once.
 2. remote: warm `.remote()` of a no-op through the whole path, per runtime; ratio to the baseline trip.
-3. map: `.map` of many no-op inputs, twice; inputs/s, and ratio to the baseline throughput.
+3. map: `.map` of many no-op inputs, twice, then one ten times as large; inputs/s, time to the first
+   result, and ratio to the baseline throughput.
 4. cold: first call of a new function whose image is cached, per runtime.
 5. payloads: `.remote()` round trip with 1 KiB, 1 MiB and 64 MiB arguments.
 6. fairness: proportional shares, a newcomer's wait behind a backlog, 100 users against 1 (bench.fairness).
-7. memory: resident set of the API, dispatcher and worker after each of the two maps.
+7. memory: resident set of the API, dispatcher and worker after each map (the large one against the first).
 8. reads: requests/s of `GET /v1/calls/{id}` (a call's status) from 64 concurrent clients (bench.reads).
 9. sandboxes: runc against runsc (gVisor), a stack each: cold start, warm `.remote()`, `.map`, a CPU-bound
    and a syscall-heavy call (bench.sandboxes).
@@ -49,6 +50,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "calls": 500,
         "tasks": 5000,
         "map": 10000,
+        "map_large": 100000,
         "cold": 10,
         "payloads": [1024, 1024**2, 64 * 1024**2],
         "payload_calls": 5,
@@ -70,6 +72,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "calls": 20,
         "tasks": 200,
         "map": 300,
+        "map_large": 1000,
         "cold": 2,
         "payloads": [1024, 1024**2],
         "payload_calls": 2,
@@ -106,7 +109,14 @@ GOALS = {
     "map_vs_celery": ".map throughput at least 2x bare per-task Celery throughput",
     "map_per_second": ".map throughput at least 2,000 inputs/s",
     "cold_start": "cold start (Docker, image cached) under 1 s",
+    "cold_start_150": "cold start (Docker, image cached) under 150 ms (issue 21)",
+    "remote_p99_vs_celery": "warm .remote() p99 within 4x the bare Celery round trip",
+    "remote_docker_p50_vs_celery": "warm .remote() p50 (Docker) within 3x the bare Celery round trip",
     "many_users": "100 users draining at least 80% of one user's throughput",
+    "many_users_90": "100 users draining at least 90% of one user's throughput (issue 21)",
+    "large_map_per_second": ".map of the large size at 6,000 inputs/s or more",
+    "map_first_result": ".map's first result under 100 ms",
+    "map_memory_flat": "RSS of API, dispatcher, worker: large map within 10% of the first",
 }
 
 app = minimodal.App("bench-run")
@@ -165,25 +175,49 @@ def resident(home: Path) -> dict[str, dict[str, float]]:
 # ---- the MiniModal measurements -------------------------------------------------------------------
 
 
-def measure_map(n: int, home: Path) -> dict[str, Any]:
-    """`.map` of ``n`` no-op inputs, twice, and the resident set of each process before and after."""
+def _timed_map(n: int) -> dict[str, Any]:
+    """One `.map` of ``n`` no-ops: inputs/s, and the time to its first result."""
+    began = time.perf_counter()
+    first = None
+    for i, got in enumerate(noop.map(range(n))):
+        if first is None:
+            first = time.perf_counter() - began
+        if got != i:
+            raise SystemExit(f"map of {n}: output {i} is {got!r}, not its input")
+    elapsed = time.perf_counter() - began
+    return {
+        "inputs": n,
+        "seconds": round(elapsed, 3),
+        "per_second": round(n / elapsed, 1),
+        "first_result_ms": round((first or 0) * 1000, 1),
+    }
+
+
+def measure_map(n: int, home: Path, large: int) -> dict[str, Any]:
+    """`.map` of ``n`` no-op inputs, twice, then one of ``large`` inputs; the resident set of each process
+    after each (growth: the second against the first, and the large one against the first)."""
     with app.run():
         assert list(noop.map(range(50))) == list(range(50))  # runners warm, function's run time known
         memory = {"before": resident(home)}
         runs = []
         for run in (1, 2):
-            began = time.perf_counter()
-            got = list(noop.map(range(n)))
-            elapsed = time.perf_counter() - began
-            if got != list(range(n)):
-                raise SystemExit(f"map run {run}: the outputs are not the inputs in order")
-            runs.append({"inputs": n, "seconds": round(elapsed, 3), "per_second": round(n / elapsed, 1)})
+            runs.append(_timed_map(n))
             memory[f"after_map_{run}"] = resident(home)
-    growth = {}
+        big = _timed_map(large)
+        memory["after_large_map"] = resident(home)
+    growth, large_growth = {}, {}
     for name in ("api", "dispatcher", "worker"):
-        first, second = memory["after_map_1"][name]["rss_mib"], memory["after_map_2"][name]["rss_mib"]
-        growth[name] = round((second - first) / first, 4) if first else 0.0
-    return {"runs": runs, "per_second": max(r["per_second"] for r in runs), "memory": memory, "growth": growth}
+        first = memory["after_map_1"][name]["rss_mib"]
+        for out, key in ((growth, "after_map_2"), (large_growth, "after_large_map")):
+            out[name] = round((memory[key][name]["rss_mib"] - first) / first, 4) if first else 0.0
+    return {
+        "runs": runs,
+        "per_second": max(r["per_second"] for r in runs),
+        "large": big,
+        "memory": memory,
+        "growth": growth,
+        "large_growth": large_growth,
+    }
 
 
 def measure_payloads(sizes: list[int], calls: int) -> dict[str, Any]:
@@ -237,8 +271,8 @@ def process_stack(size: dict[str, Any], only: set[str], results: dict[str, Any])
             results.setdefault("remote", {})["process"] = figures["warm_remote"]
             results.setdefault("cold", {})["process"] = figures["cold_start"]
         if "map" in only:
-            say("map", f".map of {size['map']:,} no-ops, twice, with the resident memory after each")
-            results["map"] = measure_map(size["map"], home)
+            say("map", f".map of {size['map']:,} no-ops twice, then {size['map_large']:,}, memory after each")
+            results["map"] = measure_map(size["map"], home, size["map_large"])
         if "payloads" in only:
             say("payloads", f".remote() with arguments of {', '.join(map(_size_name, size['payloads']))}")
             results["payloads"] = measure_payloads(size["payloads"], size["payload_calls"])
@@ -296,12 +330,28 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
     if "map" in results:
         rate = results["map"]["per_second"]
         out["map_per_second"] = {"value": rate, "target": ">= 2000", "met": rate >= 2000}
+    if base and "process" in remote:
+        ratio = remote["process"]["p99_ms"] / base["round_trip"]["p99_ms"]
+        out["remote_p99_vs_celery"] = {"value": round(ratio, 2), "target": "<= 4", "met": ratio <= 4}
+    if base and "docker" in remote:
+        ratio = remote["docker"]["p50_ms"] / base["round_trip"]["p50_ms"]
+        out["remote_docker_p50_vs_celery"] = {"value": round(ratio, 2), "target": "<= 3", "met": ratio <= 3}
     cold = results.get("cold", {}).get("docker")
     if cold:
         out["cold_start"] = {"value": cold["p50_ms"], "target": "< 1000 ms", "met": cold["p50_ms"] < 1000}
+        out["cold_start_150"] = {"value": cold["p50_ms"], "target": "< 150 ms", "met": cold["p50_ms"] < 150}
     if "fairness" in results:
         ratio = results["fairness"]["scale_ratio"]
         out["many_users"] = {"value": ratio, "target": ">= 0.8", "met": ratio >= 0.8}
+        out["many_users_90"] = {"value": ratio, "target": ">= 0.9", "met": ratio >= 0.9}
+    if "map" in results and "large" in results["map"]:
+        m = results["map"]
+        rate = m["large"]["per_second"]
+        out["large_map_per_second"] = {"value": rate, "target": ">= 6000", "met": rate >= 6000}
+        first = max(r["first_result_ms"] for r in [*m["runs"], m["large"]])
+        out["map_first_result"] = {"value": first, "target": "< 100 ms", "met": first < 100}
+        growth = max(m["large_growth"].values())
+        out["map_memory_flat"] = {"value": growth, "target": "< 0.1", "met": growth < 0.1}
     return out
 
 
@@ -335,8 +385,13 @@ def print_tables(results: dict[str, Any]) -> None:
         ):
             t = base[key]
             print(f"{what:44} {t['tasks']:7} {t['seconds']:8.2f} {t['per_second']:8.1f}")
-    for i, run in enumerate(results.get("map", {}).get("runs", []), 1):
-        print(f"{f'.map of no-ops, run {i}':44} {run['inputs']:7} {run['seconds']:8.2f} {run['per_second']:8.1f}")
+    runs = results.get("map", {}).get("runs", [])
+    named = [(f".map of no-ops, run {i}", run) for i, run in enumerate(runs, 1)]
+    if "large" in results.get("map", {}):
+        named.append((".map of no-ops, large", results["map"]["large"]))
+    for what, run in named:
+        first = f"  (first result {run['first_result_ms']} ms)" if "first_result_ms" in run else ""
+        print(f"{what:44} {run['inputs']:7} {run['seconds']:8.2f} {run['per_second']:8.1f}{first}")
     if "reads" in results:
         r = results["reads"]
         what = f"GET /v1/calls/{{id}}, {r['clients']} clients (requests)"
@@ -344,10 +399,12 @@ def print_tables(results: dict[str, Any]) -> None:
     if "map" in results:
         print("\n== resident memory (MiB): process (+ its runner processes)")
         memory = results["map"]["memory"]
-        print(f"{'process':11} " + " ".join(f"{k:>18}" for k in memory) + f" {'2nd map added':>14}")
+        large = results["map"].get("large_growth", {})
+        print(f"{'process':11} " + " ".join(f"{k:>18}" for k in memory) + f" {'2nd map added':>14} {'large added':>12}")
         for name in ("api", "dispatcher", "worker"):
             cells = " ".join(f"{_mib(m[name]):>18}" for m in memory.values())
-            print(f"{name:11} {cells} {results['map']['growth'][name]:14.1%}")
+            extra = f" {large[name]:12.1%}" if name in large else ""
+            print(f"{name:11} {cells} {results['map']['growth'][name]:14.1%}{extra}")
     if "fairness" in results:
         f = results["fairness"]
         print("\n== fairness")

@@ -56,6 +56,54 @@ LOST_EVERY = 5.0  # seconds between sweeps for tasks that were dispatched and ne
 MAX_STEPS = 100_000  # ring visits in one pass, a guard: a pass ends long before in practice
 
 
+def send_take(celery_app: Any, take: Any, user: int, task_id: str, producer: Any = None) -> None:
+    """Send a taken task to the queue of the worker it was placed on, with its ledger key as task id."""
+    entry = take.entry
+    if protocol.is_sandbox(entry.call_id):  # a sandbox: placed like a call, its task is its whole life
+        celery_app.send_task(
+            keyspace.TASK_SANDBOX, args=[entry.call_id, user], queue=take.queue, task_id=task_id, producer=producer
+        )
+        return
+    celery_app.send_task(
+        keyspace.TASK_EXECUTE,
+        args=[entry.call_id, entry.function_id, user, entry.start, entry.end],
+        queue=take.queue,
+        task_id=task_id,
+        producer=producer,
+    )
+
+
+def dispatch_direct(pending: PendingQueues, celery_app: Any, user: int) -> bool:
+    """Take and send one task of ``user`` right away, when nobody else waits: the API's shortcut.
+
+    Called by the API after it queued the user's inputs (which also woke the dispatcher). When a
+    dispatcher leads and ``user`` is the only user with pending work, fair share has nobody to weigh
+    against, so the API takes the head of the user's queue itself (the same take step: quota,
+    ``max_containers``, placement into a free slot, the in-flight ledger) and sends it, saving the
+    dispatcher's wake-up and pass. Whenever another user waits, or the take refuses, the work stays
+    queued for the dispatcher's fair pass. An API that dies between take and send leaves the task in
+    the ledger, where the lost-task sweep finds it (at-least-once, as for the dispatcher).
+    """
+    with pending.redis.pipeline(transaction=False) as pipe:
+        pipe.exists(keyspace.dispatch_leader_key())
+        pipe.smembers(keyspace.pending_users_key())
+        leading, users = pipe.execute()
+    if not leading or {int(u) for u in users} != {user}:
+        return False
+    task_id = str(uuid.uuid4())
+    take = pending.take(user, task_id=task_id, dispatcher_id="api")
+    if take.kind != "TAKEN":
+        return False
+    try:
+        send_take(celery_app, take, user, task_id)
+    except Exception:
+        assert take.entry is not None
+        pending.put_back(task_id, user, take.entry)  # the broker refused it: the dispatcher will try
+        logger.warning("the API could not send a task of user %s; it is queued again", user, exc_info=True)
+        return False
+    return True
+
+
 class Lease:
     """Leadership among dispatchers: a Redis key with an expiry, renewed by its holder (no lease when ttl <= 0)."""
 
@@ -290,19 +338,7 @@ class Dispatcher:
                 self.drr.refund(u, (rounds - 1) * self.drr.quantum * weight.get(u, self.default_weight))
 
     def _send(self, take: Any, user: int, task_id: str, producer: Any) -> None:
-        entry = take.entry
-        if protocol.is_sandbox(entry.call_id):  # a sandbox: placed like a call, its task is its whole life
-            self.celery_app.send_task(
-                keyspace.TASK_SANDBOX, args=[entry.call_id, user], queue=take.queue, task_id=task_id, producer=producer
-            )
-            return
-        self.celery_app.send_task(
-            keyspace.TASK_EXECUTE,
-            args=[entry.call_id, entry.function_id, user, entry.start, entry.end],
-            queue=take.queue,
-            task_id=task_id,
-            producer=producer,
-        )
+        send_take(self.celery_app, take, user, task_id, producer)
 
     def _load_needs(self, function_id: str) -> None:
         if self.db is not None:

@@ -33,7 +33,17 @@ class Payloads:
     # ---- inputs ----
 
     def get_inputs(self, call_id: str, indexes: range) -> list[bytes | None]:
-        values = self.redis.hmget(keyspace.inputs_key(call_id), [str(i) for i in indexes])
+        return self._resolve(self.redis.hmget(keyspace.inputs_key(call_id), [str(i) for i in indexes]))
+
+    def get_inputs_unless_cancelled(self, call_id: str, indexes: range) -> list[bytes | None] | None:
+        """:meth:`get_inputs`, or None when the call was cancelled (mm_app/cancel.py): one round trip for both."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keyspace.cancelled_key(call_id))
+            pipe.hmget(keyspace.inputs_key(call_id), [str(i) for i in indexes])
+            cancelled, values = pipe.execute()
+        return None if cancelled else self._resolve(values)
+
+    def _resolve(self, values: list[bytes | None]) -> list[bytes | None]:
         resolved: list[bytes | None] = []
         for value in values:
             blob_id = protocol.parse_blob_ref(value) if value is not None else None

@@ -60,13 +60,25 @@ def test_the_bench_measures_every_item_against_a_celery_baseline_and_stops_what_
     assert results["remote"]["process"]["n"] == 20
     assert results["cold"]["process"]["n"] == 2
     assert [run["inputs"] for run in results["map"]["runs"]] == [300, 300]
+    assert results["map"]["large"]["inputs"] == 1000 and results["map"]["large"]["first_result_ms"] > 0
     for name in ("api", "dispatcher", "worker"):
         assert results["map"]["memory"]["after_map_2"][name]["rss_mib"] > 0
-        assert name in results["map"]["growth"]
+        assert results["map"]["memory"]["after_large_map"][name]["rss_mib"] > 0
+        assert name in results["map"]["growth"] and name in results["map"]["large_growth"]
     assert set(results["payloads"]) == {"1 KiB", "1 MiB"}
     fair = results["fairness"]
     assert {"shares", "starvation", "many_users", "one_user", "scale_ratio"} <= set(fair)
-    assert set(results["goals"]) == {"remote_p50_vs_celery", "map_vs_celery", "map_per_second", "many_users"}
+    assert set(results["goals"]) == {
+        "remote_p50_vs_celery",
+        "remote_p99_vs_celery",
+        "map_vs_celery",
+        "map_per_second",
+        "many_users",
+        "many_users_90",
+        "large_map_per_second",
+        "map_first_result",
+        "map_memory_flat",
+    }
     assert_curves(results, tmp_path / "bench.png")
 
 

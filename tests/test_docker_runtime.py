@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import warnings
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ import cloudpickle
 import docker
 import pytest
 
-from tests.conftest import missing
+from tests.conftest import missing, wait_for
 from tests.functions import containers
 from workers.runtimes.base import RunnerSpec, RunnerStartError
 from workers.runtimes.docker import DEFAULT_IMAGE, DockerRunner, DockerRuntime, remove_all_containers
@@ -282,3 +283,33 @@ def test_runtime_shutdown_removes_its_containers(client: docker.DockerClient, ru
     assert not any(runner.alive for runner in runners)
     for runner in runners:
         runner.stop()
+
+
+def test_a_blank_container_is_bound_to_the_first_user_that_loads_into_it_and_to_nobody_else(
+    runtime: DockerRuntime,
+) -> None:
+    from workers.pool import WarmPool
+
+    def spec(user: str) -> RunnerSpec:
+        return dataclasses.replace(spec_for(containers.noop), key=f"{user}:noop", labels={"user": user})
+
+    pool = WarmPool(runtime, reap_interval=3600, blank_runners=1)
+    try:
+        pool.prestart(spec("nobody"))
+        wait_for(lambda: pool.blanks() == 1, 60, "a blank container")
+        (blank,) = [r.container.name for b in pool._blank.values() for r in b]  # type: ignore[attr-defined]
+
+        def name(user: str) -> str:
+            runner = pool.acquire(spec(user))
+            try:
+                assert runner.call(payload(), call_id="fc-t", idx=0).ok
+                return runner.container.name  # type: ignore[attr-defined]
+            finally:
+                pool.release(runner)
+
+        assert name("alice") == blank and pool.bound == 1  # her first call ran in the container started blank
+        wait_for(lambda: pool.blanks() == 1, 60, "a new blank container")
+        bobs = {name("bob"), name("bob")}
+        assert blank not in bobs and name("alice") == blank
+    finally:
+        pool.shutdown()

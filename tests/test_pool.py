@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -84,3 +85,63 @@ def test_a_dead_idle_runner_is_replaced_on_the_next_call(pool: WarmPool) -> None
     os.kill(first, signal.SIGKILL)
     wait_for(lambda: not any(r.alive for _, r in pool._idle[spec.key]), 10, "the runner to die")
     assert _pid(pool, spec) != first
+
+
+# ---- blank runners: started before any call, bound to one runner key at first use ----
+
+
+def _user_spec(user: str) -> RunnerSpec:
+    return dataclasses.replace(_spec(), key=f"{user}:f", labels={"function": "getpid", "user": user})
+
+
+@pytest.fixture
+def blank_pool() -> Iterator[WarmPool]:
+    pool = WarmPool(ProcessRuntime(), reap_interval=3600, blank_runners=1)
+    pool.prestart(RunnerSpec(key="blank", code=b"", timeout=10, scaledown_window=0))
+    yield pool
+    pool.shutdown()
+
+
+def _blank_pids(pool: WarmPool) -> set[int]:
+    wait_for(lambda: pool.blanks() == 1, 30, "a blank runner")
+    return {runner.process.pid for blanks in pool._blank.values() for runner in blanks}  # type: ignore[attr-defined]
+
+
+def test_a_new_users_first_call_is_served_by_a_runner_started_before_it(blank_pool: WarmPool) -> None:
+    before = _blank_pids(blank_pool)
+    assert _pid(blank_pool, _user_spec("alice")) in before  # the blank runner, now alice's
+    assert (blank_pool.bound, blank_pool.runtime.name) == (1, "process")
+    assert _blank_pids(blank_pool).isdisjoint(before)  # replaced by a new blank one
+
+
+def test_a_blank_runner_bound_to_one_user_is_never_used_by_another(blank_pool: WarmPool) -> None:
+    alice, bob = _user_spec("alice"), _user_spec("bob")
+    first_blank = _blank_pids(blank_pool)
+    alices = {_pid(blank_pool, alice)}
+    assert alices == first_blank
+    second_blank = _blank_pids(blank_pool)
+    # Alice's runner is idle now, and the only other runner is a blank one: Bob gets the blank one.
+    bobs = {_pid(blank_pool, bob)}
+    assert bobs == second_blank
+    busy = blank_pool.acquire(alice)  # and while Alice's runner is busy, Bob still never gets it
+    try:
+        for _ in range(3):
+            _blank_pids(blank_pool)
+            bobs.add(_pid(blank_pool, bob))
+            alices.add(_pid(blank_pool, alice))  # a second runner of Alice's, from a blank one
+    finally:
+        blank_pool.release(busy)
+    for _ in range(3):
+        alices.add(_pid(blank_pool, alice))
+        bobs.add(_pid(blank_pool, bob))
+    assert alices.isdisjoint(bobs)
+    assert len(bobs) == 1 and len(alices) == 2
+    runners = blank_pool._busy[alice.key] | {runner for _, runner in blank_pool._idle[alice.key]}
+    assert {runner.spec.key for runner in runners} == {alice.key}
+
+
+def test_a_blank_runner_that_died_is_never_handed_out(blank_pool: WarmPool) -> None:
+    (dead,) = _blank_pids(blank_pool)
+    os.kill(dead, signal.SIGKILL)
+    wait_for(lambda: not any(r.alive for b in blank_pool._blank.values() for r in b), 10, "the blank runner to die")
+    assert _pid(blank_pool, _user_spec("alice")) != dead

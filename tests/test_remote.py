@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 
 import minimodal
 from minimodal.exception import InvalidError, RemoteError
+from tests.conftest import Stack, wait_for
 from tests.functions import basic
 
 
@@ -193,3 +196,23 @@ def test_a_cold_start_is_recorded_as_the_container_start_phase(stack, user: str)
     }
     assert samples[("minimodal_call_latency_seconds_count", "container_start")] >= 1
     assert samples[("minimodal_call_latency_seconds_sum", "container_start")] > 0
+
+
+def _started_at(pid: int) -> float:
+    """When process ``pid`` started (epoch seconds, to the kernel's clock tick)."""
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+    boot = next(
+        int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+    )
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_new_users_first_call_runs_in_a_runner_started_before_the_call(stack: Stack, user: str) -> None:
+    # The worker keeps blank runners (started, no function loaded): the first call of a user who never
+    # ran anything loads its function into one of them instead of starting a process.
+    wait_for(lambda: all(w.get("blank", 0) >= 1 for w in stack.workers()), 30, "a blank runner on the worker")
+    submitted = time.time()
+    time.sleep(0.05)  # more than the kernel's clock tick (a process start time's precision)
+    with basic.app.run():
+        runner = basic.pid.remote()
+    assert _started_at(runner) < submitted

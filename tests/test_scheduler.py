@@ -37,7 +37,7 @@ from minimodal.exception import InsufficientResourcesError
 from minimodal.protocol import CallStatus
 from mm_app import keyspace, recovery, registry
 from mm_app.database import Database
-from mm_app.dispatcher import Dispatcher, Lease
+from mm_app.dispatcher import Dispatcher, Lease, dispatch_direct
 from mm_app.fairshare import DeficitRoundRobin, jain_index
 from mm_app.keyspace import PendingEntry, WorkerCapacity
 from mm_app.models import AppRecord, CallRecord, FunctionRecord, InputRecord, UserRecord, utcnow
@@ -665,6 +665,45 @@ def test_the_autoscaler_grows_a_worker_when_calls_wait_and_shrinks_it_after_idle
     assert stats["counters"]["grown"] == 3 and stats["counters"]["shrunk"] == 1
 
 
+def test_the_api_sends_a_lone_users_task_itself_and_leaves_everything_else_to_the_fair_pass(r: Redis) -> None:
+    broker = RecordingBroker()
+    d = make_dispatcher(r, broker)
+    add_worker(r, "w1", slots=2)
+    add_function(r, d, "fa")
+    add_function(r, d, "fb")
+    # No dispatcher leads: the API sends nothing (a stopped dispatcher means nothing is dispatched)
+    submit(d, 1, "fa", 1)
+    assert not dispatch_direct(d.pending, broker, 1) and broker.sent == []
+    # A dispatcher leads and user 1 is the only one waiting: the API takes and sends it, in the ledger
+    r.set(keyspace.dispatch_leader_key(), "someone", px=60_000)
+    assert dispatch_direct(d.pending, broker, 1)
+    assert [(s.user_id, s.function_id, s.queue) for s in broker.sent] == [(1, "fa", keyspace.worker_queue("w1"))]
+    assert r.hexists(keyspace.inflight_key(), broker.sent[0].task_id)
+    # Another user waits: the API takes nothing, the dispatcher's pass decides who goes first
+    submit(d, 2, "fb", 1)
+    submit(d, 1, "fa", 1)
+    assert not dispatch_direct(d.pending, broker, 1) and not dispatch_direct(d.pending, broker, 2)
+    assert len(broker.sent) == 1
+    assert d.dispatch_pass() == 1  # one slot left
+    # Whoever is left is alone now, but no slot is free: the take refuses and the call stays queued
+    (left,) = {int(u) for u in r.smembers(keyspace.pending_users_key())}
+    assert not dispatch_direct(d.pending, broker, left)
+    assert r.llen(keyspace.pending_key(left)) == 1 and len(broker.sent) == 2
+
+
+def test_a_lone_users_task_sent_by_the_api_holds_its_quota(r: Redis) -> None:
+    broker = RecordingBroker()
+    d = make_dispatcher(r, broker)
+    r.set(keyspace.dispatch_leader_key(), "someone", px=60_000)
+    add_worker(r, "w1", slots=8)
+    add_function(r, d, "fa")
+    d.pending.set_quota(1, 2)
+    for _ in range(4):
+        submit(d, 1, "fa", 1)
+        dispatch_direct(d.pending, broker, 1)
+    assert len(broker.sent) == 2 and r.llen(keyspace.pending_key(1)) == 2
+
+
 def test_deficit_round_robin_keeps_the_pointer_when_users_come_and_go() -> None:
     drr = DeficitRoundRobin(quantum=10)
     drr.sync([1, 2, 3])
@@ -828,6 +867,30 @@ def test_bob_starts_before_alices_next_three_calls_on_two_worker_slots(make_stac
     started = sum(1 for r in inputs_of(stack, alice_calls).values() if r.started_at is not None)
     assert in_broker <= 2
     assert pending > 0 and pending + started + 2 >= len(alice_calls), (pending, started)
+
+
+@pytest.mark.timeout(180)
+def test_the_api_sends_a_lone_users_call_to_a_free_worker_without_the_dispatchers_pass(
+    make_stack: Callable[..., Stack],
+) -> None:
+    # Given a stack whose dispatcher is stopped, though its lease says one leads (it died a moment ago)
+    stack = make_stack({"w": {"MINIMODAL_WORKER_CONCURRENCY": "2"}}, env={"MINIMODAL_DIRECT_DISPATCH": "1"})
+    stop_process(stack.processes.pop("dispatcher0"))
+    stack.redis_client.set(keyspace.dispatch_leader_key(), "a-dispatcher-that-died", px=120_000)
+    alice = Tenant(stack, "alice")
+    fn = alice.deploy(sched.nap)
+    # When Alice, the only user with work, submits a call: the API placed and sent it itself
+    assert alice.result(alice.call(fn, 0.0))["worker"] == "w"
+    # But while another user waits, the API sends nothing: what is queued waits for a dispatcher's pass
+    bob = Tenant(stack, "bob")
+    stack.redis_client.delete(keyspace.dispatch_leader_key())
+    waiting = bob.call(bob.deploy(sched.nap), 0.0)
+    stack.redis_client.set(keyspace.dispatch_leader_key(), "a-dispatcher-that-died", px=120_000)
+    queued = alice.call(fn, 0.0)
+    assert stack.redis_client.llen(keyspace.pending_key(alice.user_id())) == 1
+    stack.redis_client.delete(keyspace.dispatch_leader_key())  # the lease of the dead one ends
+    stack.spawn("dispatcher0", "dispatcher")
+    assert alice.result(queued)["worker"] == bob.result(waiting)["worker"] == "w"
 
 
 @pytest.mark.timeout(180)

@@ -14,14 +14,24 @@ one function version):
 
 ``max_containers`` is a cap across all workers, so the dispatcher enforces it, not this pool. Floors
 and buffers are per worker.
+
+Blank runners: with ``blank_runners`` > 0 the pool keeps that many runners started but with no function
+loaded, per *blank key* (what the process or container is created with: for containers the image, limits
+and network mode; see :meth:`Runtime.blank_key`), for the last few keys it has served (and the ones given
+to :meth:`prestart`). A runner key with no idle runner takes a blank one and loads its function into it
+(the ``S`` and ``F`` frames only), so a new user's or a new function's first call pays no process or
+container start. A blank runner has run nothing: it is bound to one runner key (one user's one function
+version) when it loads, lives in that key's pool from then on, and is never handed to another key, so
+blanks change nothing in who shares a runner with whom. Each blank taken is replaced in the background.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
 from minimodal.protocol import new_id
 
@@ -29,10 +39,20 @@ from .runtimes.base import Runner, RunnerSpec, RunnerStartError, Runtime
 
 logger = logging.getLogger("minimodal.workers.pool")
 
+BLANK_KEYS = 4  # blank keys (images, limits) kept supplied with blank runners: the most recently used
+BLANK_RETRY_SECONDS = 30.0  # after a blank runner failed to start, its key gets no new one for this long
+
 
 class WarmPool:
-    def __init__(self, runtime: Runtime, *, reap_interval: float = 1.0) -> None:
+    def __init__(self, runtime: Runtime, *, reap_interval: float = 1.0, blank_runners: int = 0) -> None:
         self.runtime = runtime
+        self.blank_runners = blank_runners  # blank runners kept per blank key
+        self._blank: dict[str, list[Runner]] = defaultdict(list)  # blank key -> started, nothing loaded
+        self._blank_starting: dict[str, int] = defaultdict(int)
+        self._blank_failed: dict[str, float] = {}  # blank key -> when a blank start last failed
+        self._templates: OrderedDict[str, RunnerSpec] = OrderedDict()  # blank key -> what blanks start as
+        self.bound = 0  # blank runners bound to a runner key at first use
+        self._blank_threads: set[threading.Thread] = set()  # starting blank runners; shutdown waits for them
         self._idle: dict[str, list[tuple[float, Runner]]] = defaultdict(list)
         self._busy: dict[str, set[Runner]] = defaultdict(set)
         self._starting: dict[str, int] = defaultdict(int)
@@ -172,7 +192,9 @@ class WarmPool:
 
     def _start(self, spec: RunnerSpec) -> Runner:
         began = time.monotonic()
-        runner = self.runtime.start(spec)
+        runner = self._bind_blank(spec)
+        if runner is None:
+            runner = self.runtime.start(spec)
         runner.started_in = time.monotonic() - began
         runner.container_id, runner.started_at = new_id("ct"), time.time()
         with self._lock:
@@ -180,6 +202,114 @@ class WarmPool:
             self.events.append((time.time(), spec.key, "start"))
         logger.info("started a %s runner for %s (%s)", self.runtime.name, spec.labels.get("function"), spec.key[:16])
         return runner
+
+    # ---- blank runners ----
+
+    def prestart(self, spec: RunnerSpec) -> None:
+        """Keep blank runners ready for functions that start like ``spec`` (its image, limits, network)."""
+        key = self.runtime.blank_key(spec) if self.blank_runners > 0 else None
+        if key is not None:
+            self._learn(key, spec)
+            self._top_up_blanks(key)
+
+    def _learn(self, key: str, spec: RunnerSpec) -> None:
+        """Remember ``key`` as one to keep blanks for (the most recent BLANK_KEYS); forget the oldest."""
+        dropped: list[Runner] = []
+        with self._lock:
+            if key in self._templates:
+                self._templates.move_to_end(key)
+                return
+            # What the blanks start as: the process or container of ``spec``, nothing of its function or user.
+            labels = {name: value for name, value in spec.labels.items() if name == "home"}
+            self._templates[key] = dataclasses.replace(
+                spec, key=f"blank:{key}", code=b"", source=None, load={}, labels=labels, min_containers=0,
+                buffer_containers=0, max_inputs=1, batch_wait_ms=None, mounts={},
+            )  # fmt: skip
+            while len(self._templates) > BLANK_KEYS:
+                old, _ = self._templates.popitem(last=False)
+                dropped += self._blank.pop(old, [])
+        for runner in dropped:
+            runner.stop()
+
+    def _bind_blank(self, spec: RunnerSpec) -> Runner | None:
+        """A blank runner with ``spec``'s function loaded into it (bound to ``spec.key`` from now on), or None
+        when there is none ready; raise RunnerStartError if the function does not load."""
+        key = self.runtime.blank_key(spec) if self.blank_runners > 0 else None
+        if key is None:
+            return None
+        self._learn(key, spec)
+        runner, dead = None, []
+        with self._lock:
+            blanks = self._blank.get(key, [])
+            while blanks and runner is None:
+                candidate = blanks.pop(0)  # the oldest first: the others have more time to finish starting
+                if candidate.alive:
+                    runner = candidate
+                else:
+                    dead.append(candidate)
+        for candidate in dead:
+            candidate.stop()
+        self._top_up_blanks(key)
+        if runner is None:
+            return None
+        try:
+            runner.load(spec)  # stops the runner if it fails: it is never handed to anyone else
+        except RunnerStartError as exc:
+            if not exc.infrastructure:
+                raise  # the function's own load error: a fresh runner would fail the same way
+            logger.warning("a blank %s runner failed to load %s; starting one", self.runtime.name, spec.key[:16])
+            return None
+        with self._lock:
+            self.bound += 1
+        return runner
+
+    def _top_up_blanks(self, key: str) -> None:
+        with self._lock:
+            template = self._templates.get(key)
+            if template is None or self._closed.is_set():
+                return
+            if time.monotonic() - self._blank_failed.get(key, -BLANK_RETRY_SECONDS) < BLANK_RETRY_SECONDS:
+                return
+            missing = self.blank_runners - len(self._blank[key]) - self._blank_starting[key]
+            if missing <= 0:
+                return
+            self._blank_starting[key] += missing
+            threads = [
+                threading.Thread(target=self._start_blank, args=(key, template), name="mm-blank", daemon=True)
+                for _ in range(missing)
+            ]
+            # Started under the lock that saw the pool open, so that shutdown() waits for each of them.
+            self._blank_threads.update(threads)
+            for thread in threads:
+                thread.start()
+
+    def _start_blank(self, key: str, template: RunnerSpec) -> None:
+        try:
+            self._start_blank_runner(key, template)
+        finally:
+            with self._lock:
+                self._blank_threads.discard(threading.current_thread())
+
+    def _start_blank_runner(self, key: str, template: RunnerSpec) -> None:
+        try:
+            runner = self.runtime.start_blank(template)
+        except RunnerStartError:
+            logger.warning("a blank %s runner failed to start", self.runtime.name, exc_info=True)
+            with self._lock:
+                self._blank_starting[key] -= 1
+                self._blank_failed[key] = time.monotonic()
+            return
+        with self._lock:
+            self._blank_starting[key] -= 1
+            if not self._closed.is_set() and key in self._templates:
+                self._blank[key].append(runner)
+                return
+        runner.stop()  # the pool closed while it started: nothing may outlive the pool
+
+    def blanks(self) -> int:
+        """Blank runners ready now (started, no function loaded)."""
+        with self._lock:
+            return sum(len(v) for v in self._blank.values())
 
     def _start_idle(self, spec: RunnerSpec) -> None:
         try:
@@ -246,17 +376,39 @@ class WarmPool:
                 self.reap()
                 for key in list(self._specs):
                     self._top_up(key)  # replaces floor runners that died
+                self._reap_blanks()
             except Exception:  # noqa: BLE001 - the reaper must keep running
                 logger.exception("reaping idle runners failed")
 
+    def _reap_blanks(self) -> None:
+        """Drop blank runners that died, and start their replacements."""
+        dead = []
+        with self._lock:
+            for blanks in self._blank.values():
+                dead += [runner for runner in blanks if not runner.alive]
+                blanks[:] = [runner for runner in blanks if runner not in dead]
+            keys = list(self._templates)
+        for runner in dead:
+            runner.stop()
+        for key in keys:
+            self._top_up_blanks(key)
+
     def shutdown(self) -> None:
-        """Stop every runner, idle or busy."""
+        """Stop every runner, idle, busy or blank."""
         self._closed.set()
         with self._lock:
             runners = [r for idle in self._idle.values() for _, r in idle]
             runners += [r for busy in self._busy.values() for r in busy]
+            runners += [r for blanks in self._blank.values() for r in blanks]
             self._idle.clear()
             self._busy.clear()
+            self._blank.clear()
+            starting = list(self._blank_threads)
+        for thread in starting:  # each stops the runner it started, the pool being closed
+            thread.join(timeout=60)
+        with self._lock:
+            runners += [r for blanks in self._blank.values() for r in blanks]  # none, unless one raced the close
+            self._blank.clear()
         for runner in runners:
             runner.stop()
         self.runtime.shutdown()

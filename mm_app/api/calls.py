@@ -17,6 +17,7 @@ from minimodal.protocol import TERMINAL, CallStatus
 from mm_app import keyspace
 
 from ..cancel import cancel_calls
+from ..dispatcher import dispatch_direct
 from ..models import AttemptRecord, CallRecord, FunctionRecord, InputRecord
 from ..ownership import check_owner, owned
 from ..submit import add_input_records, queue_inputs, submit_call
@@ -191,6 +192,8 @@ def create_call(function_id: str, body: NewCall):  # type: ignore[no-untyped-def
         parent_call_id=parent,
         front=parent is not None,
     )
+    if payloads and svc.settings["direct_dispatch"]:
+        dispatch_direct(svc.pending, svc.celery, g.user.id)  # nobody else waits: no dispatcher pass needed
     reply: dict[str, Any] = {"call_id": call_id, "first": 0, "count": len(payloads)}
     if wait > 0:
         envelopes, cursor = svc.payloads.read_outputs(call_id, "0-0", int(wait * 1000))
@@ -253,6 +256,8 @@ def add_inputs(call_id: str, body: MoreInputs):  # type: ignore[no-untyped-def]
         ttl=svc.settings["result_ttl"],
         front=_parent_call() is not None,
     )
+    if payloads and svc.settings["direct_dispatch"]:
+        dispatch_direct(svc.pending, svc.celery, g.user.id)
     return {"call_id": call_id, "first": first, "count": len(payloads)}
 
 

@@ -26,6 +26,7 @@ _API_SETTINGS = (
     "default_weight",
     "call_rate_limit",
     "call_rate_burst",
+    "direct_dispatch",
 )
 
 

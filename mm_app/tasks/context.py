@@ -123,7 +123,13 @@ class WorkerContext:
         db.create_all()
         # `python -m mm_app worker` picks the id, so that its Celery queue is the one it consumes.
         worker_id = config.get("worker_id") or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        pools = {name: WarmPool(rt) for name, rt in make_runtimes(config.get("worker_runtime")).items()}
+        blanks = config.get("worker_blank_runners")
+        runtimes = make_runtimes(config.get("worker_runtime"))
+        pools = {name: WarmPool(rt, blank_runners=blanks) for name, rt in runtimes.items()}
+        if "process" in pools:  # every runner process starts alike: have blanks before the first call
+            pools["process"].prestart(
+                RunnerSpec(key="blank", code=b"", timeout=300, scaledown_window=0, labels={"home": str(config.home())})
+            )
         beat_now = threading.Event()
         concurrency = config.get("worker_concurrency")
         gpu = config.get("worker_gpu")
@@ -330,6 +336,7 @@ class WorkerContext:
             **self._pythons(),
             "busy": sum(c["busy"] for c in counts),
             "idle": sum(c["idle"] for c in counts),
+            "blank": sum(pool.blanks() for pool in self.pools.values()),  # started, no function loaded yet
             "active": active_tasks(),
             "runners": runners,
             "draining": self.draining,

@@ -294,7 +294,8 @@ def _run_inputs(task: _Task) -> None:
     if spec is None or spec.user_id != task.user_id:
         message = f"function {task.function_id} does not exist"
         return fail_rest(Outcome(ok=False, error_type="NotFoundError", message=message))
-    if ctx.redis.exists(keyspace.cancelled_key(task.call_id)):
+    payloads = ctx.payloads.get_inputs_unless_cancelled(task.call_id, range(task.indexes[0], task.indexes[-1] + 1))
+    if payloads is None:
         return  # cancelled (mm_app/cancel.py): its inputs have their cancelled outputs already
     pool = ctx.pool_for(spec)
     if pool is None:
@@ -306,7 +307,6 @@ def _run_inputs(task: _Task) -> None:
     except Error as exc:  # a deleted secret, or a key that cannot decrypt it: the call's own failure
         return fail_rest(Outcome(ok=False, error_type=type(exc).__name__, message=str(exc)))
     mounted: dict[str, str] = spec.options.get("volumes") or {}
-    payloads = ctx.payloads.get_inputs(task.call_id, range(task.indexes[0], task.indexes[-1] + 1))
     runner_spec = ctx.runner_spec(spec)
     if runner_spec.shared:  # @concurrent / @batched: the inputs run at once, sharing runners
         return _run_shared(task, pool, runner_spec, payloads, policy, env, mounted)

@@ -279,6 +279,11 @@ class Runner(FrameLink):
         """A shared runner that died or timed out: no new input may be given to it."""
         return bool(self._shared is not None and self._shared.broken)
 
+    def load(self, spec: RunnerSpec) -> None:
+        """Load ``spec``'s function into this blank runner (from :meth:`Runtime.start_blank`), binding it to
+        ``spec.key`` for the rest of its life; raise RunnerStartError (the runner is then stopped)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot start blank")
+
     @property
     @abc.abstractmethod
     def alive(self) -> bool: ...
@@ -317,6 +322,16 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def start(self, spec: RunnerSpec) -> Runner:
         """Start a warm runner with the function loaded; raise RunnerStartError on failure."""
+
+    def blank_key(self, spec: RunnerSpec) -> str | None:
+        """What a blank runner must share with ``spec`` to be able to load it (what the process or container
+        is started with: image, limits, network); None when runners of ``spec`` cannot be started blank."""
+        return None
+
+    def start_blank(self, template: RunnerSpec) -> Runner:
+        """Start a runner with no function loaded, as a runner of ``template`` would start; :meth:`Runner.load`
+        binds it to one function version. Raise RunnerStartError on failure."""
+        raise NotImplementedError(f"the {self.name} runtime cannot start blank runners")
 
     def shutdown(self) -> None:  # noqa: B027 - optional hook; most runtimes hold nothing runtime-wide
         """Release runtime-wide resources (runners are stopped by the pool)."""

@@ -160,9 +160,10 @@ def _labels(spec: RunnerSpec, runtime_id: str) -> dict[str, str]:
 class DockerRunner(Runner):
     """One container running ``minimodal_runner.py`` with the function loaded."""
 
-    def __init__(self, runtime: DockerRuntime, spec: RunnerSpec, image: str) -> None:
+    def __init__(self, runtime: DockerRuntime, spec: RunnerSpec, image: str, *, blank: bool = False) -> None:
         self.spec = spec
         self.image = image
+        self._runtime = runtime
         self._client = runtime.client
         self._stop_lock = threading.Lock()
         self._stopped = False
@@ -174,7 +175,9 @@ class DockerRunner(Runner):
         self._stream: _AttachStream | None = None
         self.container: docker.models.containers.Container | None = None
         try:
-            self._start(runtime, spec, image)
+            self._launch(runtime, spec, image)
+            if not blank:
+                self._load(spec)
         except BaseException:
             self.stop()
             raise
@@ -209,7 +212,8 @@ class DockerRunner(Runner):
             raise RunnerStartError(str(exc)) from exc
         return self._client.containers.create(image, **options)
 
-    def _start(self, runtime: DockerRuntime, spec: RunnerSpec, image: str) -> None:
+    def _launch(self, runtime: DockerRuntime, spec: RunnerSpec, image: str) -> None:
+        """Create, attach and start the container; its runner then waits for a function (``S``, ``F``)."""
         memory = f"{spec.memory or runtime.default_memory}m"
         try:
             network = "none" if spec.block_network else runtime.network_name()
@@ -249,7 +253,7 @@ class DockerRunner(Runner):
                 params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1},
             )
             self._sock = getattr(self._attach, "_sock", self._attach)
-            stream = self._stream = _AttachStream(self._sock, self._take_stderr)
+            self._stream = _AttachStream(self._sock, self._take_stderr)
             self.container.start()
         except docker.errors.NotFound as exc:  # the network was removed meanwhile (`minimodal down` elsewhere)
             runtime.forget_network()
@@ -259,6 +263,18 @@ class DockerRunner(Runner):
         except _DOCKER_ERRORS as exc:
             raise RunnerStartError(f"cannot reach the Docker engine ({exc}); is dockerd running?") from exc
 
+    def load(self, spec: RunnerSpec) -> None:
+        try:
+            self._load(spec)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _load(self, spec: RunnerSpec) -> None:
+        """Send the function and wait for the runner's ``R``: the container is bound to ``spec`` now."""
+        self.spec = spec
+        runtime, image, stream = self._runtime, self.image, self._stream
+        assert stream is not None
         deadline = time.monotonic() + runtime.startup_timeout
         try:
             if spec.source:
@@ -533,6 +549,15 @@ class DockerRuntime(Runtime):
 
     def forget_network(self) -> None:
         self._network_ready = False
+
+    def blank_key(self, spec: RunnerSpec) -> str | None:
+        # What the container is created with; mounts are per function (volumes), so those start bound.
+        if spec.mounts:
+            return None
+        return f"{spec.image or self.image}|cpu={spec.cpu}|memory={spec.memory}|none={bool(spec.block_network)}"
+
+    def start_blank(self, template: RunnerSpec) -> Runner:
+        return DockerRunner(self, template, template.image or self.image, blank=True)
 
     def start(self, spec: RunnerSpec) -> Runner:
         return DockerRunner(self, spec, spec.image or self.image)

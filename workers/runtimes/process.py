@@ -91,8 +91,9 @@ def _describe_exit(code: int | None) -> str:
 
 
 class ProcessRunner(Runner):
-    def __init__(self, spec: RunnerSpec, python: str, startup_timeout: float) -> None:
+    def __init__(self, spec: RunnerSpec, python: str, startup_timeout: float, *, blank: bool = False) -> None:
         self.spec = spec
+        self.startup_timeout = startup_timeout
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
             self.process = subprocess.Popen(
@@ -110,14 +111,20 @@ class ProcessRunner(Runner):
         self._on_log: LogSink | None = None  # the current input's log sink, for what arrives on stderr
         self._busy = False  # inside call(): a stop then is a kill (timeout), not a graceful exit
         self._reader = _FrameReader(self.process.stdout.fileno(), self.process.stderr.fileno(), self._stderr_text)
+        if not blank:
+            self.load(spec)
+
+    def load(self, spec: RunnerSpec) -> None:
+        """Send the function (``S`` and ``F`` frames) and wait for the runner's ``R``: bound to ``spec`` now."""
+        self.spec = spec
         try:
             if spec.source:
                 write_frame(self._stdin, Kind.SOURCE, {}, spec.source)
             write_frame(self._stdin, Kind.FUNCTION, spec.load_header(), spec.code)
-            frame = self._reader.read(time.monotonic() + startup_timeout)
+            frame = self._reader.read(time.monotonic() + self.startup_timeout)
         except (TimeoutError, BrokenPipeError) as exc:
             self.stop()
-            raise RunnerStartError(f"the runner did not start within {startup_timeout} s") from exc
+            raise RunnerStartError(f"the runner did not start within {self.startup_timeout} s") from exc
         if frame is None or frame[0] != Kind.READY:
             self.stop()
             header = frame[1] if frame else {}
@@ -231,6 +238,14 @@ class ProcessRuntime(Runtime):
                     version = ""  # unknown: the runners will not start either, and their start says why
             self._python_version = version
         return self._python_version
+
+    def blank_key(self, spec: RunnerSpec) -> str | None:
+        # Every runner process starts the same way (the worker's Python and environment); what a function
+        # refuses to run in a process is refused by start(), never by a blank one.
+        return None if spec.block_network or spec.mounts else "process"
+
+    def start_blank(self, template: RunnerSpec) -> Runner:
+        return ProcessRunner(template, self.python, self.startup_timeout, blank=True)
 
     def start(self, spec: RunnerSpec) -> Runner:
         if spec.block_network:
