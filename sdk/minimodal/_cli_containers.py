@@ -23,6 +23,7 @@ from urllib.parse import quote
 from ._cli_state import print_json, print_table
 from ._client import Client
 from ._stream import print_log
+from ._target import import_file, pick_target
 from ._websocket import HandshakeError, WebSocket
 from .exception import InvalidError, from_response
 
@@ -69,12 +70,11 @@ def cmd_container(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    from .cli import _import_file, _pick_target
     from .functions import Function
 
     file_part, _, name = args.ref.partition("::")
-    module = _import_file(file_part)
-    app, target = _pick_target(module, name or None)
+    module = import_file(file_part)
+    app, target = pick_target(module, name or None)
     if not isinstance(target, Function):
         raise InvalidError(f"{args.ref} is a local entrypoint: give FILE::FUNCTION")
     client = Client.from_config()

@@ -7,15 +7,14 @@ from urllib.parse import quote
 
 from ._client import Client
 from ._deploy import deploy_app
+from ._target import import_file
 from .app import App
 from .exception import InvalidError
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from .cli import _import_file
-
     file_part, _, variable = args.file.partition("::")
-    module = _import_file(file_part)
+    module = import_file(file_part)
     apps = {k: v for k, v in vars(module).items() if isinstance(v, App)}
     if variable or len(apps) != 1:
         variable = variable or "app"  # as Modal: the variable named `app` unless FILE::NAME says otherwise

@@ -40,8 +40,8 @@ def _python_change(change: object, path: str) -> bool:
 def _dev_name(file_part: str, variable: str) -> str:
     """The name the dev version is deployed under: the app's name (or the file's stem), plus ``-dev``."""
     probe = (
-        "import sys; from minimodal.cli import _import_file; from minimodal.app import App\n"
-        f"m = _import_file({file_part!r})\n"
+        "import sys; from minimodal._target import import_file; from minimodal.app import App\n"
+        f"m = import_file({file_part!r})\n"
         "apps = {k: v for k, v in vars(m).items() if isinstance(v, App)}\n"
         f"v = {variable!r} or ('app' if len(apps) != 1 else next(iter(apps)))\n"
         "print(apps[v].name or '')\n"
