@@ -91,9 +91,9 @@ def dispatch_cost(user_counts: list[int], calls: int, slots: int = 16) -> dict[s
 
 
 def _dispatch_point(redis: Redis, celery: Any, users: int, calls: int, slots: int, freed: int) -> dict[str, Any]:
-    from minimodal.protocol import PendingEntry, WorkerCapacity
     from mm_app import recovery, registry
     from mm_app.dispatcher import Dispatcher
+    from mm_app.keyspace import PendingEntry, WorkerCapacity
     from mm_app.pending import PendingQueues, Policy
 
     section = f"dispatch {users} user(s), {freed} freed/pass"
@@ -204,7 +204,7 @@ def submit(tenant: Tenant, function_id: str, inputs: int, section: str, *, args:
 
 def enqueue_directly(redis: Redis, user_id: int, function_id: str, inputs: int, section: str) -> float:
     """Queue ``inputs`` inputs through the real enqueue Lua step, 100 an entry, no database rows; inputs/s."""
-    from minimodal.protocol import PendingEntry
+    from mm_app.keyspace import PendingEntry
     from mm_app.pending import PendingQueues, Policy
 
     pending = PendingQueues(redis, Policy.from_config())
@@ -284,7 +284,7 @@ def _machine_cpu() -> tuple[float, float]:
 
 def _in_flight(redis: Redis) -> int:
     """Inputs in dispatched, unfinished tasks (the ledger)."""
-    from minimodal.protocol import InflightTask
+    from mm_app.keyspace import InflightTask
 
     return sum(t.end - t.start for t in map(InflightTask.decode, redis.hvals(keyspace.inflight_key())))
 

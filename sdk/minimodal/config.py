@@ -114,7 +114,13 @@ _SETTINGS: dict[str, Setting] = {
             "worker_blank_runners",
             defaults.DEFAULT_BLANK_RUNNERS,
             int,
-            "runners kept started with no function loaded, per image: a new function's first call loads into one",
+            "runner processes kept started with no function loaded: a new function's first call loads into one",
+        ),
+        Setting(
+            "worker_blank_containers",
+            defaults.DEFAULT_BLANK_CONTAINERS,
+            int,
+            "containers kept started with no function loaded, per image (opt-in: they carry no owner labels)",
         ),
         Setting(
             "worker_scaledown_window",

@@ -28,7 +28,10 @@ DEFAULT_FUNCTION_MEMORY = 128  # MiB a function holds when it does not say (Moda
 DEFAULT_TASK_OVERHEAD_US = 2000  # fair-share cost of one task beyond its inputs' run time (dispatch, runner hop)
 DEFAULT_DRR_QUANTUM_US = 2000  # budget a weight-1 user is granted per round: small, so a round is ~1 task each
 DEFAULT_WORKER_MIN_SLOTS = 0  # the autoscaler may scale a worker's concurrency down to this when idle
-DEFAULT_BLANK_RUNNERS = 2  # runners a worker keeps started, no function loaded yet, per image it serves
+DEFAULT_BLANK_RUNNERS = 2  # runner processes a worker keeps started, no function loaded yet
+# Containers likewise, per image: off by default, as Docker's labels are fixed at creation and a container
+# started blank cannot carry its later owner's (docker ps --filter label=minimodal.user=... misses it)
+DEFAULT_BLANK_CONTAINERS = 0
 DEFAULT_DISPATCHER_LEASE_SECONDS = 5.0  # a standby dispatcher takes over this long after the leader stops renewing
 DEFAULT_LOST_TASK_SECONDS = 30.0  # a dispatched task its live worker does not hold is re-queued after this
 DEFAULT_REBUILD_GRACE_SECONDS = 10.0  # inputs younger than this may still be on their way into Redis: not rebuilt
