@@ -27,11 +27,18 @@ def stats(stack: Stack, token: str) -> dict[str, Any]:
 def settled(stack: Stack, token: str, **calls: int) -> dict[str, Any]:
     """/stats once the inputs' statuses have reached the database (the recorder writes off the call's path)."""
 
+    seen: dict[str, Any] = {}
+
     def counted() -> dict[str, Any] | None:
         body = stats(stack, token)
+        seen.update(body["calls"])
         return body if all(body["calls"][k] == v for k, v in calls.items()) else None
 
-    return wait_for(counted, 30, f"/stats to count {calls}")
+    try:
+        # Late in the full suite the worker's recorder may be behind on a busy machine: give it a minute.
+        return wait_for(counted, 60, f"/stats to count {calls}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; it counted {seen}") from None
 
 
 def test_ready_answers_200_with_every_check_when_the_stack_runs(stack: Stack) -> None:
