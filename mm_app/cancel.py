@@ -37,7 +37,12 @@ def with_descendants(session: Any, call_ids: list[str]) -> list[str]:
 
 
 def cancel_calls(session: Any, redis: Any, payloads: Any, call_ids: list[str], *, ttl: int, why: str) -> int:
-    """Cancel what has not ended of these calls and their descendants; return how many inputs that was."""
+    """Cancel what has not ended of these calls and their descendants; return how many inputs that was.
+
+    Each open input gets its ``cancelled`` output first, and the database follows the output that won:
+    an input whose own output was published already (it ended, and the worker's recorder has yet to say
+    so) keeps it, and its status is left for the recorder to write, so it never reads ``cancelled``.
+    """
     calls = with_descendants(session, call_ids)
     if not calls:
         return 0
@@ -46,11 +51,6 @@ def cancel_calls(session: Any, redis: Any, payloads: Any, call_ids: list[str], *
             InputRecord.call_id.in_(calls), InputRecord.status.in_(_OPEN)
         )
     ).all()
-    session.execute(
-        update(InputRecord)
-        .where(InputRecord.call_id.in_(calls), InputRecord.status.in_(_OPEN))
-        .values(status=CallStatus.CANCELLED.value, error=why, finished_at=utcnow())
-    )
     with redis.pipeline(transaction=False) as pipe:
         for call_id in calls:
             pipe.set(keyspace.cancelled_key(call_id), "1", ex=ttl)
@@ -58,8 +58,10 @@ def cancel_calls(session: Any, redis: Any, payloads: Any, call_ids: list[str], *
     by_call: dict[str, list[int]] = {}
     for call_id, idx in open_inputs:
         by_call.setdefault(call_id, []).append(idx)
+    ended_already: dict[str, list[int]] = {}
     for call_id, indexes in by_call.items():
-        payloads.put_outputs(
+        indexes.sort()
+        ids = payloads.put_outputs(
             call_id,
             [
                 {
@@ -69,7 +71,19 @@ def cancel_calls(session: Any, redis: Any, payloads: Any, call_ids: list[str], *
                     protocol.OUT_MESSAGE: why,
                     protocol.OUT_ENDED_AT: f"{time.time():.6f}",
                 }
-                for idx in sorted(indexes)
+                for idx in indexes
             ],
         )
-    return len(open_inputs)
+        ended_already[call_id] = [idx for idx, entry in zip(indexes, ids, strict=True) if entry is None]
+    for call_id in by_call:
+        kept = ended_already[call_id]
+        session.execute(
+            update(InputRecord)
+            .where(
+                InputRecord.call_id == call_id,
+                InputRecord.status.in_(_OPEN),
+                *([InputRecord.idx.notin_(kept)] if kept else []),
+            )
+            .values(status=CallStatus.CANCELLED.value, error=why, finished_at=utcnow())
+        )
+    return len(open_inputs) - sum(len(kept) for kept in ended_already.values())

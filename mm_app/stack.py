@@ -217,8 +217,12 @@ class Stack:
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError, ValueError):
                 with urllib.request.urlopen(server_url + "/health", timeout=2) as reply:
-                    if reply.status == 200 and list(redis.scan_iter(keyspace.worker_key("*"), count=100)):
-                        return
+                    answered = reply.status == 200 and list(redis.scan_iter(keyspace.worker_key("*"), count=100))
+                # Up means every process has also stayed up past its startsecs (STARTING until then), so
+                # that `minimodal status` right after `up --detach` shows them all RUNNING.
+                processes = self.processes()
+                if answered and processes and all(p["state"] == "RUNNING" for p in processes):
+                    return
             for process in self.processes():
                 if process["state"] in ("FATAL", "EXITED", "STOPPED", "UNKNOWN"):
                     log = self.log_dir / f"{process['name']}.log"

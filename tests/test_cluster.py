@@ -218,6 +218,32 @@ def attempts(stack: Stack, token: str, call_id: str, count: int) -> list[dict[st
 
 
 @pytest.mark.docker
+@pytest.mark.timeout(300)
+def test_two_engines_on_one_host_give_the_runners_network_bridges_of_their_own(engine: Engine) -> None:
+    """Interface names are the host's: a second engine's runners' network must not take the first's bridge
+    (it would put its own subnet's address on it, and the first engine's containers lose their route)."""
+    from workers import network
+
+    first, second = docker_engine(), engine.client()
+    name = f"mmtest-{uuid.uuid4().hex[:6]}"
+    try:
+        bridge_one = network.ensure_network(first, name)
+        subnet_one = first.networks.get(name).attrs["IPAM"]["Config"][0]["Subnet"]
+        bridge_two = network.ensure_network(second, name)
+        assert bridge_one != bridge_two and len(bridge_two) <= 15
+        address = network.interface_ipv4(bridge_one)
+        assert address is not None and ipaddress.ip_address(address) in ipaddress.ip_network(subnet_one)
+        assert network.remove_network(second, name)
+        assert network.ensure_network(first, name) == bridge_one  # not stale: the first engine's stays as it was
+        assert network.interface_ipv4(bridge_one) == address
+    finally:
+        network.remove_network(second, name)
+        network.remove_network(first, name)
+        first.close()
+        second.close()
+
+
+@pytest.mark.docker
 @pytest.mark.timeout(900)
 def test_two_machines_share_images_through_the_registry_volumes_through_the_api_and_take_over_work(
     redis_server: RedisServer,

@@ -50,6 +50,32 @@ def test_function_call_cancel_ends_its_inputs_cancelled(stack: Stack, user: str)
         assert devloop.slow.remote(0.1) == 0.1  # the app goes on
 
 
+def test_cancelling_an_input_whose_output_is_published_keeps_its_output_and_its_status(stack: Stack, user: str) -> None:
+    """The end of an app can come between an input's output and its recorder's write (a loaded worker): the
+    output that was published stands, and the database ends with it, never with ``cancelled``."""
+    import cloudpickle
+
+    from minimodal import protocol
+    from mm_app.payloads import Payloads
+
+    with devloop.app.run():
+        fc = devloop.slow.spawn(4)
+        wait_for(lambda: _call(stack, user, fc.object_id)["statuses"] == {"running": 1}, 30, "the input running")
+        # What a worker does first when the input ends: publish its output (its recorder writes later).
+        Payloads(stack.redis.client, ttl=60).put_output(
+            fc.object_id,
+            {
+                protocol.OUT_INDEX: 0,
+                protocol.OUT_STATUS: "completed",
+                protocol.OUT_DATA: cloudpickle.dumps("published"),
+            },
+        )
+        fc.cancel()
+        assert _call(stack, user, fc.object_id)["statuses"] == {"running": 1}  # not cancelled: it has ended
+    assert fc.get(timeout=10) == "published"
+    wait_for(lambda: _call(stack, user, fc.object_id)["statuses"] == {"completed": 1}, 30, "the recorder's write")
+
+
 def test_without_detach_the_end_of_the_run_cancels_what_it_left(stack: Stack, user: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "minimodal", "run", "tests/functions/devloop.py::spawn_and_leave", "--seconds", "20"],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import ipaddress
 import os
 import shutil
@@ -96,9 +97,28 @@ class FirewallError(RuntimeError):
     """Raised when the rules that keep containers off the host and private ranges cannot be put in place."""
 
 
-def bridge_interface(network: str) -> str:
-    """The host interface name of a MiniModal network's bridge (at most 15 characters, as Linux allows)."""
-    return f"mmbr-{network}"[:15]
+def bridge_interface(network: str, engine_id: str = "") -> str:
+    """The host interface name of a MiniModal network's bridge (at most 15 characters, as Linux allows).
+
+    Interface names are the host's, not the engine's: two engines on one host (a second dockerd playing
+    another machine) that named their bridges alike would share one interface, and each would put its
+    own subnet's address on it. So the name carries a hash of the engine's ID and the network's name.
+    """
+    digest = hashlib.sha1(f"{engine_id}\0{network}".encode()).hexdigest()
+    return f"mmbr-{digest[:10]}"
+
+
+def engine_id(client: Any) -> str:
+    """The engine's ID from ``docker info`` ('' when this engine reports none)."""
+    try:
+        return str(client.info().get("ID") or "")
+    except Exception:  # noqa: BLE001 - an engine that cannot say: networks are then named by name alone
+        return ""
+
+
+def network_bridge(attrs: Mapping[str, Any]) -> str | None:
+    """The bridge interface a network's description names (``com.docker.network.bridge.name``), if any."""
+    return (attrs.get("Options") or {}).get(_BRIDGE_NAME) or None
 
 
 def _nameservers(path: str = "/etc/resolv.conf") -> list[str]:
@@ -216,22 +236,34 @@ def _network_lock(name: str) -> Iterator[None]:
 
 def ensure_network(client: Any, name: str = DEFAULT_NETWORK) -> str:
     """Create the runners' bridge network ``name`` if missing, with traffic between containers off, and its
-    firewall; returns the bridge interface. Safe to call from many workers at once on one host."""
+    firewall; returns the bridge interface. Safe to call from many workers at once on one host.
+
+    A network made here names its bridge after this engine (:func:`bridge_interface`); one that exists
+    keeps the bridge it names (networks of earlier releases were ``mmbr-<name>``)."""
     import docker
 
-    bridge = bridge_interface(name)
+    def create() -> Any:
+        made = client.networks.create(
+            name,
+            driver="bridge",
+            options={_ICC: "false", _BRIDGE_NAME: bridge_interface(name, engine_id(client))},
+            labels={"minimodal": "1"},
+            check_duplicate=True,
+        )
+        made.reload()
+        return made
+
     with _network_lock(name):
         try:
             network = client.networks.get(name)
         except docker.errors.NotFound:
-            network = client.networks.create(
-                name,
-                driver="bridge",
-                options={_ICC: "false", _BRIDGE_NAME: bridge},
-                labels={"minimodal": "1"},
-                check_duplicate=True,
+            network = create()
+        bridge = network_bridge(network.attrs)
+        if (network.attrs.get("Options") or {}).get(_ICC) != "false" or bridge is None:
+            raise FirewallError(
+                f"the Docker network {name!r} exists without MiniModal's settings ({_ICC}=false, {_BRIDGE_NAME}); "
+                f"remove it (docker network rm {name}) and start the worker again"
             )
-            network.reload()
         if _stale_bridge(network.attrs, bridge):
             # The bridge interface kept another subnet's address (left by an earlier network of this name
             # across an engine restart): containers would get no route out. Make both anew while unused.
@@ -242,20 +274,8 @@ def ensure_network(client: Any, name: str = DEFAULT_NETWORK) -> str:
                 )
             network.remove()
             subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
-            network = client.networks.create(
-                name,
-                driver="bridge",
-                options={_ICC: "false", _BRIDGE_NAME: bridge},
-                labels={"minimodal": "1"},
-                check_duplicate=True,
-            )
-            network.reload()
-        options = network.attrs.get("Options") or {}
-        if options.get(_ICC) != "false" or options.get(_BRIDGE_NAME) != bridge:
-            raise FirewallError(
-                f"the Docker network {name!r} exists without MiniModal's settings ({_ICC}=false, {_BRIDGE_NAME}="
-                f"{bridge}); remove it (docker network rm {name}) and start the worker again"
-            )
+            network = create()
+            bridge = network_bridge(network.attrs) or bridge
         add_firewall(bridge)
     return bridge
 
@@ -277,12 +297,18 @@ def remove_network(client: Any, name: str = DEFAULT_NETWORK) -> bool:
 
     with _network_lock(name):
         try:
-            client.networks.get(name).remove()
+            network = client.networks.get(name)
+        except docker.errors.NotFound:
+            return True
+        bridge = network_bridge(network.attrs)
+        try:
+            network.remove()
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
             if exc.status_code in (403, 409):  # it still has containers
                 return False
             raise
-        remove_firewall(bridge_interface(name))
+        if bridge:
+            remove_firewall(bridge)
     return True
