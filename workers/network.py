@@ -109,11 +109,14 @@ def bridge_interface(network: str, engine_id: str = "") -> str:
 
 
 def engine_id(client: Any) -> str:
-    """The engine's ID from ``docker info`` ('' when this engine reports none)."""
+    """What tells this engine from others on the host: its ID and data root from ``docker info`` (engines
+    on one host can share an ID, read from the same /etc/docker/key.json, but never a data root).
+    '' when the engine reports neither."""
     try:
-        return str(client.info().get("ID") or "")
+        info = client.info()
     except Exception:  # noqa: BLE001 - an engine that cannot say: networks are then named by name alone
         return ""
+    return f"{info.get('ID') or ''}|{info.get('DockerRootDir') or ''}"
 
 
 def network_bridge(attrs: Mapping[str, Any]) -> str | None:
