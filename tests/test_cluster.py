@@ -169,7 +169,17 @@ def start_engine() -> Iterator[Engine]:
         wait_for(answers, 60, "the second Docker engine to answer", interval=0.2)
         yield engine
     finally:
+        bridges: list[str] = []  # the runners' networks a worker made on it: their bridges and rules are the host's
         if process is not None and process.poll() is None:
+            from workers import network
+
+            with contextlib.suppress(Exception):
+                client = Engine(root, process).client()
+                found = client.networks.list(filters={"label": "minimodal=1"})
+                bridges = [b for n in found if (b := network.network_bridge(n.attrs))]
+                client.close()
+            for bridge in bridges:
+                network.remove_firewall(bridge)
             process.terminate()  # dockerd stops its containers and its own containerd
             try:
                 process.wait(timeout=60)
@@ -180,7 +190,8 @@ def start_engine() -> Iterator[Engine]:
             mount_point = line.split()[1]
             if mount_point.startswith(str(root)):
                 subprocess.run(["umount", "-l", mount_point], capture_output=True)
-        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+        for bridge in (BRIDGE, *bridges):
+            subprocess.run(["ip", "link", "del", bridge], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
 
