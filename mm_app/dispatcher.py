@@ -74,15 +74,10 @@ def send_take(celery_app: Any, take: Any, user: int, task_id: str, producer: Any
 
 
 def dispatch_direct(pending: PendingQueues, celery_app: Any, user: int) -> bool:
-    """Take and send one task of ``user`` right away, when nobody else waits: the API's shortcut.
+    """Take and send one task of ``user`` right away, when a dispatcher leads and nobody else waits.
 
-    Called by the API after it queued the user's inputs (which also woke the dispatcher). When a
-    dispatcher leads and ``user`` is the only user with pending work, fair share has nobody to weigh
-    against, so the API takes the head of the user's queue itself (the same take step: quota,
-    ``max_containers``, placement into a free slot, the in-flight ledger) and sends it, saving the
-    dispatcher's wake-up and pass. Whenever another user waits, or the take refuses, the work stays
-    queued for the dispatcher's fair pass. An API that dies between take and send leaves the task in
-    the ledger, where the lost-task sweep finds it (at-least-once, as for the dispatcher).
+    The check :func:`send_direct`'s callers get from ``enqueue(direct=True)`` in the same Lua step, asked
+    here on its own (tests, and callers that queued without it).
     """
     with pending.redis.pipeline(transaction=False) as pipe:
         pipe.exists(keyspace.dispatch_leader_key())
@@ -90,17 +85,38 @@ def dispatch_direct(pending: PendingQueues, celery_app: Any, user: int) -> bool:
         leading, users = pipe.execute()
     if not leading or {int(u) for u in users} != {user}:
         return False
+    return send_direct(pending, celery_app, user)
+
+
+def send_direct(pending: PendingQueues, celery_app: Any, user: int) -> bool:
+    """The API's shortcut: take the head of ``user``'s queue and send it, saving the dispatcher a pass.
+
+    Called when ``enqueue(direct=True)`` found a dispatcher leading and ``user`` the only user with
+    pending work, and so did not wake the dispatcher: fair share has nobody to weigh against, so the
+    API runs the same take step itself (quota, ``max_containers``, placement into a free slot, the
+    in-flight ledger) and sends the task. Whenever the take refuses (no free slot, the quota reached,
+    someone else's work arrived) or the broker refuses, the dispatcher is woken and the work waits for
+    its fair pass. An API that dies between take and send leaves the task in the ledger, where the
+    lost-task sweep finds it (at-least-once, as for the dispatcher).
+    """
     task_id = str(uuid.uuid4())
-    take = pending.take(user, task_id=task_id, dispatcher_id="api")
-    if take.kind != "TAKEN":
-        return False
     try:
-        send_take(celery_app, take, user, task_id)
-    except Exception:
-        assert take.entry is not None
-        pending.put_back(task_id, user, take.entry)  # the broker refused it: the dispatcher will try
-        logger.warning("the API could not send a task of user %s; it is queued again", user, exc_info=True)
-        return False
+        take = pending.take(user, task_id=task_id, dispatcher_id="api")
+        if take.kind != "TAKEN":
+            pending.wake()
+            return False
+        try:
+            send_take(celery_app, take, user, task_id)
+        except Exception:
+            assert take.entry is not None
+            pending.put_back(task_id, user, take.entry)  # the broker refused it: the dispatcher will try
+            logger.warning("the API could not send a task of user %s; it is queued again", user, exc_info=True)
+            pending.wake()
+            return False
+    except BaseException:
+        with contextlib.suppress(Exception):
+            pending.wake()  # whatever failed here, the dispatcher's pass still sees the work
+        raise
     return True
 
 

@@ -70,6 +70,11 @@ def scoped_token_key(digest: str) -> str:
     return key("scoped", digest)
 
 
+def users_version_key() -> str:
+    """Integer: bumped on every change to a user through the API (the API processes' token caches)."""
+    return key("users", "version")
+
+
 def token_digest(token: str) -> str:
     """How tokens are stored: their SHA-256 hex digest."""
 

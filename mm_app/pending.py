@@ -143,11 +143,16 @@ class PendingQueues:
         inputs: dict[str, bytes] | None = None,
         ttl: int = 0,
         front: bool = False,
-    ) -> None:
+        direct: bool = False,
+    ) -> bool:
         """Queue a run of inputs (storing their payloads in the same step) and wake the dispatcher.
 
         ``front``: the inputs of a call made by a running call (its parent waits on them) go before the
         user's other queued work, so that parents finish before new top-level calls start.
+
+        ``direct``: the caller takes the work itself when it is the only user's (the API's shortcut,
+        :func:`mm_app.dispatcher.send_direct`). Returns True when it may: the dispatcher was not woken,
+        and the caller must take the entry or wake it.
 
         Raises:
             InsufficientResourcesError: no live worker could ever hold one task of the function
@@ -163,6 +168,7 @@ class PendingQueues:
                 "workers": keyspace.workers_key(),
                 "workers_seen": keyspace.workers_seen_key(),
                 "inputs": keyspace.inputs_key(entry.call_id),
+                "leader": keyspace.dispatch_leader_key(),
             },
             {
                 "user_id": user_id,
@@ -170,13 +176,20 @@ class PendingQueues:
                 "ttl": ttl,
                 "dead_after": self.policy.dead_after,
                 "front": front,
+                "direct": direct,
             },
             [part for name, payload in (inputs or {}).items() for part in (name, payload)],
         )
-        if _text(reply[0]) == "NOFIT":
+        kind = _text(reply[0])
+        if kind == "NOFIT":
             need = FunctionNeeds.from_json(reply[1])
             workers = [WorkerCapacity.from_json(raw) for raw in reply[2:]]
             raise unschedulable(f"function {entry.function_id}", need, workers)
+        return kind == "DIRECT"
+
+    def wake(self) -> None:
+        """Wake the dispatcher for a pass."""
+        self.redis.rpush(keyspace.wake_key(), "1")
 
     def take(
         self,

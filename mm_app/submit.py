@@ -31,6 +31,7 @@ class Submitted(NamedTuple):
 
     call_id: str
     new: bool  # False: the id was this user's call already (a repeated submission); nothing was recorded
+    take_now: bool = False  # asked ``direct`` and nobody else waits: the caller takes it (or wakes the dispatcher)
 
 
 def submit_call(
@@ -45,6 +46,7 @@ def submit_call(
     more: bool = False,
     parent_call_id: str | None = None,
     front: bool = False,
+    direct: bool = False,
 ) -> Submitted:
     """Start a call of ``function_id`` by ``user_id`` with its first inputs.
 
@@ -56,6 +58,7 @@ def submit_call(
         more: the call stays open for more inputs (a ``.map`` in progress, see :func:`queue_inputs`).
         parent_call_id: the call whose code makes this one, recorded only when it is the same user's.
         front: queue before the user's other work (a running parent waits on this call).
+        direct: the caller takes the inputs itself when nobody else waits (see :func:`queue_inputs`).
 
     Raises:
         NotFoundError: the function is not the user's, or its app is stopped.
@@ -96,8 +99,9 @@ def submit_call(
             )
             add_input_records(session, call_id, 0, len(payloads))
     # A repeat queues only if the first try stopped between the database and Redis (no payload stored).
+    take_now = False
     if new or not pending.redis.hexists(keyspace.inputs_key(call_id), "0"):
-        queue_inputs(
+        take_now = queue_inputs(
             db,
             pending,
             user_id=user_id,
@@ -107,8 +111,9 @@ def submit_call(
             payloads=payloads,
             ttl=ttl,
             front=front,
+            direct=direct,
         )
-    return Submitted(call_id, new)
+    return Submitted(call_id, new, take_now)
 
 
 def add_input_records(session: Any, call_id: str, first: int, count: int) -> None:
@@ -141,18 +146,24 @@ def queue_inputs(
     payloads: list[bytes],
     ttl: int,
     front: bool = False,
-) -> None:
-    """Store recorded inputs' payloads and queue them; if Redis refuses, they end ``failed`` and this raises."""
+    direct: bool = False,
+) -> bool:
+    """Store recorded inputs' payloads and queue them; if Redis refuses, they end ``failed`` and this raises.
+
+    With ``direct``, True when nobody else waits and the dispatcher was not woken: the caller then
+    takes the work itself (:func:`mm_app.dispatcher.send_direct`), which wakes the dispatcher if it cannot.
+    """
     if not payloads:
-        return
+        return False
     end = first + len(payloads)
     try:
-        pending.enqueue(
+        return pending.enqueue(
             user_id,
             PendingEntry(call_id, function_id, first, end),
             inputs={str(first + i): p for i, p in enumerate(payloads)},
             ttl=ttl,
             front=front,
+            direct=direct,
         )
     except Exception:
         with db.write() as session:  # end them visibly rather than leave them queued forever

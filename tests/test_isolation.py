@@ -386,6 +386,26 @@ def test_an_admin_revokes_a_users_token_with_the_cli(stack: Stack) -> None:
     assert reply.status_code == 401
 
 
+def test_every_api_process_sees_a_users_change_on_its_next_request(stack: Stack) -> None:
+    """The API processes keep the users they authenticated lately (a Redis GET instead of a database
+    read per request); a change through the API shows at once, in each of them."""
+    token = stack.new_user("iso-cached")
+    me = {"Authorization": f"Bearer {token}"}
+    admin = {"Authorization": f"Bearer {stack.admin_token}"}
+
+    def quotas() -> set[int]:  # new connections: the requests spread over the API's processes
+        return {requests.get(f"{stack.url}/v1/me", headers=me, timeout=10).json()["quota"] for _ in range(12)}
+
+    before = quotas()
+    assert len(before) == 1
+    for quota in (before.pop() + 3, 11, 12):
+        reply = requests.patch(f"{stack.url}/v1/users/iso-cached", json={"quota": quota}, headers=admin, timeout=10)
+        assert reply.status_code == 200, reply.text
+        assert quotas() == {quota}
+    assert requests.post(f"{stack.url}/v1/tokens/revoke", headers=me, timeout=10).status_code == 200
+    assert {requests.get(f"{stack.url}/v1/me", headers=me, timeout=10).status_code for _ in range(12)} == {401}
+
+
 def test_tokens_are_stored_as_digests_only(stack: Stack) -> None:
     from sqlalchemy import create_engine, text
 

@@ -41,6 +41,7 @@ VALID: dict[str, tuple[dict[str, str], dict[str, Any], list[Any]]] = {
                 "workers",
                 "workers_seen",
                 "inputs",
+                "leader",
             )
         },
         {
@@ -49,6 +50,7 @@ VALID: dict[str, tuple[dict[str, str], dict[str, Any], list[Any]]] = {
             "ttl": 60,
             "dead_after": 30.0,
             "front": False,
+            "direct": False,
         },
         ["0", b"\x80\x05payload", "1", b"\x80\x05other"],
     ),

@@ -37,7 +37,7 @@ from minimodal.exception import InsufficientResourcesError
 from minimodal.protocol import CallStatus
 from mm_app import keyspace, recovery, registry
 from mm_app.database import Database
-from mm_app.dispatcher import Dispatcher, Lease, dispatch_direct
+from mm_app.dispatcher import Dispatcher, Lease, dispatch_direct, send_direct
 from mm_app.fairshare import DeficitRoundRobin, jain_index
 from mm_app.keyspace import PendingEntry, WorkerCapacity
 from mm_app.models import AppRecord, CallRecord, FunctionRecord, InputRecord, UserRecord, utcnow
@@ -689,6 +689,33 @@ def test_the_api_sends_a_lone_users_task_itself_and_leaves_everything_else_to_th
     (left,) = {int(u) for u in r.smembers(keyspace.pending_users_key())}
     assert not dispatch_direct(d.pending, broker, left)
     assert r.llen(keyspace.pending_key(left)) == 1 and len(broker.sent) == 2
+
+
+def test_a_direct_enqueue_wakes_no_dispatcher_for_a_lone_user_and_a_refused_take_wakes_it(r: Redis) -> None:
+    broker = RecordingBroker()
+    d = make_dispatcher(r, broker)
+    add_worker(r, "w1", slots=1)
+    add_function(r, d, "fa")
+    add_function(r, d, "fb")
+
+    def enqueue(user: int, function_id: str) -> bool:
+        call_id = f"fc-direct-{next(_call_numbers)}"
+        return d.pending.enqueue(
+            user, PendingEntry(call_id, function_id, 0, 1), inputs={"0": b"N."}, ttl=60, direct=True
+        )
+
+    def woken() -> int:
+        return int(r.delete(keyspace.wake_key()))
+
+    woken()
+    assert not enqueue(1, "fa") and woken() == 1  # no dispatcher leads: it is woken, the API takes nothing
+    r.delete(keyspace.pending_key(1), keyspace.pending_users_key())
+    r.set(keyspace.dispatch_leader_key(), "someone", px=60_000)
+    assert enqueue(1, "fa") and woken() == 0  # alone, a dispatcher leads: the API takes it, no wake-up
+    assert send_direct(d.pending, broker, 1) and len(broker.sent) == 1 and woken() == 0
+    assert enqueue(1, "fa") and not send_direct(d.pending, broker, 1)  # the one slot is busy: the take refuses
+    assert woken() == 1 and r.llen(keyspace.pending_key(1)) == 1  # ...so the dispatcher is woken for its pass
+    assert not enqueue(2, "fb") and woken() == 1  # someone else waits: the fair pass decides
 
 
 def test_a_lone_users_task_sent_by_the_api_holds_its_quota(r: Redis) -> None:

@@ -34,6 +34,11 @@ SCOPED_PREFIX = "mms-"  # tokens workers mint for their containers' calls
 MAX_INT = 2**63 - 1  # what the database stores: a larger number is refused, not an overflow error
 
 
+def users_changed() -> None:
+    """Say a user changed (after its transaction committed): every API process reads users afresh."""
+    services().redis.incr(keyspace.users_version_key())
+
+
 def authenticate() -> None:
     """``before_request`` of every authenticated blueprint: sets ``g.user``."""
     header = request.headers.get("Authorization", "")
@@ -41,9 +46,15 @@ def authenticate() -> None:
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("missing bearer token: send `Authorization: Bearer <token>` (see `minimodal up`)")
     digest = hash_token(token.strip())
-    columns = [getattr(UserRecord, c) for c in User._fields]
     g.scoped = False
-    with services().db.read_core() as connection:
+    svc = services()
+    version = svc.redis.get(keyspace.users_version_key())
+    cached = svc.tokens.get(digest, version)
+    if cached is not None:
+        g.user = cached
+        return
+    columns = [getattr(UserRecord, c) for c in User._fields]
+    with svc.db.read_core() as connection:
         user = connection.execute(select(*columns).where(UserRecord.token_hash == digest)).first()
         if user is None and token.startswith(SCOPED_PREFIX):
             # A token a worker minted for the calls its containers make (mm_app/tasks/forward.py): that
@@ -56,6 +67,8 @@ def authenticate() -> None:
     if user is None or user.revoked_at is not None:
         raise AuthError("invalid or revoked token")
     g.user = User(*user)
+    if not g.scoped:
+        svc.tokens.put(digest, version, g.user)
 
 
 def token_revoked(user_id: int) -> bool:

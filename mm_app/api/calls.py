@@ -17,7 +17,7 @@ from minimodal.protocol import TERMINAL, CallStatus
 from mm_app import keyspace
 
 from ..cancel import cancel_calls
-from ..dispatcher import dispatch_direct
+from ..dispatcher import send_direct
 from ..models import AttemptRecord, CallRecord, FunctionRecord, InputRecord
 from ..ownership import check_owner, owned
 from ..submit import add_input_records, queue_inputs, submit_call
@@ -180,7 +180,7 @@ def create_call(function_id: str, body: NewCall):  # type: ignore[no-untyped-def
     if not _CALL_ID.match(call_id):
         raise InvalidError("call_id must look like 'fc-' and 16 letters or digits (or be left out)")
     parent = _parent_call()
-    submit_call(
+    submitted = submit_call(
         svc.db,
         svc.pending,
         user_id=g.user.id,
@@ -191,9 +191,10 @@ def create_call(function_id: str, body: NewCall):  # type: ignore[no-untyped-def
         more=more,
         parent_call_id=parent,
         front=parent is not None,
+        direct=svc.settings["direct_dispatch"],
     )
-    if payloads and svc.settings["direct_dispatch"]:
-        dispatch_direct(svc.pending, svc.celery, g.user.id)  # nobody else waits: no dispatcher pass needed
+    if submitted.take_now:
+        send_direct(svc.pending, svc.celery, g.user.id)  # nobody else waits: no dispatcher pass needed
     reply: dict[str, Any] = {"call_id": call_id, "first": 0, "count": len(payloads)}
     if wait > 0:
         envelopes, cursor = svc.payloads.read_outputs(call_id, "0-0", int(wait * 1000))
@@ -245,7 +246,7 @@ def add_inputs(call_id: str, body: MoreInputs):  # type: ignore[no-untyped-def]
         function_id = call.function_id
         add_input_records(session, call_id, first, len(payloads))
     svc = services()
-    queue_inputs(
+    take_now = queue_inputs(
         svc.db,
         svc.pending,
         user_id=g.user.id,
@@ -255,9 +256,10 @@ def add_inputs(call_id: str, body: MoreInputs):  # type: ignore[no-untyped-def]
         payloads=payloads,
         ttl=svc.settings["result_ttl"],
         front=_parent_call() is not None,
+        direct=svc.settings["direct_dispatch"],
     )
-    if payloads and svc.settings["direct_dispatch"]:
-        dispatch_direct(svc.pending, svc.celery, g.user.id)
+    if take_now:
+        send_direct(svc.pending, svc.celery, g.user.id)
     return {"call_id": call_id, "first": first, "count": len(payloads)}
 
 

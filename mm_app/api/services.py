@@ -12,6 +12,7 @@ from redis import Redis
 from minimodal import config as mm_config
 from minimodal.exception import InvalidError
 
+from ..accounts import TokenCache
 from ..database import Database
 from ..payloads import Payloads
 from ..pending import PendingQueues
@@ -40,6 +41,7 @@ class Services:
     started_at: float
     celery: Any  # used only to send tasks by name (image builds)
     rate_limiter: RateLimiter  # call submissions per token
+    tokens: TokenCache[Any]  # auth.User by token digest, while unchanged
 
     @classmethod
     def build(cls, overrides: dict[str, Any], *, redis: Redis | None, database: Database | None) -> Services:
@@ -61,6 +63,7 @@ class Services:
             started_at=time.time(),
             celery=_sender(settings["redis_url"]),
             rate_limiter=RateLimiter(redis, settings["call_rate_limit"], settings["call_rate_burst"]),
+            tokens=TokenCache(),
         )
 
 

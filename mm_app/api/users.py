@@ -14,7 +14,7 @@ from minimodal.exception import NotFoundError, PermissionDeniedError
 
 from ..accounts import create_user
 from ..models import UserRecord, utcnow
-from .auth import authenticate
+from .auth import authenticate, users_changed
 from .schema import Body, Doc, Positive, Reply
 from .services import services
 
@@ -76,6 +76,7 @@ def create(body: NewUser):  # type: ignore[no-untyped-def]
         assert user is not None
         user_id = user.id
     svc.pending.set_quota(user_id, quota, weight=weight)
+    users_changed()
     return {"name": name, "quota": quota, "weight": weight, "token": token}, 201
 
 
@@ -102,6 +103,7 @@ def update(name: str, body: UserChange):  # type: ignore[no-untyped-def]
         result = user.to_json()
         user_id = user.id
     svc.pending.set_quota(user_id, result["quota"], weight=result["weight"])  # the dispatcher's next pass uses them
+    users_changed()  # the API processes' cached users carry the old quota and weight
     return result
 
 
@@ -124,4 +126,5 @@ def revoke(body: Revoke):  # type: ignore[no-untyped-def]
             raise NotFoundError(f"no user named {name!r}")
         user.revoked_at = user.revoked_at or utcnow()
         revoked_at = user.revoked_at
+    users_changed()  # refused from the next request on, by every API process
     return {"user": name, "revoked_at": revoked_at.isoformat()}
