@@ -131,7 +131,7 @@ _SETTINGS: dict[str, Setting] = {
         Setting("dispatcher_lease_seconds", defaults.DEFAULT_DISPATCHER_LEASE_SECONDS, float),
         Setting(
             "direct_dispatch",
-            False,  # measured neutral on a 2-core machine while the dispatcher's woken pass still runs
+            True,  # warm p50 13.8 -> 7.7 ms here once the enqueue skips the dispatcher's wake-up (issue 21)
             _bool,
             "the API sends a call's task itself when its user is the only one waiting (the dispatcher leads)",
         ),
