@@ -74,23 +74,21 @@ def private_redis() -> Iterator[str]:
 
 def dispatch_cost(user_counts: list[int], calls: int, slots: int = 16) -> dict[str, Any]:
     """Per-call dispatch cost with each number of users waiting, freeing 1 slot a pass and all of them."""
-    from celery import Celery
+    from mm_app.broker import TaskSender
 
     points = []
     with private_redis() as url:
         redis = Redis.from_url(url)
-        celery = Celery("bench-dispatch", broker=url, set_as_current=False)
         try:
             for users in user_counts:
                 for freed in sorted({1, slots}):
-                    points.append(_dispatch_point(redis, celery, users, calls, slots, freed))
+                    points.append(_dispatch_point(redis, TaskSender(redis), users, calls, slots, freed))
         finally:
-            celery.close()
             redis.close()
     return {"slots": slots, "calls": calls, "points": points}
 
 
-def _dispatch_point(redis: Redis, celery: Any, users: int, calls: int, slots: int, freed: int) -> dict[str, Any]:
+def _dispatch_point(redis: Redis, sender: Any, users: int, calls: int, slots: int, freed: int) -> dict[str, Any]:
     from mm_app import recovery, registry
     from mm_app.dispatcher import Dispatcher
     from mm_app.keyspace import PendingEntry, WorkerCapacity
@@ -118,7 +116,7 @@ def _dispatch_point(redis: Redis, celery: Any, users: int, calls: int, slots: in
                 user, PendingEntry(protocol.new_id("fc"), function_id, 0, 1), inputs={"0": payload}, ttl=600
             )
             count.add()
-    dispatcher = Dispatcher(redis, celery, None, policy=policy, lease_seconds=0)
+    dispatcher = Dispatcher(redis, sender, None, policy=policy, lease_seconds=0)
     dispatcher.dispatch_pass()  # fill every slot: the steady state, where each finish frees one
     say(section, f"timing passes until {calls:,} calls are dispatched")
     wall = cpu = 0.0

@@ -44,6 +44,7 @@ from mm_app import keyspace
 from mm_app.keyspace import WorkerCapacity
 
 from . import lua, recovery, registry
+from .broker import TaskSender
 from .database import Database
 from .fairshare import DeficitRoundRobin
 from .pending import Hold, PendingQueues, Policy
@@ -56,15 +57,15 @@ LOST_EVERY = 5.0  # seconds between sweeps for tasks that were dispatched and ne
 MAX_STEPS = 100_000  # ring visits in one pass, a guard: a pass ends long before in practice
 
 
-def send_take(celery_app: Any, take: Any, user: int, task_id: str, producer: Any = None) -> None:
+def send_take(sender: Any, take: Any, user: int, task_id: str, producer: Any = None) -> None:
     """Send a taken task to the queue of the worker it was placed on, with its ledger key as task id."""
     entry = take.entry
     if protocol.is_sandbox(entry.call_id):  # a sandbox: placed like a call, its task is its whole life
-        celery_app.send_task(
+        sender.send_task(
             keyspace.TASK_SANDBOX, args=[entry.call_id, user], queue=take.queue, task_id=task_id, producer=producer
         )
         return
-    celery_app.send_task(
+    sender.send_task(
         keyspace.TASK_EXECUTE,
         args=[entry.call_id, entry.function_id, user, entry.start, entry.end],
         queue=take.queue,
@@ -73,7 +74,7 @@ def send_take(celery_app: Any, take: Any, user: int, task_id: str, producer: Any
     )
 
 
-def dispatch_direct(pending: PendingQueues, celery_app: Any, user: int) -> bool:
+def dispatch_direct(pending: PendingQueues, sender: Any, user: int) -> bool:
     """Take and send one task of ``user`` right away, when a dispatcher leads and nobody else waits.
 
     The check :func:`send_direct`'s callers get from ``enqueue(direct=True)`` in the same Lua step, asked
@@ -85,10 +86,10 @@ def dispatch_direct(pending: PendingQueues, celery_app: Any, user: int) -> bool:
         leading, users = pipe.execute()
     if not leading or {int(u) for u in users} != {user}:
         return False
-    return send_direct(pending, celery_app, user)
+    return send_direct(pending, sender, user)
 
 
-def send_direct(pending: PendingQueues, celery_app: Any, user: int) -> bool:
+def send_direct(pending: PendingQueues, sender: Any, user: int) -> bool:
     """The API's shortcut: take the head of ``user``'s queue and send it, saving the dispatcher a pass.
 
     Called when ``enqueue(direct=True)`` found a dispatcher leading and ``user`` the only user with
@@ -106,7 +107,7 @@ def send_direct(pending: PendingQueues, celery_app: Any, user: int) -> bool:
             pending.wake()
             return False
         try:
-            send_take(celery_app, take, user, task_id)
+            send_take(sender, take, user, task_id)
         except Exception:
             assert take.entry is not None
             pending.put_back(task_id, user, take.entry)  # the broker refused it: the dispatcher will try
@@ -161,7 +162,7 @@ class Dispatcher:
     def __init__(
         self,
         redis: Redis,
-        celery_app: Any,
+        sender: Any,
         db: Database | None = None,
         *,
         policy: Policy | None = None,
@@ -173,7 +174,7 @@ class Dispatcher:
         dispatcher_id: str | None = None,
     ) -> None:
         self.redis = redis
-        self.celery_app = celery_app
+        self.sender = sender
         self.db = db
         self.policy = policy or Policy()
         self.pending = PendingQueues(redis, self.policy)
@@ -196,10 +197,10 @@ class Dispatcher:
         self._warned: dict[str, float] = {}
 
     @classmethod
-    def from_config(cls, redis: Redis, celery_app: Any, db: Database | None = None) -> Dispatcher:
+    def from_config(cls, redis: Redis, sender: Any, db: Database | None = None) -> Dispatcher:
         return cls(
             redis,
-            celery_app,
+            sender,
             db,
             policy=Policy.from_config(),
             default_weight=config.get("default_weight"),
@@ -282,7 +283,7 @@ class Dispatcher:
                 if take.kind == "TAKEN":
                     assert take.entry is not None
                     if producer is None:
-                        producer = stack.enter_context(self.celery_app.producer_or_acquire())
+                        producer = stack.enter_context(self.sender.producer_or_acquire())
                     self.drr.charge(user, take.cost)
                     # No saving up beyond one round's grant: a cost estimate that drops (the first call of
                     # a function is costed at the target run time) must not turn into a burst.
@@ -354,7 +355,7 @@ class Dispatcher:
                 self.drr.refund(u, (rounds - 1) * self.drr.quantum * weight.get(u, self.default_weight))
 
     def _send(self, take: Any, user: int, task_id: str, producer: Any) -> None:
-        send_take(self.celery_app, take, user, task_id, producer)
+        send_take(self.sender, take, user, task_id, producer)
 
     def _load_needs(self, function_id: str) -> None:
         if self.db is not None:
@@ -495,8 +496,6 @@ class Dispatcher:
 
 
 def main() -> None:
-    from .celery_app import app as celery_app
-
     redis_url = config.get("redis_url")
     if not redis_url:
         raise SystemExit("minimodal dispatcher: set MINIMODAL_REDIS_URL or run `minimodal up`")
@@ -506,6 +505,7 @@ def main() -> None:
     db = Database(config.database_url())
     db.create_all()
     try:
-        Dispatcher.from_config(Redis.from_url(redis_url, health_check_interval=30), celery_app, db).run(stop)
+        redis = Redis.from_url(redis_url, health_check_interval=30)
+        Dispatcher.from_config(redis, TaskSender(redis), db).run(stop)
     finally:
         db.dispose()

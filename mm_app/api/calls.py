@@ -194,7 +194,7 @@ def create_call(function_id: str, body: NewCall):  # type: ignore[no-untyped-def
         direct=svc.settings["direct_dispatch"],
     )
     if submitted.take_now:
-        send_direct(svc.pending, svc.celery, g.user.id)  # nobody else waits: no dispatcher pass needed
+        send_direct(svc.pending, svc.sender, g.user.id)  # nobody else waits: no dispatcher pass needed
     reply: dict[str, Any] = {"call_id": call_id, "first": 0, "count": len(payloads)}
     if wait > 0:
         envelopes, cursor = svc.payloads.read_outputs(call_id, "0-0", int(wait * 1000))
@@ -259,7 +259,7 @@ def add_inputs(call_id: str, body: MoreInputs):  # type: ignore[no-untyped-def]
         direct=svc.settings["direct_dispatch"],
     )
     if take_now:
-        send_direct(svc.pending, svc.celery, g.user.id)
+        send_direct(svc.pending, svc.sender, g.user.id)
     return {"call_id": call_id, "first": first, "count": len(payloads)}
 
 

@@ -13,6 +13,7 @@ from minimodal import config as mm_config
 from minimodal.exception import InvalidError
 
 from ..accounts import TokenCache
+from ..broker import TaskSender
 from ..database import Database
 from ..payloads import Payloads
 from ..pending import PendingQueues
@@ -40,6 +41,7 @@ class Services:
     payloads: Payloads
     started_at: float
     celery: Any  # used only to send tasks by name (image builds)
+    sender: TaskSender  # sends the tasks the API's shortcut takes (mm_app/broker.py)
     rate_limiter: RateLimiter  # call submissions per token
     tokens: TokenCache[Any]  # auth.User by token digest, while unchanged
 
@@ -62,6 +64,7 @@ class Services:
             payloads=Payloads(redis, ttl=settings["result_ttl"]),
             started_at=time.time(),
             celery=_sender(settings["redis_url"]),
+            sender=TaskSender(redis),
             rate_limiter=RateLimiter(redis, settings["call_rate_limit"], settings["call_rate_burst"]),
             tokens=TokenCache(),
         )
