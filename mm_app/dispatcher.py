@@ -97,8 +97,10 @@ def send_direct(pending: PendingQueues, sender: Any, user: int) -> bool:
     API runs the same take step itself (quota, ``max_containers``, placement into a free slot, the
     in-flight ledger) and sends the task. Whenever the take refuses (no free slot, the quota reached,
     someone else's work arrived) or the broker refuses, the dispatcher is woken and the work waits for
-    its fair pass. An API that dies between take and send leaves the task in the ledger, where the
-    lost-task sweep finds it (at-least-once, as for the dispatcher).
+    its fair pass; so it is when the take leaves work queued (a ``.map``'s next tasks), which the
+    dispatcher's pass spreads over every free slot rather than one task per request. An API that
+    dies between take and send leaves the task in the ledger, where the lost-task sweep finds it
+    (at-least-once, as for the dispatcher).
     """
     task_id = str(uuid.uuid4())
     try:
@@ -114,6 +116,8 @@ def send_direct(pending: PendingQueues, sender: Any, user: int) -> bool:
             logger.warning("the API could not send a task of user %s; it is queued again", user, exc_info=True)
             pending.wake()
             return False
+        if take.next_cost >= 0:  # more of it waits: the pass sends it to every free slot now
+            pending.wake()
     except BaseException:
         with contextlib.suppress(Exception):
             pending.wake()  # whatever failed here, the dispatcher's pass still sees the work

@@ -716,6 +716,14 @@ def test_a_direct_enqueue_wakes_no_dispatcher_for_a_lone_user_and_a_refused_take
     assert enqueue(1, "fa") and not send_direct(d.pending, broker, 1)  # the one slot is busy: the take refuses
     assert woken() == 1 and r.llen(keyspace.pending_key(1)) == 1  # ...so the dispatcher is woken for its pass
     assert not enqueue(2, "fb") and woken() == 1  # someone else waits: the fair pass decides
+    # And a take that leaves work queued (a .map's next task) wakes the dispatcher to send the rest
+    r.delete(keyspace.pending_key(2))
+    r.srem(keyspace.pending_users_key(), 2)
+    add_worker(r, "w2", slots=4)
+    woken()  # a new worker wakes it: not what is measured here
+    assert enqueue(1, "fa") and r.llen(keyspace.pending_key(1)) == 2 and woken() == 0
+    assert send_direct(d.pending, broker, 1) and woken() == 1  # one task sent, one left: the pass sends it
+    assert send_direct(d.pending, broker, 1) and woken() == 0  # the last one: nothing left to wake for
 
 
 def test_a_lone_users_task_sent_by_the_api_holds_its_quota(r: Redis) -> None:
