@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import time
 from pathlib import Path
@@ -25,6 +26,20 @@ def test_remote_returns_the_value_computed_on_a_worker(user: str) -> None:
         assert basic.add.remote(2, b=5) == 7
         assert basic.pid.remote() != os.getpid()
         assert basic.is_remote.remote()[0] is False
+
+
+def test_a_netrc_entry_for_the_server_does_not_replace_the_token(
+    user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a netrc file with an entry for the API's host (requests would send it as Basic auth)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password something\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    # When a call is made in a thread with a fresh HTTP session, Then the bearer token still authenticates it
+    with basic.app.run():
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            assert pool.submit(basic.square.remote, 3).result() == 9
 
 
 def test_spawn_then_get_and_gather(user: str) -> None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import requests
 
 _local = threading.local()
+_ENVIRONMENT: dict[str, dict[str, Any]] = {}  # server URL -> its proxies and CA bundle (Client._environment)
 
 
 class Request(NamedTuple):
@@ -60,7 +61,24 @@ class Client:
         session = getattr(_local, "session", None)
         if session is None:
             session = _local.session = requests.Session()
+            # With trust_env, requests reads the whole environment on every request (proxies, CA bundle,
+            # netrc): about 0.3 ms of each call. The proxies and CA bundle are read once per server
+            # instead (_environment); a netrc entry would only replace the bearer token.
+            session.trust_env = False
         return session
+
+    def _environment(self) -> dict[str, Any]:
+        """The proxies and CA bundle the environment names for this server, read once."""
+        found: dict[str, Any] | None = _ENVIRONMENT.get(self.server_url)
+        if found is None:
+            import os
+
+            import requests
+
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            found = {"proxies": requests.utils.get_environ_proxies(self.server_url), "verify": bundle or True}
+            _ENVIRONMENT[self.server_url] = found
+        return found
 
     def request(
         self,
@@ -96,7 +114,15 @@ class Client:
         url = self.server_url + path
         try:
             response = self._session().request(
-                method, url, json=json, data=data, params=params, headers=headers, timeout=timeout, stream=stream
+                method,
+                url,
+                json=json,
+                data=data,
+                params=params,
+                headers=headers,
+                timeout=timeout,
+                stream=stream,
+                **self._environment(),
             )
         except requests.ConnectionError as exc:
             raise ServiceError(
