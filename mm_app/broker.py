@@ -25,6 +25,8 @@ from typing import Any
 
 from redis import Redis
 
+from .observability import log_sent
+
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
@@ -87,3 +89,4 @@ class TaskSender:
     def send_task(self, name: str, args: list[Any], queue: str, task_id: str, producer: Any = None) -> None:
         """Push the task on ``queue``; a Redis error propagates (the caller puts the work back)."""
         self.redis.lpush(queue, self.message(name, args, queue, task_id))
+        log_sent(name, args, queue, task_id)  # the line Celery's after_task_publish hook writes for its sends

@@ -140,14 +140,18 @@ def _task_ids(name: str, args: Any) -> dict[str, Any]:
     return {}
 
 
+def log_sent(name: str, args: Any, queue: Any, task_id: str | None) -> None:
+    """The line of one task sent to a worker's queue (by Celery, or mm_app.broker.TaskSender), with its ids."""
+    ids = _task_ids(name, args)
+    span = {"start": args[3], "end": args[4]} if ids and args is not None and len(args) >= 5 else {}
+    _sent_logger.info("sent %s to %s", name, queue, extra={**ids, **span, "task_id": task_id})
+
+
 def _on_published(
     sender: str | None = None, body: Any = None, headers: Any = None, routing_key: Any = None, **_: Any
 ) -> None:
     args = body[0] if isinstance(body, tuple) and body else None  # task message protocol 2: (args, kwargs, embed)
-    ids = _task_ids(sender or "", args)
-    span = {"start": args[3], "end": args[4]} if ids and args is not None and len(args) >= 5 else {}
-    task_id = headers.get("id") if isinstance(headers, dict) else None
-    _sent_logger.info("sent %s to %s", sender, routing_key, extra={**ids, **span, "task_id": task_id})
+    log_sent(sender or "", args, routing_key, headers.get("id") if isinstance(headers, dict) else None)
 
 
 def _connect_publish_log() -> None:

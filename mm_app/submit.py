@@ -67,8 +67,13 @@ def submit_call(
     call_id = call_id or protocol.new_id("fc")
     with db.write_core() as session:
         # Core statements: this is every call's path, and the ORM would load the function's code too.
+        # One statement for the function, its app and whoever has this call id already.
         found = session.execute(
-            select(FunctionRecord.user_id, AppRecord.state)
+            select(
+                FunctionRecord.user_id,
+                AppRecord.state,
+                select(CallRecord.user_id).where(CallRecord.id == call_id).scalar_subquery().label("owner"),
+            )
             .join(AppRecord, AppRecord.id == FunctionRecord.app_id)
             .where(FunctionRecord.id == function_id)
         ).first()
@@ -76,7 +81,7 @@ def submit_call(
             raise NotFoundError(f"no function {function_id!r}")
         if found.state == "stopped":
             raise NotFoundError(f"the app of function {function_id!r} is stopped; run it again")
-        owner = session.execute(select(CallRecord.user_id).where(CallRecord.id == call_id)).scalar()
+        owner = found.owner
         if owner is not None and owner != user_id:
             raise InvalidError(f"the call id {call_id} is taken; leave call_id out to get a fresh one")
         new = owner is None

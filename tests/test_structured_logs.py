@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -41,29 +41,54 @@ def test_one_call_is_followed_by_its_id_across_api_dispatcher_and_worker_json_lo
 ) -> None:
     use_stack(json_stack, request, monkeypatch)
     with basic.app.run():
-        call = basic.square.spawn(6)
+        call = basic.square.spawn(6)  # a lone user's call: the API's shortcut sends it (no dispatcher pass)
         assert call.get() == 36
+        # A map of a function whose run time is not known yet: a task per input, the API's take leaves
+        # the others queued, so the dispatcher sends them
+        assert list(basic.sleep.map([0.0, 0.0, 0.0])) == [0.0, 0.0, 0.0]
+        sleep_id = basic.sleep.object_id
     call_id = call.object_id
+    map_id = wait_for(
+        lambda: next((e["call_id"] for e in json_lines(json_stack, "api") if e.get("function_id") == sleep_id), None),
+        30,
+        "the map's call in the API's log",
+    )
 
-    def about_the_call() -> dict[str, list[dict[str, Any]]] | None:
-        found = {name: [e for e in json_lines(json_stack, name) if e.get("call_id") == call_id] for name in COMPONENTS}
-        done = any("succeeded" in e["message"] for e in found["worker"])  # the worker's last line of the task
-        return found if all(found.values()) and done else None
+    def about(the_id: str, senders: tuple[str, ...]) -> Callable[[], dict[str, list[dict[str, Any]]] | None]:
+        def found_all() -> dict[str, list[dict[str, Any]]] | None:
+            found = {
+                name: [e for e in json_lines(json_stack, name) if e.get("call_id") == the_id] for name in COMPONENTS
+            }
+            done = any("succeeded" in e["message"] for e in found["worker"])  # the worker's last line of the task
+            sent = any(e["logger"] == "minimodal.dispatch" for name in senders for e in found[name])
+            return found if found["api"] and done and sent else None
 
-    found = wait_for(about_the_call, 30, f"{call_id} in the logs of {', '.join(COMPONENTS)}", interval=0.2)
+        return found_all
 
+    found = wait_for(about(call_id, ("api",)), 30, f"{call_id} sent by the API, run by the worker", interval=0.2)
     created = [e for e in found["api"] if e["logger"] == "minimodal.api.access" and e["method"] == "POST"]
     assert created and created[0]["status"] == 201 and created[0]["path"].endswith("/calls")
-    [sent] = [e for e in found["dispatcher"] if e["logger"] == "minimodal.dispatch"]
+    [sent] = [e for e in found["api"] if e["logger"] == "minimodal.dispatch"]
     assert sent["message"].startswith("sent mm.execute") and (sent["start"], sent["end"]) == (0, 1)
+    assert not found["dispatcher"]
     assert any("succeeded" in e["message"] for e in found["worker"]), found["worker"]
+    of_map = wait_for(about(map_id, ("dispatcher",)), 30, f"{map_id} sent by the dispatcher", interval=0.2)
+    [first, *rest] = sorted(
+        (e for name in ("api", "dispatcher") for e in of_map[name] if e["logger"] == "minimodal.dispatch"),
+        key=lambda e: e["start"],
+    )
+    assert (first["component"], first["start"], first["end"]) == ("api", 0, 1)
+    assert rest and {e["component"] for e in rest} == {"dispatcher"}
 
-    everything = [e for entries in found.values() for e in entries]
+    everything = [e for entries in (*found.values(), *of_map.values()) for e in entries]
     assert {e["component"] for e in everything} == set(COMPONENTS)
     assert len({e["user_id"] for e in everything}) == 1, "the same user everywhere"
-    functions = {e.get("function_id") for e in everything} - {None}  # a URL with only the call id names no function
-    assert len(functions) == 1 and functions.pop().startswith("fu-"), "the same function everywhere"
-    assert all("function_id" in e for e in found["dispatcher"] + found["worker"] + created)
+    for entries in (found, of_map):
+        # A URL with only the call id names no function
+        functions = {e.get("function_id") for e in (e for es in entries.values() for e in es)} - {None}
+        assert len(functions) == 1 and functions.pop().startswith("fu-"), "the same function everywhere"
+    senders = [e for es in (found, of_map) for e in es["api"] + es["dispatcher"] if e["logger"] == "minimodal.dispatch"]
+    assert all("function_id" in e for e in senders + of_map["dispatcher"] + found["worker"] + created)
     assert all({"ts", "level", "logger", "message", "pid"} <= set(e) for e in everything)
 
 
