@@ -74,57 +74,6 @@ def send_take(sender: Any, take: Any, user: int, task_id: str, producer: Any = N
     )
 
 
-def dispatch_direct(pending: PendingQueues, sender: Any, user: int) -> bool:
-    """Take and send one task of ``user`` right away, when a dispatcher leads and nobody else waits.
-
-    The check :func:`send_direct`'s callers get from ``enqueue(direct=True)`` in the same Lua step, asked
-    here on its own (tests, and callers that queued without it).
-    """
-    with pending.redis.pipeline(transaction=False) as pipe:
-        pipe.exists(keyspace.dispatch_leader_key())
-        pipe.smembers(keyspace.pending_users_key())
-        leading, users = pipe.execute()
-    if not leading or {int(u) for u in users} != {user}:
-        return False
-    return send_direct(pending, sender, user)
-
-
-def send_direct(pending: PendingQueues, sender: Any, user: int) -> bool:
-    """The API's shortcut: take the head of ``user``'s queue and send it, saving the dispatcher a pass.
-
-    Called when ``enqueue(direct=True)`` found a dispatcher leading and ``user`` the only user with
-    pending work, and so did not wake the dispatcher: fair share has nobody to weigh against, so the
-    API runs the same take step itself (quota, ``max_containers``, placement into a free slot, the
-    in-flight ledger) and sends the task. Whenever the take refuses (no free slot, the quota reached,
-    someone else's work arrived) or the broker refuses, the dispatcher is woken and the work waits for
-    its fair pass; so it is when the take leaves work queued (a ``.map``'s next tasks), which the
-    dispatcher's pass spreads over every free slot rather than one task per request. An API that
-    dies between take and send leaves the task in the ledger, where the lost-task sweep finds it
-    (at-least-once, as for the dispatcher).
-    """
-    task_id = str(uuid.uuid4())
-    try:
-        take = pending.take(user, task_id=task_id, dispatcher_id="api")
-        if take.kind != "TAKEN":
-            pending.wake()
-            return False
-        try:
-            send_take(sender, take, user, task_id)
-        except Exception:
-            assert take.entry is not None
-            pending.put_back(task_id, user, take.entry)  # the broker refused it: the dispatcher will try
-            logger.warning("the API could not send a task of user %s; it is queued again", user, exc_info=True)
-            pending.wake()
-            return False
-        if take.next_cost >= 0:  # more of it waits: the pass sends it to every free slot now
-            pending.wake()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            pending.wake()  # whatever failed here, the dispatcher's pass still sees the work
-        raise
-    return True
-
-
 class Lease:
     """Leadership among dispatchers: a Redis key with an expiry, renewed by its holder (no lease when ttl <= 0)."""
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from redis import Redis
 
-from minimodal import config, defaults
+from minimodal import config, defaults, protocol
 from mm_app import keyspace
 from mm_app.keyspace import FunctionNeeds, InflightTask, PendingEntry, WorkerCapacity
 
@@ -143,40 +143,48 @@ class PendingQueues:
         inputs: dict[str, bytes] | None = None,
         ttl: int = 0,
         front: bool = False,
-        direct: bool = False,
-    ) -> bool:
+        direct: dict[str, Any] | None = None,
+    ) -> Take | None:
         """Queue a run of inputs (storing their payloads in the same step) and wake the dispatcher.
 
         ``front``: the inputs of a call made by a running call (its parent waits on them) go before the
         user's other queued work, so that parents finish before new top-level calls start.
 
-        ``direct``: the caller takes the work itself when it is the only user's (the API's shortcut,
-        :func:`mm_app.dispatcher.send_direct`). Returns True when it may: the dispatcher was not woken,
-        and the caller must take the entry or wake it.
+        ``direct`` (the API's shortcut): the Celery message of a task without its arguments
+        (:meth:`mm_app.broker.TaskSender.template`). When a dispatcher leads and this user is the only
+        one with pending work, the same step then takes the head of the user's queue (the take step,
+        quota and placement included) and pushes the task on its worker's queue, waking the dispatcher
+        only if the take refuses or leaves work queued. Returns the Take then (kind TAKEN, sent), else None.
 
         Raises:
             InsufficientResourcesError: no live worker could ever hold one task of the function
                 (nothing is stored). With no live worker at all the call is queued.
         """
+        keys = {
+            **self._take_keys(user_id),
+            "wake": keyspace.wake_key(),
+            "inputs": keyspace.inputs_key(entry.call_id),
+            "leader": keyspace.dispatch_leader_key(),
+        }
+        taking: dict[str, Any] = {}
+        if direct is not None:
+            task_id = direct["headers"]["id"]
+            taking = {
+                **self._take_args(user_id, task_id, -1, None, "api"),
+                "message": direct,
+                "sandbox_prefix": protocol.SANDBOX_PREFIX,
+                "sandbox_task": keyspace.TASK_SANDBOX,
+            }
+            del taking["user_id"], taking["dead_after"]  # the enqueue's own
         reply = self._enqueue(
-            {
-                "pending": keyspace.pending_key(user_id),
-                "pending_users": keyspace.pending_users_key(),
-                "pending_inputs": keyspace.pending_inputs_key(),
-                "wake": keyspace.wake_key(),
-                "function_needs": keyspace.function_needs_key(),
-                "workers": keyspace.workers_key(),
-                "workers_seen": keyspace.workers_seen_key(),
-                "inputs": keyspace.inputs_key(entry.call_id),
-                "leader": keyspace.dispatch_leader_key(),
-            },
+            keys,
             {
                 "user_id": user_id,
                 "entry": asdict(entry),
                 "ttl": ttl,
                 "dead_after": self.policy.dead_after,
                 "front": front,
-                "direct": direct,
+                "direct": taking,
             },
             [part for name, payload in (inputs or {}).items() for part in (name, payload)],
         )
@@ -185,7 +193,7 @@ class PendingQueues:
             need = FunctionNeeds.from_json(reply[1])
             workers = [WorkerCapacity.from_json(raw) for raw in reply[2:]]
             raise unschedulable(f"function {entry.function_id}", need, workers)
-        return kind == "DIRECT"
+        return Take.from_reply(reply[1]) if kind == "SENT" else None
 
     def wake(self) -> None:
         """Wake the dispatcher for a pass."""
@@ -201,45 +209,51 @@ class PendingQueues:
         dispatcher_id: str = "",
     ) -> Take:
         """One task's worth of this user's inputs, placed on a worker, if the user may have it now."""
-        p = self.policy
-        reply = self._take(
-            {
-                "pending": keyspace.pending_key(user_id),
-                "pending_users": keyspace.pending_users_key(),
-                "pending_inputs": keyspace.pending_inputs_key(),
-                "running": keyspace.running_key(),
-                "quota": keyspace.quota_key(),
-                "lent": keyspace.lent_key(user_id),
-                "function_limit": keyspace.function_limit_key(),
-                "function_running": keyspace.function_running_key(),
-                "function_needs": keyspace.function_needs_key(),
-                "workers": keyspace.workers_key(),
-                "workers_seen": keyspace.workers_seen_key(),
-                "worker_used": keyspace.worker_used_key(),
-                "worker_target": keyspace.worker_target_key(),
-                "inflight": keyspace.inflight_key(),
-                "scale_events": keyspace.scale_events_key(),
-                "dispatch_log": keyspace.dispatch_log_key(),
-                "dispatch_stats": keyspace.dispatch_stats_key(),
-            },
-            {
-                "user_id": user_id,
-                "task_id": task_id,
-                "dispatcher_id": dispatcher_id,
-                "budget": budget,
-                "held": {w: h.to_json() for w, h in (held or {}).items()},
-                "default_quota": p.default_quota,
-                "target_us": p.target_us,
-                "max_inputs": p.max_inputs,
-                "overhead_us": p.overhead_us,
-                "min_slots": p.min_slots,
-                "log_length": p.log_length,
-                "events_length": p.events_length,
-                "dead_after": p.dead_after,
-                "function_stats_prefix": keyspace.function_stats_key(""),
-            },
-        )
+        reply = self._take(self._take_keys(user_id), self._take_args(user_id, task_id, budget, held, dispatcher_id))
         return Take.from_reply(reply)
+
+    def _take_keys(self, user_id: int) -> dict[str, str]:
+        """The KEYS of the take step (take.lua, and enqueue.lua when it takes), by name."""
+        return {
+            "pending": keyspace.pending_key(user_id),
+            "pending_users": keyspace.pending_users_key(),
+            "pending_inputs": keyspace.pending_inputs_key(),
+            "running": keyspace.running_key(),
+            "quota": keyspace.quota_key(),
+            "lent": keyspace.lent_key(user_id),
+            "function_limit": keyspace.function_limit_key(),
+            "function_running": keyspace.function_running_key(),
+            "function_needs": keyspace.function_needs_key(),
+            "workers": keyspace.workers_key(),
+            "workers_seen": keyspace.workers_seen_key(),
+            "worker_used": keyspace.worker_used_key(),
+            "worker_target": keyspace.worker_target_key(),
+            "inflight": keyspace.inflight_key(),
+            "scale_events": keyspace.scale_events_key(),
+            "dispatch_log": keyspace.dispatch_log_key(),
+            "dispatch_stats": keyspace.dispatch_stats_key(),
+        }
+
+    def _take_args(
+        self, user_id: int, task_id: str, budget: int, held: dict[str, Hold] | None, dispatcher_id: str
+    ) -> dict[str, Any]:
+        p = self.policy
+        return {
+            "user_id": user_id,
+            "task_id": task_id,
+            "dispatcher_id": dispatcher_id,
+            "budget": budget,
+            "held": {w: h.to_json() for w, h in (held or {}).items()},
+            "default_quota": p.default_quota,
+            "target_us": p.target_us,
+            "max_inputs": p.max_inputs,
+            "overhead_us": p.overhead_us,
+            "min_slots": p.min_slots,
+            "log_length": p.log_length,
+            "events_length": p.events_length,
+            "dead_after": p.dead_after,
+            "function_stats_prefix": keyspace.function_stats_key(""),
+        }
 
     def hold(self, task_id: str, task: InflightTask) -> None:
         """Put a task sent outside the dispatcher (a retry) in the ledger, reserving what it needs.

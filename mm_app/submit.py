@@ -9,6 +9,7 @@ rather than stay queued forever.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, insert, select, update
@@ -19,9 +20,11 @@ from minimodal.protocol import CallStatus
 from mm_app import keyspace
 from mm_app.keyspace import PendingEntry
 
+from .broker import TaskSender
 from .database import Database
 from .models import AppRecord, CallRecord, FunctionRecord, InputRecord, utcnow
-from .pending import PendingQueues
+from .observability import log_sent
+from .pending import PendingQueues, Take
 
 UNQUEUED_ERROR = "Redis refused the inputs at submission"  # the error of inputs Redis would not take
 
@@ -31,7 +34,7 @@ class Submitted(NamedTuple):
 
     call_id: str
     new: bool  # False: the id was this user's call already (a repeated submission); nothing was recorded
-    take_now: bool = False  # asked ``direct`` and nobody else waits: the caller takes it (or wakes the dispatcher)
+    sent: Take | None = None  # given a ``sender`` and nobody else waits: the task the enqueue step sent
 
 
 def submit_call(
@@ -46,7 +49,7 @@ def submit_call(
     more: bool = False,
     parent_call_id: str | None = None,
     front: bool = False,
-    direct: bool = False,
+    sender: TaskSender | None = None,
 ) -> Submitted:
     """Start a call of ``function_id`` by ``user_id`` with its first inputs.
 
@@ -58,7 +61,7 @@ def submit_call(
         more: the call stays open for more inputs (a ``.map`` in progress, see :func:`queue_inputs`).
         parent_call_id: the call whose code makes this one, recorded only when it is the same user's.
         front: queue before the user's other work (a running parent waits on this call).
-        direct: the caller takes the inputs itself when nobody else waits (see :func:`queue_inputs`).
+        sender: take and send the first task in the enqueue step when nobody else waits (see :func:`queue_inputs`).
 
     Raises:
         NotFoundError: the function is not the user's, or its app is stopped.
@@ -104,9 +107,9 @@ def submit_call(
             )
             add_input_records(session, call_id, 0, len(payloads))
     # A repeat queues only if the first try stopped between the database and Redis (no payload stored).
-    take_now = False
+    sent = None
     if new or not pending.redis.hexists(keyspace.inputs_key(call_id), "0"):
-        take_now = queue_inputs(
+        sent = queue_inputs(
             db,
             pending,
             user_id=user_id,
@@ -116,9 +119,9 @@ def submit_call(
             payloads=payloads,
             ttl=ttl,
             front=front,
-            direct=direct,
+            sender=sender,
         )
-    return Submitted(call_id, new, take_now)
+    return Submitted(call_id, new, sent)
 
 
 def add_input_records(session: Any, call_id: str, first: int, count: int) -> None:
@@ -151,24 +154,26 @@ def queue_inputs(
     payloads: list[bytes],
     ttl: int,
     front: bool = False,
-    direct: bool = False,
-) -> bool:
+    sender: TaskSender | None = None,
+) -> Take | None:
     """Store recorded inputs' payloads and queue them; if Redis refuses, they end ``failed`` and this raises.
 
-    With ``direct``, True when nobody else waits and the dispatcher was not woken: the caller then
-    takes the work itself (:func:`mm_app.dispatcher.send_direct`), which wakes the dispatcher if it cannot.
+    With a ``sender`` (the API's shortcut), when a dispatcher leads and nobody else waits, the same Lua
+    step takes the head of the user's queue and sends its task (mm_app/lua/enqueue.lua); that task is
+    returned, and its "sent" line logged as the dispatcher logs its own.
     """
     if not payloads:
-        return False
+        return None
     end = first + len(payloads)
+    task_id = str(uuid.uuid4())  # the task's, if the enqueue step takes and sends one
     try:
-        return pending.enqueue(
+        sent = pending.enqueue(
             user_id,
             PendingEntry(call_id, function_id, first, end),
             inputs={str(first + i): p for i, p in enumerate(payloads)},
             ttl=ttl,
             front=front,
-            direct=direct,
+            direct=sender.template(keyspace.TASK_EXECUTE, task_id) if sender is not None else None,
         )
     except Exception:
         with db.write() as session:  # end them visibly rather than leave them queued forever
@@ -180,3 +185,10 @@ def queue_inputs(
                 .values(status=CallStatus.FAILED.value, error=UNQUEUED_ERROR, finished_at=utcnow())
             )
         raise
+    if sent is not None and sent.entry is not None:
+        e = sent.entry
+        if protocol.is_sandbox(e.call_id):
+            log_sent(keyspace.TASK_SANDBOX, [e.call_id, user_id], sent.queue, task_id)
+        else:
+            log_sent(keyspace.TASK_EXECUTE, [e.call_id, e.function_id, user_id, e.start, e.end], sent.queue, task_id)
+    return sent

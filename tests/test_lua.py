@@ -36,10 +36,21 @@ VALID: dict[str, tuple[dict[str, str], dict[str, Any], list[Any]]] = {
                 "pending",
                 "pending_users",
                 "pending_inputs",
-                "wake",
+                "running",
+                "quota",
+                "lent",
+                "function_limit",
+                "function_running",
                 "function_needs",
                 "workers",
                 "workers_seen",
+                "worker_used",
+                "worker_target",
+                "inflight",
+                "scale_events",
+                "dispatch_log",
+                "dispatch_stats",
+                "wake",
                 "inputs",
                 "leader",
             )
@@ -50,7 +61,7 @@ VALID: dict[str, tuple[dict[str, str], dict[str, Any], list[Any]]] = {
             "ttl": 60,
             "dead_after": 30.0,
             "front": False,
-            "direct": False,
+            "direct": {},
         },
         ["0", b"\x80\x05payload", "1", b"\x80\x05other"],
     ),
@@ -231,6 +242,7 @@ def test_enqueue_refuses_an_empty_run_a_bad_entry_and_unpaired_payloads(r: Redis
     _refused(r, "enqueue", keys, {**args, "entry": {**entry, "start": "0"}}, data, 'entry: "start" must be integer')
     _refused(r, "enqueue", keys, {**args, "entry": {**entry, "stop": 2}}, data, 'entry: unknown "stop"')
     _refused(r, "enqueue", keys, args, data[:-1], "ARGV\\[2...\\] must be pairs")
+    _refused(r, "enqueue", keys, {**args, "direct": {"task_id": "t1"}}, data, 'direct: missing "')
 
 
 def test_take_refuses_a_pending_entry_that_is_not_a_json_record(r: Redis) -> None:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,8 +37,9 @@ from minimodal._serialization import deserialize, serialize_args, serialize_func
 from minimodal.exception import InsufficientResourcesError
 from minimodal.protocol import CallStatus
 from mm_app import keyspace, recovery, registry
+from mm_app.broker import TaskSender
 from mm_app.database import Database
-from mm_app.dispatcher import Dispatcher, Lease, dispatch_direct, send_direct
+from mm_app.dispatcher import Dispatcher, Lease
 from mm_app.fairshare import DeficitRoundRobin, jain_index
 from mm_app.keyspace import PendingEntry, WorkerCapacity
 from mm_app.models import AppRecord, CallRecord, FunctionRecord, InputRecord, UserRecord, utcnow
@@ -665,30 +667,45 @@ def test_the_autoscaler_grows_a_worker_when_calls_wait_and_shrinks_it_after_idle
     assert stats["counters"]["grown"] == 3 and stats["counters"]["shrunk"] == 1
 
 
+def enqueue_direct(d: Dispatcher, user: int, function_id: str) -> Any:
+    """Queue one input as the API does (its shortcut on): the Take when the enqueue step sent it, else None."""
+    call_id = f"fc-direct-{next(_call_numbers)}"
+    template = TaskSender(d.redis).template(keyspace.TASK_EXECUTE, str(uuid.uuid4()))
+    return d.pending.enqueue(
+        user, PendingEntry(call_id, function_id, 0, 1), inputs={"0": b"N."}, ttl=60, direct=template
+    )
+
+
+def queued_tasks(r: Redis, worker_id: str) -> list[tuple[str, str, list[Any]]]:
+    """The tasks on a worker's Celery queue, oldest first: (task id, task name, arguments)."""
+    messages = [json.loads(raw) for raw in reversed(r.lrange(keyspace.worker_queue(worker_id), 0, -1))]
+    return [(m["headers"]["id"], m["headers"]["task"], json.loads(m["body"])[0]) for m in messages]
+
+
 def test_the_api_sends_a_lone_users_task_itself_and_leaves_everything_else_to_the_fair_pass(r: Redis) -> None:
     broker = RecordingBroker()
     d = make_dispatcher(r, broker)
     add_worker(r, "w1", slots=2)
     add_function(r, d, "fa")
     add_function(r, d, "fb")
-    # No dispatcher leads: the API sends nothing (a stopped dispatcher means nothing is dispatched)
-    submit(d, 1, "fa", 1)
-    assert not dispatch_direct(d.pending, broker, 1) and broker.sent == []
-    # A dispatcher leads and user 1 is the only one waiting: the API takes and sends it, in the ledger
+    # No dispatcher leads: the enqueue step sends nothing (a stopped dispatcher means nothing is dispatched)
+    assert enqueue_direct(d, 1, "fa") is None and queued_tasks(r, "w1") == []
+    r.delete(keyspace.pending_key(1), keyspace.pending_users_key())
+    # A dispatcher leads and user 1 is the only one waiting: the step takes and sends it, in the ledger
     r.set(keyspace.dispatch_leader_key(), "someone", px=60_000)
-    assert dispatch_direct(d.pending, broker, 1)
-    assert [(s.user_id, s.function_id, s.queue) for s in broker.sent] == [(1, "fa", keyspace.worker_queue("w1"))]
-    assert r.hexists(keyspace.inflight_key(), broker.sent[0].task_id)
-    # Another user waits: the API takes nothing, the dispatcher's pass decides who goes first
-    submit(d, 2, "fb", 1)
-    submit(d, 1, "fa", 1)
-    assert not dispatch_direct(d.pending, broker, 1) and not dispatch_direct(d.pending, broker, 2)
-    assert len(broker.sent) == 1
-    assert d.dispatch_pass() == 1  # one slot left
-    # Whoever is left is alone now, but no slot is free: the take refuses and the call stays queued
+    sent = enqueue_direct(d, 1, "fa")
+    assert sent is not None and sent.queue == keyspace.worker_queue("w1")
+    [(task_id, name, args)] = queued_tasks(r, "w1")
+    assert (name, args[1:3], args[0]) == (keyspace.TASK_EXECUTE, ["fa", 1], sent.entry.call_id)
+    assert r.hexists(keyspace.inflight_key(), task_id) and r.llen(keyspace.pending_key(1)) == 0
+    # Another user waits: the step takes nothing, the dispatcher's pass decides who goes first
+    submit(d, 1, "fa", 1)  # user 1 waits (queued without the shortcut)
+    assert enqueue_direct(d, 2, "fb") is None and len(queued_tasks(r, "w1")) == 1
+    assert d.dispatch_pass() == 1 and len(broker.sent) == 1  # one slot left
+    # Whoever is left is alone now, but no slot is free: the take refuses and its call stays queued
     (left,) = {int(u) for u in r.smembers(keyspace.pending_users_key())}
-    assert not dispatch_direct(d.pending, broker, left)
-    assert r.llen(keyspace.pending_key(left)) == 1 and len(broker.sent) == 2
+    assert enqueue_direct(d, left, "fa" if left == 1 else "fb") is None
+    assert r.llen(keyspace.pending_key(left)) == 2 and len(queued_tasks(r, "w1")) == 1
 
 
 def test_a_direct_enqueue_wakes_no_dispatcher_for_a_lone_user_and_a_refused_take_wakes_it(r: Redis) -> None:
@@ -698,32 +715,25 @@ def test_a_direct_enqueue_wakes_no_dispatcher_for_a_lone_user_and_a_refused_take
     add_function(r, d, "fa")
     add_function(r, d, "fb")
 
-    def enqueue(user: int, function_id: str) -> bool:
-        call_id = f"fc-direct-{next(_call_numbers)}"
-        return d.pending.enqueue(
-            user, PendingEntry(call_id, function_id, 0, 1), inputs={"0": b"N."}, ttl=60, direct=True
-        )
-
     def woken() -> int:
         return int(r.delete(keyspace.wake_key()))
 
     woken()
-    assert not enqueue(1, "fa") and woken() == 1  # no dispatcher leads: it is woken, the API takes nothing
+    assert enqueue_direct(d, 1, "fa") is None and woken() == 1  # no dispatcher leads: it is woken, nothing taken
     r.delete(keyspace.pending_key(1), keyspace.pending_users_key())
     r.set(keyspace.dispatch_leader_key(), "someone", px=60_000)
-    assert enqueue(1, "fa") and woken() == 0  # alone, a dispatcher leads: the API takes it, no wake-up
-    assert send_direct(d.pending, broker, 1) and len(broker.sent) == 1 and woken() == 0
-    assert enqueue(1, "fa") and not send_direct(d.pending, broker, 1)  # the one slot is busy: the take refuses
+    assert enqueue_direct(d, 1, "fa") is not None and woken() == 0  # alone, a dispatcher leads: sent, no wake-up
+    assert len(queued_tasks(r, "w1")) == 1
+    assert enqueue_direct(d, 1, "fa") is None  # the one slot is busy: the take refuses...
     assert woken() == 1 and r.llen(keyspace.pending_key(1)) == 1  # ...so the dispatcher is woken for its pass
-    assert not enqueue(2, "fb") and woken() == 1  # someone else waits: the fair pass decides
+    assert enqueue_direct(d, 2, "fb") is None and woken() == 1  # someone else waits: the fair pass decides
     # And a take that leaves work queued (a .map's next task) wakes the dispatcher to send the rest
     r.delete(keyspace.pending_key(2))
     r.srem(keyspace.pending_users_key(), 2)
     add_worker(r, "w2", slots=4)
     woken()  # a new worker wakes it: not what is measured here
-    assert enqueue(1, "fa") and r.llen(keyspace.pending_key(1)) == 2 and woken() == 0
-    assert send_direct(d.pending, broker, 1) and woken() == 1  # one task sent, one left: the pass sends it
-    assert send_direct(d.pending, broker, 1) and woken() == 0  # the last one: nothing left to wake for
+    assert enqueue_direct(d, 1, "fa") is not None and woken() == 1  # the older one sent, the new one left
+    assert r.llen(keyspace.pending_key(1)) == 1 and len(queued_tasks(r, "w2")) == 1
 
 
 def test_a_lone_users_task_sent_by_the_api_holds_its_quota(r: Redis) -> None:
@@ -733,10 +743,9 @@ def test_a_lone_users_task_sent_by_the_api_holds_its_quota(r: Redis) -> None:
     add_worker(r, "w1", slots=8)
     add_function(r, d, "fa")
     d.pending.set_quota(1, 2)
-    for _ in range(4):
-        submit(d, 1, "fa", 1)
-        dispatch_direct(d.pending, broker, 1)
-    assert len(broker.sent) == 2 and r.llen(keyspace.pending_key(1)) == 2
+    sent = [enqueue_direct(d, 1, "fa") for _ in range(4)]
+    assert [t is not None for t in sent] == [True, True, False, False]
+    assert len(queued_tasks(r, "w1")) == 2 and r.llen(keyspace.pending_key(1)) == 2
 
 
 def test_deficit_round_robin_keeps_the_pointer_when_users_come_and_go() -> None:

@@ -17,7 +17,6 @@ from minimodal.protocol import TERMINAL, CallStatus
 from mm_app import keyspace
 
 from ..cancel import cancel_calls
-from ..dispatcher import send_direct
 from ..models import AttemptRecord, CallRecord, FunctionRecord, InputRecord
 from ..ownership import check_owner, owned
 from ..submit import add_input_records, queue_inputs, submit_call
@@ -180,7 +179,7 @@ def create_call(function_id: str, body: NewCall):  # type: ignore[no-untyped-def
     if not _CALL_ID.match(call_id):
         raise InvalidError("call_id must look like 'fc-' and 16 letters or digits (or be left out)")
     parent = _parent_call()
-    submitted = submit_call(
+    submit_call(
         svc.db,
         svc.pending,
         user_id=g.user.id,
@@ -191,10 +190,8 @@ def create_call(function_id: str, body: NewCall):  # type: ignore[no-untyped-def
         more=more,
         parent_call_id=parent,
         front=parent is not None,
-        direct=svc.settings["direct_dispatch"],
+        sender=svc.sender if svc.settings["direct_dispatch"] else None,  # nobody else waits: no dispatcher pass
     )
-    if submitted.take_now:
-        send_direct(svc.pending, svc.sender, g.user.id)  # nobody else waits: no dispatcher pass needed
     reply: dict[str, Any] = {"call_id": call_id, "first": 0, "count": len(payloads)}
     if wait > 0:
         envelopes, cursor = svc.payloads.read_outputs(call_id, "0-0", int(wait * 1000))
@@ -246,7 +243,7 @@ def add_inputs(call_id: str, body: MoreInputs):  # type: ignore[no-untyped-def]
         function_id = call.function_id
         add_input_records(session, call_id, first, len(payloads))
     svc = services()
-    take_now = queue_inputs(
+    queue_inputs(
         svc.db,
         svc.pending,
         user_id=g.user.id,
@@ -256,10 +253,8 @@ def add_inputs(call_id: str, body: MoreInputs):  # type: ignore[no-untyped-def]
         payloads=payloads,
         ttl=svc.settings["result_ttl"],
         front=_parent_call() is not None,
-        direct=svc.settings["direct_dispatch"],
+        sender=svc.sender if svc.settings["direct_dispatch"] else None,
     )
-    if take_now:
-        send_direct(svc.pending, svc.sender, g.user.id)
     return {"call_id": call_id, "first": first, "count": len(payloads)}
 
 

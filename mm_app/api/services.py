@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from ..accounts import TokenCache
 from ..broker import TaskSender
 from ..database import Database
 from ..payloads import Payloads
-from ..pending import PendingQueues
+from ..pending import PendingQueues, Policy
 from ..ratelimit import RateLimiter
 
 _API_SETTINGS = (
@@ -60,7 +61,10 @@ class Services:
             settings=settings,
             db=database,
             redis=redis,
-            pending=PendingQueues(redis),
+            # The scheduler's policy, as the dispatcher's: the enqueue step takes with it (the API's shortcut)
+            pending=PendingQueues(
+                redis, dataclasses.replace(Policy.from_config(), default_quota=settings["default_quota"])
+            ),
             payloads=Payloads(redis, ttl=settings["result_ttl"]),
             started_at=time.time(),
             celery=_sender(settings["redis_url"]),

@@ -137,7 +137,13 @@ def serve(user_name: str, app_name: str, tag: str, rest: str):  # type: ignore[n
     if len(payload) > svc.settings["inline_payload_size"]:
         payload = protocol.blob_ref(svc.payloads.put_blob_bytes(user_id, payload))
     call_id = submit_call(
-        svc.db, svc.pending, user_id=user_id, function_id=record.id, payloads=[payload], ttl=svc.settings["result_ttl"]
+        svc.db,
+        svc.pending,
+        user_id=user_id,
+        function_id=record.id,
+        payloads=[payload],
+        ttl=svc.settings["result_ttl"],
+        sender=svc.sender if svc.settings["direct_dispatch"] else None,  # the API's shortcut, as for calls
     ).call_id
     deadline = time.monotonic() + float(record.options.get("timeout", 300)) + START_WAIT_SECONDS
     parts = _items(call_id, deadline)

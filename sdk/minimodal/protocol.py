@@ -64,9 +64,12 @@ class SandboxState(StrEnum):
 SANDBOX_ENTRYPOINT = "ep"  # the process id of a sandbox's entrypoint command (exec'd processes are ``sp-...``)
 
 
+SANDBOX_PREFIX = "sb-"  # the ids of sandboxes (pending entries and ledger tasks carry them as call ids)
+
+
 def is_sandbox(object_id: str) -> bool:
     """A pending entry (or ledger task) whose call id is a sandbox's: placed like a call, run as a sandbox."""
-    return object_id.startswith("sb-")
+    return object_id.startswith(SANDBOX_PREFIX)
 
 
 _PYTHON_VERSION = re.compile(r"^3\.\d{1,2}$")
