@@ -58,7 +58,7 @@ def cancel_calls(session: Any, redis: Any, payloads: Any, call_ids: list[str], *
     by_call: dict[str, list[int]] = {}
     for call_id, idx in open_inputs:
         by_call.setdefault(call_id, []).append(idx)
-    ended_already: dict[str, list[int]] = {}
+    cancelled = 0
     for call_id, indexes in by_call.items():
         indexes.sort()
         ids = payloads.put_outputs(
@@ -74,9 +74,8 @@ def cancel_calls(session: Any, redis: Any, payloads: Any, call_ids: list[str], *
                 for idx in indexes
             ],
         )
-        ended_already[call_id] = [idx for idx, entry in zip(indexes, ids, strict=True) if entry is None]
-    for call_id in by_call:
-        kept = ended_already[call_id]
+        # The call's outputs first, then its rows: those whose own output won are left to the recorder.
+        kept = [idx for idx, entry in zip(indexes, ids, strict=True) if entry is None]
         session.execute(
             update(InputRecord)
             .where(
@@ -86,4 +85,5 @@ def cancel_calls(session: Any, redis: Any, payloads: Any, call_ids: list[str], *
             )
             .values(status=CallStatus.CANCELLED.value, error=why, finished_at=utcnow())
         )
-    return len(open_inputs) - sum(len(kept) for kept in ended_already.values())
+        cancelled += len(indexes) - len(kept)
+    return cancelled
