@@ -27,34 +27,30 @@ LUA_DB = 14  # this module's Redis database: nobody else's
 
 TASK = asdict(InflightTask(7, "fn", "fc-1", 0, 4, "w1", 125, 128, "", 0, 1000, 1.5, "d1"))  # a ledger record
 
+TAKE_KEYS = (
+    "pending",
+    "pending_users",
+    "pending_inputs",
+    "running",
+    "quota",
+    "lent",
+    "function_limit",
+    "function_running",
+    "function_needs",
+    "workers",
+    "workers_seen",
+    "worker_used",
+    "worker_target",
+    "inflight",
+    "scale_events",
+    "dispatch_log",
+    "dispatch_stats",
+)
+
 # A valid call of every script: keys by name, arguments by name, data (ARGV[2...]).
 VALID: dict[str, tuple[dict[str, str], dict[str, Any], list[Any]]] = {
     "enqueue": (
-        {
-            n: f"t:{n}"
-            for n in (
-                "pending",
-                "pending_users",
-                "pending_inputs",
-                "running",
-                "quota",
-                "lent",
-                "function_limit",
-                "function_running",
-                "function_needs",
-                "workers",
-                "workers_seen",
-                "worker_used",
-                "worker_target",
-                "inflight",
-                "scale_events",
-                "dispatch_log",
-                "dispatch_stats",
-                "wake",
-                "inputs",
-                "leader",
-            )
-        },
+        {n: f"t:{n}" for n in (*TAKE_KEYS, "wake", "inputs", "leader")},  # the take step's keys and its own
         {
             "user_id": 7,
             "entry": {"call_id": "fc-1", "function_id": "fn", "start": 0, "end": 2},
@@ -66,28 +62,7 @@ VALID: dict[str, tuple[dict[str, str], dict[str, Any], list[Any]]] = {
         ["0", b"\x80\x05payload", "1", b"\x80\x05other"],
     ),
     "take": (
-        {
-            n: f"t:{n}"
-            for n in (
-                "pending",
-                "pending_users",
-                "pending_inputs",
-                "running",
-                "quota",
-                "lent",
-                "function_limit",
-                "function_running",
-                "function_needs",
-                "workers",
-                "workers_seen",
-                "worker_used",
-                "worker_target",
-                "inflight",
-                "scale_events",
-                "dispatch_log",
-                "dispatch_stats",
-            )
-        },
+        {n: f"t:{n}" for n in TAKE_KEYS},
         {
             "user_id": 7,
             "task_id": "t1",
