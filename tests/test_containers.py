@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import requests
 
 import minimodal
+from minimodal._client import Client
 from minimodal.exception import FunctionTimeoutError, ImageBuildError, RemoteError
 from tests.conftest import Stack, docker_engine, wait_for
 from tests.functions import images as fns
@@ -64,7 +66,9 @@ def states(record: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def containers_of(engine: Any, function: Any) -> list[Any]:
-    return engine.containers.list(filters={"label": f"minimodal.function_id={function.object_id}"})
+    """The function's running containers, by name: one started blank has no owner labels, only the name."""
+    found = engine.containers.list(filters={"name": f"-{function.object_id}-"})
+    return [c for c in found if re.fullmatch(rf"mm-u\d+-{re.escape(function.object_id)}-[0-9a-f]{{12}}", c.name)]
 
 
 def test_a_pip_installed_package_imports_in_a_container(docker_stack: Stack, docker_user: str) -> None:
@@ -203,14 +207,21 @@ def test_an_idle_pool_scales_to_zero_and_back_up(docker_stack: Stack, docker_use
     app, f = deploy(fns.whoami, minimodal.Image.debian_slim(), scaledown_window=2)
     with app.run():
         assert f.remote()[0] is True
+        wait_for(lambda: len(containers_of(engine, f)) == 1, 10, "its container", interval=0.2)
         [container] = containers_of(engine, f)
-        assert container.labels["minimodal.app"] == app.app_id
-        assert container.labels["minimodal.function"] == "whoami"
-        assert container.labels["minimodal.user"].isdigit()
+        assert container.labels["minimodal"] == "1"
         assert container.labels["minimodal.home"] == str(docker_stack.home)
+        if not container.labels["minimodal.key"].startswith("blank:"):  # created for it, not bound from a blank
+            assert container.labels["minimodal.app"] == app.app_id
+            assert container.labels["minimodal.function"] == "whoami"
+        # Whichever it was, the worker knows whose it is.
+        client = Client.from_config()
+        wait_for(lambda: client.request("GET", "/v1/containers")["containers"], 10, "the worker's list", interval=0.2)
+        [listed] = client.request("GET", "/v1/containers")["containers"]
+        assert (listed["app"], listed["function"]) == (app.app_id, "whoami")
         wait_for(lambda: containers_of(engine, f) == [], 30, "the idle container to stop", interval=0.5)
         assert f.remote()[0] is True
-        assert len(containers_of(engine, f)) == 1
+        wait_for(lambda: len(containers_of(engine, f)) == 1, 10, "its new container", interval=0.2)
 
 
 def test_min_containers_start_before_any_call_and_stop_with_the_app(

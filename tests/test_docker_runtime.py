@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -297,17 +298,20 @@ def test_a_blank_container_is_bound_to_the_first_user_that_loads_into_it_and_to_
     try:
         pool.prestart(spec("nobody"))
         wait_for(lambda: pool.blanks() == 1, 60, "a blank container")
-        (blank,) = [r.container.name for b in pool._blank.values() for r in b]  # type: ignore[attr-defined]
+        (blank,) = [r.container.id for b in pool._blank.values() for r in b]  # type: ignore[attr-defined]
+        assert re.fullmatch(r"mm-[0-9a-f]{12}", runtime.client.containers.get(blank).name)  # nobody's yet
 
         def name(user: str) -> str:
             runner = pool.acquire(spec(user))
             try:
                 assert runner.call(payload(), call_id="fc-t", idx=0).ok
-                return runner.container.name  # type: ignore[attr-defined]
+                return runner.container.id  # type: ignore[attr-defined]
             finally:
                 pool.release(runner)
 
         assert name("alice") == blank and pool.bound == 1  # her first call ran in the container started blank
+        # Its labels stay as created (Docker's never change); its name now says whose it is.
+        wait_for(lambda: runtime.client.containers.get(blank).name.startswith("mm-ualice-"), 10, "the rename")
         wait_for(lambda: pool.blanks() == 1, 60, "a new blank container")
         bobs = {name("bob"), name("bob")}
         assert blank not in bobs and name("alice") == blank

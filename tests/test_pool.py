@@ -140,6 +140,32 @@ def test_a_blank_runner_bound_to_one_user_is_never_used_by_another(blank_pool: W
     assert {runner.spec.key for runner in runners} == {alice.key}
 
 
+def test_an_image_gets_blanks_from_its_second_runner_start_and_loses_them_when_no_start_asks_for_them() -> None:
+    pool = WarmPool(ProcessRuntime(), reap_interval=3600, blank_runners=1, blank_idle_seconds=60)
+    try:
+        _pid(pool, _user_spec("alice"))  # the first runner of this kind here: no blanks kept for it yet
+        time.sleep(0.5)
+        assert (pool.blanks(), pool._blank_starting) == (0, {})  # type: ignore[attr-defined]
+        _pid(pool, _user_spec("bob"))  # a second one: it is in use, so blanks are kept for it from now on
+        (blank,) = _blank_pids(pool)
+        assert _pid(pool, _user_spec("carol")) == blank and pool.bound == 1
+        _blank_pids(pool)  # replaced
+        pool._reap_blanks(now=time.monotonic() + 59)  # type: ignore[attr-defined]
+        assert pool.blanks() == 1
+        pool._reap_blanks(now=time.monotonic() + 61)  # type: ignore[attr-defined]
+        assert pool.blanks() == 0 and not pool._templates  # type: ignore[attr-defined]
+        time.sleep(0.5)
+        assert pool.blanks() == 0  # and none is started again
+    finally:
+        pool.shutdown()
+
+
+def test_blanks_given_to_prestart_are_kept_however_long_they_go_unused(blank_pool: WarmPool) -> None:
+    before = _blank_pids(blank_pool)
+    blank_pool._reap_blanks(now=time.monotonic() + 10 * blank_pool.blank_idle_seconds)  # type: ignore[attr-defined]
+    assert _blank_pids(blank_pool) == before
+
+
 def test_a_blank_runner_that_died_is_never_handed_out(blank_pool: WarmPool) -> None:
     (dead,) = _blank_pids(blank_pool)
     os.kill(dead, signal.SIGKILL)

@@ -23,6 +23,9 @@ to :meth:`prestart`). A runner key with no idle runner takes a blank one and loa
 container start. A blank runner has run nothing: it is bound to one runner key (one user's one function
 version) when it loads, lives in that key's pool from then on, and is never handed to another key, so
 blanks change nothing in who shares a runner with whom. Each blank taken is replaced in the background.
+A key gets blanks from its second runner start on (an image one function runs once gets none), and a key
+no start has asked for in ``blank_idle_seconds`` is forgotten and its blanks stopped (those given to
+:meth:`prestart` are kept for good), so an image nobody runs any more is not held by idle containers.
 """
 
 from __future__ import annotations
@@ -44,9 +47,14 @@ BLANK_RETRY_SECONDS = 30.0  # after a blank runner failed to start, its key gets
 
 
 class WarmPool:
-    def __init__(self, runtime: Runtime, *, reap_interval: float = 1.0, blank_runners: int = 0) -> None:
+    def __init__(
+        self, runtime: Runtime, *, reap_interval: float = 1.0, blank_runners: int = 0, blank_idle_seconds: float = 600.0
+    ) -> None:
         self.runtime = runtime
         self.blank_runners = blank_runners  # blank runners kept per blank key
+        self.blank_idle_seconds = blank_idle_seconds  # a blank key unused this long is forgotten
+        self._blank_used: dict[str, float] = {}  # blank key -> when a start last asked for it (monotonic)
+        self._pinned: set[str] = set()  # blank keys given to prestart(): never forgotten
         self._blank: dict[str, list[Runner]] = defaultdict(list)  # blank key -> started, nothing loaded
         self._blank_starting: dict[str, int] = defaultdict(int)
         self._blank_failed: dict[str, float] = {}  # blank key -> when a blank start last failed
@@ -209,6 +217,8 @@ class WarmPool:
         """Keep blank runners ready for functions that start like ``spec`` (its image, limits, network)."""
         key = self.runtime.blank_key(spec) if self.blank_runners > 0 else None
         if key is not None:
+            with self._lock:
+                self._pinned.add(key)
             self._learn(key, spec)
             self._top_up_blanks(key)
 
@@ -216,6 +226,7 @@ class WarmPool:
         """Remember ``key`` as one to keep blanks for (the most recent BLANK_KEYS); forget the oldest."""
         dropped: list[Runner] = []
         with self._lock:
+            self._blank_used[key] = time.monotonic()
             if key in self._templates:
                 self._templates.move_to_end(key)
                 return
@@ -227,9 +238,16 @@ class WarmPool:
             )  # fmt: skip
             while len(self._templates) > BLANK_KEYS:
                 old, _ = self._templates.popitem(last=False)
-                dropped += self._blank.pop(old, [])
+                dropped += self._forget_blank_key(old)
         for runner in dropped:
             runner.stop()
+
+    def _forget_blank_key(self, key: str) -> list[Runner]:
+        """Keep no blanks for ``key`` any more; its blank runners, to stop (callers hold the lock)."""
+        self._templates.pop(key, None)
+        self._blank_used.pop(key, None)
+        self._pinned.discard(key)
+        return self._blank.pop(key, [])
 
     def _bind_blank(self, spec: RunnerSpec) -> Runner | None:
         """A blank runner with ``spec``'s function loaded into it (bound to ``spec.key`` from now on), or None
@@ -237,6 +255,11 @@ class WarmPool:
         key = self.runtime.blank_key(spec) if self.blank_runners > 0 else None
         if key is None:
             return None
+        with self._lock:
+            seen = key in self._blank_used or key in self._pinned
+            self._blank_used[key] = time.monotonic()
+        if not seen:
+            return None  # the first runner of this image here: keep blanks once a second one starts
         self._learn(key, spec)
         runner, dead = None, []
         with self._lock:
@@ -380,10 +403,15 @@ class WarmPool:
             except Exception:  # noqa: BLE001 - the reaper must keep running
                 logger.exception("reaping idle runners failed")
 
-    def _reap_blanks(self) -> None:
-        """Drop blank runners that died, and start their replacements."""
+    def _reap_blanks(self, now: float | None = None) -> None:
+        """Forget blank keys unused for ``blank_idle_seconds``; drop blank runners that died, and start their
+        replacements."""
+        now = time.monotonic() if now is None else now
         dead = []
         with self._lock:
+            for key, used in list(self._blank_used.items()):
+                if key not in self._pinned and now - used >= self.blank_idle_seconds:
+                    dead += self._forget_blank_key(key)
             for blanks in self._blank.values():
                 dead += [runner for runner in blanks if not runner.alive]
                 blanks[:] = [runner for runner in blanks if runner not in dead]

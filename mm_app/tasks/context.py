@@ -125,7 +125,11 @@ class WorkerContext:
         worker_id = config.get("worker_id") or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         blanks = {"process": config.get("worker_blank_runners"), "docker": config.get("worker_blank_containers")}
         runtimes = make_runtimes(config.get("worker_runtime"))
-        pools = {name: WarmPool(rt, blank_runners=blanks.get(name, 0)) for name, rt in runtimes.items()}
+        idle = config.get("worker_blank_idle_seconds")
+        pools = {
+            name: WarmPool(rt, blank_runners=blanks.get(name, 0), blank_idle_seconds=idle)
+            for name, rt in runtimes.items()
+        }
         if "process" in pools:  # every runner process starts alike: have blanks before the first call
             pools["process"].prestart(
                 RunnerSpec(key="blank", code=b"", timeout=300, scaledown_window=0, labels={"home": str(config.home())})

@@ -120,7 +120,13 @@ _SETTINGS: dict[str, Setting] = {
             "worker_blank_containers",
             defaults.DEFAULT_BLANK_CONTAINERS,
             int,
-            "containers kept started with no function loaded, per image (opt-in: they carry no owner labels)",
+            "containers kept started with no function loaded, per recent image (renamed after their owner when bound)",
+        ),
+        Setting(
+            "worker_blank_idle_seconds",
+            float(defaults.DEFAULT_BLANK_IDLE_SECONDS),
+            float,
+            "blank runners of an image (or limits) no call has used for this long are stopped",
         ),
         Setting(
             "worker_scaledown_window",

@@ -29,9 +29,10 @@ DEFAULT_TASK_OVERHEAD_US = 2000  # fair-share cost of one task beyond its inputs
 DEFAULT_DRR_QUANTUM_US = 2000  # budget a weight-1 user is granted per round: small, so a round is ~1 task each
 DEFAULT_WORKER_MIN_SLOTS = 0  # the autoscaler may scale a worker's concurrency down to this when idle
 DEFAULT_BLANK_RUNNERS = 2  # runner processes a worker keeps started, no function loaded yet
-# Containers likewise, per image: off by default, as Docker's labels are fixed at creation and a container
-# started blank cannot carry its later owner's (docker ps --filter label=minimodal.user=... misses it)
-DEFAULT_BLANK_CONTAINERS = 0
+# Containers likewise, per image (for the last few images run). Docker's labels are fixed at creation, so
+# one started blank is renamed mm-u<user>-<function id>-... when bound instead of labelled with its owner
+DEFAULT_BLANK_CONTAINERS = 2
+DEFAULT_BLANK_IDLE_SECONDS = 600  # blanks of an image no call has started a runner of for this long are stopped
 DEFAULT_DISPATCHER_LEASE_SECONDS = 5.0  # a standby dispatcher takes over this long after the leader stops renewing
 DEFAULT_LOST_TASK_SECONDS = 30.0  # a dispatched task its live worker does not hold is re-queued after this
 DEFAULT_REBUILD_GRACE_SECONDS = 10.0  # inputs younger than this may still be on their way into Redis: not rebuilt

@@ -36,6 +36,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import logging
+import re
 import select
 import socket
 import struct
@@ -151,6 +152,24 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def container_name(spec: RunnerSpec) -> str:
+    """``mm-u<user>-<function id>-<random>`` for a function's container, ``mm-<random>`` for a blank one.
+
+    Docker labels are fixed at creation, so a container started blank carries no owner labels; its name
+    is renamed to this when it is bound, and ``docker ps --filter name=-fu-...-`` finds a function's
+    containers either way (``minimodal container list`` asks the worker, which knows every owner).
+    """
+    owner = "-".join(
+        _NAME_UNSAFE.sub("_", value)
+        for value in (f"u{spec.labels['user']}" if spec.labels.get("user") else "", spec.labels.get("function_id", ""))
+        if value
+    )
+    return f"mm-{owner}-{uuid.uuid4().hex[:12]}" if owner else f"mm-{uuid.uuid4().hex[:12]}"
+
+
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")  # what a Docker container name may not hold
+
+
 def _labels(spec: RunnerSpec, runtime_id: str) -> dict[str, str]:
     labels = {f"{LABEL}.{name}": value for name, value in spec.labels.items()}
     labels.update({LABEL: "1", f"{LABEL}.runtime": runtime_id, f"{LABEL}.key": spec.key})
@@ -174,6 +193,7 @@ class DockerRunner(Runner):
         self._attach: Any = None  # the docker SDK's socket wrapper; holds the HTTP response open
         self._stream: _AttachStream | None = None
         self.container: docker.models.containers.Container | None = None
+        self._blank = blank  # started with no function: renamed after its owner when it loads one
         try:
             self._launch(runtime, spec, image)
             if not blank:
@@ -220,7 +240,7 @@ class DockerRunner(Runner):
             self.container = self._create(
                 image,
                 command=["python", "-u", RUNNER_PATH],
-                name=f"mm-{uuid.uuid4().hex[:12]}",
+                name=container_name(spec),
                 stdin_open=True,
                 tty=False,
                 init=True,  # docker-init reaps what user code forks; the runner is not pid 1
@@ -269,6 +289,19 @@ class DockerRunner(Runner):
         except BaseException:
             self.stop()
             raise
+        if self._blank:
+            self._blank = False
+            # Off the call's path: the name is for operators (`docker ps`), nothing here depends on it.
+            threading.Thread(target=self._rename, args=(container_name(spec),), name="mm-rename", daemon=True).start()
+
+    def _rename(self, name: str) -> None:
+        container = self.container
+        if container is None or self._stopped:
+            return
+        try:
+            container.rename(name)
+        except _DOCKER_ERRORS as exc:  # removed meanwhile, or the engine went away: the name was cosmetic
+            logger.debug("could not rename runner container %s to %s: %s", container.short_id, name, exc)
 
     def _load(self, spec: RunnerSpec) -> None:
         """Send the function and wait for the runner's ``R``: the container is bound to ``spec`` now."""
